@@ -1,0 +1,123 @@
+// Function: one emulated PCI function — config space with hardware semantics,
+// BARs with memory behind them, capabilities, and Function Level Reset.
+//
+// A device model derives from Function, builds its config space in its
+// create() factory (ids, BARs, capabilities), then calls finish_build(),
+// which records the power-on state that FLR returns to.
+//
+// Concurrency: config and MMIO accesses to one function are serialized by its
+// user (the driver core while unbound, the bound driver afterwards); the
+// Fabric's routing table has its own lock.
+#pragma once
+
+#include <array>
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+
+#include "base/bdf.h"
+#include "base/result.h"
+#include "hw/bar.h"
+#include "hw/config_space.h"
+
+namespace uvfio::hw {
+
+class Fabric;
+
+struct FunctionIds {
+  uint16_t vendor = 0;
+  uint16_t device = 0;
+  uint32_t class_code = 0;  // 24 bits: base class, sub class, prog-if
+  uint8_t revision = 0;
+  uint16_t subsystem_vendor = 0;
+  uint16_t subsystem_device = 0;
+};
+
+class Function {
+ public:
+  virtual ~Function();
+  Function(const Function&) = delete;
+  Function& operator=(const Function&) = delete;
+
+  // What model this is ("mlx5-pf", "root-port", ...), for logs and sysfs.
+  const std::string& model() const { return model_; }
+  Bdf bdf() const { return bdf_; }
+  Fabric* fabric() const { return fabric_; }
+
+  // Host access to config space: hardware write semantics, then the model's
+  // side effects (FLR, SR-IOV enable, ...).
+  uint32_t config_read(uint16_t off, unsigned width) const { return cfg_.read(off, width); }
+  void config_write(uint16_t off, unsigned width, uint32_t value);
+
+  const ConfigSpace& config() const { return cfg_; }
+  ConfigSpace& config() { return cfg_; }  // build time, and tests
+  bool is_bridge() const {
+    return (cfg_.get(kHeaderType) & 0x7f) == PCI_HEADER_TYPE_BRIDGE;
+  }
+
+  const BarDesc& bar_desc(unsigned idx) const { return bars_[idx < kNumBars ? idx : 0]; }
+  BarMemory* bar_memory(unsigned idx) { return idx < kNumBars ? bar_mem_[idx].get() : nullptr; }
+
+  // MMIO: default behaviour is plain memory; models with registers override.
+  // EINVAL for an unimplemented BAR or an access past its end.
+  virtual Result<uint64_t> mmio_read(unsigned bar, uint64_t off, unsigned width);
+  virtual Result<void> mmio_write(unsigned bar, uint64_t off, unsigned width, uint64_t value);
+
+  // Function Level Reset: config space back to power-on values, model state
+  // reset (on_reset()). Reachable through PCIe Device Control too.
+  void function_level_reset();
+  bool flr_capable() const;
+
+  // SR-IOV: a VF knows its PF. PFs own their VFs.
+  Function* physfn() const { return physfn_; }
+  bool is_virtfn() const { return physfn_ != nullptr; }
+
+  // Capability offsets found at build time (0 if absent).
+  uint16_t find_capability(uint8_t id) const;
+  uint16_t find_ext_capability(uint16_t id) const;
+
+  // ---- Build-time API (used by models' factories and capability builders) --
+  void set_ids(const FunctionIds& ids);
+  Result<void> define_bar(unsigned idx, const BarDesc& desc);
+  // Appends a standard capability of `len` bytes and links it; returns its
+  // offset. Capabilities live in 0x40..0xff, dword aligned.
+  Result<uint16_t> add_capability(uint8_t id, uint16_t len);
+  // Appends an extended capability at 0x100.. and links it.
+  Result<uint16_t> add_ext_capability(uint16_t id, uint8_t version, uint16_t len);
+  void finish_build();
+
+ protected:
+  Function(std::string model, uint16_t config_size = kConfigSizeExtended);
+
+  // Called after every host config write with the bytes' previous value.
+  virtual void on_config_write(uint16_t off, unsigned width, uint32_t old_value);
+  // Model state back to power-on (FLR). Config space is restored already.
+  virtual void on_reset() {}
+  // Called before the config space is restored on FLR (SR-IOV tears down VFs).
+  virtual void before_reset() {}
+
+  void set_physfn(Function* pf) { physfn_ = pf; }
+
+ private:
+  friend class Fabric;
+  std::string model_;
+  Bdf bdf_;
+  Fabric* fabric_ = nullptr;  // set while attached; the Fabric outlives attachment
+  Function* physfn_ = nullptr;  // the PF owns this VF, so it outlives it
+  ConfigSpace cfg_;
+  ConfigSpace power_on_;
+  std::array<BarDesc, kNumBars> bars_{};
+  std::array<std::unique_ptr<BarMemory>, kNumBars> bar_mem_{};
+  uint16_t next_cap_ = PCI_STD_HEADER_SIZEOF;
+  uint16_t last_cap_next_ = PCI_CAPABILITY_LIST;  // where the last "next" pointer lives
+  uint16_t next_ext_ = PCI_CFG_SPACE_SIZE;
+  uint16_t last_ext_ = 0;  // offset of the last extended header, 0 if none
+};
+
+// Is [a, a+wa) overlapping [b, b+wb)?
+constexpr bool overlaps(uint32_t a, uint32_t wa, uint32_t b, uint32_t wb) {
+  return a < b + wb && b < a + wa;
+}
+
+}  // namespace uvfio::hw

@@ -179,7 +179,7 @@ Result<void> DriverCore::device_add(Device& dev, Bus* bus) {
     }
     if (auto r = bus->add_device_attributes(dev); !r) { undo(); return r.error(); }
     notify(*bus, BusEvent::kAddDevice, dev);
-    if (bus->autoprobe_ && dev.registered_) (void)attach(dev);
+    if (bus->autoprobe_ && dev.registered_ && bus->autoprobe_device(dev)) (void)attach(dev);
   }
   return ok();
 }
@@ -283,7 +283,9 @@ void DriverCore::trigger_deferred() {
     auto list = deferred_;
     for (Device* dev : list) {
       if (std::find(deferred_.begin(), deferred_.end(), dev) == deferred_.end()) continue;
-      if (dev->registered_ && !dev->driver_ && dev->bus_ && dev->bus_->autoprobe_) (void)attach(*dev);
+      if (dev->registered_ && !dev->driver_ && dev->bus_ && dev->bus_->autoprobe_ &&
+          dev->bus_->autoprobe_device(*dev))
+        (void)attach(*dev);
     }
   } while (retry_again_);
   retrying_ = false;

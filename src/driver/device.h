@@ -106,6 +106,9 @@ class Bus {
   virtual std::vector<std::string> uevent(Device&) { return {}; }
   // Bus-specific attributes, added when a device registers (lock held).
   virtual Result<void> add_device_attributes(Device&) { return ok(); }
+  // May this device be probed automatically when it is added? (Linux: a VF
+  // of a PF whose sriov_drivers_autoprobe is 0 is not.)
+  virtual bool autoprobe_device(Device&) { return true; }
   // Bus-specific attributes on a registered driver's directory.
   virtual Result<void> add_driver_attributes(Driver&) { return ok(); }
 

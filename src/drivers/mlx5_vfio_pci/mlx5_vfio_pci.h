@@ -1,0 +1,113 @@
+// mlx5_vfio_pci: the variant driver of the seed. It binds each VF twice — a
+// PCI driver for the VF itself (override-only id table: 15b3:101e binds only
+// through driver_override) and an auxiliary driver for the PF's
+// "mlx5_core.vfio_pci.<id>" device — and pairs the two halves per VF,
+// whichever binds first. The VF half reaches the PF's services only through
+// a PfLink, which the aux half connects and disconnects: once the aux device
+// goes (PF unbind, SR-IOV disable) every PF service fails with ENOTCONN and
+// the VF half is told (VfBinding::pf_detached()).
+#pragma once
+
+#include <map>
+#include <memory>
+#include <mutex>
+
+#include "base/bdf.h"
+#include "base/result.h"
+#include "bus/auxiliary/auxiliary.h"
+#include "bus/pci/pci.h"
+#include "drivers/mlx5_core/mlx5_core.h"
+
+namespace uvfio::drivers::mlx5_vfio_pci {
+
+inline constexpr const char* kDriverName = "mlx5_vfio_pci";
+inline constexpr const char* kAuxDriverName = "vfio_pci_ex";  // the RFC v2 name
+
+// The VF half's handle to its PF. Shared between the VF's binding and any
+// operation in flight on another thread, hence a shared_ptr; the aux device
+// pointer inside is valid only while connected, under mu_.
+class PfLink {
+ public:
+  bool connected() const;
+  Result<Bdf> pf_bdf() const;
+  Result<uint16_t> vf_function_id() const;  // through mlx5_core's PF services
+
+ private:
+  friend class Mlx5VfioPci;
+  mutable std::mutex mu_;
+  mlx5::VfioAuxDevice* aux_ = nullptr;  // guarded by mu_
+};
+
+class Mlx5VfioPci;
+
+// The VF half's per-device state.
+class VfBinding : public driver::Binding {
+ public:
+  VfBinding(Mlx5VfioPci& mod, bus::pci::PciDevice& vf);
+  ~VfBinding() override;
+  bus::pci::PciDevice& vf() const { return vf_; }
+  const std::shared_ptr<PfLink>& pf_link() const { return link_; }
+  // How many times the PF side went away while this VF was bound.
+  int pf_detach_count() const { return detaches_; }
+  // The aux half connected us (or disconnected us) to the PF.
+  virtual void pf_attached();
+  virtual void pf_detached();
+
+ private:
+  Mlx5VfioPci& mod_;
+  bus::pci::PciDevice& vf_;
+  std::shared_ptr<PfLink> link_ = std::make_shared<PfLink>();
+  int detaches_ = 0;
+};
+
+// The aux half's per-device state.
+class AuxBinding : public driver::Binding {
+ public:
+  AuxBinding(Mlx5VfioPci& mod, mlx5::VfioAuxDevice& aux);
+  ~AuxBinding() override;
+  mlx5::VfioAuxDevice& aux() const { return aux_; }
+
+ private:
+  Mlx5VfioPci& mod_;
+  mlx5::VfioAuxDevice& aux_;
+};
+
+class Mlx5VfioPci {
+ public:
+  // The buses outlive this module object; unregister_drivers() before it dies.
+  Mlx5VfioPci(bus::pci::PciBus& pci, bus::auxiliary::AuxiliaryBus& aux);
+  ~Mlx5VfioPci();
+
+  Result<void> register_drivers();
+  void unregister_drivers();
+
+  bus::pci::PciDriver& pci_driver();
+  bus::auxiliary::AuxiliaryDriver& aux_driver();
+
+  // The VF binding of `vf`, paired or not; nullptr if the VF half is unbound.
+  VfBinding* vf_binding(Bdf vf) const;
+  bool paired(Bdf vf) const;
+
+ private:
+  friend class VfBinding;
+  friend class AuxBinding;
+  class PciHalf;
+  class AuxHalf;
+  struct Slot {
+    VfBinding* vf = nullptr;
+    AuxBinding* aux = nullptr;
+  };
+  void vf_bound(VfBinding& b);
+  void vf_unbound(VfBinding& b);
+  void aux_bound(AuxBinding& b);
+  void aux_unbound(AuxBinding& b);
+  void connect(Slot& s);
+
+  bus::pci::PciBus& pci_;
+  bus::auxiliary::AuxiliaryBus& aux_;
+  std::unique_ptr<PciHalf> pci_half_;
+  std::unique_ptr<AuxHalf> aux_half_;
+  std::map<Bdf, Slot> slots_;  // guarded by the driver core lock (probe/remove run under it)
+};
+
+}  // namespace uvfio::drivers::mlx5_vfio_pci

@@ -74,6 +74,13 @@ Result<uint16_t> Function::add_ext_capability(uint16_t id, uint8_t version, uint
 
 void Function::finish_build() { power_on_ = cfg_; }
 
+void Function::set_multifunction(bool on) {
+  for (ConfigSpace* c : {&cfg_, &power_on_}) {
+    uint8_t h = c->get(kHeaderType);
+    c->set(kHeaderType, static_cast<uint8_t>(on ? (h | 0x80) : (h & 0x7f)));
+  }
+}
+
 uint16_t Function::find_capability(uint8_t id) const {
   if (!(cfg_.get(kStatus) & PCI_STATUS_CAP_LIST)) return 0;
   uint8_t pos = cfg_.get(kCapabilityList) & ~3;

@@ -86,6 +86,9 @@ class Function {
   // Appends an extended capability at 0x100.. and links it.
   Result<uint16_t> add_ext_capability(uint16_t id, uint8_t version, uint16_t len);
   void finish_build();
+  // Header Type bit 7: the platform sets it on function 0 of a multi-function
+  // device. Survives FLR (it is part of the power-on state).
+  void set_multifunction(bool on);
 
  protected:
   Function(std::string model, uint16_t config_size = kConfigSizeExtended);

@@ -1,0 +1,55 @@
+// System: everything uvfiod hosts, assembled from a topology — the emulated
+// fabric, the driver core with its PCI and auxiliary buses, and the drivers —
+// with an orderly teardown (devices unbound and removed children first,
+// drivers unregistered, hardware last).
+#pragma once
+
+#include <map>
+#include <memory>
+#include <string>
+
+#include "base/result.h"
+#include "bus/auxiliary/auxiliary.h"
+#include "bus/pci/pci.h"
+#include "daemon/topology.h"
+#include "driver/core.h"
+#include "drivers/mlx5_core/mlx5_core.h"
+#include "drivers/mlx5_vfio_pci/mlx5_vfio_pci.h"
+#include "hw/fabric.h"
+
+namespace uvfio::daemon {
+
+class System {
+ public:
+  // Builds the hardware, binds drivers and applies each PF's num_vfs through
+  // sriov_numvfs, as an admin would. On any failure everything built so far
+  // is torn down and the error says what failed.
+  static Result<std::unique_ptr<System>, TopologyError> create(const TopologySpec& spec);
+  ~System();
+
+  hw::Fabric& fabric() { return *fabric_; }
+  driver::DriverCore& core() { return *core_; }
+  bus::pci::PciBus& pci() { return *pci_; }
+  bus::auxiliary::AuxiliaryBus& aux() { return *aux_; }
+  drivers::mlx5::Mlx5CoreDriver& mlx5_core() { return *mlx5_core_; }
+  drivers::mlx5_vfio_pci::Mlx5VfioPci& mlx5_vfio_pci() { return *mlx5_vfio_; }
+  const TopologySpec& spec() const { return spec_; }
+
+ private:
+  System() = default;
+  Result<void, TopologyError> build_hardware();
+  Result<void, TopologyError> start_software();
+
+  TopologySpec spec_;
+  // Declaration order is teardown order reversed: hardware outlives the
+  // buses, the buses outlive the drivers' registrations.
+  std::unique_ptr<hw::Fabric> fabric_;
+  std::unique_ptr<driver::DriverCore> core_;
+  std::unique_ptr<bus::pci::PciBus> pci_;
+  std::unique_ptr<bus::auxiliary::AuxiliaryBus> aux_;
+  std::unique_ptr<drivers::mlx5::Mlx5CoreDriver> mlx5_core_;
+  std::unique_ptr<drivers::mlx5_vfio_pci::Mlx5VfioPci> mlx5_vfio_;
+  std::map<Bdf, std::string> vf_override_;  // PF address -> driver_override for its VFs
+};
+
+}  // namespace uvfio::daemon

@@ -62,6 +62,16 @@ void PciDevice::config_write(uint16_t off, unsigned width, uint32_t value) {
   pci_bus_->fabric().config_write(bdf_, off, width, value);
 }
 
+void PciDevice::enable_device() {
+  uint16_t cmd = static_cast<uint16_t>(config_read(PCI_COMMAND, 2));
+  config_write(PCI_COMMAND, 2, cmd | PCI_COMMAND_MEMORY | PCI_COMMAND_MASTER);
+}
+
+void PciDevice::disable_device() {
+  uint16_t cmd = static_cast<uint16_t>(config_read(PCI_COMMAND, 2));
+  config_write(PCI_COMMAND, 2, cmd & ~(PCI_COMMAND_MEMORY | PCI_COMMAND_MASTER));
+}
+
 uint16_t PciDevice::sriov_total_vfs() const {
   return sriov_pos_ ? static_cast<uint16_t>(config_read(sriov_pos_ + PCI_SRIOV_TOTAL_VF, 2)) : 0;
 }

@@ -76,6 +76,11 @@ class PciDevice : public driver::Device {
   uint32_t config_read(uint16_t off, unsigned width) const;
   void config_write(uint16_t off, unsigned width, uint32_t value);
 
+  // pci_enable_device_mem() + pci_set_master(), and the reverse: what a
+  // driver does in probe()/remove() before it touches BARs or DMA.
+  void enable_device();
+  void disable_device();
+
   // SR-IOV: a VF's PF, its index; a PF's capability offset and VFs.
   bool is_virtfn() const { return physfn_ != nullptr; }
   PciDevice* physfn() const { return physfn_; }

@@ -30,6 +30,7 @@ CoreDev::~CoreDev() {
   // a PF that is tearing down.
   delete_aux_devices();
   if (pf_.sriov_num_vfs()) pf_.pci_bus().disable_sriov(pf_);
+  pf_.disable_device();
   log::info(pf_.name(), "mlx5_core: removed");
 }
 
@@ -70,6 +71,7 @@ Result<std::unique_ptr<driver::Binding>> Mlx5CoreDriver::probe(PciDevice& dev, c
   // A PF that already has VFs was left that way by another driver: refuse,
   // as the VFs' owners would not be ours.
   if (dev.sriov_num_vfs()) return Error(EBUSY, "VFs already enabled");
+  dev.enable_device();
   log::info(dev.name(), "mlx5_core: probed, {} VFs supported", dev.sriov_total_vfs());
   return std::unique_ptr<driver::Binding>(std::make_unique<CoreDev>(dev, aux_));
 }

@@ -1,0 +1,293 @@
+// uvfioctl: the admin CLI. Talks to uvfiod over DIR/control.sock and works on
+// the attribute tree the way an admin works on /sys: ls, cat, readlink,
+// write, plus tree/list views and bind/unbind/sriov shortcuts.
+// Errors print the errno text and exit non-zero.
+#include <CLI/CLI.hpp>
+#include <cstdio>
+#include <iostream>
+#include <map>
+#include <nlohmann/json.hpp>
+
+#include "base/bdf.h"
+#include "base/rundir.h"
+#include "sysfs/control.h"
+
+using namespace uvfio;
+using nlohmann::json;
+
+namespace {
+
+[[noreturn]] void die(const std::string& what, const Error& e) {
+  std::fprintf(stderr, "uvfioctl: %s: %s\n", what.c_str(), errno_name(e.code).c_str());
+  std::exit(1);
+}
+
+template <class T>
+T must(Result<T> r, const std::string& what) {
+  if (!r) die(what, r.error());
+  return std::move(*r);
+}
+void must(Result<void> r, const std::string& what) {
+  if (!r) die(what, r.error());
+}
+
+std::string trim(std::string s) {
+  while (!s.empty() && (s.back() == '\n' || s.back() == ' ')) s.pop_back();
+  return s;
+}
+
+std::string base_name(const std::string& p) {
+  size_t s = p.rfind('/');
+  return s == std::string::npos ? p : p.substr(s + 1);
+}
+
+struct DevInfo {
+  std::string name;
+  std::string path;  // devices/pci0000:00/...
+  std::string vendor, device, cls, driver;
+  std::string physfn;
+  int sriov_num = -1, sriov_total = -1;
+  int secondary = -1, subordinate = -1;
+};
+
+// Reads what `list` and `tree` show, from the tree as lspci reads /sys.
+std::vector<DevInfo> collect(sysfs::ControlClient& c) {
+  std::vector<DevInfo> out;
+  auto entries = must(c.ls("bus/pci/devices"), "ls bus/pci/devices");
+  for (auto& [name, kind] : entries) {
+    DevInfo d;
+    d.name = name;
+    std::string base = "bus/pci/devices/" + name;
+    std::string target = must(c.readlink(base), "readlink " + base);
+    // "../../../devices/..." relative to bus/pci/devices
+    size_t pos = target.find("devices/");
+    d.path = pos == std::string::npos ? target : target.substr(pos);
+    d.vendor = trim(c.read(base + "/vendor").value_or("?"));
+    d.device = trim(c.read(base + "/device").value_or("?"));
+    d.cls = trim(c.read(base + "/class").value_or("?"));
+    auto drv = c.readlink(base + "/driver");
+    d.driver = drv ? base_name(*drv) : "";
+    auto pf = c.readlink(base + "/physfn");
+    if (pf) d.physfn = base_name(*pf);
+    auto tot = c.read(base + "/sriov_totalvfs");
+    if (tot) {
+      d.sriov_total = std::atoi(tot->c_str());
+      d.sriov_num = std::atoi(c.read(base + "/sriov_numvfs").value_or("0").c_str());
+    }
+    auto sec = c.read(base + "/secondary_bus_number");
+    if (sec) {
+      d.secondary = std::atoi(sec->c_str());
+      d.subordinate = std::atoi(c.read(base + "/subordinate_bus_number").value_or("0").c_str());
+    }
+    out.push_back(d);
+  }
+  return out;
+}
+
+std::string strip0x(const std::string& s) { return s.rfind("0x", 0) == 0 ? s.substr(2) : s; }
+
+void cmd_list(sysfs::ControlClient& c, bool as_json) {
+  auto devs = collect(c);
+  if (as_json) {
+    json a = json::array();
+    for (auto& d : devs) {
+      json o{{"address", d.name}, {"vendor", d.vendor}, {"device", d.device}, {"class", d.cls},
+             {"driver", d.driver.empty() ? json(nullptr) : json(d.driver)}};
+      if (!d.physfn.empty()) o["physfn"] = d.physfn;
+      if (d.sriov_total >= 0) o["sriov"] = json{{"numvfs", d.sriov_num}, {"totalvfs", d.sriov_total}};
+      a.push_back(o);
+    }
+    std::cout << a.dump(2) << "\n";
+    return;
+  }
+  std::printf("%-13s %-10s %-7s %-15s %s\n", "ADDRESS", "ID", "CLASS", "DRIVER", "SR-IOV");
+  for (auto& d : devs) {
+    std::string sriov;
+    if (d.sriov_total >= 0) sriov = std::to_string(d.sriov_num) + "/" + std::to_string(d.sriov_total) + " VFs";
+    if (!d.physfn.empty()) sriov = "VF of " + d.physfn;
+    std::printf("%-13s %-10s %-7s %-15s %s\n", d.name.c_str(),
+                (strip0x(d.vendor) + ":" + strip0x(d.device)).c_str(), strip0x(d.cls).c_str(),
+                d.driver.empty() ? "-" : d.driver.c_str(), sriov.c_str());
+  }
+}
+
+// `lspci -tv`'s drawing, over the sysfs parent chain (so VFs show under their
+// PF's bridge, as Linux's sysfs places them).
+struct TreeNode {
+  const DevInfo* dev = nullptr;
+  std::string name;
+  std::vector<TreeNode*> kids;
+};
+
+void print_it(std::string& line) {
+  std::cout << line << "\n";
+  for (char& ch : line) ch = (ch == '+' || ch == '|') ? '|' : ' ';
+}
+
+void show_dev(const TreeNode& n, std::string line, int bus);
+
+void show_bus(const std::vector<TreeNode*>& kids, std::string line, int bus) {
+  if (kids.empty()) {
+    print_it(line);
+  } else if (kids.size() == 1) {
+    show_dev(*kids[0], line + "--", bus);
+  } else {
+    for (size_t i = 0; i < kids.size(); ++i) {
+      std::string l = line + (i + 1 < kids.size() ? "+-" : "\\-");
+      show_dev(*kids[i], l, bus);
+      // print_it rewrote the shared prefix; recompute it as lspci does.
+      for (char& ch : line) ch = (ch == '+' || ch == '|') ? '|' : ' ';
+    }
+  }
+}
+
+void show_dev(const TreeNode& n, std::string line, int bus) {
+  auto b = Bdf::parse(n.name);
+  std::string label = n.name;
+  if (b) {
+    char tmp[16];
+    if (b->bus() == bus) std::snprintf(tmp, sizeof(tmp), "%02x.%x", b->dev(), b->fn());
+    else std::snprintf(tmp, sizeof(tmp), "%02x:%02x.%x", b->bus(), b->dev(), b->fn());
+    label = tmp;
+  }
+  line += label;
+  const DevInfo* d = n.dev;
+  if (d && d->secondary >= 0) {
+    char tmp[16];
+    if (d->secondary == d->subordinate) std::snprintf(tmp, sizeof(tmp), "-[%02x]--", d->secondary);
+    else std::snprintf(tmp, sizeof(tmp), "-[%02x-%02x]--", d->secondary, d->subordinate);
+    show_bus(n.kids, line + tmp, d->secondary);
+    return;
+  }
+  if (d) {
+    line += "  [" + strip0x(d->vendor) + ":" + strip0x(d->device) + "]";
+    if (!d->driver.empty()) line += " " + d->driver;
+  }
+  print_it(line);
+}
+
+void cmd_tree(sysfs::ControlClient& c) {
+  auto devs = collect(c);
+  std::map<std::string, TreeNode> nodes;  // by path
+  std::vector<std::string> roots;
+  for (auto& d : devs) {
+    TreeNode& n = nodes[d.path];
+    n.dev = &d;
+    n.name = d.name;
+  }
+  for (auto& d : devs) {
+    std::string parent = d.path.substr(0, d.path.rfind('/'));
+    if (!nodes.count(parent)) {
+      TreeNode& r = nodes[parent];
+      r.name = base_name(parent);
+      if (std::find(roots.begin(), roots.end(), parent) == roots.end()) roots.push_back(parent);
+    }
+    nodes[parent].kids.push_back(&nodes[d.path]);
+  }
+  for (auto& [p, n] : nodes)
+    std::sort(n.kids.begin(), n.kids.end(), [](TreeNode* a, TreeNode* b) { return a->name < b->name; });
+  std::sort(roots.begin(), roots.end());
+  for (size_t i = 0; i < roots.size(); ++i) {
+    TreeNode& r = nodes[roots[i]];
+    std::string dom = r.name.rfind("pci", 0) == 0 ? r.name.substr(3) : r.name;  // "0000:00"
+    std::string line = roots.size() == 1 ? "-" : (i == 0 ? "-+-" : (i + 1 < roots.size() ? " +-" : " \\-"));
+    line += "[" + dom + "]-";
+    int bus = std::stoi(dom.substr(dom.find(':') + 1), nullptr, 16);
+    show_bus(r.kids, line, bus);
+  }
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"uvfioctl — administer uvfiod's devices through its sysfs tree"};
+  app.require_subcommand(1);
+  app.fallthrough();  // global options (--json, --rundir) may follow the subcommand
+  std::string rundir = default_rundir();
+  bool as_json = false;
+  app.add_option("--rundir", rundir, "uvfiod's run directory (or $UVFIO_RUNDIR)")->capture_default_str();
+  app.add_flag("--json", as_json, "JSON output where the output is a table");
+
+  std::string path, value, bdf, driver_name;
+  int num = 0;
+  bool long_fmt = false;
+  auto* ls = app.add_subcommand("ls", "List a directory of the tree");
+  ls->add_option("path", path, "Path relative to the tree's root")->default_val("");
+  ls->add_flag("-l", long_fmt, "Show kinds, modes and link targets");
+  auto* cat = app.add_subcommand("cat", "Print an attribute");
+  cat->add_option("path", path)->required();
+  auto* rl = app.add_subcommand("readlink", "Print a link's target");
+  rl->add_option("path", path)->required();
+  auto* wr = app.add_subcommand("write", "Write VALUE (plus a newline, as echo) to an attribute");
+  wr->add_option("path", path)->required();
+  wr->add_option("value", value)->required();
+  auto* tree = app.add_subcommand("tree", "Draw the PCI topology, like lspci -tv");
+  auto* list = app.add_subcommand("list", "List PCI functions: address, ids, class, driver, SR-IOV");
+  auto* bind = app.add_subcommand("bind", "Set driver_override to DRIVER, unbind the current driver, bind");
+  bind->add_option("bdf", bdf)->required();
+  bind->add_option("driver", driver_name)->required();
+  auto* unbind = app.add_subcommand("unbind", "Unbind a PCI function from its driver");
+  unbind->add_option("bdf", bdf)->required();
+  auto* sriov = app.add_subcommand("sriov", "Set a PF's sriov_numvfs");
+  sriov->add_option("pf", bdf)->required();
+  sriov->add_option("numvfs", num)->required();
+  CLI11_PARSE(app, argc, argv);
+
+  std::string sock = rundir + "/control.sock";
+  auto conn = sysfs::ControlClient::connect(sock);
+  if (!conn) die("cannot reach uvfiod at " + sock, conn.error());
+  sysfs::ControlClient& c = *conn;
+
+  if (*ls) {
+    auto entries = must(c.ls(path), "ls " + path);
+    if (as_json) {
+      json a = json::array();
+      for (auto& [n, k] : entries) a.push_back(json{{"name", n}, {"kind", k}});
+      std::cout << a.dump(2) << "\n";
+    } else {
+      for (auto& [n, k] : entries) {
+        std::string full = path.empty() ? n : path + "/" + n;
+        if (!long_fmt) {
+          std::cout << n << "\n";
+        } else if (k == "link") {
+          std::cout << "l " << n << " -> " << c.readlink(full).value_or("?") << "\n";
+        } else {
+          std::cout << (k == "dir" ? "d " : "- ") << n << "\n";
+        }
+      }
+    }
+  } else if (*cat) {
+    std::string data = must(c.read(path), "cat " + path);
+    std::fwrite(data.data(), 1, data.size(), stdout);
+  } else if (*rl) {
+    std::cout << must(c.readlink(path), "readlink " + path) << "\n";
+  } else if (*wr) {
+    must(c.write(path, value + "\n"), "write " + path);
+  } else if (*tree) {
+    cmd_tree(c);
+  } else if (*list) {
+    cmd_list(c, as_json);
+  } else if (*bind) {
+    auto b = Bdf::parse(bdf);
+    if (!b) die("bind: " + bdf, b.error());
+    std::string dev = "bus/pci/devices/" + b->str();
+    must(c.write(dev + "/driver_override", driver_name + "\n"), "bind: driver_override");
+    auto cur = c.readlink(dev + "/driver");
+    if (cur && base_name(*cur) != driver_name)
+      must(c.write("bus/pci/drivers/" + base_name(*cur) + "/unbind", b->str() + "\n"), "bind: unbind " + base_name(*cur));
+    if (!cur || base_name(*cur) != driver_name)
+      must(c.write("bus/pci/drivers/" + driver_name + "/bind", b->str() + "\n"), "bind: " + driver_name);
+  } else if (*unbind) {
+    auto b = Bdf::parse(bdf);
+    if (!b) die("unbind: " + bdf, b.error());
+    std::string dev = "bus/pci/devices/" + b->str();
+    auto cur = c.readlink(dev + "/driver");
+    if (!cur) die("unbind " + b->str(), cur.error().code == ENOENT ? Error(ENODEV) : cur.error());
+    must(c.write("bus/pci/drivers/" + base_name(*cur) + "/unbind", b->str() + "\n"), "unbind " + b->str());
+  } else if (*sriov) {
+    auto b = Bdf::parse(bdf);
+    if (!b) die("sriov: " + bdf, b.error());
+    must(c.write("bus/pci/devices/" + b->str() + "/sriov_numvfs", std::to_string(num) + "\n"), "sriov " + b->str());
+  }
+  return 0;
+}

@@ -1,0 +1,120 @@
+// uvfiod: hosts the emulated topology, its drivers and the attribute tree.
+// Foreground; logs to stderr; SIGTERM/SIGINT shut it down cleanly (FUSE
+// unmounted, sockets removed, every device unbound and removed).
+#include <signal.h>
+#include <sys/mount.h>
+#include <sys/stat.h>
+
+#include <CLI/CLI.hpp>
+#include <cstdio>
+#include <iostream>
+
+#include "base/log.h"
+#include "base/rundir.h"
+#include "daemon/system.h"
+#include "daemon/topology.h"
+#include "sysfs/control.h"
+#include "sysfs/fuse_fs.h"
+
+using namespace uvfio;
+
+namespace {
+
+int mkdir_p(const std::string& path, mode_t mode) {
+  std::string cur;
+  for (size_t i = 0; i <= path.size(); ++i) {
+    if (i == path.size() || path[i] == '/') {
+      if (!cur.empty() && ::mkdir(cur.c_str(), mode) < 0 && errno != EEXIST) return -1;
+    }
+    if (i < path.size()) cur += path[i];
+  }
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"uvfiod — vfio-pci-core in userspace: emulated PCIe hardware, driver core, sysfs"};
+  std::string rundir = default_rundir();
+  std::string config;
+  bool print_seed = false, no_fuse = false, verbose = false;
+  app.add_option("--rundir", rundir, "Directory for control.sock, sys/ and vfio-user sockets")->capture_default_str();
+  app.add_option("--config", config, "Topology file (TOML); default: the seed topology");
+  app.add_flag("--print-seed", print_seed, "Print the seed topology as TOML and exit");
+  app.add_flag("--no-fuse", no_fuse, "Do not mount the attribute tree with FUSE");
+  app.add_flag("-v,--verbose", verbose, "Debug logging");
+  CLI11_PARSE(app, argc, argv);
+  if (verbose) log::set_level(log::Level::kDebug);
+  if (print_seed) {
+    std::cout << daemon::seed_topology_toml();
+    return 0;
+  }
+
+  daemon::TopologySpec spec;
+  if (config.empty()) {
+    spec = daemon::seed_topology();
+  } else {
+    auto r = daemon::load_topology_file(config);
+    if (!r) {
+      std::fprintf(stderr, "uvfiod: %s\n", r.error().message.c_str());
+      return 1;
+    }
+    spec = std::move(*r);
+  }
+
+  // Signals are taken synchronously by sigwait below; every thread started
+  // from here on inherits the mask.
+  sigset_t sigs;
+  sigemptyset(&sigs);
+  sigaddset(&sigs, SIGTERM);
+  sigaddset(&sigs, SIGINT);
+  sigaddset(&sigs, SIGHUP);
+  pthread_sigmask(SIG_BLOCK, &sigs, nullptr);
+  signal(SIGPIPE, SIG_IGN);
+
+  if (mkdir_p(rundir, 0700) < 0) {
+    std::fprintf(stderr, "uvfiod: cannot create %s: %s\n", rundir.c_str(), std::strerror(errno));
+    return 1;
+  }
+
+  auto sys = daemon::System::create(spec);
+  if (!sys) {
+    std::fprintf(stderr, "uvfiod: %s\n", sys.error().message.c_str());
+    return 1;
+  }
+  driver::Tree& tree = (*sys)->core().tree();
+
+  std::unique_ptr<sysfs::FuseMount> fuse;
+  std::string mnt = rundir + "/sys";
+  if (!no_fuse) {
+    struct stat st;
+    if (stat(mnt.c_str(), &st) < 0 && errno == ENOTCONN) umount2(mnt.c_str(), MNT_DETACH);  // a dead daemon's mount
+    auto m = sysfs::FuseMount::mount(tree, mnt);
+    if (m) {
+      fuse = std::move(*m);
+      log::info("uvfiod", "attribute tree mounted at {}", mnt);
+    } else {
+      log::warn("uvfiod", "FUSE unavailable ({}): serving the control socket only", to_string(m.error()));
+    }
+  }
+  auto ctl = sysfs::ControlServer::start(tree, rundir + "/control.sock");
+  if (!ctl) {
+    std::fprintf(stderr, "uvfiod: control socket %s/control.sock: %s\n", rundir.c_str(), to_string(ctl.error()).c_str());
+    fuse.reset();
+    return 1;
+  }
+  log::info("uvfiod", "ready: control socket {}/control.sock", rundir);
+
+  int sig = 0;
+  while (sigwait(&sigs, &sig) != 0 || sig == SIGHUP) {
+  }
+  log::info("uvfiod", "signal {}: shutting down", sig);
+  ctl->reset();
+  if (fuse) {
+    fuse.reset();
+    ::rmdir(mnt.c_str());
+  }
+  sys->reset();
+  log::info("uvfiod", "stopped");
+  return 0;
+}

@@ -1,0 +1,85 @@
+// The control socket: the attribute tree served over a UNIX stream socket, one
+// JSON object per line each way, for uvfioctl and tests (and wherever FUSE is
+// not available).
+//
+// Requests:  {"op":"stat"|"ls"|"read"|"readlink", "path":P}
+//            {"op":"write", "path":P, "data":TEXT}  (or "data_hex":HEX)
+// Replies:   {"ok":true, ...} with "kind"/"mode"/"size", "entries":[{name,kind}],
+//            "data_hex", or "target"; or {"ok":false, "errno":N, "error":TEXT}.
+// Paths are relative to the tree's root ("bus/pci/devices").
+#pragma once
+
+#include <sys/types.h>
+
+#include <atomic>
+#include <list>
+#include <memory>
+#include <mutex>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <thread>
+
+#include "base/result.h"
+#include "base/unique_fd.h"
+#include "driver/attr_tree.h"
+
+namespace uvfio::sysfs {
+
+inline constexpr size_t kMaxRequestLine = 1 << 20;
+inline constexpr int kMaxConnections = 32;
+
+// Answers one request line (without the newline) against the tree.
+nlohmann::json handle_request(const driver::Tree& tree, std::string_view line);
+
+class ControlServer {
+ public:
+  // Listens on `path` (mode 0600; a stale socket file is replaced).
+  static Result<std::unique_ptr<ControlServer>> start(const driver::Tree& tree, const std::string& path);
+  // Stops accepting, closes every connection, joins, removes the socket file.
+  ~ControlServer();
+
+ private:
+  struct Conn {
+    UniqueFd fd;
+    std::thread thread;
+    std::atomic<bool> done{false};
+  };
+  ControlServer(const driver::Tree& tree, std::string path, UniqueFd listen, UniqueFd stop)
+      : tree_(tree), path_(std::move(path)), listen_(std::move(listen)), stop_(std::move(stop)) {}
+  void accept_loop();
+  void serve(Conn& c);
+  void reap();
+
+  const driver::Tree& tree_;  // outlives the server
+  std::string path_;
+  UniqueFd listen_;
+  UniqueFd stop_;  // eventfd: readable once the server stops
+  std::thread acceptor_;
+  std::mutex mu_;
+  std::list<Conn> conns_;  // guarded by mu_
+};
+
+// The client side, for uvfioctl and tests.
+class ControlClient {
+ public:
+  static Result<ControlClient> connect(const std::string& path);
+  // Sends one request and waits for its reply. A reply with ok=false becomes
+  // an Error with the server's errno.
+  Result<nlohmann::json> call(const nlohmann::json& request);
+
+  Result<std::string> read(const std::string& path);
+  Result<void> write(const std::string& path, const std::string& data);
+  Result<std::string> readlink(const std::string& path);
+  Result<std::vector<std::pair<std::string, std::string>>> ls(const std::string& path);  // name, kind
+
+ private:
+  explicit ControlClient(UniqueFd fd) : fd_(std::move(fd)) {}
+  UniqueFd fd_;
+  std::string buf_;
+};
+
+std::string to_hex(std::string_view bytes);
+Result<std::string> from_hex(std::string_view hex);
+const char* kind_name(driver::NodeKind k);
+
+}  // namespace uvfio::sysfs

@@ -1,0 +1,43 @@
+// The attribute tree as a FUSE filesystem (libfuse3), so `ls -l`, `readlink`,
+// `cat`, `echo > bind` and pciutils work on it as on /sys.
+//
+// Files are direct-I/O and report sysfs's sizes (a page for text attributes,
+// the real size for binary ones such as `config`); a read at offset 0 takes a
+// fresh snapshot of the attribute, later offsets read from it, as sysfs's
+// seq_file buffering does. Nothing is cached by the kernel, so devices that
+// come and go show at once.
+#pragma once
+
+#include <memory>
+#include <string>
+#include <thread>
+
+#include "base/result.h"
+#include "driver/attr_tree.h"
+
+struct fuse;
+
+namespace uvfio::sysfs {
+
+struct FuseContext;
+
+class FuseMount {
+ public:
+  // Mounts at `mountpoint` (created if missing) and serves from a thread
+  // pool. ENODEV/EPERM etc. when FUSE is not available here.
+  static Result<std::unique_ptr<FuseMount>> mount(const driver::Tree& tree, const std::string& mountpoint);
+  // Unmounts and joins.
+  ~FuseMount();
+
+  const std::string& mountpoint() const { return mountpoint_; }
+
+ private:
+  FuseMount(const driver::Tree& tree, std::string mp);
+  const driver::Tree& tree_;  // outlives the mount
+  std::string mountpoint_;
+  std::unique_ptr<FuseContext> ctx_;
+  struct fuse* fuse_ = nullptr;
+  std::thread loop_;
+};
+
+}  // namespace uvfio::sysfs

@@ -85,7 +85,7 @@ class ConfigSpace {
 
  private:
   bool in_range(uint16_t off, unsigned width) const {
-    return width >= 1 && width <= 4 && static_cast<unsigned>(off) + width <= size_;
+    return (width == 1 || width == 2 || width == 4) && static_cast<unsigned>(off) + width <= size_;
   }
   static uint32_t take(const std::array<uint8_t, kConfigSizeExtended>& a, uint16_t off, unsigned width);
   void put(std::array<uint8_t, kConfigSizeExtended>& a, uint16_t off, unsigned width, uint32_t v);

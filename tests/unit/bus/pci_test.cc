@@ -1,1 +1,315 @@
+// The PCI bus type: enumeration, BAR assignment, sysfs attributes, id-table
+// matching with driver_override/override_only, and SR-IOV per iov.c.
+#include "bus/pci/pci.h"
+
 #include <gtest/gtest.h>
+
+#include "hw/bridge.h"
+#include "hw/endpoint.h"
+#include "hw/mlx5/mlx5.h"
+
+namespace uvfio::bus::pci {
+namespace {
+
+class TestDriver : public PciDriver {
+ public:
+  TestDriver(std::string name, std::vector<PciDeviceId> ids, bool sriov = false)
+      : PciDriver(std::move(name), std::move(ids)), sriov_(sriov) {}
+  Result<std::unique_ptr<driver::Binding>> probe(PciDevice& d, const PciDeviceId& id) override {
+    last_id = id;
+    probed.push_back(d.name());
+    return std::make_unique<driver::Binding>();
+  }
+  bool has_sriov_configure() const override { return sriov_; }
+  Result<int> sriov_configure(PciDevice& pf, int n) override {
+    if (n == 0) {
+      pf.pci_bus().disable_sriov(pf);
+      return 0;
+    }
+    TRY(pf.pci_bus().enable_sriov(pf, static_cast<uint16_t>(n)));
+    return n;
+  }
+  PciDeviceId last_id;
+  std::vector<std::string> probed;
+
+ private:
+  bool sriov_;
+};
+
+struct PciFixture : ::testing::Test {
+  hw::Fabric fabric;
+  driver::DriverCore core;
+  std::unique_ptr<PciBus> bus;
+  void SetUp() override {
+    auto rp = hw::Bridge::create(hw::BridgeKind::kRootPort);
+    hw::Function* r = *fabric.attach(std::move(*rp), Bdf(0, 0, 2, 0));
+    r->config_write(PCI_PRIMARY_BUS, 1, 0);
+    r->config_write(PCI_SECONDARY_BUS, 1, 1);
+    r->config_write(PCI_SUBORDINATE_BUS, 1, 3);
+    hw::EndpointParams ep;
+    ep.ids = {0x1af4, 0x1041, 0x020000, 1, 0x1af4, 0x1100};
+    ASSERT_TRUE(fabric.attach(std::move(*hw::GenericEndpoint::create(ep)), Bdf(0, 1, 0, 0)));
+    ASSERT_TRUE(fabric.attach(std::move(*hw::mlx5::Pf::create({4, 0x100, 1, 1 << 20, 0})), Bdf(0, 1, 0, 1)));
+    fabric.find(Bdf(0, 1, 0, 0))->set_multifunction(true);
+    // An endpoint on the root bus, and one behind nothing (unreachable).
+    ASSERT_TRUE(fabric.attach(std::move(*hw::GenericEndpoint::create()), Bdf(0, 0, 3, 0)));
+    ASSERT_TRUE(fabric.attach(std::move(*hw::GenericEndpoint::create()), Bdf(0, 0x20, 0, 0)));
+    bus = std::make_unique<PciBus>(core, fabric);
+    ASSERT_TRUE(bus->scan());
+  }
+  void TearDown() override {
+    bus->remove_all();
+    core.unregister_bus(*bus);
+  }
+  PciDevice& dev(Bdf b) { return *bus->find(b); }
+};
+
+TEST_F(PciFixture, EnumeratesWhatIsReachable) {
+  std::vector<std::string> names;
+  for (auto* d : bus->all_devices()) names.push_back(d->name());
+  std::vector<std::string> expect{"0000:00:02.0", "0000:00:03.0", "0000:01:00.0", "0000:01:00.1"};
+  EXPECT_EQ(names, expect);
+  auto& t = core.tree();
+  EXPECT_EQ(t.stat("devices/pci0000:00/0000:00:02.0/0000:01:00.1")->kind, driver::NodeKind::kDir);
+  EXPECT_EQ(*t.readlink("bus/pci/devices/0000:01:00.0"), "../../../devices/pci0000:00/0000:00:02.0/0000:01:00.0");
+  EXPECT_EQ(*t.readlink("bus/pci/devices/0000:01:00.0/subsystem"), "../../../../bus/pci");
+}
+
+TEST_F(PciFixture, SysfsAttributesInLinuxFormats) {
+  auto& t = core.tree();
+  std::string d = "bus/pci/devices/0000:01:00.0/";
+  EXPECT_EQ(*t.read(d + "vendor"), "0x1af4\n");
+  EXPECT_EQ(*t.read(d + "device"), "0x1041\n");
+  EXPECT_EQ(*t.read(d + "class"), "0x020000\n");
+  EXPECT_EQ(*t.read(d + "revision"), "0x01\n");
+  EXPECT_EQ(*t.read(d + "subsystem_vendor"), "0x1af4\n");
+  EXPECT_EQ(*t.read(d + "subsystem_device"), "0x1100\n");
+  EXPECT_EQ(*t.read(d + "driver_override"), "(null)\n");
+  EXPECT_EQ(*t.read(d + "modalias"), "pci:v00001AF4d00001041sv00001AF4sd00001100bc02sc00i00\n");
+  EXPECT_EQ(t.read(d + "config")->size(), 4096u);
+  EXPECT_EQ(t.read(d + "config")->substr(0, 4), std::string("\xf4\x1a\x41\x10", 4));
+  EXPECT_EQ(t.stat(d + "config")->size, 4096u);
+  EXPECT_NE(*t.read(d + "irq"), "0\n");
+  // resource: 13 lines for an endpoint, 17 for a bridge; BAR0 32-bit mem,
+  // BAR1 I/O, BAR2 64-bit prefetchable, with Linux's flags.
+  std::string res = *t.read(d + "resource");
+  EXPECT_EQ(std::count(res.begin(), res.end(), '\n'), 13);
+  EXPECT_NE(res.find("0x0000000000040200\n"), std::string::npos);
+  EXPECT_NE(res.find("0x0000000000040101\n"), std::string::npos);
+  EXPECT_NE(res.find("0x000000000014220c\n"), std::string::npos);
+  std::string br = *t.read("bus/pci/devices/0000:00:02.0/resource");
+  EXPECT_EQ(std::count(br.begin(), br.end(), '\n'), 17);
+  EXPECT_EQ(*t.read("bus/pci/devices/0000:00:02.0/secondary_bus_number"), "1\n");
+  EXPECT_EQ(*t.read("bus/pci/devices/0000:00:02.0/subordinate_bus_number"), "3\n");
+  std::string pf = "bus/pci/devices/0000:01:00.1/";
+  EXPECT_EQ(*t.read(pf + "sriov_totalvfs"), "4\n");
+  EXPECT_EQ(*t.read(pf + "sriov_numvfs"), "0\n");
+  EXPECT_EQ(*t.read(pf + "sriov_offset"), "256\n");
+  EXPECT_EQ(*t.read(pf + "sriov_stride"), "1\n");
+  EXPECT_EQ(*t.read(pf + "sriov_vf_device"), "101e\n");
+  EXPECT_EQ(t.stat(d + "sriov_numvfs").error().code, ENOENT);
+}
+
+TEST_F(PciFixture, BarsProgrammedInsideTheBridgeWindows) {
+  PciDevice& ep = dev(Bdf(0, 1, 0, 0));
+  PciDevice& rp = dev(Bdf(0, 0, 2, 0));
+  const Resource& bar0 = ep.resource(0);
+  const Resource& bar2 = ep.resource(2);
+  EXPECT_EQ(bar0.size(), 4096u);
+  EXPECT_EQ(ep.config_read(PCI_BASE_ADDRESS_0, 4), static_cast<uint32_t>(bar0.start));
+  EXPECT_EQ(bar2.size(), 1u << 20);
+  EXPECT_EQ(bar2.start % (1u << 20), 0u);
+  const Resource& mem = rp.resource(kBridgeResources + 1);
+  const Resource& pref = rp.resource(kBridgeResources + 2);
+  EXPECT_GE(bar0.start, mem.start);
+  EXPECT_LE(bar0.end, mem.end);
+  EXPECT_GE(bar2.start, pref.start);
+  EXPECT_LE(bar2.end, pref.end);
+  EXPECT_EQ((uint64_t{rp.config_read(PCI_PREF_BASE_UPPER32, 4)} << 32 |
+             (uint64_t{rp.config_read(PCI_PREF_MEMORY_BASE, 2)} & 0xfff0) << 16),
+            pref.start);
+  // The PF's VF BAR ranges: TotalVFs times the per-VF size.
+  PciDevice& pf = dev(Bdf(0, 1, 0, 1));
+  EXPECT_EQ(pf.resource(kIovResources + 2).size(), 4u << 20);
+}
+
+struct MatchCase {
+  const char* name;
+  PciDeviceId id;
+  const char* override_;
+  bool match;
+};
+
+class MatchTable : public PciFixture, public ::testing::WithParamInterface<MatchCase> {};
+
+TEST_P(MatchTable, AgainstVirtioNetLikeDevice) {
+  const MatchCase& c = GetParam();
+  TestDriver drv("drv", {c.id});
+  PciDevice& d = dev(Bdf(0, 1, 0, 0));
+  ASSERT_TRUE(core.set_driver_override(d, c.override_));
+  EXPECT_EQ(bus->match(d, drv).has_value(), c.match) << c.name;
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Ids, MatchTable,
+    ::testing::Values(
+        MatchCase{"vendor+device", {0x1af4, 0x1041}, "", true},
+        MatchCase{"wrong device", {0x1af4, 0x1042}, "", false},
+        MatchCase{"any", {}, "", true},
+        MatchCase{"subsystem", {0x1af4, kPciAnyId, 0x1af4, 0x1100}, "", true},
+        MatchCase{"wrong subsystem", {0x1af4, kPciAnyId, 0x1af4, 0x1101}, "", false},
+        MatchCase{"class/mask", {kPciAnyId, kPciAnyId, kPciAnyId, kPciAnyId, 0x020000, 0xffff00}, "", true},
+        MatchCase{"wrong class", {kPciAnyId, kPciAnyId, kPciAnyId, kPciAnyId, 0x010000, 0xff0000}, "", false},
+        MatchCase{"override-only without override", {0x1af4, 0x1041, kPciAnyId, kPciAnyId, 0, 0, true}, "", false},
+        MatchCase{"override-only with override", {0x1af4, 0x1041, kPciAnyId, kPciAnyId, 0, 0, true}, "drv", true},
+        MatchCase{"override names another driver", {0x1af4, 0x1041}, "other", false},
+        MatchCase{"override alone matches anything", {0xdead, 0xbeef}, "drv", true}),
+    [](const auto& i) { return std::to_string(i.index); });
+
+TEST_F(PciFixture, MostSpecificEntryWins) {
+  PciDeviceId any{};
+  PciDeviceId vendor{0x1af4};
+  PciDeviceId exact{0x1af4, 0x1041, 0x1af4, 0x1100};
+  TestDriver drv("drv", {any, exact, vendor});
+  EXPECT_EQ(*bus->match(dev(Bdf(0, 1, 0, 0)), drv), 4);
+  ASSERT_TRUE(core.register_driver(*bus, drv));
+  ASSERT_TRUE(core.release_driver(dev(Bdf(0, 1, 0, 0))));
+  ASSERT_TRUE(core.bind(drv, dev(Bdf(0, 1, 0, 0))));
+  EXPECT_EQ(drv.last_id.subdevice, 0x1100u);  // probe() is handed the best entry
+  // Between drivers, autoprobe tries the most specific first.
+  TestDriver generic("generic", {any});
+  core.unregister_driver(drv);
+  ASSERT_TRUE(core.register_driver(*bus, generic));
+  TestDriver specific("specific", {exact});
+  ASSERT_TRUE(core.register_driver(*bus, specific));
+  PciDevice& ep = dev(Bdf(0, 1, 0, 0));
+  ASSERT_TRUE(core.release_driver(ep));
+  ASSERT_TRUE(core.drivers_probe(ep));
+  EXPECT_EQ(ep.driver(), &specific);
+  core.unregister_driver(specific);
+  core.unregister_driver(generic);
+}
+
+TEST(ParseU16Test, KstrtoU16) {
+  EXPECT_EQ(*parse_u16("3\n"), 3);
+  EXPECT_EQ(*parse_u16("0x10"), 16);
+  EXPECT_EQ(*parse_u16("010"), 8);
+  EXPECT_EQ(*parse_u16("65535"), 65535);
+  EXPECT_EQ(parse_u16("65536").error().code, ERANGE);
+  for (const char* s : {"", "-1", "1x", "0x", "09", " 1", "1\n\n"}) EXPECT_FALSE(parse_u16(s)) << s;
+}
+
+struct SriovCase {
+  const char* name;
+  bool bind;        // PF bound to a driver?
+  bool callback;    // does the driver have sriov_configure?
+  const char* first;   // written first ("" = nothing)
+  const char* value;
+  int expect_errno;  // 0 = success
+  int expect_numvfs;
+};
+
+class SriovNumvfs : public PciFixture, public ::testing::WithParamInterface<SriovCase> {};
+
+TEST_P(SriovNumvfs, KernelErrnoRules) {
+  const SriovCase& c = GetParam();
+  TestDriver drv("pfdrv", {{0x15b3, 0x101d}}, c.callback);
+  if (c.bind) {
+    ASSERT_TRUE(core.register_driver(*bus, drv));
+  }
+  std::string p = "bus/pci/devices/0000:01:00.1/sriov_numvfs";
+  if (*c.first) {
+    ASSERT_TRUE(core.tree().write(p, c.first));
+  }
+  auto r = core.tree().write(p, c.value);
+  if (c.expect_errno) {
+    ASSERT_FALSE(r) << c.name;
+    EXPECT_EQ(r.error().code, c.expect_errno) << c.name;
+  } else {
+    EXPECT_TRUE(r) << c.name;
+  }
+  EXPECT_EQ(*core.tree().read(p), std::to_string(c.expect_numvfs) + "\n") << c.name;
+  if (c.bind) {
+    core.unregister_driver(drv);
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Iov, SriovNumvfs,
+    ::testing::Values(SriovCase{"not a number", true, true, "", "x", EINVAL, 0},
+                      SriovCase{"above total", true, true, "", "5", ERANGE, 0},
+                      SriovCase{"no driver", false, true, "", "1", ENOENT, 0},
+                      SriovCase{"driver without callback", true, false, "", "1", ENOENT, 0},
+                      SriovCase{"enable", true, true, "", "2\n", 0, 2},
+                      SriovCase{"same value is a no-op", true, true, "2", "2", 0, 2},
+                      SriovCase{"change without going through 0", true, true, "2", "3", EBUSY, 2},
+                      SriovCase{"disable", true, true, "2", "0", 0, 0},
+                      SriovCase{"zero while zero", false, false, "", "0", 0, 0},
+                      SriovCase{"hex", true, true, "", "0x4", 0, 4}),
+    [](const auto& i) { return std::to_string(i.index); });
+
+TEST_F(PciFixture, VfsAppearWithLinksAndGoAgain) {
+  TestDriver drv("pfdrv", {{0x15b3, 0x101d}}, true);
+  ASSERT_TRUE(core.register_driver(*bus, drv));
+  auto& t = core.tree();
+  ASSERT_TRUE(t.write("bus/pci/devices/0000:01:00.1/sriov_numvfs", "2"));
+  // PF 01:00.1 (RID 0x101) + 0x100 → 02:00.1, 02:00.2; parent is the root port.
+  PciDevice* vf0 = bus->find(Bdf(0, 2, 0, 1));
+  ASSERT_NE(vf0, nullptr);
+  EXPECT_TRUE(vf0->is_virtfn());
+  EXPECT_EQ(*t.read("bus/pci/devices/0000:02:00.1/vendor"), "0x15b3\n");
+  EXPECT_EQ(*t.read("bus/pci/devices/0000:02:00.1/device"), "0x101e\n");
+  EXPECT_EQ(t.read("bus/pci/devices/0000:02:00.1/config")->substr(0, 2), "\xff\xff");  // hardware's view
+  EXPECT_EQ(*t.readlink("bus/pci/devices/0000:02:00.1"), "../../../devices/pci0000:00/0000:00:02.0/0000:02:00.1");
+  EXPECT_EQ(*t.readlink("bus/pci/devices/0000:01:00.1/virtfn1"), "../0000:02:00.2");
+  EXPECT_EQ(*t.readlink("bus/pci/devices/0000:02:00.2/physfn"), "../0000:01:00.1");
+  PciDevice& pf = dev(Bdf(0, 1, 0, 1));
+  EXPECT_EQ(vf0->resource(2).start, pf.resource(kIovResources + 2).start);
+  EXPECT_EQ(bus->find(Bdf(0, 2, 0, 2))->resource(2).start, pf.resource(kIovResources + 2).start + (1 << 20));
+  ASSERT_TRUE(t.write("bus/pci/devices/0000:01:00.1/sriov_numvfs", "0"));
+  EXPECT_EQ(bus->find(Bdf(0, 2, 0, 1)), nullptr);
+  EXPECT_EQ(t.stat("bus/pci/devices/0000:01:00.1/virtfn0").error().code, ENOENT);
+  EXPECT_EQ(t.stat("bus/pci/devices/0000:02:00.1").error().code, ENOENT);
+  core.unregister_driver(drv);
+}
+
+TEST_F(PciFixture, VfAutoprobeFollowsSriovDriversAutoprobe) {
+  TestDriver pfdrv("pfdrv", {{0x15b3, 0x101d}}, true);
+  TestDriver vfdrv("vfdrv", {{0x15b3, 0x101e}});
+  ASSERT_TRUE(core.register_driver(*bus, pfdrv));
+  ASSERT_TRUE(core.register_driver(*bus, vfdrv));
+  auto& t = core.tree();
+  ASSERT_TRUE(t.write("bus/pci/devices/0000:01:00.1/sriov_drivers_autoprobe", "0"));
+  ASSERT_TRUE(t.write("bus/pci/devices/0000:01:00.1/sriov_numvfs", "1"));
+  EXPECT_EQ(bus->find(Bdf(0, 2, 0, 1))->driver(), nullptr);
+  ASSERT_TRUE(t.write("bus/pci/drivers_probe", "0000:02:00.1"));
+  EXPECT_EQ(bus->find(Bdf(0, 2, 0, 1))->driver(), &vfdrv);
+  EXPECT_EQ(t.write("bus/pci/devices/0000:01:00.1/sriov_drivers_autoprobe", "2").error().code, EINVAL);
+  core.unregister_driver(vfdrv);
+  core.unregister_driver(pfdrv);
+}
+
+TEST_F(PciFixture, HardwareVanishingTakesItsDeviceAlong) {
+  // An admin writing the PF's SR-IOV control through `config`, behind the
+  // PF driver's back: the VFs' devices go before their hardware does.
+  TestDriver pfdrv("pfdrv", {{0x15b3, 0x101d}}, true);
+  TestDriver vfdrv("vfdrv", {{0x15b3, 0x101e}});
+  ASSERT_TRUE(core.register_driver(*bus, pfdrv));
+  ASSERT_TRUE(core.register_driver(*bus, vfdrv));
+  ASSERT_TRUE(core.tree().write("bus/pci/devices/0000:01:00.1/sriov_numvfs", "2"));
+  PciDevice& pf = dev(Bdf(0, 1, 0, 1));
+  ASSERT_EQ(bus->find(Bdf(0, 2, 0, 1))->driver(), &vfdrv);
+  pf.config_write(pf.sriov_cap() + PCI_SRIOV_CTRL, 2, 0);
+  EXPECT_EQ(bus->find(Bdf(0, 2, 0, 1)), nullptr);
+  EXPECT_EQ(pf.sriov_num_vfs(), 0);
+  EXPECT_EQ(*core.tree().read("bus/pci/devices/0000:01:00.1/sriov_numvfs"), "0\n");
+  // And a PF FLR does the same.
+  ASSERT_TRUE(core.tree().write("bus/pci/devices/0000:01:00.1/sriov_numvfs", "1"));
+  pf.hw().function_level_reset();
+  EXPECT_EQ(bus->find(Bdf(0, 2, 0, 1)), nullptr);
+  core.unregister_driver(vfdrv);
+  core.unregister_driver(pfdrv);
+}
+
+}  // namespace
+}  // namespace uvfio::bus::pci

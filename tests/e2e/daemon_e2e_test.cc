@@ -1,0 +1,253 @@
+// uvfiod + uvfioctl + the FUSE tree + real tools (ls, readlink, cat, echo,
+// lspci) on the seed topology.
+#include <gtest/gtest.h>
+
+#include "e2e/harness.h"
+
+namespace uvfio::e2e {
+namespace {
+
+const std::string kLink2048 =
+    "../../../devices/pci0000:00/0000:00:02.0/0000:05:00.0/0000:06:00.0/0000:07:00.0/mlx5_core.vfio_pci.2048";
+const std::string kLink2304 =
+    "../../../devices/pci0000:00/0000:00:02.0/0000:05:00.0/0000:06:00.0/0000:07:00.1/mlx5_core.vfio_pci.2304";
+
+class SeedDaemon : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    ASSERT_TRUE(d.wait_ready()) << d.log();
+    fuse = is_mounted(d.sys());
+  }
+  void need_fuse() {
+    if (!fuse) GTEST_SKIP() << "FUSE is not available here: " << d.log();
+  }
+  Daemon d;
+  bool fuse = false;
+};
+
+TEST_F(SeedDaemon, SeedLinesThroughUvfioctl) {
+  auto r = sh(d.ctl("readlink bus/auxiliary/devices/mlx5_core.vfio_pci.2048"));
+  EXPECT_EQ(r.status, 0) << r.err;
+  EXPECT_EQ(r.out, kLink2048 + "\n");
+  r = sh(d.ctl("readlink bus/auxiliary/devices/mlx5_core.vfio_pci.2304"));
+  EXPECT_EQ(r.out, kLink2304 + "\n");
+  r = sh(d.ctl("ls bus/auxiliary/devices"));
+  EXPECT_EQ(r.out, "mlx5_core.vfio_pci.2048\nmlx5_core.vfio_pci.2304\n");
+  r = sh(d.ctl("cat bus/auxiliary/devices/mlx5_core.vfio_pci.2048/vf_bdf"));
+  EXPECT_EQ(r.out, "0000:08:00.0\n");
+}
+
+TEST_F(SeedDaemon, SeedLinesByteExactWithLs) {
+  need_fuse();
+  auto r = sh("ls -l " + d.sys() + "/bus/auxiliary/devices/");
+  ASSERT_EQ(r.status, 0) << r.err;
+  std::istringstream lines(r.out);
+  std::string line;
+  std::vector<std::string> tails;
+  while (std::getline(lines, line)) {
+    if (line.rfind("total", 0) == 0) continue;
+    EXPECT_EQ(line.substr(0, 10), "lrwxrwxrwx") << line;
+    size_t at = line.find("mlx5_core.");
+    ASSERT_NE(at, std::string::npos) << line;
+    tails.push_back(line.substr(at));
+  }
+  ASSERT_EQ(tails.size(), 2u) << r.out;
+  EXPECT_EQ(tails[0], "mlx5_core.vfio_pci.2048 -> " + kLink2048);
+  EXPECT_EQ(tails[1], "mlx5_core.vfio_pci.2304 -> " + kLink2304);
+  r = sh("readlink " + d.sys() + "/bus/auxiliary/devices/mlx5_core.vfio_pci.2048");
+  EXPECT_EQ(r.out, kLink2048 + "\n");
+  // And the link resolves inside the tree, as on /sys.
+  r = sh("cat " + d.sys() + "/bus/auxiliary/devices/mlx5_core.vfio_pci.2304/vf_bdf");
+  EXPECT_EQ(r.out, "0000:09:00.0\n");
+  r = sh("basename $(readlink " + d.sys() + "/bus/pci/devices/0000:08:00.0/driver)");
+  EXPECT_EQ(r.out, "mlx5_vfio_pci\n");
+}
+
+TEST_F(SeedDaemon, LspciDrawsTheTopologyAndDecodesCapabilities) {
+  need_fuse();
+  std::string lspci = "lspci -A linux-sysfs -O sysfs.path=" + d.sys() + "/bus/pci";
+  auto r = sh(lspci + " -tv");
+  ASSERT_EQ(r.status, 0) << r.err;
+  EXPECT_NE(r.out.find("-[0000:00]---02.0-[05-09]----00.0-[06-09]----00.0-[07-09]--+-00.0  Mellanox"),
+            std::string::npos)
+      << r.out;
+  EXPECT_NE(r.out.find("+-00.1  Mellanox"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("ConnectX Family mlx5Gen Virtual Function"), std::string::npos) << r.out;
+  r = sh(lspci + " -vvv");
+  ASSERT_EQ(r.status, 0) << r.err;
+  // Split per function and check each one's capabilities.
+  std::vector<std::pair<std::string, std::string>> fns;
+  std::istringstream in(r.out);
+  std::string line;
+  while (std::getline(in, line)) {
+    if (!line.empty() && line[0] != '\t' && line[0] != ' ') fns.push_back({line.substr(0, 7), ""});
+    else if (!fns.empty()) fns.back().second += line + "\n";
+  }
+  ASSERT_EQ(fns.size(), 7u) << r.out;
+  for (auto& [addr, body] : fns) {
+    EXPECT_NE(body.find("Capabilities: ["), std::string::npos) << addr;
+    EXPECT_NE(body.find("Express (v2)"), std::string::npos) << addr;
+    if (addr == "07:00.0" || addr == "07:00.1") {
+      EXPECT_NE(body.find("Single Root I/O Virtualization (SR-IOV)"), std::string::npos) << addr << body;
+      EXPECT_NE(body.find("Number of VFs: 1"), std::string::npos) << addr << body;
+      EXPECT_NE(body.find("Device ID: 101e"), std::string::npos) << addr << body;
+      EXPECT_NE(body.find("MSI-X: Enable- Count=64"), std::string::npos) << addr << body;
+      EXPECT_NE(body.find("Kernel driver in use: mlx5_core"), std::string::npos) << addr << body;
+    }
+    if (addr == "08:00.0" || addr == "09:00.0") {
+      EXPECT_NE(body.find("MSI-X: Enable- Count=8"), std::string::npos) << addr << body;
+      EXPECT_NE(body.find("Region 2: Memory at"), std::string::npos) << addr << body;
+      EXPECT_NE(body.find("[size=16M]"), std::string::npos) << addr << body;
+      EXPECT_NE(body.find("Kernel driver in use: mlx5_vfio_pci"), std::string::npos) << addr << body;
+    }
+  }
+  EXPECT_NE(r.out.find("VF offset: 256, stride: 1"), std::string::npos);
+  EXPECT_NE(r.out.find("VF offset: 511, stride: 1"), std::string::npos);
+}
+
+TEST_F(SeedDaemon, EchoIntoSysfsWorksLikeLinux) {
+  need_fuse();
+  std::string s = d.sys();
+  auto r = sh("echo 0000:08:00.0 > " + s + "/bus/pci/drivers/mlx5_vfio_pci/unbind");
+  EXPECT_EQ(r.status, 0) << r.err;
+  r = sh("test -e " + s + "/bus/pci/devices/0000:08:00.0/driver");
+  EXPECT_NE(r.status, 0);
+  r = sh("echo 0000:08:00.0 > " + s + "/bus/pci/drivers/mlx5_vfio_pci/unbind");
+  EXPECT_NE(r.status, 0);
+  EXPECT_NE(r.err.find("No such device"), std::string::npos) << r.err;
+  r = sh("echo 0000:08:00.0 > " + s + "/bus/pci/drivers/mlx5_vfio_pci/bind");
+  EXPECT_EQ(r.status, 0) << r.err;
+  r = sh("echo 0000:08:00.0 > " + s + "/bus/pci/drivers/mlx5_vfio_pci/bind");
+  EXPECT_NE(r.err.find("Device or resource busy"), std::string::npos) << r.err;
+  r = sh("echo 3 > " + s + "/bus/pci/devices/0000:07:00.0/sriov_numvfs");
+  EXPECT_NE(r.err.find("Device or resource busy"), std::string::npos) << r.err;
+  r = sh("echo 9 > " + s + "/bus/pci/devices/0000:07:00.0/sriov_numvfs");
+  EXPECT_NE(r.err.find("Numerical result out of range"), std::string::npos) << r.err;
+  r = sh("echo 0 > " + s + "/bus/pci/devices/0000:07:00.0/sriov_numvfs && echo 3 > " + s +
+         "/bus/pci/devices/0000:07:00.0/sriov_numvfs && ls " + s + "/bus/auxiliary/devices");
+  EXPECT_EQ(r.status, 0) << r.err;
+  EXPECT_EQ(r.out,
+            "mlx5_core.vfio_pci.2048\nmlx5_core.vfio_pci.2049\nmlx5_core.vfio_pci.2050\nmlx5_core.vfio_pci.2304\n");
+  r = sh("cat " + s + "/bus/pci/devices/0000:08:00.2/driver_override " + s +
+         "/bus/pci/devices/0000:07:00.0/sriov_numvfs");
+  EXPECT_EQ(r.out, "mlx5_vfio_pci\n3\n");
+  r = sh("cat " + s + "/bus/pci/drivers/mlx5_core/bind");
+  EXPECT_NE(r.status, 0);  // write-only
+  r = sh("echo 1 > " + s + "/bus/pci/devices/0000:07:00.0/vendor");
+  EXPECT_NE(r.status, 0);  // read-only
+  EXPECT_EQ(sh("stat -c %s " + s + "/bus/pci/devices/0000:07:00.0/config").out, "4096\n");
+}
+
+TEST_F(SeedDaemon, UvfioctlViewsAndShortcuts) {
+  auto r = sh(d.ctl("tree"));
+  EXPECT_EQ(r.status, 0) << r.err;
+  EXPECT_NE(r.out.find("-[0000:00]---02.0-[05-09]----00.0-[06-09]----00.0-[07-09]--+-00.0  [15b3:101d] mlx5_core"),
+            std::string::npos)
+      << r.out;
+  EXPECT_NE(r.out.find("\\-09:00.0  [15b3:101e] mlx5_vfio_pci"), std::string::npos) << r.out;
+  r = sh(d.ctl("list"));
+  EXPECT_NE(r.out.find("0000:08:00.0  15b3:101e  020000  mlx5_vfio_pci   VF of 0000:07:00.0"), std::string::npos)
+      << r.out;
+  r = sh(d.ctl("list --json"));
+  EXPECT_NE(r.out.find("\"address\": \"0000:07:00.1\""), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("\"numvfs\": 1"), std::string::npos) << r.out;
+  // unbind, then bind through driver_override.
+  r = sh(d.ctl("unbind 0000:09:00.0"));
+  EXPECT_EQ(r.status, 0) << r.err;
+  r = sh(d.ctl("unbind 0000:09:00.0"));
+  EXPECT_EQ(r.status, 1);
+  EXPECT_NE(r.err.find("No such device"), std::string::npos) << r.err;
+  r = sh(d.ctl("bind 09:00.0 mlx5_vfio_pci"));
+  EXPECT_EQ(r.status, 0) << r.err;
+  EXPECT_EQ(sh(d.ctl("readlink bus/pci/devices/0000:09:00.0/driver")).out,
+            "../../../../../../bus/pci/drivers/mlx5_vfio_pci\n");
+  r = sh(d.ctl("bind 0000:09:00.0 nosuchdriver"));
+  EXPECT_EQ(r.status, 1);
+  r = sh(d.ctl("sriov 0000:07:00.1 0"));
+  EXPECT_EQ(r.status, 0) << r.err;
+  EXPECT_EQ(sh(d.ctl("ls bus/auxiliary/devices")).out, "mlx5_core.vfio_pci.2048\n");
+  r = sh(d.ctl("sriov 0000:07:00.1 100"));
+  EXPECT_EQ(r.status, 1);
+  EXPECT_NE(r.err.find("Numerical result out of range"), std::string::npos) << r.err;
+  r = sh(d.ctl("cat no/such/file"));
+  EXPECT_EQ(r.status, 1);
+  EXPECT_NE(r.err.find("No such file or directory"), std::string::npos) << r.err;
+  r = sh(d.ctl("write bus/pci/devices/0000:07:00.0/vendor 1"));
+  EXPECT_EQ(r.status, 1);
+  EXPECT_NE(r.err.find("Permission denied"), std::string::npos) << r.err;
+  r = sh(d.ctl("unbind not-a-bdf"));
+  EXPECT_EQ(r.status, 1);
+  r = sh(std::string(UVFIOCTL_PATH) + " --rundir /nonexistent list");
+  EXPECT_EQ(r.status, 1);
+  EXPECT_NE(r.err.find("cannot reach uvfiod"), std::string::npos) << r.err;
+}
+
+TEST_F(SeedDaemon, GarbageOnTheControlSocketIsAnsweredNotFatal) {
+  int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_un a{};
+  a.sun_family = AF_UNIX;
+  std::snprintf(a.sun_path, sizeof(a.sun_path), "%s", d.control().c_str());
+  ASSERT_EQ(connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a)), 0);
+  std::string req = "not json\n{\"op\":\"read\"}\n{\"op\":\"zap\",\"path\":\"\"}\n[1,2]\n"
+                    "{\"op\":\"write\",\"path\":\"bus/pci/drivers_probe\",\"data_hex\":\"zz\"}\n"
+                    "{\"op\":\"read\",\"path\":\"bus/pci/devices/0000:07:00.0/vendor\"}\n";
+  ASSERT_EQ(write(fd, req.data(), req.size()), static_cast<ssize_t>(req.size()));
+  std::string got;
+  char buf[4096];
+  while (std::count(got.begin(), got.end(), '\n') < 6) {
+    ssize_t n = read(fd, buf, sizeof(buf));
+    ASSERT_GT(n, 0);
+    got.append(buf, static_cast<size_t>(n));
+  }
+  close(fd);
+  EXPECT_EQ(std::count(got.begin(), got.end(), '\n'), 6) << got;
+  size_t fails = 0, pos = 0;
+  while ((pos = got.find("\"ok\":false", pos)) != std::string::npos) ++fails, ++pos;
+  EXPECT_EQ(fails, 5u) << got;
+  EXPECT_NE(got.find("\"data_hex\":\"3078313562330a\""), std::string::npos) << got;  // "0x15b3\n"
+  EXPECT_EQ(sh(d.ctl("cat bus/pci/devices/0000:07:00.0/vendor")).out, "0x15b3\n");
+}
+
+TEST(DaemonLifecycle, CleanShutdownOnSigtermAndSigint) {
+  for (int sig : {SIGTERM, SIGINT}) {
+    Daemon d;
+    ASSERT_TRUE(d.wait_ready()) << d.log();
+    bool had_fuse = is_mounted(d.sys());
+    EXPECT_EQ(d.stop(sig), 0) << d.log();
+    EXPECT_FALSE(can_connect(d.control()));
+    EXPECT_NE(access(d.control().c_str(), F_OK), 0) << "control socket left behind";
+    EXPECT_FALSE(is_mounted(d.sys()));
+    if (had_fuse) {
+      EXPECT_NE(access(d.sys().c_str(), F_OK), 0) << "mount point left behind";
+    }
+    EXPECT_NE(d.log().find("mlx5_core: removed"), std::string::npos) << d.log();
+    EXPECT_NE(d.log().find("stopped"), std::string::npos) << d.log();
+  }
+}
+
+TEST(DaemonLifecycle, BadConfigIsRefusedAndNothingStarts) {
+  std::string dir = make_tmpdir("cfg");
+  std::string cfg = dir + "/topo.toml";
+  std::ofstream(cfg) << "[[device]]\naddress = \"0000:00:02.0\"\nmodel = \"mlx5-pf\"\ntotal_vfs = 2\nnum_vfs = 5\n";
+  Daemon d({"--config", cfg});
+  EXPECT_EQ(d.wait_exit(), 1);
+  EXPECT_NE(d.log().find(cfg + ": device[0].num_vfs: 5 exceeds total_vfs (2)"), std::string::npos) << d.log();
+  EXPECT_NE(access(d.control().c_str(), F_OK), 0);
+  EXPECT_FALSE(is_mounted(d.sys()));
+  sh("rm -rf " + dir);
+}
+
+TEST(DaemonLifecycle, ConfigFileAndNoFuse) {
+  std::string dir = make_tmpdir("cfg2");
+  std::string cfg = dir + "/topo.toml";
+  std::ofstream(cfg) << sh(std::string(UVFIOD_PATH) + " --print-seed").out;
+  Daemon d({"--config", cfg, "--no-fuse"});
+  ASSERT_TRUE(d.wait_ready()) << d.log();
+  EXPECT_FALSE(is_mounted(d.sys()));
+  EXPECT_EQ(sh(d.ctl("readlink bus/auxiliary/devices/mlx5_core.vfio_pci.2048")).out, kLink2048 + "\n");
+  EXPECT_EQ(d.stop(), 0);
+  sh("rm -rf " + dir);
+}
+
+}  // namespace
+}  // namespace uvfio::e2e

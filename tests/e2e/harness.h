@@ -1,0 +1,159 @@
+// e2e harness: start uvfiod in a private run directory, run commands (our
+// CLI, coreutils, pciutils) against it, stop it with SIGTERM.
+#pragma once
+
+#include <fcntl.h>
+#include <signal.h>
+#include <spawn.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <array>
+#include <chrono>
+#include <cstdio>
+#include <cstring>
+#include <fstream>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+extern char** environ;
+
+namespace uvfio::e2e {
+
+struct CmdResult {
+  int status = -1;  // exit code
+  std::string out;  // stdout
+  std::string err;  // stderr
+};
+
+inline std::string slurp(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+inline std::string make_tmpdir(const char* tag) {
+  std::string t = std::string("/tmp/uvfio-e2e-") + tag + "-XXXXXX";
+  std::vector<char> buf(t.begin(), t.end());
+  buf.push_back('\0');
+  if (!mkdtemp(buf.data())) return "";
+  return buf.data();
+}
+
+// Runs `cmd` with bash (whose echo reports the errno text, as an admin sees
+// it); captures stdout and stderr separately.
+inline CmdResult sh(const std::string& cmd) {
+  static int seq = 0;
+  std::string base = "/tmp/uvfio-e2e-cmd-" + std::to_string(getpid()) + "-" + std::to_string(seq++);
+  std::ofstream(base + ".sh") << cmd << "\n";
+  std::string full = "bash " + base + ".sh >" + base + ".out 2>" + base + ".err";
+  CmdResult r;
+  int st = std::system(full.c_str());
+  r.status = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+  r.out = slurp(base + ".out");
+  r.err = slurp(base + ".err");
+  unlink((base + ".out").c_str());
+  unlink((base + ".err").c_str());
+  unlink((base + ".sh").c_str());
+  return r;
+}
+
+inline bool can_connect(const std::string& path) {
+  int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_un a{};
+  a.sun_family = AF_UNIX;
+  std::snprintf(a.sun_path, sizeof(a.sun_path), "%s", path.c_str());
+  bool ok = connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a)) == 0;
+  close(fd);
+  return ok;
+}
+
+inline bool is_mounted(const std::string& path) {
+  std::string mi = slurp("/proc/self/mountinfo");
+  return mi.find(" " + path + " ") != std::string::npos;
+}
+
+class Daemon {
+ public:
+  explicit Daemon(std::vector<std::string> extra = {}, const char* tag = "d") {
+    dir_ = make_tmpdir(tag);
+    rundir_ = dir_ + "/run";
+    log_ = dir_ + "/uvfiod.log";
+    std::vector<std::string> args{UVFIOD_PATH, "--rundir", rundir_};
+    args.insert(args.end(), extra.begin(), extra.end());
+    std::vector<char*> argv;
+    for (auto& a : args) argv.push_back(a.data());
+    argv.push_back(nullptr);
+    posix_spawn_file_actions_t fa;
+    posix_spawn_file_actions_init(&fa);
+    posix_spawn_file_actions_addopen(&fa, 2, log_.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    posix_spawn_file_actions_addopen(&fa, 1, "/dev/null", O_WRONLY, 0);
+    if (posix_spawn(&pid_, UVFIOD_PATH, &fa, nullptr, argv.data(), environ) != 0) pid_ = -1;
+    posix_spawn_file_actions_destroy(&fa);
+  }
+  ~Daemon() {
+    if (pid_ > 0) stop();
+    sh("rm -rf " + dir_);
+  }
+
+  // Waits until the control socket answers (or the daemon exits).
+  bool wait_ready(int timeout_ms = 10000) {
+    for (int i = 0; i < timeout_ms / 10; ++i) {
+      if (can_connect(control())) return true;
+      int st;
+      if (pid_ > 0 && waitpid(pid_, &st, WNOHANG) == pid_) {
+        exit_ = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+        pid_ = -1;
+        return false;
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+    return false;
+  }
+  // Exit status after waiting (e.g. for a refused config).
+  int wait_exit(int timeout_ms = 10000) {
+    for (int i = 0; i < timeout_ms / 10 && pid_ > 0; ++i) {
+      int st;
+      if (waitpid(pid_, &st, WNOHANG) == pid_) {
+        exit_ = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+        pid_ = -1;
+        break;
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+    return exit_;
+  }
+  int stop(int sig = SIGTERM) {
+    if (pid_ <= 0) return exit_;
+    kill(pid_, sig);
+    int rc = wait_exit(20000);
+    if (pid_ > 0) {
+      kill(pid_, SIGKILL);
+      waitpid(pid_, nullptr, 0);
+      pid_ = -1;
+    }
+    return rc;
+  }
+
+  pid_t pid() const { return pid_; }
+  const std::string& rundir() const { return rundir_; }
+  std::string sys() const { return rundir_ + "/sys"; }
+  std::string control() const { return rundir_ + "/control.sock"; }
+  std::string log() const { return slurp(log_); }
+  std::string ctl(const std::string& args) const {
+    return std::string(UVFIOCTL_PATH) + " --rundir " + rundir_ + " " + args;
+  }
+
+ private:
+  std::string dir_, rundir_, log_;
+  pid_t pid_ = -1;
+  int exit_ = -1;
+};
+
+}  // namespace uvfio::e2e

@@ -51,30 +51,11 @@ Result<uint16_t> add_msix_cap(Function& f, const MsixParams& p) {
   c.set_rw(off + PCI_MSIX_FLAGS, 2, PCI_MSIX_FLAGS_ENABLE | PCI_MSIX_FLAGS_MASKALL);
   c.raw_write(off + PCI_MSIX_TABLE, 4, p.table_offset | p.table_bar);
   c.raw_write(off + PCI_MSIX_PBA, 4, p.pba_offset | p.pba_bar);
-  reset_msix_table(f);
+  // The table and PBA are decoded by the function itself, not kept in the
+  // BAR's memory: a client's mmap of the BAR cannot reprogram them (as
+  // interrupt remapping protects a real host).
+  f.setup_msix(p.table_bar, p.table_offset, p.table_size, p.pba_bar, p.pba_offset);
   return off;
-}
-
-void reset_msix_table(Function& f) {
-  uint16_t off = f.find_capability(PCI_CAP_ID_MSIX);
-  if (!off) return;
-  const ConfigSpace& c = f.config();
-  unsigned n = (c.raw_read(off + PCI_MSIX_FLAGS, 2) & PCI_MSIX_FLAGS_QSIZE) + 1;
-  uint32_t t = c.raw_read(off + PCI_MSIX_TABLE, 4);
-  uint32_t pba = c.raw_read(off + PCI_MSIX_PBA, 4);
-  BarMemory* tbar = f.bar_memory(t & PCI_MSIX_TABLE_BIR);
-  BarMemory* pbar = f.bar_memory(pba & PCI_MSIX_PBA_BIR);
-  if (!tbar || !pbar) return;
-  uint64_t base = t & PCI_MSIX_TABLE_OFFSET;
-  for (unsigned i = 0; i < n; ++i) {
-    uint64_t e = base + uint64_t{i} * PCI_MSIX_ENTRY_SIZE;
-    (void)tbar->store(e + PCI_MSIX_ENTRY_LOWER_ADDR, 4, 0);
-    (void)tbar->store(e + PCI_MSIX_ENTRY_UPPER_ADDR, 4, 0);
-    (void)tbar->store(e + PCI_MSIX_ENTRY_DATA, 4, 0);
-    (void)tbar->store(e + PCI_MSIX_ENTRY_VECTOR_CTRL, 4, PCI_MSIX_ENTRY_CTRL_MASKBIT);
-  }
-  uint64_t pbase = pba & PCI_MSIX_PBA_OFFSET;
-  for (unsigned i = 0; i < (n + 63) / 64; ++i) (void)pbar->store(pbase + 8 * i, 8, 0);
 }
 
 Result<uint16_t> add_pcie_cap(Function& f, const PcieParams& p) {

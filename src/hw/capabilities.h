@@ -29,11 +29,9 @@ struct MsixParams {
   unsigned pba_bar = 0;
   uint32_t pba_offset = 0;
 };
-// Also initialises the table (all vectors masked) in the BAR memory, which
-// must already be defined and large enough.
+// The table and PBA must fit in their (already defined) BARs; the function
+// decodes them (Function::setup_msix), every vector masked at reset.
 Result<uint16_t> add_msix_cap(Function& f, const MsixParams& p);
-// Puts the MSI-X table back to its reset state (every vector masked).
-void reset_msix_table(Function& f);
 
 struct PcieParams {
   uint8_t port_type = PCI_EXP_TYPE_ENDPOINT;  // PCI_EXP_TYPE_*

@@ -33,6 +33,6 @@ Result<std::unique_ptr<GenericEndpoint>> GenericEndpoint::create(const EndpointP
   return e;
 }
 
-void GenericEndpoint::on_reset() { reset_msix_table(*this); }
+void GenericEndpoint::on_reset() {}
 
 }  // namespace uvfio::hw

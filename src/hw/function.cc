@@ -125,27 +125,218 @@ void Function::config_write(uint16_t off, unsigned width, uint32_t value) {
       }
     }
   }
+  irq_config_written(off, width);
   on_config_write(off, width, old);
 }
 
 void Function::on_config_write(uint16_t, unsigned, uint32_t) {}
 
+void Function::irq_config_written(uint16_t off, unsigned width) {
+  uint16_t msix = find_capability(PCI_CAP_ID_MSIX);
+  if (msix && overlaps(off, width, msix + PCI_MSIX_FLAGS, 2)) {
+    std::vector<std::pair<uint64_t, uint32_t>> fire;
+    {
+      std::lock_guard lk(irq_mu_);
+      msix_fire_pending_locked(fire);
+    }
+    deliver(fire);
+  }
+  if (overlaps(off, width, PCI_COMMAND, 2) && cfg_.get(kInterruptPin)) {
+    // INTx Disable gates the pin: re-evaluate the level the sink sees.
+    set_intx(cfg_.get(kStatus) & PCI_STATUS_INTERRUPT);
+  }
+}
+
 void Function::function_level_reset() {
   before_reset();
   cfg_ = power_on_;
+  {
+    std::lock_guard lk(irq_mu_);
+    for (auto& e : msix_) e = MsixEntry{};
+    for (auto& p : msix_pba_) p = 0;
+    if (intx_level_ && sink_) sink_->intx(false);
+    intx_level_ = false;
+  }
   on_reset();
 }
 
-Result<uint64_t> Function::mmio_read(unsigned bar, uint64_t off, unsigned width) {
+Result<uint64_t> Function::bar_read(unsigned bar, uint64_t off, unsigned width) {
   BarMemory* m = bar_memory(bar);
   if (!m) return Error(EINVAL, "BAR not implemented");
   return m->load(off, width);
 }
 
-Result<void> Function::mmio_write(unsigned bar, uint64_t off, unsigned width, uint64_t value) {
+Result<void> Function::bar_write(unsigned bar, uint64_t off, unsigned width, uint64_t value) {
   BarMemory* m = bar_memory(bar);
   if (!m) return Error(EINVAL, "BAR not implemented");
   return m->store(off, width, value);
+}
+
+// ---- MSI-X table and PBA (PCI 3.0 §6.8.2) -----------------------------------
+
+void Function::setup_msix(unsigned table_bar, uint32_t table_off, unsigned n, unsigned pba_bar, uint32_t pba_off) {
+  std::lock_guard lk(irq_mu_);
+  msix_.assign(n, MsixEntry{});
+  msix_pba_.assign((n + 63) / 64, 0);
+  msix_table_bar_ = table_bar;
+  msix_table_off_ = table_off;
+  msix_pba_bar_ = pba_bar;
+  msix_pba_off_ = pba_off;
+}
+
+bool Function::msix_decode(unsigned bar, uint64_t off, unsigned width, bool& is_table, uint64_t& rel) const {
+  if (msix_.empty()) return false;
+  uint64_t tlen = msix_.size() * PCI_MSIX_ENTRY_SIZE;
+  uint64_t plen = msix_pba_.size() * 8;
+  if (bar == msix_table_bar_ && off >= msix_table_off_ && off + width <= msix_table_off_ + tlen) {
+    is_table = true;
+    rel = off - msix_table_off_;
+    return true;
+  }
+  if (bar == msix_pba_bar_ && off >= msix_pba_off_ && off + width <= msix_pba_off_ + plen) {
+    is_table = false;
+    rel = off - msix_pba_off_;
+    return true;
+  }
+  return false;
+}
+
+Result<uint64_t> Function::mmio_read(unsigned bar, uint64_t off, unsigned width) {
+  bool table;
+  uint64_t rel;
+  if (msix_decode(bar, off, width, table, rel)) {
+    std::lock_guard lk(irq_mu_);
+    uint8_t bytes[8] = {};
+    for (unsigned i = 0; i < width; ++i) {
+      uint64_t o = rel + i;
+      if (table) {
+        const MsixEntry& e = msix_[o / PCI_MSIX_ENTRY_SIZE];
+        uint32_t words[4] = {e.addr_lo, e.addr_hi, e.data, e.ctrl};
+        bytes[i] = static_cast<uint8_t>(words[(o % 16) / 4] >> (8 * (o % 4)));
+      } else {
+        bytes[i] = static_cast<uint8_t>(msix_pba_[o / 8] >> (8 * (o % 8)));
+      }
+    }
+    uint64_t v = 0;
+    for (unsigned i = 0; i < width; ++i) v |= uint64_t{bytes[i]} << (8 * i);
+    return v;
+  }
+  return bar_read(bar, off, width);
+}
+
+Result<void> Function::mmio_write(unsigned bar, uint64_t off, unsigned width, uint64_t value) {
+  bool table;
+  uint64_t rel;
+  if (msix_decode(bar, off, width, table, rel)) {
+    if (!table) return ok();  // the PBA is read-only
+    std::vector<std::pair<uint64_t, uint32_t>> fire;
+    {
+      std::lock_guard lk(irq_mu_);
+      for (unsigned i = 0; i < width; ++i) {
+        uint64_t o = rel + i;
+        MsixEntry& e = msix_[o / PCI_MSIX_ENTRY_SIZE];
+        uint32_t* words[4] = {&e.addr_lo, &e.addr_hi, &e.data, &e.ctrl};
+        uint32_t* w = words[(o % 16) / 4];
+        unsigned sh = 8 * (o % 4);
+        *w = (*w & ~(0xffu << sh)) | (static_cast<uint32_t>((value >> (8 * i)) & 0xff) << sh);
+        if ((o % 16) / 4 == 3) e.ctrl &= PCI_MSIX_ENTRY_CTRL_MASKBIT;  // other bits reserved
+      }
+      msix_fire_pending_locked(fire);
+    }
+    deliver(fire);
+    return ok();
+  }
+  return bar_write(bar, off, width, value);
+}
+
+void Function::set_irq_sink(IrqSink* sink) {
+  std::lock_guard lk(irq_mu_);
+  sink_ = sink;
+}
+
+IrqMode Function::irq_mode() const {
+  uint16_t msix = find_capability(PCI_CAP_ID_MSIX);
+  if (msix && (cfg_.raw_read(msix + PCI_MSIX_FLAGS, 2) & PCI_MSIX_FLAGS_ENABLE)) return IrqMode::kMsix;
+  uint16_t msi = find_capability(PCI_CAP_ID_MSI);
+  if (msi && (cfg_.raw_read(msi + PCI_MSI_FLAGS, 2) & PCI_MSI_FLAGS_ENABLE)) return IrqMode::kMsi;
+  if (cfg_.get(kInterruptPin) && !(cfg_.get(kCommand) & PCI_COMMAND_INTX_DISABLE)) return IrqMode::kIntx;
+  return IrqMode::kNone;
+}
+
+bool Function::msix_pending(unsigned vector) const {
+  std::lock_guard lk(irq_mu_);
+  return vector < msix_.size() && (msix_pba_[vector / 64] >> (vector % 64)) & 1;
+}
+
+// With the table or the function mask changed: send what is pending and no
+// longer masked (PCI 3.0 §6.8.2.9).
+void Function::msix_fire_pending_locked(std::vector<std::pair<uint64_t, uint32_t>>& out) {
+  uint16_t cap = find_capability(PCI_CAP_ID_MSIX);
+  if (!cap) return;
+  uint16_t ctrl = static_cast<uint16_t>(cfg_.raw_read(cap + PCI_MSIX_FLAGS, 2));
+  if (!(ctrl & PCI_MSIX_FLAGS_ENABLE) || (ctrl & PCI_MSIX_FLAGS_MASKALL)) return;
+  for (unsigned v = 0; v < msix_.size(); ++v) {
+    uint64_t bit = uint64_t{1} << (v % 64);
+    if (!(msix_pba_[v / 64] & bit) || (msix_[v].ctrl & PCI_MSIX_ENTRY_CTRL_MASKBIT)) continue;
+    msix_pba_[v / 64] &= ~bit;
+    out.emplace_back(uint64_t{msix_[v].addr_hi} << 32 | msix_[v].addr_lo, msix_[v].data);
+  }
+}
+
+void Function::deliver(const std::vector<std::pair<uint64_t, uint32_t>>& msgs) {
+  if (msgs.empty()) return;
+  std::lock_guard lk(irq_mu_);  // the sink cannot be detached mid-delivery
+  if (!sink_) return;
+  for (auto& [a, d] : msgs) sink_->msi(a, d);
+}
+
+void Function::raise_irq(unsigned vector) {
+  std::vector<std::pair<uint64_t, uint32_t>> fire;
+  switch (irq_mode()) {
+    case IrqMode::kNone: return;
+    case IrqMode::kIntx: set_intx(true); return;
+    case IrqMode::kMsix: {
+      std::lock_guard lk(irq_mu_);
+      if (vector >= msix_.size()) return;
+      msix_pba_[vector / 64] |= uint64_t{1} << (vector % 64);
+      msix_fire_pending_locked(fire);
+      break;
+    }
+    case IrqMode::kMsi: {
+      uint16_t cap = find_capability(PCI_CAP_ID_MSI);
+      uint16_t ctrl = static_cast<uint16_t>(cfg_.raw_read(cap + PCI_MSI_FLAGS, 2));
+      unsigned enabled = 1u << ((ctrl & PCI_MSI_FLAGS_QSIZE) >> 4);
+      if (vector >= enabled) return;
+      bool is64 = ctrl & PCI_MSI_FLAGS_64BIT;
+      if (ctrl & PCI_MSI_FLAGS_MASKBIT) {
+        uint32_t mask = cfg_.raw_read(cap + (is64 ? PCI_MSI_MASK_64 : PCI_MSI_MASK_32), 4);
+        if (mask & (1u << vector)) {
+          uint16_t pend = cap + (is64 ? PCI_MSI_MASK_64 : PCI_MSI_MASK_32) + 4;
+          cfg_.raw_write(pend, 4, cfg_.raw_read(pend, 4) | (1u << vector));
+          return;
+        }
+      }
+      uint64_t addr = cfg_.raw_read(cap + PCI_MSI_ADDRESS_LO, 4);
+      if (is64) addr |= uint64_t{cfg_.raw_read(cap + PCI_MSI_ADDRESS_HI, 4)} << 32;
+      uint16_t data = static_cast<uint16_t>(cfg_.raw_read(cap + (is64 ? PCI_MSI_DATA_64 : PCI_MSI_DATA_32), 2));
+      // Multiple messages: the low bits of the data carry the vector.
+      fire.emplace_back(addr, (data & ~(enabled - 1)) | vector);
+      break;
+    }
+  }
+  deliver(fire);
+}
+
+void Function::set_intx(bool asserted) {
+  if (!cfg_.get(kInterruptPin)) return;
+  uint16_t st = cfg_.get(kStatus);
+  cfg_.set(kStatus, static_cast<uint16_t>(asserted ? (st | PCI_STATUS_INTERRUPT) : (st & ~PCI_STATUS_INTERRUPT)));
+  bool disabled = cfg_.get(kCommand) & PCI_COMMAND_INTX_DISABLE;
+  std::lock_guard lk(irq_mu_);
+  bool level = asserted && !disabled;
+  if (level == intx_level_) return;
+  intx_level_ = level;
+  if (sink_) sink_->intx(level);
 }
 
 }  // namespace uvfio::hw

@@ -13,8 +13,10 @@
 #include <array>
 #include <cstdint>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "base/bdf.h"
 #include "base/result.h"
@@ -24,6 +26,20 @@
 namespace uvfio::hw {
 
 class Fabric;
+class IommuDomain;
+
+// Where a function's interrupts go: the platform's interrupt controller as the
+// function's driver set it up. msi() is a message write (MSI or MSI-X);
+// intx() the level of the INTx pin. Called from whatever thread raised the
+// interrupt, without the function's locks held.
+class IrqSink {
+ public:
+  virtual ~IrqSink() = default;
+  virtual void msi(uint64_t address, uint32_t data) = 0;
+  virtual void intx(bool asserted) = 0;
+};
+
+enum class IrqMode { kNone, kIntx, kMsi, kMsix };
 
 struct FunctionIds {
   uint16_t vendor = 0;
@@ -59,10 +75,31 @@ class Function {
   const BarDesc& bar_desc(unsigned idx) const { return bars_[idx < kNumBars ? idx : 0]; }
   BarMemory* bar_memory(unsigned idx) { return idx < kNumBars ? bar_mem_[idx].get() : nullptr; }
 
-  // MMIO: default behaviour is plain memory; models with registers override.
+  // MMIO: the MSI-X table and PBA are decoded by the function itself; the
+  // rest goes to the model (bar_read/bar_write; plain memory by default).
   // EINVAL for an unimplemented BAR or an access past its end.
-  virtual Result<uint64_t> mmio_read(unsigned bar, uint64_t off, unsigned width);
-  virtual Result<void> mmio_write(unsigned bar, uint64_t off, unsigned width, uint64_t value);
+  Result<uint64_t> mmio_read(unsigned bar, uint64_t off, unsigned width);
+  Result<void> mmio_write(unsigned bar, uint64_t off, unsigned width, uint64_t value);
+
+  // ---- Interrupts -------------------------------------------------------
+  // The sink must outlive its registration (set nullptr to detach; returns
+  // after any delivery in progress).
+  void set_irq_sink(IrqSink* sink);
+  // What config space currently enables: MSI-X, else MSI, else INTx (pin
+  // present and not disabled), else none.
+  IrqMode irq_mode() const;
+  // Raise `vector` in the enabled mode (INTx: assert the pin). Masked MSI-X
+  // vectors set their pending bit and fire when unmasked.
+  void raise_irq(unsigned vector);
+  void set_intx(bool asserted);
+  unsigned msix_table_size() const { return static_cast<unsigned>(msix_.size()); }
+  bool msix_pending(unsigned vector) const;
+
+  // ---- DMA --------------------------------------------------------------
+  // The IOMMU domain this function's DMA goes through (set by the platform
+  // or the driver that owns it; nullptr: DMA fails with EFAULT).
+  void set_iommu(IommuDomain* d) { iommu_ = d; }
+  IommuDomain* iommu() const { return iommu_; }
 
   // Function Level Reset: config space back to power-on values, model state
   // reset (on_reset()). Reachable through PCIe Device Control too.
@@ -86,12 +123,18 @@ class Function {
   // Appends an extended capability at 0x100.. and links it.
   Result<uint16_t> add_ext_capability(uint16_t id, uint8_t version, uint16_t len);
   void finish_build();
+  // Declares the MSI-X table and PBA (add_msix_cap does this).
+  void setup_msix(unsigned table_bar, uint32_t table_off, unsigned n, unsigned pba_bar, uint32_t pba_off);
   // Header Type bit 7: the platform sets it on function 0 of a multi-function
   // device. Survives FLR (it is part of the power-on state).
   void set_multifunction(bool on);
 
  protected:
   Function(std::string model, uint16_t config_size = kConfigSizeExtended);
+
+  // The model's registers. Default: plain BAR memory.
+  virtual Result<uint64_t> bar_read(unsigned bar, uint64_t off, unsigned width);
+  virtual Result<void> bar_write(unsigned bar, uint64_t off, unsigned width, uint64_t value);
 
   // Called after every host config write with the bytes' previous value.
   virtual void on_config_write(uint16_t off, unsigned width, uint32_t old_value);
@@ -112,6 +155,22 @@ class Function {
   ConfigSpace power_on_;
   std::array<BarDesc, kNumBars> bars_{};
   std::array<std::unique_ptr<BarMemory>, kNumBars> bar_mem_{};
+  struct MsixEntry {
+    uint32_t addr_lo = 0, addr_hi = 0, data = 0, ctrl = PCI_MSIX_ENTRY_CTRL_MASKBIT;
+  };
+  void irq_config_written(uint16_t off, unsigned width);
+  bool msix_decode(unsigned bar, uint64_t off, unsigned width, bool& is_table, uint64_t& rel) const;
+  void msix_fire_pending_locked(std::vector<std::pair<uint64_t, uint32_t>>& out);
+  void deliver(const std::vector<std::pair<uint64_t, uint32_t>>& msgs);
+
+  mutable std::mutex irq_mu_;  // MSI-X table/PBA, INTx level, the sink
+  std::vector<MsixEntry> msix_;  // guarded by irq_mu_
+  std::vector<uint64_t> msix_pba_;  // guarded by irq_mu_
+  unsigned msix_table_bar_ = 0, msix_pba_bar_ = 0;
+  uint32_t msix_table_off_ = 0, msix_pba_off_ = 0;
+  bool intx_level_ = false;  // guarded by irq_mu_
+  IrqSink* sink_ = nullptr;  // guarded by irq_mu_
+  IommuDomain* iommu_ = nullptr;  // outlives its setting
   uint16_t next_cap_ = PCI_STD_HEADER_SIZEOF;
   uint16_t last_cap_next_ = PCI_CAPABILITY_LIST;  // where the last "next" pointer lives
   uint16_t next_ext_ = PCI_CFG_SPACE_SIZE;

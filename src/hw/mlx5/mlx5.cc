@@ -39,7 +39,7 @@ Result<std::unique_ptr<Pf>> Pf::create(const PfParams& p) {
 
 void Pf::on_config_write(uint16_t off, unsigned width, uint32_t) { sriov_->config_written(off, width); }
 void Pf::before_reset() { sriov_->teardown(); }
-void Pf::on_reset() { reset_msix_table(*this); }
+void Pf::on_reset() {}
 
 Result<std::unique_ptr<Vf>> Vf::create(Pf& pf, uint16_t index) {
   std::unique_ptr<Vf> vf(new Vf(pf, index));
@@ -59,6 +59,6 @@ Result<std::unique_ptr<Vf>> Vf::create(Pf& pf, uint16_t index) {
   return vf;
 }
 
-void Vf::on_reset() { reset_msix_table(*this); }
+void Vf::on_reset() {}
 
 }  // namespace uvfio::hw::mlx5

@@ -99,7 +99,7 @@ TEST(CapabilityTest, ChainOfTheEndpoint) {
   e->config_write(msix + PCI_MSIX_FLAGS, 2, 0xffff);
   EXPECT_EQ(e->config_read(msix + PCI_MSIX_FLAGS, 2), 0xc007u);
   EXPECT_EQ(e->config_read(msix + PCI_MSIX_TABLE, 4), 4u);
-  EXPECT_EQ(*e->bar_memory(4)->load(7 * 16 + PCI_MSIX_ENTRY_VECTOR_CTRL, 4), 1u);
+  EXPECT_EQ(*e->mmio_read(4, 7 * 16 + PCI_MSIX_ENTRY_VECTOR_CTRL, 4), 1u);
 }
 
 TEST(CapabilityTest, PmStatusIsWriteOneToClear) {
@@ -121,13 +121,13 @@ TEST(FlrTest, DeviceControlBitResetsTheFunction) {
   e->config_write(PCI_BASE_ADDRESS_0, 4, 0xfe000000);
   uint16_t msix = e->find_capability(PCI_CAP_ID_MSIX);
   e->config_write(msix + PCI_MSIX_FLAGS, 2, PCI_MSIX_FLAGS_ENABLE);
-  ASSERT_TRUE(e->bar_memory(4)->store(PCI_MSIX_ENTRY_VECTOR_CTRL, 4, 0));
+  ASSERT_TRUE(e->mmio_write(4, PCI_MSIX_ENTRY_VECTOR_CTRL, 4, 0));
   uint16_t devctl = static_cast<uint16_t>(e->config_read(exp + PCI_EXP_DEVCTL, 2));
   e->config_write(exp + PCI_EXP_DEVCTL, 2, devctl | PCI_EXP_DEVCTL_BCR_FLR);
   EXPECT_EQ(e->config_read(PCI_COMMAND, 2), 0u);
   EXPECT_EQ(e->config_read(PCI_BASE_ADDRESS_0, 4), 0u);
   EXPECT_EQ(e->config_read(msix + PCI_MSIX_FLAGS, 2) & PCI_MSIX_FLAGS_ENABLE, 0u);
-  EXPECT_EQ(*e->bar_memory(4)->load(PCI_MSIX_ENTRY_VECTOR_CTRL, 4), 1u);  // masked again
+  EXPECT_EQ(*e->mmio_read(4, PCI_MSIX_ENTRY_VECTOR_CTRL, 4), 1u);  // masked again
   EXPECT_EQ(e->config_read(exp + PCI_EXP_DEVCTL, 2) & PCI_EXP_DEVCTL_BCR_FLR, 0u);  // reads 0
 }
 

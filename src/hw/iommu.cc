@@ -1,0 +1,119 @@
+#include "hw/iommu.h"
+
+#include <sys/mman.h>
+
+#include <cstring>
+#include <mutex>
+
+namespace uvfio::hw {
+
+IommuDomain::~IommuDomain() { unmap_all(); }
+
+Result<void> IommuDomain::insert(uint64_t iova, Map m) {
+  std::unique_lock lk(mu_);
+  if (maps_.size() >= max_maps_) return Error(ENOSPC, "too many DMA maps");
+  auto next = maps_.lower_bound(iova);
+  if (next != maps_.end() && next->first < iova + m.size) return Error(EEXIST, "DMA map overlaps");
+  if (next != maps_.begin()) {
+    auto prev = std::prev(next);
+    if (prev->first + prev->second.size > iova) return Error(EEXIST, "DMA map overlaps");
+  }
+  maps_.emplace(iova, std::move(m));
+  return ok();
+}
+
+namespace {
+Result<void> check_range(uint64_t iova, uint64_t size) {
+  if (size == 0 || (iova % kIommuPageSize) || (size % kIommuPageSize)) return Error(EINVAL, "unaligned DMA range");
+  if (iova + size < iova) return Error(EOVERFLOW, "DMA range wraps");
+  return ok();
+}
+}  // namespace
+
+Result<void> IommuDomain::map_fd(uint64_t iova, uint64_t size, UniqueFd fd, uint64_t offset, uint32_t prot) {
+  TRY(check_range(iova, size));
+  if (!fd) return Error(EBADF, "no fd for DMA map");
+  if (offset % kIommuPageSize) return Error(EINVAL, "unaligned fd offset");
+  if (prot & ~(kDmaRead | kDmaWrite)) return Error(EINVAL, "bad DMA protection");
+  int mprot = PROT_READ | ((prot & kDmaWrite) ? PROT_WRITE : 0);
+  void* p = mmap(nullptr, size, mprot, MAP_SHARED, fd.get(), static_cast<off_t>(offset));
+  if (p == MAP_FAILED) return Error(errno == EACCES ? EACCES : EINVAL, "cannot map DMA fd");
+  Map m{size, static_cast<uint8_t*>(p), prot, true, std::move(fd)};
+  auto r = insert(iova, std::move(m));
+  if (!r) munmap(p, size);
+  return r;
+}
+
+Result<void> IommuDomain::map_host(uint64_t iova, uint64_t size, void* host, uint32_t prot) {
+  TRY(check_range(iova, size));
+  if (!host) return Error(EINVAL, "no memory");
+  if (prot & ~(kDmaRead | kDmaWrite)) return Error(EINVAL, "bad DMA protection");
+  return insert(iova, Map{size, static_cast<uint8_t*>(host), prot, false, UniqueFd()});
+}
+
+void IommuDomain::release(Map& m) {
+  if (m.owned) munmap(m.host, m.size);
+}
+
+Result<void> IommuDomain::unmap(uint64_t iova, uint64_t size) {
+  std::unique_lock lk(mu_);  // waits for DMA in flight (readers hold it shared)
+  auto it = maps_.find(iova);
+  if (it == maps_.end() || it->second.size != size) return Error(ENOENT, "no such DMA map");
+  release(it->second);
+  maps_.erase(it);
+  return ok();
+}
+
+void IommuDomain::unmap_all() {
+  std::unique_lock lk(mu_);
+  for (auto& [iova, m] : maps_) release(m);
+  maps_.clear();
+}
+
+size_t IommuDomain::num_maps() const {
+  std::shared_lock lk(mu_);
+  return maps_.size();
+}
+
+void IommuDomain::set_write_observer(WriteObserver o) {
+  std::unique_lock lk(mu_);
+  observer_ = std::move(o);
+}
+
+template <class Fn>
+Result<void> IommuDomain::walk(uint64_t iova, uint64_t len, uint32_t need, Fn&& fn) const {
+  if (iova + len < iova) return Error(EFAULT, "DMA range wraps");
+  uint64_t done = 0;
+  while (done < len) {
+    uint64_t a = iova + done;
+    auto it = maps_.upper_bound(a);
+    if (it == maps_.begin()) return Error(EFAULT, "DMA to unmapped IOVA");
+    --it;
+    const Map& m = it->second;
+    if (a >= it->first + m.size) return Error(EFAULT, "DMA to unmapped IOVA");
+    if ((m.prot & need) != need) return Error(EPERM, "DMA not permitted by the mapping");
+    uint64_t n = std::min(len - done, it->first + m.size - a);
+    fn(m.host + (a - it->first), done, n);
+    done += n;
+  }
+  return ok();
+}
+
+Result<void> IommuDomain::read(uint64_t iova, std::span<uint8_t> out) const {
+  std::shared_lock lk(mu_);
+  // Check the whole range first so a failing DMA has no partial effect.
+  TRY(walk(iova, out.size(), kDmaRead, [](uint8_t*, uint64_t, uint64_t) {}));
+  return walk(iova, out.size(), kDmaRead,
+              [&](uint8_t* p, uint64_t at, uint64_t n) { std::memcpy(out.data() + at, p, n); });
+}
+
+Result<void> IommuDomain::write(uint64_t iova, std::span<const uint8_t> in) {
+  std::shared_lock lk(mu_);
+  TRY(walk(iova, in.size(), kDmaWrite, [](uint8_t*, uint64_t, uint64_t) {}));
+  TRY(walk(iova, in.size(), kDmaWrite,
+           [&](uint8_t* p, uint64_t at, uint64_t n) { std::memcpy(p, in.data() + at, n); }));
+  if (observer_) observer_(iova, in.size());
+  return ok();
+}
+
+}  // namespace uvfio::hw

@@ -1,0 +1,76 @@
+// IommuDomain: the I/O address space a function's DMA goes through. A VMM's
+// DMA_MAPs build it (IOVA ranges backed by a memory fd, or by memory the
+// caller owns); the device model's DMA engine reads and writes through it.
+// DMA to an IOVA that is not mapped fails with EFAULT, a write to a
+// read-only mapping with EPERM: the device sees an error, nothing else is
+// touched.
+//
+// Thread-safe: maps and DMA may come from different threads. unmap() returns
+// only when no DMA into that range is in flight.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <shared_mutex>
+#include <span>
+#include <vector>
+
+#include "base/result.h"
+#include "base/unique_fd.h"
+
+namespace uvfio::hw {
+
+enum DmaProt : uint32_t { kDmaRead = 1, kDmaWrite = 2 };
+
+inline constexpr uint64_t kIommuPageSize = 4096;
+
+class IommuDomain {
+ public:
+  IommuDomain() = default;
+  ~IommuDomain();
+  IommuDomain(const IommuDomain&) = delete;
+  IommuDomain& operator=(const IommuDomain&) = delete;
+
+  // Maps [iova, iova+size) to `fd` at `offset` (the fd is duplicated by the
+  // caller's UniqueFd being moved in; the memory is mapped shared). EINVAL for
+  // unaligned or empty ranges, EOVERFLOW when iova+size wraps, EEXIST when
+  // it overlaps an existing map, ENOSPC beyond max_maps.
+  Result<void> map_fd(uint64_t iova, uint64_t size, UniqueFd fd, uint64_t offset, uint32_t prot);
+  // Maps memory the caller owns and keeps alive until unmap (tests, in-process
+  // users).
+  Result<void> map_host(uint64_t iova, uint64_t size, void* host, uint32_t prot);
+  // Unmaps exactly one earlier map: ENOENT unless [iova, size) matches one.
+  Result<void> unmap(uint64_t iova, uint64_t size);
+  void unmap_all();
+  size_t num_maps() const;
+  void set_max_maps(size_t n) { max_maps_ = n; }
+
+  // DMA on behalf of the device.
+  Result<void> read(uint64_t iova, std::span<uint8_t> out) const;
+  Result<void> write(uint64_t iova, std::span<const uint8_t> in);
+
+  // Called with (iova, len) after every successful DMA write: dirty tracking.
+  using WriteObserver = std::function<void(uint64_t, uint64_t)>;
+  void set_write_observer(WriteObserver o);
+
+ private:
+  struct Map {
+    uint64_t size;
+    uint8_t* host;
+    uint32_t prot;
+    bool owned;  // mmapped by us (munmap on unmap)
+    UniqueFd fd;
+  };
+  Result<void> insert(uint64_t iova, Map m);
+  void release(Map& m);
+  template <class Fn>
+  Result<void> walk(uint64_t iova, uint64_t len, uint32_t need, Fn&& fn) const;
+
+  mutable std::shared_mutex mu_;
+  std::map<uint64_t, Map> maps_;  // by iova; guarded by mu_
+  size_t max_maps_ = 65535;
+  WriteObserver observer_;  // guarded by mu_
+};
+
+}  // namespace uvfio::hw

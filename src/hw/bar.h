@@ -19,6 +19,9 @@ struct BarDesc {
   BarKind kind = BarKind::kNone;
   uint64_t size = 0;
   bool prefetchable = false;
+  // Plain memory a client may map directly (no register side effects are
+  // lost): the device-memory windows, not register BARs.
+  bool mmappable = false;
 
   bool implemented() const { return kind != BarKind::kNone && size != 0; }
   bool is_io() const { return kind == BarKind::kIo; }

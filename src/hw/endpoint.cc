@@ -17,8 +17,8 @@ Result<std::unique_ptr<GenericEndpoint>> GenericEndpoint::create(const EndpointP
   c.raw_write(PCI_INTERRUPT_PIN, 1, 1);
   TRY(e->define_bar(0, BarDesc{BarKind::kMem32, p.bar0_size, false}));
   if (p.io_bar) TRY(e->define_bar(1, BarDesc{BarKind::kIo, 32, false}));
-  TRY(e->define_bar(2, BarDesc{BarKind::kMem64, p.bar2_size, true}));
-  if (p.msix_vectors) TRY(e->define_bar(4, BarDesc{BarKind::kMem32, 4096, false}));
+  TRY(e->define_bar(2, BarDesc{BarKind::kMem64, p.bar2_size, true, true}));
+  if (p.msix_vectors) TRY(e->define_bar(4, BarDesc{BarKind::kMem32, 4096, false, true}));
   TRY(add_pm_cap(*e));
   if (p.msi_vectors) TRY(add_msi_cap(*e, MsiParams{p.msi_vectors, true, true}));
   if (p.msix_vectors)

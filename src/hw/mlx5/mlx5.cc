@@ -26,7 +26,7 @@ Result<std::unique_ptr<Pf>> Pf::create(const PfParams& p) {
   sp.vf_stride = p.vf_stride;
   sp.vf_device = kDeviceVf;
   sp.vf_bars[0] = BarDesc{BarKind::kMem64, kVfBar0Size, true};
-  sp.vf_bars[2] = BarDesc{BarKind::kMem64, p.vf_device_memory, true};
+  sp.vf_bars[2] = BarDesc{BarKind::kMem64, p.vf_device_memory, true, true};  // device memory
   Pf* raw = pf.get();
   pf->sriov_ = TRY(SriovCapability::add(*pf, sp, [raw](uint16_t i) -> Result<std::unique_ptr<Function>> {
     return std::unique_ptr<Function>(TRY(Vf::create(*raw, i)));

@@ -1,0 +1,374 @@
+// vfio-pci-core lifecycle, regions, reset, features and the VF token
+// (drivers/vfio/pci/vfio_pci_core.c; reference §1.2-1.3, §1.8, §5).
+#include "vfio/pci_core/core.h"
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <cstring>
+#include <random>
+
+#include "base/log.h"
+
+namespace uvfio::vfio::pci {
+
+using bus::pci::PciDevice;
+
+namespace {
+Uuid random_uuid() {
+  Uuid u;
+  std::random_device rd;
+  for (auto& b : u) b = static_cast<uint8_t>(rd());
+  u[6] = (u[6] & 0x0f) | 0x40;  // version 4
+  u[8] = (u[8] & 0x3f) | 0x80;  // variant 1
+  return u;
+}
+uint64_t index_to_offset(uint32_t index) { return uint64_t{index} << 40; }  // VFIO_PCI_INDEX_TO_OFFSET
+}  // namespace
+
+CoreDevice::CoreDevice(PciDevice& pdev, Registry& registry)
+    : Device(pdev.name()), pdev_(pdev), registry_(registry) {}
+
+CoreDevice::~CoreDevice() { unregister_device(); }
+
+Result<void> CoreDevice::register_device() {
+  if (pdev_.is_bridge()) return Error(EINVAL, "vfio-pci-core drives type 0 functions only");
+  if (pdev_.sriov_cap()) {
+    if (pdev_.sriov_num_vfs()) return Error(EBUSY, "PF already has VFs enabled");
+    vf_token_ = std::make_unique<VfToken>();
+    vf_token_->uuid = random_uuid();
+    // VFs this PF creates bind to its vfio driver, not to host drivers.
+    driver::DriverCore& core = pdev_.pci_bus().core();
+    std::string drv = pdev_.driver() ? pdev_.driver()->name() : std::string();
+    PciDevice* pf = &pdev_;
+    pf_notifier_ = core.add_notifier(pdev_.pci_bus(), [pf, &core, drv](driver::BusEvent ev, driver::Device& d) {
+      auto* vf = dynamic_cast<PciDevice*>(&d);
+      if (!vf || vf->physfn() != pf) return;
+      if (ev == driver::BusEvent::kAddDevice && !drv.empty()) (void)core.set_driver_override(*vf, drv);
+      if (ev == driver::BusEvent::kBoundDriver && vf->driver() && vf->driver()->name() != drv)
+        log::warn(pf->name(), "VF {} bound to {}: not protected by the VF token", vf->name(), vf->driver()->name());
+    });
+  }
+  if (pdev_.is_virtfn()) {
+    // The VF token applies when the PF is bound to this same vfio driver
+    // (pci_iov_get_pf_drvdata(vf, vf's driver)).
+    PciDevice* pf = pdev_.physfn();
+    if (pf && pf->driver() && pdev_.driver() == nullptr) {
+      // Not yet bound (we are in probe): compare against the driver probing us
+      // through the PF's binding type instead.
+    }
+    if (pf) sriov_pf_ = pf->binding_as<CoreDevice>();
+    if (sriov_pf_ && !sriov_pf_->vf_token_) sriov_pf_ = nullptr;
+  }
+  reset_works_ = pdev_.hw().flr_capable();
+  TRY(registry_.register_device(*this, pdev_));
+  registered_ = true;
+  return ok();
+}
+
+void CoreDevice::unregister_device() {
+  if (!registered_) return;
+  registered_ = false;
+  registry_.unregister_device(*this);  // waits for the user to close
+  if (vf_token_) {
+    // The PF's VFs go before its token (their CoreDevices point at it).
+    if (pdev_.sriov_num_vfs()) pdev_.pci_bus().disable_sriov(pdev_);
+    pdev_.pci_bus().core().remove_notifier(pf_notifier_);
+  }
+}
+
+Result<int> CoreDevice::sriov_configure(int num_vfs) {
+  if (num_vfs == 0) {
+    pdev_.pci_bus().disable_sriov(pdev_);
+    return 0;
+  }
+  {
+    std::lock_guard lk(vf_token_->mu);
+    (void)lk;
+  }
+  TRY(pdev_.pci_bus().enable_sriov(pdev_, static_cast<uint16_t>(num_vfs)));
+  return num_vfs;
+}
+
+// ---- Open / close -------------------------------------------------------------
+
+Result<void> CoreDevice::match_token(const OpenArgs& args) {
+  const std::optional<Uuid>& uuid = args.vf_token;
+  if (pdev_.is_virtfn()) {
+    if (!sriov_pf_) {
+      if (!uuid) return ok();
+      log::info(name(), "VF token incorrectly provided, PF not bound to vfio-pci");
+      return Error(EINVAL, "VF token provided for a VF whose PF is not vfio-owned");
+    }
+    if (!uuid) {
+      log::info(name(), "VF token required to access device");
+      return Error(EACCES, "VF token required");
+    }
+    std::lock_guard lk(sriov_pf_->vf_token_->mu);
+    if (*uuid != sriov_pf_->vf_token_->uuid) {
+      log::info(name(), "Incorrect VF token provided for device");
+      return Error(EACCES, "incorrect VF token");
+    }
+    return ok();
+  }
+  if (vf_token_) {
+    std::lock_guard lk(vf_token_->mu);
+    if (vf_token_->users) {
+      if (!uuid) return Error(EACCES, "VF token required: VFs are in use");
+      if (*uuid != vf_token_->uuid) return Error(EACCES, "incorrect VF token");
+    } else if (uuid) {
+      vf_token_->uuid = *uuid;  // the PF's user sets the token
+    }
+    return ok();
+  }
+  if (uuid) {
+    log::info(name(), "VF token incorrectly provided, not a PF or VF");
+    return Error(EINVAL, "VF token for a device that is neither PF nor VF");
+  }
+  return ok();
+}
+
+Result<void> CoreDevice::open_device(const OpenArgs& args) {
+  TRY(match_token(args));
+  TRY(enable());
+  finish_enable();
+  return ok();
+}
+
+void CoreDevice::close_device() { disable(); }
+
+Result<void> CoreDevice::enable() {
+  // vfio_pci_core_enable(): D0, bus master off, a function reset if the
+  // device has one, the saved state, the virtual config space.
+  power_state_ = 0;
+  uint16_t cmd = static_cast<uint16_t>(pdev_.config_read(PCI_COMMAND, 2));
+  pdev_.config_write(PCI_COMMAND, 2, cmd & ~PCI_COMMAND_MASTER);
+  if (reset_works_) {
+    saved_config_.clear();
+    save_state();
+    pdev_.hw().function_level_reset();
+    restore_state();
+  }
+  pdev_.enable_device();
+  cmd = static_cast<uint16_t>(pdev_.config_read(PCI_COMMAND, 2));
+  pdev_.config_write(PCI_COMMAND, 2, cmd & ~PCI_COMMAND_MASTER);
+  for (unsigned i = 0; i < hw::kNumBars; ++i)
+    saved_bars_[i] = pdev_.config_read(static_cast<uint16_t>(PCI_BASE_ADDRESS_0 + 4 * i), 4);
+  save_state();
+  TRY(config_init());
+  pdev_.hw().set_iommu(&iommu());
+  pdev_.hw().set_irq_sink(this);
+  irq_type_ = -1;
+  return ok();
+}
+
+void CoreDevice::finish_enable() {
+  // Where the MSI-X table lives, so BAR access can keep off it.
+  msix_bar_ = ~0u;
+  if (uint16_t cap = pdev_.hw().find_capability(PCI_CAP_ID_MSIX)) {
+    uint32_t t = pdev_.config_read(cap + PCI_MSIX_TABLE, 4);
+    msix_bar_ = t & PCI_MSIX_TABLE_BIR;
+    msix_table_off_ = t & PCI_MSIX_TABLE_OFFSET;
+    msix_table_len_ = uint64_t{pdev_.hw().msix_table_size()} * PCI_MSIX_ENTRY_SIZE;
+  }
+  if (sriov_pf_) {
+    std::lock_guard lk(sriov_pf_->vf_token_->mu);
+    sriov_pf_->vf_token_->users++;
+  }
+}
+
+void CoreDevice::disable() {
+  // vfio_pci_core_disable(): interrupts off, the device reset and restored,
+  // nothing of this user left behind.
+  irqs_disable_all();
+  pdev_.hw().set_irq_sink(nullptr);
+  pdev_.hw().set_iommu(nullptr);
+  if (uint16_t pm = pdev_.hw().find_capability(PCI_CAP_ID_PM)) {
+    uint16_t ctrl = static_cast<uint16_t>(pdev_.config_read(pm + PCI_PM_CTRL, 2));
+    pdev_.config_write(pm + PCI_PM_CTRL, 2, ctrl & ~PCI_PM_CTRL_STATE_MASK);
+  }
+  power_state_ = 0;
+  uint16_t cmd = static_cast<uint16_t>(pdev_.config_read(PCI_COMMAND, 2));
+  pdev_.config_write(PCI_COMMAND, 2, (cmd & ~PCI_COMMAND_MASTER) | PCI_COMMAND_INTX_DISABLE);
+  if (reset_works_) {
+    pdev_.hw().function_level_reset();
+    restore_state();
+  }
+  config_free();
+  if (sriov_pf_) {
+    std::lock_guard lk(sriov_pf_->vf_token_->mu);
+    sriov_pf_->vf_token_->users--;
+  }
+}
+
+// pci_save_state()/pci_restore_state() for what an FLR clears: the
+// standard header (BARs, command, cache line) and the capabilities' control
+// registers; not the SR-IOV capability (VFs do not come back by themselves).
+void CoreDevice::save_state() {
+  saved_config_.resize(PCI_CFG_SPACE_SIZE);
+  for (uint16_t i = 0; i < PCI_CFG_SPACE_SIZE; i += 4) {
+    uint32_t v = pdev_.config_read(i, 4);
+    std::memcpy(saved_config_.data() + i, &v, 4);
+  }
+}
+
+void CoreDevice::restore_state() {
+  if (saved_config_.size() < PCI_CFG_SPACE_SIZE) return;
+  hw::Function& f = pdev_.hw();
+  uint16_t msi = f.find_capability(PCI_CAP_ID_MSI);
+  uint16_t msix = f.find_capability(PCI_CAP_ID_MSIX);
+  uint16_t pcie = f.find_capability(PCI_CAP_ID_EXP);
+  for (uint16_t i = PCI_CACHE_LINE_SIZE; i < PCI_CFG_SPACE_SIZE; i += 4) {
+    if (msi && i >= msi && i < msi + 24) continue;      // reprogrammed below
+    if (msix && i >= msix && i < msix + 12) continue;   // reprogrammed below
+    if (pcie && i == pcie + PCI_EXP_DEVCTL) {
+      uint32_t v;
+      std::memcpy(&v, saved_config_.data() + i, 4);
+      pdev_.config_write(i, 2, v & ~PCI_EXP_DEVCTL_BCR_FLR & 0xffff);  // never re-trigger FLR
+      continue;
+    }
+    uint32_t v;
+    std::memcpy(&v, saved_config_.data() + i, 4);
+    pdev_.config_write(i, 4, v);
+  }
+  uint32_t cmd;
+  std::memcpy(&cmd, saved_config_.data() + PCI_COMMAND, 4);
+  pdev_.config_write(PCI_COMMAND, 2, cmd & 0xffff);
+  // The host's interrupt programming, as the user last set it up.
+  if (irq_type_ == VFIO_PCI_MSI_IRQ_INDEX || irq_type_ == VFIO_PCI_MSIX_IRQ_INDEX) {
+    bool is_msix = irq_type_ == VFIO_PCI_MSIX_IRQ_INDEX;
+    std::vector<bool> attached;
+    {
+      std::lock_guard lk(irq_mu_);
+      for (auto& t : msi_triggers_) attached.push_back(static_cast<bool>(t));
+    }
+    std::vector<UniqueFd> keep;
+    {
+      std::lock_guard lk(irq_mu_);
+      keep = std::move(msi_triggers_);
+    }
+    (void)msi_enable(static_cast<unsigned>(keep.size()), is_msix);
+    std::lock_guard lk(irq_mu_);
+    msi_triggers_ = std::move(keep);
+    if (is_msix) {
+      uint32_t t = pdev_.config_read(msix + PCI_MSIX_TABLE, 4);
+      for (size_t v = 0; v < attached.size(); ++v)
+        if (attached[v])
+          (void)f.mmio_write(t & PCI_MSIX_TABLE_BIR,
+                             (t & PCI_MSIX_TABLE_OFFSET) + v * PCI_MSIX_ENTRY_SIZE + PCI_MSIX_ENTRY_VECTOR_CTRL, 4, 0);
+    }
+  }
+}
+
+Result<void> CoreDevice::function_reset() {
+  save_state();
+  pdev_.hw().function_level_reset();
+  restore_state();
+  reset_done();
+  mig_reset_to_running();
+  return ok();
+}
+
+Result<void> CoreDevice::do_reset() {
+  if (!reset_works_) return Error(EINVAL, "device has no function reset");
+  power_state_ = 0;
+  return function_reset();
+}
+
+// ---- Info and regions -----------------------------------------------------------
+
+Result<vfio_device_info> CoreDevice::info() {
+  vfio_device_info i{};
+  i.argsz = sizeof(i);
+  i.flags = VFIO_DEVICE_FLAGS_PCI | (reset_works_ ? VFIO_DEVICE_FLAGS_RESET : 0);
+  i.num_regions = kPciNumRegions + static_cast<uint32_t>(extra_regions().size());
+  i.num_irqs = kPciNumIrqs;
+  return i;
+}
+
+Result<RegionInfo> CoreDevice::region_info(uint32_t index) {
+  RegionInfo r;
+  vfio_region_info& i = r.info;
+  i.argsz = sizeof(i);
+  i.index = index;
+  i.offset = index_to_offset(index);
+  if (index <= VFIO_PCI_BAR5_REGION_INDEX) {
+    const hw::BarDesc& d = pdev_.hw().bar_desc(index);
+    i.size = d.implemented() ? pdev_.resource(index).size() : 0;
+    if (!i.size) return r;  // flags 0: no BAR here
+    i.flags = VFIO_REGION_INFO_FLAG_READ | VFIO_REGION_INFO_FLAG_WRITE;
+    if (d.mmappable && !d.is_io() && pdev_.hw().bar_memory(index)) {
+      i.flags |= VFIO_REGION_INFO_FLAG_MMAP;
+      if (index == msix_bar_) append_cap(r.caps, sizeof(i), VFIO_REGION_INFO_CAP_MSIX_MAPPABLE, 1, {});
+    }
+    return r;
+  }
+  if (index == VFIO_PCI_ROM_REGION_INDEX) {
+    i.size = 0;  // no option ROM on these functions
+    return r;
+  }
+  if (index == VFIO_PCI_CONFIG_REGION_INDEX) {
+    i.size = pdev_.hw().config().size();
+    i.flags = VFIO_REGION_INFO_FLAG_READ | VFIO_REGION_INFO_FLAG_WRITE;
+    return r;
+  }
+  if (index == VFIO_PCI_VGA_REGION_INDEX) return Error(EINVAL, "not a VGA device");
+  auto extras = extra_regions();
+  if (index - kPciNumRegions >= extras.size()) return Error(EINVAL, "region index out of range");
+  const ExtraRegion& x = extras[index - kPciNumRegions];
+  i.size = x.size;
+  i.flags = x.flags;
+  vfio_region_info_cap_type t{};
+  t.type = x.type;
+  t.subtype = x.subtype;
+  append_cap(r.caps, sizeof(i), VFIO_REGION_INFO_CAP_TYPE, 1,
+             std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(&t) + sizeof(t.header), sizeof(t) - sizeof(t.header)));
+  return r;
+}
+
+Result<size_t> CoreDevice::extra_region_rw(uint32_t, uint64_t, std::span<uint8_t>, bool) {
+  return Error(EINVAL, "no such region");
+}
+
+Result<size_t> CoreDevice::read(uint32_t index, uint64_t offset, std::span<uint8_t> out) {
+  if (index <= VFIO_PCI_BAR5_REGION_INDEX) return bar_rw(index, offset, out, false);
+  if (index == VFIO_PCI_CONFIG_REGION_INDEX) return config_rw(offset, out, false);
+  if (index == VFIO_PCI_ROM_REGION_INDEX || index == VFIO_PCI_VGA_REGION_INDEX) return Error(EINVAL, "no such region");
+  return extra_region_rw(index, offset, out, false);
+}
+
+Result<size_t> CoreDevice::write(uint32_t index, uint64_t offset, std::span<const uint8_t> in) {
+  std::span<uint8_t> buf(const_cast<uint8_t*>(in.data()), in.size());  // written from, never to
+  if (index <= VFIO_PCI_BAR5_REGION_INDEX) return bar_rw(index, offset, buf, true);
+  if (index == VFIO_PCI_CONFIG_REGION_INDEX) return config_rw(offset, buf, true);
+  if (index == VFIO_PCI_ROM_REGION_INDEX) return Error(EINVAL, "the ROM is read-only");
+  if (index == VFIO_PCI_VGA_REGION_INDEX) return Error(EINVAL, "no such region");
+  return extra_region_rw(index, offset, buf, true);
+}
+
+Result<MmapArea> CoreDevice::mmap(uint32_t index) {
+  if (index > VFIO_PCI_BAR5_REGION_INDEX) return Error(EINVAL, "region cannot be mmapped");
+  const hw::BarDesc& d = pdev_.hw().bar_desc(index);
+  hw::BarMemory* m = pdev_.hw().bar_memory(index);
+  if (!d.implemented() || !d.mmappable || !m) return Error(EINVAL, "region cannot be mmapped");
+  return MmapArea{m->fd(), 0, m->size()};
+}
+
+// ---- Features -------------------------------------------------------------------
+
+Result<FeatureReply> CoreDevice::feature(uint32_t flags, std::span<const uint8_t> payload) {
+  switch (flags & VFIO_DEVICE_FEATURE_MASK) {
+    case VFIO_DEVICE_FEATURE_PCI_VF_TOKEN: {
+      if (!vf_token_) return Error(ENOTTY, "not a PF with a VF token");
+      // SET only: a GET would leak the previous user's secret.
+      if (TRY(check_feature(flags, payload, VFIO_DEVICE_FEATURE_SET, sizeof(Uuid))) == 0) return FeatureReply{};
+      std::lock_guard lk(vf_token_->mu);
+      std::memcpy(vf_token_->uuid.data(), payload.data(), sizeof(Uuid));
+      return FeatureReply{};
+    }
+    default:
+      return Error(ENOTTY, "unknown feature");
+  }
+}
+
+}  // namespace uvfio::vfio::pci

@@ -1,0 +1,337 @@
+// Interrupts (drivers/vfio/pci/vfio_pci_intrs.c, reference §1.4-1.5): INTx
+// (level, auto-masked after each trigger), MSI and MSI-X (host vectors
+// programmed into the function; each vector's eventfd signalled when the
+// function sends its message), ERR and REQ (one eventfd each).
+#include <sys/eventfd.h>
+#include <unistd.h>
+
+#include <cstring>
+
+#include "base/log.h"
+#include "vfio/pci_core/core.h"
+
+namespace uvfio::vfio::pci {
+namespace {
+
+// The host side of MSI: one address, the vector number as data.
+constexpr uint64_t kHostMsiAddress = 0xfee00000;
+
+// eventfd_ctx_fdget(): EBADF for no fd, EINVAL for an fd that is not an
+// eventfd.
+Result<void> check_eventfd(const UniqueFd& fd) {
+  if (!fd) return Error(EBADF, "no eventfd");
+  char path[64], target[64] = {};
+  snprintf(path, sizeof(path), "/proc/self/fd/%d", fd.get());
+  ssize_t n = readlink(path, target, sizeof(target) - 1);
+  if (n < 0) return Error(EBADF, "bad fd");
+  if (std::strcmp(target, "anon_inode:[eventfd]") != 0) return Error(EINVAL, "fd is not an eventfd");
+  return ok();
+}
+
+}  // namespace
+
+void CoreDevice::signal(int efd) {
+  if (efd < 0) return;
+  uint64_t one = 1;
+  (void)!::write(efd, &one, sizeof(one));
+}
+
+void CoreDevice::signal_err() {
+  std::lock_guard lk(irq_mu_);
+  signal(err_trigger_.get());
+}
+
+Result<vfio_irq_info> CoreDevice::irq_info(uint32_t index) {
+  vfio_irq_info info{};
+  info.argsz = sizeof(info);
+  info.index = index;
+  info.flags = VFIO_IRQ_INFO_EVENTFD;
+  bool pcie = pdev_.hw().find_capability(PCI_CAP_ID_EXP) != 0;
+  switch (index) {
+    case VFIO_PCI_INTX_IRQ_INDEX:
+      info.count = (!pdev_.is_virtfn() && pdev_.config_read(PCI_INTERRUPT_PIN, 1)) ? 1 : 0;
+      info.flags |= VFIO_IRQ_INFO_MASKABLE | VFIO_IRQ_INFO_AUTOMASKED;
+      break;
+    case VFIO_PCI_MSI_IRQ_INDEX: {
+      uint16_t cap = pdev_.hw().find_capability(PCI_CAP_ID_MSI);
+      info.count = cap ? 1u << ((pdev_.config_read(cap + PCI_MSI_FLAGS, 2) & PCI_MSI_FLAGS_QMASK) >> 1) : 0;
+      info.flags |= VFIO_IRQ_INFO_NORESIZE;
+      break;
+    }
+    case VFIO_PCI_MSIX_IRQ_INDEX:
+      info.count = pdev_.hw().msix_table_size();
+      info.flags |= VFIO_IRQ_INFO_NORESIZE;  // no dynamic MSI-X allocation
+      break;
+    case VFIO_PCI_ERR_IRQ_INDEX:
+      if (!pcie) return Error(EINVAL, "ERR irq needs PCIe");
+      info.count = 1;
+      info.flags |= VFIO_IRQ_INFO_NORESIZE;
+      break;
+    case VFIO_PCI_REQ_IRQ_INDEX:
+      info.count = 1;
+      info.flags |= VFIO_IRQ_INFO_NORESIZE;
+      break;
+    default:
+      return Error(EINVAL, "IRQ index out of range");
+  }
+  return info;
+}
+
+Result<void> CoreDevice::irqs(IrqSet& req) {
+  uint32_t action = req.flags & VFIO_IRQ_SET_ACTION_TYPE_MASK;
+  switch (req.index) {
+    case VFIO_PCI_INTX_IRQ_INDEX:
+      return set_intx(req);
+    case VFIO_PCI_MSI_IRQ_INDEX:
+    case VFIO_PCI_MSIX_IRQ_INDEX:
+      if (action != VFIO_IRQ_SET_ACTION_TRIGGER) return Error(ENOTTY, "MSI masking is not supported");
+      return set_msi(req, req.index == VFIO_PCI_MSIX_IRQ_INDEX);
+    case VFIO_PCI_ERR_IRQ_INDEX:
+      if (action != VFIO_IRQ_SET_ACTION_TRIGGER || !pdev_.hw().find_capability(PCI_CAP_ID_EXP))
+        return Error(ENOTTY, "unsupported ERR action");
+      return set_ctx_trigger(req, err_trigger_);
+    case VFIO_PCI_REQ_IRQ_INDEX:
+      if (action != VFIO_IRQ_SET_ACTION_TRIGGER) return Error(ENOTTY, "unsupported REQ action");
+      return set_ctx_trigger(req, req_trigger_);
+  }
+  return Error(ENOTTY);
+}
+
+// vfio_pci_set_ctx_trigger_single(): ERR and REQ.
+Result<void> CoreDevice::set_ctx_trigger(IrqSet& req, UniqueFd& slot) {
+  if (req.start != 0 || req.count > 1) return Error(EINVAL, "single-vector index");
+  std::lock_guard lk(irq_mu_);
+  if (req.flags & VFIO_IRQ_SET_DATA_NONE) {
+    if (slot) {
+      if (req.count) signal(slot.get());
+      else slot.reset();
+    }
+    return ok();
+  }
+  if (req.flags & VFIO_IRQ_SET_DATA_BOOL) {
+    if (!req.count) return Error(EINVAL, "BOOL without data");
+    if (req.bools[0] && slot) signal(slot.get());
+    return ok();
+  }
+  if (!req.count) return Error(EINVAL, "EVENTFD without data");
+  if (!req.fds[0]) {
+    slot.reset();  // -1: release
+    return ok();
+  }
+  TRY(check_eventfd(req.fds[0]));
+  slot = std::move(req.fds[0]);
+  return ok();
+}
+
+// ---- INTx ----------------------------------------------------------------------
+
+void CoreDevice::intx_mask() {
+  std::lock_guard lk(irq_mu_);
+  if (irq_type_ == VFIO_PCI_INTX_IRQ_INDEX) intx_masked_ = true;
+}
+
+void CoreDevice::intx_unmask() {
+  std::lock_guard lk(irq_mu_);
+  if (irq_type_ != VFIO_PCI_INTX_IRQ_INDEX || virq_disabled_ || !intx_masked_) return;
+  intx_masked_ = false;
+  // A line still asserted fires again at once (re-sent to the user).
+  if (pdev_.config_read(PCI_STATUS, 2) & PCI_STATUS_INTERRUPT) {
+    intx_masked_ = true;
+    signal(intx_trigger_.get());
+  }
+}
+
+// The function's INTx pin (hw::IrqSink). Auto-masked: one trigger, then
+// nothing until the user unmasks.
+void CoreDevice::intx(bool asserted) {
+  std::lock_guard lk(irq_mu_);
+  if (!asserted || irq_type_ != VFIO_PCI_INTX_IRQ_INDEX || intx_masked_) return;
+  intx_masked_ = true;
+  if (!virq_disabled_) signal(intx_trigger_.get());
+}
+
+Result<void> CoreDevice::set_intx(IrqSet& req) {
+  uint32_t action = req.flags & VFIO_IRQ_SET_ACTION_TYPE_MASK;
+  bool is_intx = irq_type_ == VFIO_PCI_INTX_IRQ_INDEX;
+  if (action == VFIO_IRQ_SET_ACTION_MASK || action == VFIO_IRQ_SET_ACTION_UNMASK) {
+    if (!is_intx || req.start != 0 || req.count != 1) return Error(EINVAL, "INTx not enabled");
+    if (req.flags & VFIO_IRQ_SET_DATA_EVENTFD) return Error(ENOTTY, "INTx (un)mask by eventfd is not supported");
+    bool doit = (req.flags & VFIO_IRQ_SET_DATA_NONE) || req.bools[0];
+    if (doit) {
+      if (action == VFIO_IRQ_SET_ACTION_MASK) intx_mask();
+      else intx_unmask();
+    }
+    return ok();
+  }
+  // TRIGGER
+  if (is_intx && req.count == 0 && (req.flags & VFIO_IRQ_SET_DATA_NONE)) {
+    std::lock_guard lk(irq_mu_);
+    intx_trigger_.reset();
+    irq_type_ = -1;
+    return ok();
+  }
+  if (!(is_intx || irq_type_ < 0) || req.start != 0 || req.count != 1) return Error(EINVAL, "INTx trigger");
+  if (req.flags & VFIO_IRQ_SET_DATA_EVENTFD) {
+    if (req.fds[0]) TRY(check_eventfd(req.fds[0]));
+    std::lock_guard lk(irq_mu_);
+    if (!is_intx) {
+      if (!pdev_.irq()) return Error(ENODEV, "device has no INTx line");
+      irq_type_ = VFIO_PCI_INTX_IRQ_INDEX;
+      intx_masked_ = virq_disabled_;
+    }
+    intx_trigger_ = std::move(req.fds[0]);  // -1 detaches, INTx stays enabled
+    // A line already asserted is delivered now.
+    if (!intx_masked_ && (pdev_.config_read(PCI_STATUS, 2) & PCI_STATUS_INTERRUPT)) {
+      intx_masked_ = true;
+      signal(intx_trigger_.get());
+    }
+    return ok();
+  }
+  if (!is_intx) return Error(EINVAL, "INTx not enabled");
+  bool fire = (req.flags & VFIO_IRQ_SET_DATA_NONE) || req.bools[0];
+  std::lock_guard lk(irq_mu_);
+  if (fire && !virq_disabled_) signal(intx_trigger_.get());
+  return ok();
+}
+
+// ---- MSI / MSI-X -------------------------------------------------------------------
+
+void CoreDevice::msi(uint64_t address, uint32_t data) {
+  std::lock_guard lk(irq_mu_);
+  if (address != kHostMsiAddress || data >= msi_triggers_.size()) return;
+  signal(msi_triggers_[data].get());
+}
+
+Result<void> CoreDevice::msi_enable(unsigned nvec, bool msix) {
+  hw::Function& f = pdev_.hw();
+  if (msix) {
+    uint16_t cap = f.find_capability(PCI_CAP_ID_MSIX);
+    if (!cap || nvec > f.msix_table_size()) return Error(EINVAL, "MSI-X vectors");
+    // Program host messages, every vector masked until it gets a trigger.
+    for (unsigned v = 0; v < f.msix_table_size(); ++v) {
+      uint64_t e = uint64_t{v} * PCI_MSIX_ENTRY_SIZE + (pdev_.config_read(cap + PCI_MSIX_TABLE, 4) & PCI_MSIX_TABLE_OFFSET);
+      unsigned bar = pdev_.config_read(cap + PCI_MSIX_TABLE, 4) & PCI_MSIX_TABLE_BIR;
+      (void)f.mmio_write(bar, e + PCI_MSIX_ENTRY_VECTOR_CTRL, 4, PCI_MSIX_ENTRY_CTRL_MASKBIT);
+      (void)f.mmio_write(bar, e + PCI_MSIX_ENTRY_LOWER_ADDR, 4, static_cast<uint32_t>(kHostMsiAddress));
+      (void)f.mmio_write(bar, e + PCI_MSIX_ENTRY_UPPER_ADDR, 4, 0);
+      (void)f.mmio_write(bar, e + PCI_MSIX_ENTRY_DATA, 4, v);
+    }
+    uint16_t ctrl = static_cast<uint16_t>(pdev_.config_read(cap + PCI_MSIX_FLAGS, 2));
+    pdev_.config_write(cap + PCI_MSIX_FLAGS, 2, (ctrl | PCI_MSIX_FLAGS_ENABLE) & ~PCI_MSIX_FLAGS_MASKALL);
+  } else {
+    uint16_t cap = f.find_capability(PCI_CAP_ID_MSI);
+    if (!cap) return Error(EINVAL, "no MSI");
+    uint16_t ctrl = static_cast<uint16_t>(pdev_.config_read(cap + PCI_MSI_FLAGS, 2));
+    unsigned mmc = (ctrl & PCI_MSI_FLAGS_QMASK) >> 1;
+    unsigned mme = 0;
+    while ((1u << mme) < nvec) ++mme;
+    if (mme > mmc) return Error(EINVAL, "MSI vectors");
+    bool is64 = ctrl & PCI_MSI_FLAGS_64BIT;
+    pdev_.config_write(cap + PCI_MSI_ADDRESS_LO, 4, static_cast<uint32_t>(kHostMsiAddress));
+    if (is64) pdev_.config_write(cap + PCI_MSI_ADDRESS_HI, 4, 0);
+    pdev_.config_write(cap + (is64 ? PCI_MSI_DATA_64 : PCI_MSI_DATA_32), 2, 0);
+    if (ctrl & PCI_MSI_FLAGS_MASKBIT) pdev_.config_write(cap + (is64 ? PCI_MSI_MASK_64 : PCI_MSI_MASK_32), 4, 0);
+    pdev_.config_write(cap + PCI_MSI_FLAGS, 2, (ctrl & ~PCI_MSI_FLAGS_QSIZE) | (mme << 4) | PCI_MSI_FLAGS_ENABLE);
+    // The user's view of Multiple Message Capable follows what was enabled.
+    unsigned q = 0;
+    while ((1u << q) < nvec) ++q;
+    msi_qmax_ = static_cast<uint8_t>(q);
+  }
+  std::lock_guard lk(irq_mu_);
+  msi_triggers_.clear();
+  msi_triggers_.resize(nvec);
+  msi_allocated_.assign(nvec, true);
+  irq_type_ = msix ? VFIO_PCI_MSIX_IRQ_INDEX : VFIO_PCI_MSI_IRQ_INDEX;
+  return ok();
+}
+
+void CoreDevice::msi_disable() {
+  hw::Function& f = pdev_.hw();
+  bool msix = irq_type_ == VFIO_PCI_MSIX_IRQ_INDEX;
+  if (msix) {
+    uint16_t cap = f.find_capability(PCI_CAP_ID_MSIX);
+    uint32_t t = pdev_.config_read(cap + PCI_MSIX_TABLE, 4);
+    for (unsigned v = 0; v < f.msix_table_size(); ++v)
+      (void)f.mmio_write(t & PCI_MSIX_TABLE_BIR,
+                         (t & PCI_MSIX_TABLE_OFFSET) + uint64_t{v} * PCI_MSIX_ENTRY_SIZE + PCI_MSIX_ENTRY_VECTOR_CTRL, 4,
+                         PCI_MSIX_ENTRY_CTRL_MASKBIT);
+    uint16_t ctrl = static_cast<uint16_t>(pdev_.config_read(cap + PCI_MSIX_FLAGS, 2));
+    pdev_.config_write(cap + PCI_MSIX_FLAGS, 2, ctrl & ~PCI_MSIX_FLAGS_ENABLE);
+  } else if (uint16_t cap = f.find_capability(PCI_CAP_ID_MSI)) {
+    uint16_t ctrl = static_cast<uint16_t>(pdev_.config_read(cap + PCI_MSI_FLAGS, 2));
+    pdev_.config_write(cap + PCI_MSI_FLAGS, 2, ctrl & ~PCI_MSI_FLAGS_ENABLE);
+  }
+  std::lock_guard lk(irq_mu_);
+  msi_triggers_.clear();
+  msi_allocated_.clear();
+  irq_type_ = -1;
+}
+
+Result<void> CoreDevice::set_msi(IrqSet& req, bool msix) {
+  int index = msix ? VFIO_PCI_MSIX_IRQ_INDEX : VFIO_PCI_MSI_IRQ_INDEX;
+  if (irq_type_ == index && req.count == 0 && (req.flags & VFIO_IRQ_SET_DATA_NONE)) {
+    msi_disable();
+    return ok();
+  }
+  if (!(irq_type_ == index || irq_type_ < 0)) return Error(EINVAL, "another interrupt type is active");
+  if (req.flags & VFIO_IRQ_SET_DATA_EVENTFD) {
+    for (uint32_t i = 0; i < req.count; ++i)
+      if (req.fds[i]) TRY(check_eventfd(req.fds[i]));
+    bool enabled_here = false;
+    if (irq_type_ != index) {
+      TRY(msi_enable(req.start + req.count, msix));
+      enabled_here = true;
+    }
+    // vfio_msi_set_block(): attach or detach each vector's trigger.
+    hw::Function& f = pdev_.hw();
+    uint16_t cap = msix ? f.find_capability(PCI_CAP_ID_MSIX) : 0;
+    uint32_t t = cap ? pdev_.config_read(cap + PCI_MSIX_TABLE, 4) : 0;
+    for (uint32_t i = 0; i < req.count; ++i) {
+      uint32_t v = req.start + i;
+      if (v >= msi_triggers_.size()) {
+        if (enabled_here) msi_disable();
+        return Error(EINVAL, "vector beyond those enabled");
+      }
+      bool attach = static_cast<bool>(req.fds[i]);
+      {
+        std::lock_guard lk(irq_mu_);
+        msi_triggers_[v] = std::move(req.fds[i]);
+      }
+      if (msix)
+        (void)f.mmio_write(t & PCI_MSIX_TABLE_BIR,
+                           (t & PCI_MSIX_TABLE_OFFSET) + uint64_t{v} * PCI_MSIX_ENTRY_SIZE + PCI_MSIX_ENTRY_VECTOR_CTRL, 4,
+                           attach ? 0 : PCI_MSIX_ENTRY_CTRL_MASKBIT);
+    }
+    return ok();
+  }
+  if (irq_type_ != index) return Error(EINVAL, "interrupt type not enabled");
+  std::lock_guard lk(irq_mu_);
+  for (uint32_t i = 0; i < req.count; ++i) {
+    uint32_t v = req.start + i;
+    if (v >= msi_triggers_.size()) continue;
+    if ((req.flags & VFIO_IRQ_SET_DATA_NONE) || req.bools[i]) signal(msi_triggers_[v].get());
+  }
+  return ok();
+}
+
+void CoreDevice::irqs_disable_all() {
+  if (irq_type_ == VFIO_PCI_MSI_IRQ_INDEX || irq_type_ == VFIO_PCI_MSIX_IRQ_INDEX) msi_disable();
+  std::lock_guard lk(irq_mu_);
+  intx_trigger_.reset();
+  err_trigger_.reset();
+  req_trigger_.reset();
+  irq_type_ = -1;
+  intx_masked_ = false;
+}
+
+void CoreDevice::request(unsigned count) {
+  std::lock_guard lk(irq_mu_);
+  if (req_trigger_) {
+    if (count % 10 == 0) log::info(pdev_.name(), "vfio: requesting the user to release the device ({})", count);
+    signal(req_trigger_.get());
+  } else if (count == 0) {
+    log::warn(pdev_.name(), "vfio: no device request channel registered, blocked until released by user");
+  }
+}
+
+}  // namespace uvfio::vfio::pci

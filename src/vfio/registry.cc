@@ -1,0 +1,81 @@
+#include "vfio/registry.h"
+
+#include <fmt/format.h>
+
+namespace uvfio::vfio {
+
+Result<void> Registry::register_device(Device& dev, driver::Device& parent) {
+  std::lock_guard ck(core_.lock());
+  int minor;
+  std::vector<RegistryListener*> ls;
+  {
+    std::lock_guard lk(mu_);
+    if (devs_.count(&dev)) return Error(EEXIST, "vfio device registered twice");
+    minor = next_minor_++;
+    devs_[&dev] = {minor, &parent};
+    ls = listeners_;
+  }
+  driver::Tree& t = core_.tree();
+  if (driver::Dir* d = parent.dir()) {
+    driver::Dir* vd = d->child("vfio-dev") ? static_cast<driver::Dir*>(d->child("vfio-dev")) : *t.mkdir(d, "vfio-dev");
+    if (auto r = t.mkdir(vd, fmt::format("vfio{}", minor)); r) {
+      (void)t.add_file(*r, driver::Attribute{"dev", 0444, [minor]() -> Result<std::string> {
+                                               return fmt::format("{}:{}\n", 511, minor);
+                                             },
+                                             nullptr});
+    }
+  }
+  for (auto* l : ls) l->device_added(dev, parent);
+  return ok();
+}
+
+void Registry::unregister_device(Device& dev) {
+  std::vector<RegistryListener*> ls;
+  Entry e;
+  {
+    std::lock_guard lk(mu_);
+    auto it = devs_.find(&dev);
+    if (it == devs_.end()) return;
+    e = it->second;
+    ls = listeners_;
+  }
+  for (auto* l : ls) l->device_removing(dev);
+  // The cooperative unbind: ask (REQ), wait for the user to close.
+  dev.wait_released(request_interval_);
+  {
+    std::lock_guard ck(core_.lock());
+    if (driver::Dir* d = e.parent->dir()) {
+      if (auto* vd = d->child("vfio-dev")) {
+        core_.tree().remove(static_cast<driver::Dir*>(vd), fmt::format("vfio{}", e.minor));
+        if (static_cast<driver::Dir*>(vd)->children().empty()) core_.tree().remove(d, "vfio-dev");
+      }
+    }
+  }
+  std::lock_guard lk(mu_);
+  devs_.erase(&dev);
+}
+
+void Registry::add_listener(RegistryListener* l) {
+  std::lock_guard lk(mu_);
+  listeners_.push_back(l);
+}
+
+void Registry::remove_listener(RegistryListener* l) {
+  std::lock_guard lk(mu_);
+  std::erase(listeners_, l);
+}
+
+std::vector<Device*> Registry::devices() const {
+  std::lock_guard lk(mu_);
+  std::vector<Device*> v;
+  for (auto& [d, e] : devs_) v.push_back(d);
+  return v;
+}
+
+int Registry::minor(const Device& dev) const {
+  std::lock_guard lk(mu_);
+  auto it = devs_.find(const_cast<Device*>(&dev));
+  return it == devs_.end() ? -1 : it->second.minor;
+}
+
+}  // namespace uvfio::vfio

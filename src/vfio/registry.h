@@ -1,0 +1,59 @@
+// Registry: where bound VFIO devices are announced to frontends (the
+// vfio-user server) and shown in sysfs as vfio-dev/vfio<N>, and where an
+// unbinding driver waits for the user to let go (reference §5.2).
+#pragma once
+
+#include <chrono>
+#include <map>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "base/result.h"
+#include "driver/core.h"
+#include "vfio/device.h"
+
+namespace uvfio::vfio {
+
+class RegistryListener {
+ public:
+  virtual ~RegistryListener() = default;
+  // `dev` is usable until device_removing() returns for it.
+  virtual void device_added(Device& dev, driver::Device& parent) = 0;
+  // Stop accepting new users of `dev`; the current one is asked to leave.
+  virtual void device_removing(Device& dev) = 0;
+};
+
+class Registry {
+ public:
+  // `core` outlives the registry.
+  explicit Registry(driver::DriverCore& core) : core_(core) {}
+
+  // vfio_register_group_dev(): numbers the device, adds
+  // <parent>/vfio-dev/vfio<N>, tells listeners. Runs under the core lock
+  // (from a driver's probe()).
+  Result<void> register_device(Device& dev, driver::Device& parent);
+  // vfio_unregister_group_dev(): tells listeners, then blocks until the user
+  // has closed the device, signalling REQ every `request_interval`.
+  void unregister_device(Device& dev);
+
+  void add_listener(RegistryListener* l);
+  void remove_listener(RegistryListener* l);
+  std::vector<Device*> devices() const;
+  int minor(const Device& dev) const;  // N of vfio<N>, -1 if unknown
+  void set_request_interval(std::chrono::milliseconds i) { request_interval_ = i; }
+
+ private:
+  driver::DriverCore& core_;
+  mutable std::mutex mu_;
+  struct Entry {
+    int minor;
+    driver::Device* parent;
+  };
+  std::map<Device*, Entry> devs_;  // guarded by mu_
+  std::vector<RegistryListener*> listeners_;  // guarded by mu_
+  int next_minor_ = 0;
+  std::chrono::milliseconds request_interval_{10000};  // the kernel's 10 s
+};
+
+}  // namespace uvfio::vfio

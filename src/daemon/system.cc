@@ -9,9 +9,10 @@
 
 namespace uvfio::daemon {
 
-Result<std::unique_ptr<System>, TopologyError> System::create(const TopologySpec& spec) {
+Result<std::unique_ptr<System>, TopologyError> System::create(const TopologySpec& spec, const SystemOptions& opts) {
   std::unique_ptr<System> s(new System());
   s->spec_ = spec;
+  s->opts_ = opts;
   if (auto r = validate_topology(spec, "<topology>"); !r) return r.error();
   if (auto r = s->build_hardware(); !r) return r.error();
   if (auto r = s->start_software(); !r) return r.error();  // ~System tears down
@@ -100,9 +101,12 @@ Result<void, TopologyError> System::start_software() {
     for (const DeviceSpec& s : spec_.devices)
       if (s.address == dev->bdf() && !s.driver_override.empty()) (void)core_->set_driver_override(*dev, s.driver_override);
   });
+  registry_ = std::make_unique<vfio::Registry>(*core_);
   mlx5_core_ = std::make_unique<drivers::mlx5::Mlx5CoreDriver>(*aux_);
-  mlx5_vfio_ = std::make_unique<drivers::mlx5_vfio_pci::Mlx5VfioPci>(*pci_, *aux_);
+  mlx5_vfio_ = std::make_unique<drivers::mlx5_vfio_pci::Mlx5VfioPci>(*pci_, *aux_, *registry_);
+  vfio_pci_ = std::make_unique<drivers::vfio_pci::VfioPciDriver>(*registry_, opts_.vfio_pci_enable_sriov);
   if (auto r = core_->register_driver(*pci_, *mlx5_core_); !r) return fail("register mlx5_core", r.error());
+  if (auto r = core_->register_driver(*pci_, *vfio_pci_); !r) return fail("register vfio_pci", r.error());
   if (auto r = mlx5_vfio_->register_drivers(); !r) return fail("register mlx5_vfio_pci", r.error());
   if (auto r = pci_->scan(); !r) return fail("PCI scan", r.error());
   for (const DeviceSpec& d : spec_.devices) {
@@ -114,14 +118,23 @@ Result<void, TopologyError> System::start_software() {
   return {};
 }
 
+vfio::Device* System::vfio_device(Bdf bdf) {
+  for (vfio::Device* d : registry_->devices())
+    if (d->name() == bdf.str()) return d;
+  return nullptr;
+}
+
 System::~System() {
   if (pci_) pci_->remove_all();
   if (mlx5_vfio_) mlx5_vfio_->unregister_drivers();
+  if (core_ && vfio_pci_) core_->unregister_driver(*vfio_pci_);
   if (core_ && mlx5_core_) core_->unregister_driver(*mlx5_core_);
   if (core_ && aux_) core_->unregister_bus(*aux_);
   if (core_ && pci_) core_->unregister_bus(*pci_);
   mlx5_vfio_.reset();
+  vfio_pci_.reset();
   mlx5_core_.reset();
+  registry_.reset();
   aux_.reset();
   pci_.reset();
   core_.reset();

@@ -37,7 +37,9 @@ class Mlx5VfioPci::PciHalf : public bus::pci::PciDriver {
         mod_(mod) {}
   Result<std::unique_ptr<driver::Binding>> probe(PciDevice& dev, const PciDeviceId&) override {
     if (!dev.is_virtfn()) return Error(ENODEV, "mlx5_vfio_pci drives VFs");
-    return std::unique_ptr<driver::Binding>(std::make_unique<VfBinding>(mod_, dev));
+    auto vf = std::make_unique<VfDevice>(mod_, dev, *this, mod_.registry_);
+    TRY(vf->register_device());
+    return std::unique_ptr<driver::Binding>(std::move(vf));
   }
 
  private:
@@ -62,16 +64,27 @@ class Mlx5VfioPci::AuxHalf : public bus::auxiliary::AuxiliaryDriver {
 
 // ---- Bindings -------------------------------------------------------------------
 
-VfBinding::VfBinding(Mlx5VfioPci& mod, PciDevice& vf) : mod_(mod), vf_(vf) { mod_.vf_bound(*this); }
-VfBinding::~VfBinding() { mod_.vf_unbound(*this); }
-
-void VfBinding::pf_attached() {
-  log::info(vf_.name(), "{}: paired with {}", kDriverName, vf_.physfn() ? vf_.physfn()->name() : "?");
+VfDevice::VfDevice(Mlx5VfioPci& mod, PciDevice& vf, const driver::Driver& drv, vfio::Registry& registry)
+    : CoreDevice(vf, drv, registry), mod_(mod) {
+  mod_.vf_bound(*this);
 }
 
-void VfBinding::pf_detached() {
+VfDevice::~VfDevice() {
+  // remove(): the VFIO device goes first (waiting for its user), then the
+  // pairing.
+  unregister_device();
+  mod_.vf_unbound(*this);
+}
+
+void VfDevice::pf_attached() {
+  log::info(vf().name(), "{}: paired with {}", kDriverName, vf().physfn() ? vf().physfn()->name() : "?");
+}
+
+void VfDevice::pf_detached() {
   ++detaches_;
-  log::warn(vf_.name(), "{}: PF services gone", kDriverName);
+  log::warn(vf().name(), "{}: PF services gone", kDriverName);
+  // An open user learns of it through the device request (REQ) irq.
+  if (is_open()) request(0);
 }
 
 AuxBinding::AuxBinding(Mlx5VfioPci& mod, mlx5::VfioAuxDevice& aux) : mod_(mod), aux_(aux) { mod_.aux_bound(*this); }
@@ -79,8 +92,8 @@ AuxBinding::~AuxBinding() { mod_.aux_unbound(*this); }
 
 // ---- Pairing --------------------------------------------------------------------
 
-Mlx5VfioPci::Mlx5VfioPci(bus::pci::PciBus& pci, bus::auxiliary::AuxiliaryBus& aux)
-    : pci_(pci), aux_(aux), pci_half_(std::make_unique<PciHalf>(*this)), aux_half_(std::make_unique<AuxHalf>(*this)) {}
+Mlx5VfioPci::Mlx5VfioPci(bus::pci::PciBus& pci, bus::auxiliary::AuxiliaryBus& aux, vfio::Registry& registry)
+    : pci_(pci), aux_(aux), registry_(registry), pci_half_(std::make_unique<PciHalf>(*this)), aux_half_(std::make_unique<AuxHalf>(*this)) {}
 
 Mlx5VfioPci::~Mlx5VfioPci() { unregister_drivers(); }
 
@@ -101,7 +114,7 @@ void Mlx5VfioPci::unregister_drivers() {
 bus::pci::PciDriver& Mlx5VfioPci::pci_driver() { return *pci_half_; }
 bus::auxiliary::AuxiliaryDriver& Mlx5VfioPci::aux_driver() { return *aux_half_; }
 
-VfBinding* Mlx5VfioPci::vf_binding(Bdf vf) const {
+VfDevice* Mlx5VfioPci::vf_binding(Bdf vf) const {
   auto it = slots_.find(vf);
   return it == slots_.end() ? nullptr : it->second.vf;
 }
@@ -120,13 +133,13 @@ void Mlx5VfioPci::connect(Slot& s) {
   s.vf->pf_attached();
 }
 
-void Mlx5VfioPci::vf_bound(VfBinding& b) {
+void Mlx5VfioPci::vf_bound(VfDevice& b) {
   Slot& s = slots_[b.vf().bdf()];
   s.vf = &b;
   connect(s);
 }
 
-void Mlx5VfioPci::vf_unbound(VfBinding& b) {
+void Mlx5VfioPci::vf_unbound(VfDevice& b) {
   auto it = slots_.find(b.vf().bdf());
   if (it == slots_.end()) return;
   {
@@ -147,7 +160,7 @@ void Mlx5VfioPci::aux_unbound(AuxBinding& b) {
   auto it = slots_.find(b.aux().vf_bdf());
   if (it == slots_.end()) return;
   it->second.aux = nullptr;
-  if (VfBinding* vf = it->second.vf) {
+  if (VfDevice* vf = it->second.vf) {
     // Disconnect first: from here on the VF half can only get ENOTCONN,
     // never a pointer into a PF that is going away.
     {

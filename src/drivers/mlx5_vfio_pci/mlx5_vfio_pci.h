@@ -17,6 +17,8 @@
 #include "bus/auxiliary/auxiliary.h"
 #include "bus/pci/pci.h"
 #include "drivers/mlx5_core/mlx5_core.h"
+#include "vfio/pci_core/core.h"
+#include "vfio/registry.h"
 
 namespace uvfio::drivers::mlx5_vfio_pci {
 
@@ -40,25 +42,29 @@ class PfLink {
 
 class Mlx5VfioPci;
 
-// The VF half's per-device state.
-class VfBinding : public driver::Binding {
+// The VF half: a VFIO device built on vfio-pci-core. It overrides only what
+// the variant changes (what it learns from its PF); the rest is the core's.
+// Migration comes with the PF's firmware services (issue 5): until then it
+// advertises none.
+class VfDevice : public vfio::pci::CoreDevice {
  public:
-  VfBinding(Mlx5VfioPci& mod, bus::pci::PciDevice& vf);
-  ~VfBinding() override;
-  bus::pci::PciDevice& vf() const { return vf_; }
+  VfDevice(Mlx5VfioPci& mod, bus::pci::PciDevice& vf, const driver::Driver& drv, vfio::Registry& registry);
+  ~VfDevice() override;
+  bus::pci::PciDevice& vf() const { return pdev(); }
   const std::shared_ptr<PfLink>& pf_link() const { return link_; }
   // How many times the PF side went away while this VF was bound.
   int pf_detach_count() const { return detaches_; }
   // The aux half connected us (or disconnected us) to the PF.
-  virtual void pf_attached();
-  virtual void pf_detached();
+  void pf_attached();
+  // The PF's services are gone: an open user is asked to release the device.
+  void pf_detached();
 
  private:
   Mlx5VfioPci& mod_;
-  bus::pci::PciDevice& vf_;
   std::shared_ptr<PfLink> link_ = std::make_shared<PfLink>();
   int detaches_ = 0;
 };
+using VfBinding = VfDevice;
 
 // The aux half's per-device state.
 class AuxBinding : public driver::Binding {
@@ -74,8 +80,9 @@ class AuxBinding : public driver::Binding {
 
 class Mlx5VfioPci {
  public:
-  // The buses outlive this module object; unregister_drivers() before it dies.
-  Mlx5VfioPci(bus::pci::PciBus& pci, bus::auxiliary::AuxiliaryBus& aux);
+  // The buses and the registry outlive this module object;
+  // unregister_drivers() before it dies.
+  Mlx5VfioPci(bus::pci::PciBus& pci, bus::auxiliary::AuxiliaryBus& aux, vfio::Registry& registry);
   ~Mlx5VfioPci();
 
   Result<void> register_drivers();
@@ -85,26 +92,27 @@ class Mlx5VfioPci {
   bus::auxiliary::AuxiliaryDriver& aux_driver();
 
   // The VF binding of `vf`, paired or not; nullptr if the VF half is unbound.
-  VfBinding* vf_binding(Bdf vf) const;
+  VfDevice* vf_binding(Bdf vf) const;
   bool paired(Bdf vf) const;
 
  private:
-  friend class VfBinding;
+  friend class VfDevice;
   friend class AuxBinding;
   class PciHalf;
   class AuxHalf;
   struct Slot {
-    VfBinding* vf = nullptr;
+    VfDevice* vf = nullptr;
     AuxBinding* aux = nullptr;
   };
-  void vf_bound(VfBinding& b);
-  void vf_unbound(VfBinding& b);
+  void vf_bound(VfDevice& b);
+  void vf_unbound(VfDevice& b);
   void aux_bound(AuxBinding& b);
   void aux_unbound(AuxBinding& b);
   void connect(Slot& s);
 
   bus::pci::PciBus& pci_;
   bus::auxiliary::AuxiliaryBus& aux_;
+  vfio::Registry& registry_;
   std::unique_ptr<PciHalf> pci_half_;
   std::unique_ptr<AuxHalf> aux_half_;
   std::map<Bdf, Slot> slots_;  // guarded by the driver core lock (probe/remove run under it)

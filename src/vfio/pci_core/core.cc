@@ -26,8 +26,8 @@ Uuid random_uuid() {
 uint64_t index_to_offset(uint32_t index) { return uint64_t{index} << 40; }  // VFIO_PCI_INDEX_TO_OFFSET
 }  // namespace
 
-CoreDevice::CoreDevice(PciDevice& pdev, Registry& registry)
-    : Device(pdev.name()), pdev_(pdev), registry_(registry) {}
+CoreDevice::CoreDevice(PciDevice& pdev, const driver::Driver& drv, Registry& registry)
+    : Device(pdev.name()), pdev_(pdev), drv_(drv), registry_(registry) {}
 
 CoreDevice::~CoreDevice() { unregister_device(); }
 
@@ -39,7 +39,7 @@ Result<void> CoreDevice::register_device() {
     vf_token_->uuid = random_uuid();
     // VFs this PF creates bind to its vfio driver, not to host drivers.
     driver::DriverCore& core = pdev_.pci_bus().core();
-    std::string drv = pdev_.driver() ? pdev_.driver()->name() : std::string();
+    std::string drv = drv_.name();
     PciDevice* pf = &pdev_;
     pf_notifier_ = core.add_notifier(pdev_.pci_bus(), [pf, &core, drv](driver::BusEvent ev, driver::Device& d) {
       auto* vf = dynamic_cast<PciDevice*>(&d);
@@ -53,11 +53,7 @@ Result<void> CoreDevice::register_device() {
     // The VF token applies when the PF is bound to this same vfio driver
     // (pci_iov_get_pf_drvdata(vf, vf's driver)).
     PciDevice* pf = pdev_.physfn();
-    if (pf && pf->driver() && pdev_.driver() == nullptr) {
-      // Not yet bound (we are in probe): compare against the driver probing us
-      // through the PF's binding type instead.
-    }
-    if (pf) sriov_pf_ = pf->binding_as<CoreDevice>();
+    if (pf && pf->driver() == &drv_) sriov_pf_ = pf->binding_as<CoreDevice>();
     if (sriov_pf_ && !sriov_pf_->vf_token_) sriov_pf_ = nullptr;
   }
   reset_works_ = pdev_.hw().flr_capable();
@@ -69,22 +65,19 @@ Result<void> CoreDevice::register_device() {
 void CoreDevice::unregister_device() {
   if (!registered_) return;
   registered_ = false;
-  registry_.unregister_device(*this);  // waits for the user to close
   if (vf_token_) {
-    // The PF's VFs go before its token (their CoreDevices point at it).
+    // vfio_pci_core_unregister_device(): SR-IOV off first; the VFs' devices
+    // (which point at this PF's token) go before the PF does.
     if (pdev_.sriov_num_vfs()) pdev_.pci_bus().disable_sriov(pdev_);
     pdev_.pci_bus().core().remove_notifier(pf_notifier_);
   }
+  registry_.unregister_device(*this);  // waits for the user to close
 }
 
 Result<int> CoreDevice::sriov_configure(int num_vfs) {
   if (num_vfs == 0) {
     pdev_.pci_bus().disable_sriov(pdev_);
     return 0;
-  }
-  {
-    std::lock_guard lk(vf_token_->mu);
-    (void)lk;
   }
   TRY(pdev_.pci_bus().enable_sriov(pdev_, static_cast<uint16_t>(num_vfs)));
   return num_vfs;

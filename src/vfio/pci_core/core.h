@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "bus/pci/pci.h"
+#include "driver/device.h"
 #include "hw/function.h"
 #include "vfio/device.h"
 #include "vfio/registry.h"
@@ -48,11 +49,14 @@ struct PermBits {
   WriteFn write_fn = nullptr;
 };
 
-class CoreDevice : public Device, private hw::IrqSink {
+// A CoreDevice is also the driver's Binding of the PCI function (its
+// drvdata): destroying it is the driver's remove(), which unregisters and so
+// waits for the user to close.
+class CoreDevice : public Device, public driver::Binding, private hw::IrqSink {
  public:
-  // `pdev` stays registered (and bound to the driver that made this) for the
-  // device's lifetime; `registry` outlives it.
-  CoreDevice(bus::pci::PciDevice& pdev, Registry& registry);
+  // `pdev` stays registered (and bound to `drv`) for the device's lifetime;
+  // `registry` and `drv` outlive it.
+  CoreDevice(bus::pci::PciDevice& pdev, const driver::Driver& drv, Registry& registry);
   ~CoreDevice() override;
 
   bus::pci::PciDevice& pdev() const { return pdev_; }
@@ -156,6 +160,7 @@ class CoreDevice : public Device, private hw::IrqSink {
   void restore_state();
 
   bus::pci::PciDevice& pdev_;
+  const driver::Driver& drv_;
   Registry& registry_;
   bool registered_ = false;
   bool reset_works_ = false;

@@ -10,7 +10,8 @@
 namespace uvfio {
 namespace {
 
-using drivers::mlx5_vfio_pci::VfBinding;
+using drivers::mlx5_vfio_pci::VfDevice;
+using VfBinding = VfDevice;
 
 const Bdf kVf(0, 8, 0, 0);
 const std::string kVfName = "0000:08:00.0";

@@ -94,7 +94,7 @@ Result<void, TopologyError> System::start_software() {
     auto it = vf_override_.find(dev->physfn()->bdf());
     if (it != vf_override_.end()) (void)core_->set_driver_override(*dev, it->second);
   });
-  // Endpoints with a driver_override in the topology get it the same way.
+  // Functions with a driver_override in the topology get it the same way.
   core_->add_notifier(*pci_, [this](driver::BusEvent ev, driver::Device& d) {
     auto* dev = dynamic_cast<bus::pci::PciDevice*>(&d);
     if (ev != driver::BusEvent::kAddDevice || !dev || dev->physfn()) return;

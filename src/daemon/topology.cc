@@ -91,7 +91,9 @@ Result<DeviceSpec, Err> parse_device(const toml::table& t, const Ctx& c) {
     if (d.subordinate_bus < d.secondary_bus)
       return c.err("subordinate_bus", fmt::format("{} is below secondary_bus {}", d.subordinate_bus, d.secondary_bus));
   } else if (d.model == Model::kMlx5Pf) {
-    allowed.insert({"total_vfs", "first_vf_offset", "vf_stride", "num_vfs", "vf_driver_override", "device_memory"});
+    allowed.insert({"total_vfs", "first_vf_offset", "vf_stride", "num_vfs", "vf_driver_override", "device_memory",
+                    "driver_override"});
+    d.driver_override = TRYT(get_str(t, c, "driver_override", false));
     d.total_vfs = static_cast<uint16_t>(TRYT(get_int(t, c, "total_vfs", 1, 256, 8)));
     d.first_vf_offset = static_cast<uint16_t>(TRYT(get_int(t, c, "first_vf_offset", 1, 0xffff, 1)));
     d.vf_stride = static_cast<uint16_t>(TRYT(get_int(t, c, "vf_stride", d.total_vfs > 1 ? 1 : 0, 0xffff, 1)));

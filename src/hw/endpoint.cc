@@ -20,6 +20,10 @@ Result<std::unique_ptr<GenericEndpoint>> GenericEndpoint::create(const EndpointP
   TRY(e->define_bar(2, BarDesc{BarKind::kMem64, p.bar2_size, true, true}));
   if (p.msix_vectors) TRY(e->define_bar(4, BarDesc{BarKind::kMem32, 4096, false, true}));
   TRY(add_pm_cap(*e));
+  if (p.hidden_caps) {
+    uint16_t ssvid = TRY(e->add_capability(PCI_CAP_ID_SSVID, 8));
+    e->config().raw_write(ssvid + 4, 4, (uint32_t{p.ids.subsystem_device} << 16) | p.ids.subsystem_vendor);
+  }
   if (p.msi_vectors) TRY(add_msi_cap(*e, MsiParams{p.msi_vectors, true, true}));
   if (p.msix_vectors)
     TRY(add_msix_cap(*e, MsixParams{p.msix_vectors, 4, 0, 4, 0x800}));
@@ -27,6 +31,10 @@ Result<std::unique_ptr<GenericEndpoint>> GenericEndpoint::create(const EndpointP
     PcieParams pp;
     pp.flr = true;
     TRY(add_pcie_cap(*e, pp));
+    if (p.hidden_caps) {
+      uint16_t pasid = TRY(e->add_ext_capability(PCI_EXT_CAP_ID_PASID, 1, PCI_EXT_CAP_PASID_SIZEOF));
+      e->config().raw_write(pasid + PCI_PASID_CAP, 2, 0x1400);  // 20-bit PASIDs
+    }
     TRY(add_dsn_cap(*e, 0x0000'00ff'fe00'0001ull));
   }
   e->finish_build();

@@ -19,6 +19,9 @@ struct EndpointParams {
   unsigned msi_vectors = 4;
   unsigned msix_vectors = 8;
   bool pcie = true;
+  // Capabilities vfio-pci-core hides from its users (SSVID; PASID in
+  // extended space), so the hiding is exercised.
+  bool hidden_caps = true;
 };
 
 class GenericEndpoint : public Function {

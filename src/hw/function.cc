@@ -148,6 +148,7 @@ void Function::irq_config_written(uint16_t off, unsigned width) {
 }
 
 void Function::function_level_reset() {
+  ++flr_count_;
   before_reset();
   cfg_ = power_on_;
   {

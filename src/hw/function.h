@@ -11,6 +11,7 @@
 #pragma once
 
 #include <array>
+#include <atomic>
 #include <cstdint>
 #include <memory>
 #include <mutex>
@@ -105,6 +106,8 @@ class Function {
   // reset (on_reset()). Reachable through PCIe Device Control too.
   void function_level_reset();
   bool flr_capable() const;
+  // How many FLRs the function went through (a debug counter, for tests).
+  unsigned flr_count() const { return flr_count_; }
 
   // SR-IOV: a VF knows its PF. PFs own their VFs.
   Function* physfn() const { return physfn_; }
@@ -171,6 +174,7 @@ class Function {
   bool intx_level_ = false;  // guarded by irq_mu_
   IrqSink* sink_ = nullptr;  // guarded by irq_mu_
   IommuDomain* iommu_ = nullptr;  // outlives its setting
+  std::atomic<unsigned> flr_count_{0};
   uint16_t next_cap_ = PCI_STD_HEADER_SIZEOF;
   uint16_t last_cap_next_ = PCI_CAPABILITY_LIST;  // where the last "next" pointer lives
   uint16_t next_ext_ = PCI_CFG_SPACE_SIZE;

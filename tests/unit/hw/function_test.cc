@@ -78,7 +78,9 @@ TEST(CapabilityTest, ChainOfTheEndpoint) {
   EXPECT_NE(msi, 0);
   EXPECT_NE(msix, 0);
   EXPECT_NE(exp, 0);
-  EXPECT_EQ(e->find_ext_capability(PCI_EXT_CAP_ID_DSN), 0x100);
+  EXPECT_EQ(e->find_ext_capability(PCI_EXT_CAP_ID_PASID), 0x100);
+  EXPECT_EQ(e->find_ext_capability(PCI_EXT_CAP_ID_DSN), 0x108);
+  EXPECT_NE(e->find_capability(PCI_CAP_ID_SSVID), 0);
   EXPECT_EQ(e->find_capability(PCI_CAP_ID_VPD), 0);
   // MSI: 64-bit, per-vector masking, 4 vectors; Enable writable, MMC not.
   uint16_t ctrl = static_cast<uint16_t>(e->config_read(msi + PCI_MSI_FLAGS, 2));

@@ -337,7 +337,7 @@ Result<void> CoreDevice::exp_write(uint16_t pos, unsigned count, const PermBits&
   uint16_t ctrl = static_cast<uint16_t>(vget(cap + PCI_EXP_DEVCTL, 2));
   if (ctrl & PCI_EXP_DEVCTL_BCR_FLR) {
     vset(cap + PCI_EXP_DEVCTL, 2, ctrl & ~PCI_EXP_DEVCTL_BCR_FLR);
-    if (hw_read(cap + PCI_EXP_DEVCAP, 4) & PCI_EXP_DEVCAP_FLR) (void)function_reset();
+    if ((hw_read(cap + PCI_EXP_DEVCAP, 4) & PCI_EXP_DEVCAP_FLR) && !pdev_.sriov_num_vfs()) (void)function_reset();
   }
   // MPS stays virtual; MRRS goes to hardware, never below the real MPS.
   ctrl = static_cast<uint16_t>(vget(cap + PCI_EXP_DEVCTL, 2));

@@ -136,7 +136,10 @@ Result<void> CoreDevice::enable() {
   power_state_ = 0;
   uint16_t cmd = static_cast<uint16_t>(pdev_.config_read(PCI_COMMAND, 2));
   pdev_.config_write(PCI_COMMAND, 2, cmd & ~PCI_COMMAND_MASTER);
-  if (reset_works_) {
+  // A PF FLR clears VF Enable and takes the VFs away; Linux puts SR-IOV back
+  // after the reset, we keep the VFs instead: no open-time reset while a PF
+  // has VFs.
+  if (reset_works_ && !pdev_.sriov_num_vfs()) {
     saved_config_.clear();
     save_state();
     pdev_.hw().function_level_reset();
@@ -183,7 +186,7 @@ void CoreDevice::disable() {
   power_state_ = 0;
   uint16_t cmd = static_cast<uint16_t>(pdev_.config_read(PCI_COMMAND, 2));
   pdev_.config_write(PCI_COMMAND, 2, (cmd & ~PCI_COMMAND_MASTER) | PCI_COMMAND_INTX_DISABLE);
-  if (reset_works_) {
+  if (reset_works_ && !pdev_.sriov_num_vfs()) {
     pdev_.hw().function_level_reset();
     restore_state();
   }
@@ -264,6 +267,7 @@ Result<void> CoreDevice::function_reset() {
 
 Result<void> CoreDevice::do_reset() {
   if (!reset_works_) return Error(EINVAL, "device has no function reset");
+  if (pdev_.sriov_num_vfs()) return Error(EBUSY, "a reset would take the PF's VFs away");
   power_state_ = 0;
   return function_reset();
 }

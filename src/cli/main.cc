@@ -46,6 +46,7 @@ struct DevInfo {
   std::string path;  // devices/pci0000:00/...
   std::string vendor, device, cls, driver;
   std::string physfn;
+  std::string vfio;  // "vfio3" when the function is a VFIO device
   int sriov_num = -1, sriov_total = -1;
   int secondary = -1, subordinate = -1;
 };
@@ -74,6 +75,8 @@ std::vector<DevInfo> collect(sysfs::ControlClient& c) {
       d.sriov_total = std::atoi(tot->c_str());
       d.sriov_num = std::atoi(c.read(base + "/sriov_numvfs").value_or("0").c_str());
     }
+    auto vd = c.ls(base + "/vfio-dev");
+    if (vd && !vd->empty()) d.vfio = (*vd)[0].first;
     auto sec = c.read(base + "/secondary_bus_number");
     if (sec) {
       d.secondary = std::atoi(sec->c_str());
@@ -94,20 +97,21 @@ void cmd_list(sysfs::ControlClient& c, bool as_json) {
       json o{{"address", d.name}, {"vendor", d.vendor}, {"device", d.device}, {"class", d.cls},
              {"driver", d.driver.empty() ? json(nullptr) : json(d.driver)}};
       if (!d.physfn.empty()) o["physfn"] = d.physfn;
+      o["vfio"] = d.vfio.empty() ? json(nullptr) : json(d.vfio);
       if (d.sriov_total >= 0) o["sriov"] = json{{"numvfs", d.sriov_num}, {"totalvfs", d.sriov_total}};
       a.push_back(o);
     }
     std::cout << a.dump(2) << "\n";
     return;
   }
-  std::printf("%-13s %-10s %-7s %-15s %s\n", "ADDRESS", "ID", "CLASS", "DRIVER", "SR-IOV");
+  std::printf("%-13s %-10s %-7s %-15s %-7s %s\n", "ADDRESS", "ID", "CLASS", "DRIVER", "VFIO", "SR-IOV");
   for (auto& d : devs) {
     std::string sriov;
     if (d.sriov_total >= 0) sriov = std::to_string(d.sriov_num) + "/" + std::to_string(d.sriov_total) + " VFs";
     if (!d.physfn.empty()) sriov = "VF of " + d.physfn;
-    std::printf("%-13s %-10s %-7s %-15s %s\n", d.name.c_str(),
+    std::printf("%-13s %-10s %-7s %-15s %-7s %s\n", d.name.c_str(),
                 (strip0x(d.vendor) + ":" + strip0x(d.device)).c_str(), strip0x(d.cls).c_str(),
-                d.driver.empty() ? "-" : d.driver.c_str(), sriov.c_str());
+                d.driver.empty() ? "-" : d.driver.c_str(), d.vfio.empty() ? "-" : d.vfio.c_str(), sriov.c_str());
   }
 }
 
@@ -145,7 +149,7 @@ void show_dev(const TreeNode& n, std::string line, int bus) {
   auto b = Bdf::parse(n.name);
   std::string label = n.name;
   if (b) {
-    char tmp[16];
+    char tmp[40];
     if (b->bus() == bus) std::snprintf(tmp, sizeof(tmp), "%02x.%x", b->dev(), b->fn());
     else std::snprintf(tmp, sizeof(tmp), "%02x:%02x.%x", b->bus(), b->dev(), b->fn());
     label = tmp;
@@ -153,7 +157,7 @@ void show_dev(const TreeNode& n, std::string line, int bus) {
   line += label;
   const DevInfo* d = n.dev;
   if (d && d->secondary >= 0) {
-    char tmp[16];
+    char tmp[40];
     if (d->secondary == d->subordinate) std::snprintf(tmp, sizeof(tmp), "-[%02x]--", d->secondary);
     else std::snprintf(tmp, sizeof(tmp), "-[%02x-%02x]--", d->secondary, d->subordinate);
     show_bus(n.kids, line + tmp, d->secondary);

@@ -38,11 +38,14 @@ int main(int argc, char** argv) {
   std::string rundir = default_rundir();
   std::string config;
   bool print_seed = false, no_fuse = false, verbose = false;
+  daemon::SystemOptions opts;
   app.add_option("--rundir", rundir, "Directory for control.sock, sys/ and vfio-user sockets")->capture_default_str();
   app.add_option("--config", config, "Topology file (TOML); default: the seed topology");
   app.add_flag("--print-seed", print_seed, "Print the seed topology as TOML and exit");
   app.add_flag("--no-fuse", no_fuse, "Do not mount the attribute tree with FUSE");
   app.add_flag("-v,--verbose", verbose, "Debug logging");
+  app.add_flag("--vfio-pci-enable-sriov", opts.vfio_pci_enable_sriov,
+               "Let vfio_pci enable SR-IOV on PFs it drives (the vfio-pci module's enable_sriov)");
   CLI11_PARSE(app, argc, argv);
   if (verbose) log::set_level(log::Level::kDebug);
   if (print_seed) {
@@ -77,7 +80,7 @@ int main(int argc, char** argv) {
     return 1;
   }
 
-  auto sys = daemon::System::create(spec);
+  auto sys = daemon::System::create(spec, opts);
   if (!sys) {
     std::fprintf(stderr, "uvfiod: %s\n", sys.error().message.c_str());
     return 1;

@@ -47,9 +47,10 @@ std::vector<uint8_t> encode_region_info(const RegionInfo& r, uint32_t argsz) {
     }
   }
   info.argsz = static_cast<uint32_t>(r.caps.empty() ? sizeof(info) : full);
-  out.resize(sizeof(info));
+  bool with_caps = !r.caps.empty() && argsz >= full;
+  out.resize(with_caps ? full : sizeof(info));
   std::memcpy(out.data(), &info, sizeof(info));
-  if (!r.caps.empty() && argsz >= full) out.insert(out.end(), r.caps.begin(), r.caps.end());
+  if (with_caps) std::memcpy(out.data() + sizeof(info), r.caps.data(), r.caps.size());
   return out;
 }
 

@@ -146,11 +146,14 @@ TEST_F(SeedDaemon, UvfioctlViewsAndShortcuts) {
       << r.out;
   EXPECT_NE(r.out.find("\\-09:00.0  [15b3:101e] mlx5_vfio_pci"), std::string::npos) << r.out;
   r = sh(d.ctl("list"));
-  EXPECT_NE(r.out.find("0000:08:00.0  15b3:101e  020000  mlx5_vfio_pci   VF of 0000:07:00.0"), std::string::npos)
+  EXPECT_NE(r.out.find("0000:08:00.0  15b3:101e  020000  mlx5_vfio_pci   vfio0   VF of 0000:07:00.0"),
+            std::string::npos)
       << r.out;
+  EXPECT_NE(r.out.find("0000:07:00.0  15b3:101d  020000  mlx5_core       -       1/8 VFs"), std::string::npos) << r.out;
   r = sh(d.ctl("list --json"));
   EXPECT_NE(r.out.find("\"address\": \"0000:07:00.1\""), std::string::npos) << r.out;
   EXPECT_NE(r.out.find("\"numvfs\": 1"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("\"vfio\": \"vfio1\""), std::string::npos) << r.out;
   // unbind, then bind through driver_override.
   r = sh(d.ctl("unbind 0000:09:00.0"));
   EXPECT_EQ(r.status, 0) << r.err;

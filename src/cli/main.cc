@@ -4,11 +4,13 @@
 // Errors print the errno text and exit non-zero.
 #include <CLI/CLI.hpp>
 #include <cstdio>
+#include <cstring>
 #include <iostream>
 #include <map>
 #include <nlohmann/json.hpp>
 
 #include "base/bdf.h"
+#include "client/client.h"
 #include "base/rundir.h"
 #include "sysfs/control.h"
 
@@ -201,6 +203,126 @@ void cmd_tree(sysfs::ControlClient& c) {
   }
 }
 
+const char* region_name(uint32_t i) {
+  static const char* names[] = {"BAR0", "BAR1", "BAR2", "BAR3", "BAR4", "BAR5", "ROM", "CONFIG", "VGA"};
+  return i < 9 ? names[i] : "device-specific";
+}
+const char* irq_name(uint32_t i) {
+  static const char* names[] = {"INTx", "MSI", "MSI-X", "ERR", "REQ"};
+  return i < 5 ? names[i] : "?";
+}
+
+std::unique_ptr<client::Client> vfio_connect(const std::string& rundir, const Bdf& b) {
+  std::string path = rundir + "/vfio-user/" + b.str() + ".sock";
+  auto c = client::Client::connect(path);
+  if (!c) die("cannot open " + b.str() + " over vfio-user (" + path + ")", c.error());
+  return std::move(*c);
+}
+
+// What a VMM sees of the device over vfio-user.
+void cmd_info(client::Client& c, const Bdf& b, bool as_json) {
+  vfio_device_info i = must(c.get_info(), "GET_INFO");
+  json out{{"address", b.str()}, {"flags", json::array()}, {"regions", json::array()}, {"irqs", json::array()}};
+  if (i.flags & VFIO_DEVICE_FLAGS_PCI) out["flags"].push_back("PCI");
+  if (i.flags & VFIO_DEVICE_FLAGS_RESET) out["flags"].push_back("RESET");
+  for (uint32_t r = 0; r < i.num_regions; ++r) {
+    auto ri = c.get_region_info(r);
+    if (!ri) {
+      out["regions"].push_back(json{{"index", r}, {"name", region_name(r)}, {"error", errno_name(ri.error().code)}});
+      continue;
+    }
+    json f = json::array();
+    if (ri->info.flags & VFIO_REGION_INFO_FLAG_READ) f.push_back("READ");
+    if (ri->info.flags & VFIO_REGION_INFO_FLAG_WRITE) f.push_back("WRITE");
+    if (ri->info.flags & VFIO_REGION_INFO_FLAG_MMAP) f.push_back("MMAP");
+    json caps = json::array();
+    size_t base = sizeof(vfio_region_info), at = ri->info.cap_offset;
+    while (at >= base && at + sizeof(vfio_info_cap_header) <= base + ri->caps.size()) {
+      vfio_info_cap_header h;
+      std::memcpy(&h, ri->caps.data() + (at - base), sizeof(h));
+      caps.push_back(h.id == VFIO_REGION_INFO_CAP_SPARSE_MMAP   ? "SPARSE_MMAP"
+                     : h.id == VFIO_REGION_INFO_CAP_TYPE        ? "TYPE"
+                     : h.id == VFIO_REGION_INFO_CAP_MSIX_MAPPABLE ? "MSIX_MAPPABLE"
+                                                                : "?");
+      if (!h.next || h.next <= at) break;
+      at = h.next;
+    }
+    out["regions"].push_back(json{{"index", r}, {"name", region_name(r)}, {"size", ri->info.size}, {"flags", f},
+                                  {"caps", caps}});
+  }
+  for (uint32_t q = 0; q < i.num_irqs; ++q) {
+    auto ii = c.get_irq_info(q);
+    if (!ii) {
+      out["irqs"].push_back(json{{"index", q}, {"name", irq_name(q)}, {"error", errno_name(ii.error().code)}});
+      continue;
+    }
+    json f = json::array();
+    if (ii->flags & VFIO_IRQ_INFO_EVENTFD) f.push_back("EVENTFD");
+    if (ii->flags & VFIO_IRQ_INFO_MASKABLE) f.push_back("MASKABLE");
+    if (ii->flags & VFIO_IRQ_INFO_AUTOMASKED) f.push_back("AUTOMASKED");
+    if (ii->flags & VFIO_IRQ_INFO_NORESIZE) f.push_back("NORESIZE");
+    out["irqs"].push_back(json{{"index", q}, {"name", irq_name(q)}, {"count", ii->count}, {"flags", f}});
+  }
+  auto mig = c.device_feature(VFIO_DEVICE_FEATURE_GET | VFIO_DEVICE_FEATURE_MIGRATION);
+  json feats = json::object();
+  if (mig && mig->size() >= 8) {
+    uint64_t mf;
+    std::memcpy(&mf, mig->data(), 8);
+    json m = json::array();
+    if (mf & VFIO_MIGRATION_STOP_COPY) m.push_back("STOP_COPY");
+    if (mf & VFIO_MIGRATION_P2P) m.push_back("P2P");
+    if (mf & VFIO_MIGRATION_PRE_COPY) m.push_back("PRE_COPY");
+    feats["migration"] = m;
+  } else {
+    feats["migration"] = nullptr;
+  }
+  out["features"] = feats;
+  if (as_json) {
+    std::cout << out.dump(2) << "\n";
+    return;
+  }
+  std::printf("%s: flags %s\n", b.str().c_str(), out["flags"].dump().c_str());
+  std::printf("regions:\n");
+  for (auto& r : out["regions"]) {
+    if (r.contains("error")) {
+      std::printf("  %-2u %-8s %s\n", r["index"].get<unsigned>(), r["name"].get<std::string>().c_str(),
+                  r["error"].get<std::string>().c_str());
+      continue;
+    }
+    std::printf("  %-2u %-8s size %-10llu %s %s\n", r["index"].get<unsigned>(), r["name"].get<std::string>().c_str(),
+                static_cast<unsigned long long>(r["size"].get<uint64_t>()), r["flags"].dump().c_str(),
+                r["caps"].empty() ? "" : r["caps"].dump().c_str());
+  }
+  std::printf("irqs:\n");
+  for (auto& q : out["irqs"]) {
+    if (q.contains("error")) {
+      std::printf("  %-2u %-6s %s\n", q["index"].get<unsigned>(), q["name"].get<std::string>().c_str(),
+                  q["error"].get<std::string>().c_str());
+      continue;
+    }
+    std::printf("  %-2u %-6s count %-4u %s\n", q["index"].get<unsigned>(), q["name"].get<std::string>().c_str(),
+                q["count"].get<unsigned>(), q["flags"].dump().c_str());
+  }
+  std::printf("migration: %s\n", feats["migration"].is_null() ? "not supported" : feats["migration"].dump().c_str());
+}
+
+// The virtualized config space as `lspci -xxxx` prints it, so that
+// `lspci -F FILE` can decode it.
+void cmd_config(client::Client& c, const Bdf& b) {
+  auto ri = must(c.get_region_info(VFIO_PCI_CONFIG_REGION_INDEX), "config region");
+  std::vector<uint8_t> cfg(ri.info.size);
+  size_t n = must(c.region_read(VFIO_PCI_CONFIG_REGION_INDEX, 0, cfg), "read config space");
+  cfg.resize(n);
+  if (b.domain()) std::printf("%s Device\n", b.str().c_str());
+  else std::printf("%02x:%02x.%x Device\n", b.bus(), b.dev(), b.fn());
+  for (size_t i = 0; i < cfg.size(); i += 16) {
+    std::printf("%02zx:", i);
+    for (size_t j = i; j < i + 16 && j < cfg.size(); ++j) std::printf(" %02x", cfg[j]);
+    std::printf("\n");
+  }
+  std::printf("\n");
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -232,10 +354,23 @@ int main(int argc, char** argv) {
   bind->add_option("driver", driver_name)->required();
   auto* unbind = app.add_subcommand("unbind", "Unbind a PCI function from its driver");
   unbind->add_option("bdf", bdf)->required();
+  auto* info = app.add_subcommand("info", "Regions, IRQs and features of a VFIO device, as a vfio-user client sees them");
+  info->add_option("bdf", bdf)->required();
+  auto* config = app.add_subcommand("config", "Hex dump of the virtualized config space (lspci -xxxx format)");
+  config->add_option("bdf", bdf)->required();
   auto* sriov = app.add_subcommand("sriov", "Set a PF's sriov_numvfs");
   sriov->add_option("pf", bdf)->required();
   sriov->add_option("numvfs", num)->required();
   CLI11_PARSE(app, argc, argv);
+
+  if (*info || *config) {
+    auto b = Bdf::parse(bdf);
+    if (!b) die(bdf, b.error());
+    auto c = vfio_connect(rundir, *b);
+    if (*info) cmd_info(*c, *b, as_json);
+    else cmd_config(*c, *b);
+    return 0;
+  }
 
   std::string sock = rundir + "/control.sock";
   auto conn = sysfs::ControlClient::connect(sock);

@@ -15,6 +15,7 @@
 #include "daemon/topology.h"
 #include "sysfs/control.h"
 #include "sysfs/fuse_fs.h"
+#include "vfio_user/server.h"
 
 using namespace uvfio;
 
@@ -87,6 +88,13 @@ int main(int argc, char** argv) {
   }
   driver::Tree& tree = (*sys)->core().tree();
 
+  // Every VFIO device on its own vfio-user socket.
+  auto vu = vfio_user::Server::start((*sys)->vfio_registry(), rundir + "/vfio-user");
+  if (!vu) {
+    std::fprintf(stderr, "uvfiod: vfio-user: %s\n", to_string(vu.error()).c_str());
+    return 1;
+  }
+
   std::unique_ptr<sysfs::FuseMount> fuse;
   std::string mnt = rundir + "/sys";
   if (!no_fuse) {
@@ -113,6 +121,8 @@ int main(int argc, char** argv) {
   }
   log::info("uvfiod", "signal {}: shutting down", sig);
   ctl->reset();
+  vu->reset();  // clients dropped, devices closed
+  ::rmdir((rundir + "/vfio-user").c_str());
   if (fuse) {
     fuse.reset();
     ::rmdir(mnt.c_str());

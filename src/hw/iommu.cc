@@ -51,6 +51,17 @@ Result<void> IommuDomain::map_host(uint64_t iova, uint64_t size, void* host, uin
   return insert(iova, Map{size, static_cast<uint8_t*>(host), prot, false, UniqueFd()});
 }
 
+Result<void> IommuDomain::map_remote(uint64_t iova, uint64_t size, uint32_t prot) {
+  TRY(check_range(iova, size));
+  if (prot & ~(kDmaRead | kDmaWrite)) return Error(EINVAL, "bad DMA protection");
+  return insert(iova, Map{size, nullptr, prot, false, UniqueFd()});
+}
+
+void IommuDomain::set_remote(RemoteDma* r) {
+  std::unique_lock lk(mu_);
+  remote_ = r;
+}
+
 void IommuDomain::release(Map& m) {
   if (m.owned) munmap(m.host, m.size);
 }
@@ -93,7 +104,7 @@ Result<void> IommuDomain::walk(uint64_t iova, uint64_t len, uint32_t need, Fn&& 
     if (a >= it->first + m.size) return Error(EFAULT, "DMA to unmapped IOVA");
     if ((m.prot & need) != need) return Error(EPERM, "DMA not permitted by the mapping");
     uint64_t n = std::min(len - done, it->first + m.size - a);
-    fn(m.host + (a - it->first), done, n);
+    fn(m.host ? m.host + (a - it->first) : nullptr, a, done, n);
     done += n;
   }
   return ok();
@@ -102,16 +113,30 @@ Result<void> IommuDomain::walk(uint64_t iova, uint64_t len, uint32_t need, Fn&& 
 Result<void> IommuDomain::read(uint64_t iova, std::span<uint8_t> out) const {
   std::shared_lock lk(mu_);
   // Check the whole range first so a failing DMA has no partial effect.
-  TRY(walk(iova, out.size(), kDmaRead, [](uint8_t*, uint64_t, uint64_t) {}));
-  return walk(iova, out.size(), kDmaRead,
-              [&](uint8_t* p, uint64_t at, uint64_t n) { std::memcpy(out.data() + at, p, n); });
+  Result<void> err = ok();
+  TRY(walk(iova, out.size(), kDmaRead, [&](uint8_t* p, uint64_t, uint64_t, uint64_t) {
+    if (!p && !remote_) err = Error(EFAULT, "DMA to memory the device cannot reach");
+  }));
+  TRY(err);
+  TRY(walk(iova, out.size(), kDmaRead, [&](uint8_t* p, uint64_t a, uint64_t at, uint64_t n) {
+    if (p) std::memcpy(out.data() + at, p, n);
+    else if (err) err = remote_->read(a, out.subspan(at, n));
+  }));
+  return err;
 }
 
 Result<void> IommuDomain::write(uint64_t iova, std::span<const uint8_t> in) {
   std::shared_lock lk(mu_);
-  TRY(walk(iova, in.size(), kDmaWrite, [](uint8_t*, uint64_t, uint64_t) {}));
-  TRY(walk(iova, in.size(), kDmaWrite,
-           [&](uint8_t* p, uint64_t at, uint64_t n) { std::memcpy(p, in.data() + at, n); }));
+  Result<void> err = ok();
+  TRY(walk(iova, in.size(), kDmaWrite, [&](uint8_t* p, uint64_t, uint64_t, uint64_t) {
+    if (!p && !remote_) err = Error(EFAULT, "DMA to memory the device cannot reach");
+  }));
+  TRY(err);
+  TRY(walk(iova, in.size(), kDmaWrite, [&](uint8_t* p, uint64_t a, uint64_t at, uint64_t n) {
+    if (p) std::memcpy(p, in.data() + at, n);
+    else if (err) err = remote_->write(a, in.subspan(at, n));
+  }));
+  TRY(err);
   if (observer_) observer_(iova, in.size());
   return ok();
 }

@@ -40,6 +40,10 @@ class IommuDomain {
   // Maps memory the caller owns and keeps alive until unmap (tests, in-process
   // users).
   Result<void> map_host(uint64_t iova, uint64_t size, void* host, uint32_t prot);
+  // Reserves [iova, iova+size) for memory the domain cannot touch directly
+  // (a vfio-user map without an fd): DMA there goes to the RemoteDma set
+  // with set_remote(), or fails with EFAULT without one.
+  Result<void> map_remote(uint64_t iova, uint64_t size, uint32_t prot);
   // Unmaps exactly one earlier map: ENOENT unless [iova, size) matches one.
   Result<void> unmap(uint64_t iova, uint64_t size);
   void unmap_all();
@@ -50,6 +54,16 @@ class IommuDomain {
   Result<void> read(uint64_t iova, std::span<uint8_t> out) const;
   Result<void> write(uint64_t iova, std::span<const uint8_t> in);
 
+  // Carries DMA to remote maps (the vfio-user session: DMA_READ/DMA_WRITE).
+  class RemoteDma {
+   public:
+    virtual ~RemoteDma() = default;
+    virtual Result<void> read(uint64_t iova, std::span<uint8_t> out) = 0;
+    virtual Result<void> write(uint64_t iova, std::span<const uint8_t> in) = 0;
+  };
+  // `r` must outlive its setting (set nullptr before it goes).
+  void set_remote(RemoteDma* r);
+
   // Called with (iova, len) after every successful DMA write: dirty tracking.
   using WriteObserver = std::function<void(uint64_t, uint64_t)>;
   void set_write_observer(WriteObserver o);
@@ -57,7 +71,7 @@ class IommuDomain {
  private:
   struct Map {
     uint64_t size;
-    uint8_t* host;
+    uint8_t* host;  // nullptr: a remote map
     uint32_t prot;
     bool owned;  // mmapped by us (munmap on unmap)
     UniqueFd fd;
@@ -71,6 +85,7 @@ class IommuDomain {
   std::map<uint64_t, Map> maps_;  // by iova; guarded by mu_
   size_t max_maps_ = 65535;
   WriteObserver observer_;  // guarded by mu_
+  RemoteDma* remote_ = nullptr;  // guarded by mu_
 };
 
 }  // namespace uvfio::hw

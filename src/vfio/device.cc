@@ -89,6 +89,14 @@ void Device::close() {
   released_.notify_all();
 }
 
+void Device::release_user_resources() {
+  {
+    std::lock_guard lk(igate_);
+    release_irqs();
+  }
+  iommu_.unmap_all();
+}
+
 bool Device::is_open() const {
   std::lock_guard lk(dev_mu_);
   return open_;

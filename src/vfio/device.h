@@ -98,6 +98,9 @@ class Device {
   // The last close runs close_device() (disable) and releases DMA maps.
   void close();
   bool is_open() const;
+  // A vfio-user client went away: drop what it set up (DMA maps, interrupt
+  // eventfds) but keep the device open and its state for the next client.
+  void release_user_resources();
   // Unregistration waits for the user to close, asking with request(n) every
   // `interval` (the REQ protocol of reference §5.2).
   void wait_released(std::chrono::milliseconds interval);
@@ -134,6 +137,8 @@ class Device {
   virtual Result<void> do_reset() = 0;
   // Features other than the migration and logging ones. ENOTTY if unknown.
   virtual Result<FeatureReply> feature(uint32_t flags, std::span<const uint8_t> payload);
+  // Tear down every interrupt the user set up (release_user_resources()).
+  virtual void release_irqs() {}
   // The unbind path asks the user to release the device (REQ irq).
   virtual void request(unsigned count) { (void)count; }
 

@@ -60,6 +60,31 @@ void Registry::add_listener(RegistryListener* l) {
   listeners_.push_back(l);
 }
 
+void Registry::subscribe(RegistryListener* l) {
+  std::lock_guard ck(core_.lock());
+  std::vector<std::pair<Device*, driver::Device*>> existing;
+  {
+    std::lock_guard lk(mu_);
+    listeners_.push_back(l);
+    for (auto& [d, e] : devs_) existing.emplace_back(d, e.parent);
+  }
+  for (auto& [d, p] : existing) l->device_added(*d, *p);
+}
+
+Result<void> Registry::add_attribute(Device& dev, driver::Attribute a) {
+  std::lock_guard ck(core_.lock());
+  Entry e;
+  {
+    std::lock_guard lk(mu_);
+    auto it = devs_.find(&dev);
+    if (it == devs_.end()) return Error(ENODEV, "not registered");
+    e = it->second;
+  }
+  driver::Dir* d = core_.tree().find_dir(e.parent->dir()->path() + "/vfio-dev/" + fmt::format("vfio{}", e.minor));
+  if (!d) return Error(ENOENT, "no vfio-dev directory");
+  return core_.tree().add_file(d, std::move(a));
+}
+
 void Registry::remove_listener(RegistryListener* l) {
   std::lock_guard lk(mu_);
   std::erase(listeners_, l);

@@ -38,6 +38,12 @@ class Registry {
   void unregister_device(Device& dev);
 
   void add_listener(RegistryListener* l);
+  // Adds `l` and tells it of every device already registered, atomically
+  // with respect to registrations.
+  void subscribe(RegistryListener* l);
+  // An attribute in <parent>/vfio-dev/vfio<N>/ (core lock held by the caller
+  // or taken here).
+  Result<void> add_attribute(Device& dev, driver::Attribute a);
   void remove_listener(RegistryListener* l);
   std::vector<Device*> devices() const;
   int minor(const Device& dev) const;  // N of vfio<N>, -1 if unknown

@@ -1,0 +1,224 @@
+#include "client/client.h"
+
+#include <sys/socket.h>
+#include <sys/un.h>
+
+#include <algorithm>
+#include <cstring>
+
+namespace uvfio::client {
+
+using namespace vfio_user;
+
+namespace {
+template <class T>
+std::vector<uint8_t> bytes(const T& v) {
+  std::vector<uint8_t> b(sizeof(T));
+  std::memcpy(b.data(), &v, sizeof(T));
+  return b;
+}
+}  // namespace
+
+Result<std::unique_ptr<Client>> Client::connect(const std::string& path) {
+  sockaddr_un a{};
+  a.sun_family = AF_UNIX;
+  if (path.size() >= sizeof(a.sun_path)) return Error(ENAMETOOLONG, "socket path too long");
+  std::memcpy(a.sun_path, path.data(), path.size());
+  UniqueFd s(socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  if (!s) return Error(errno, "socket");
+  if (::connect(s.get(), reinterpret_cast<sockaddr*>(&a), sizeof(a)) < 0) return Error(errno, "connect");
+  std::unique_ptr<Client> c(new Client(std::move(s)));
+  std::string js = R"({"capabilities":{"max_msg_fds":16,"max_data_xfer_size":1048576,"pgsizes":4096,"write_multiple":true}})";
+  std::vector<uint8_t> p(sizeof(VersionMsg));
+  VersionMsg v{0, 0};
+  std::memcpy(p.data(), &v, sizeof(v));
+  p.insert(p.end(), js.begin(), js.end());
+  p.push_back('\0');
+  Message r = TRY(c->call(kVersion, p));
+  if (r.payload.size() < sizeof(VersionMsg)) return Error(EPROTO, "short VERSION reply");
+  std::memcpy(&v, r.payload.data(), sizeof(v));
+  if (v.major != 0) return Error(EPROTO, "server speaks another major version");
+  if (r.payload.size() > sizeof(VersionMsg))
+    c->caps_.assign(reinterpret_cast<const char*>(r.payload.data()) + sizeof(VersionMsg),
+                    strnlen(reinterpret_cast<const char*>(r.payload.data()) + sizeof(VersionMsg),
+                            r.payload.size() - sizeof(VersionMsg)));
+  return c;
+}
+
+Result<Message> Client::call(uint16_t cmd, std::span<const uint8_t> payload, std::span<const int> fds, bool no_reply) {
+  std::lock_guard lk(mu_);
+  Header h{next_id_++, cmd, 0, kTypeCommand | (no_reply ? kFlagNoReply : 0u), 0};
+  TRY(send_message(sock_.get(), h, payload, fds));
+  if (no_reply) return Message{};
+  for (;;) {
+    Message m = TRY(recv_message(sock_.get()));
+    if ((m.hdr.flags & kFlagsTypeMask) != kTypeReply) {
+      // A server->client command (DMA_READ/WRITE): this client keeps its
+      // memory in fds, so it has nothing to serve them from.
+      Header e{m.hdr.msg_id, m.hdr.command, 0, kTypeReply | kFlagError, ENOSYS};
+      TRY(send_message(sock_.get(), e, {}));
+      continue;
+    }
+    if (m.hdr.msg_id != h.msg_id) return Error(EPROTO, "reply to another request");
+    if (m.hdr.flags & kFlagError) return Error(m.hdr.error_no ? static_cast<int>(m.hdr.error_no) : EIO);
+    return m;
+  }
+}
+
+Result<void> Client::dma_map(uint64_t iova, uint64_t size, int fd, uint64_t offset, bool writable) {
+  DmaMapMsg d{sizeof(DmaMapMsg), kDmaFlagRead | (writable ? kDmaFlagWrite : 0u), fd >= 0 ? offset : 0, iova, size};
+  int fds[1] = {fd};
+  TRY(call(kDmaMap, bytes(d), fd >= 0 ? std::span<const int>(fds, 1) : std::span<const int>()));
+  return ok();
+}
+
+Result<void> Client::dma_unmap(uint64_t iova, uint64_t size) {
+  DmaUnmapMsg d{sizeof(DmaUnmapMsg), 0, iova, size};
+  TRY(call(kDmaUnmap, bytes(d)));
+  return ok();
+}
+
+Result<void> Client::dma_unmap_all() {
+  DmaUnmapMsg d{sizeof(DmaUnmapMsg), kDmaUnmapAll, 0, 0};
+  TRY(call(kDmaUnmap, bytes(d)));
+  return ok();
+}
+
+Result<vfio_device_info> Client::get_info() {
+  vfio_device_info i{};
+  i.argsz = sizeof(i);
+  Message m = TRY(call(kDeviceGetInfo, bytes(i)));
+  if (m.payload.size() < sizeof(i)) return Error(EPROTO, "short GET_INFO reply");
+  std::memcpy(&i, m.payload.data(), sizeof(i));
+  return i;
+}
+
+Result<RegionInfo> Client::get_region_info(uint32_t index) {
+  uint32_t argsz = sizeof(vfio_region_info);
+  for (int attempt = 0; attempt < 2; ++attempt) {
+    vfio_region_info q{};
+    q.argsz = argsz;
+    q.index = index;
+    Message m = TRY(call(kDeviceGetRegionInfo, bytes(q)));
+    if (m.payload.size() < sizeof(q) || m.payload.size() > argsz) return Error(EPROTO, "bad GET_REGION_INFO reply");
+    RegionInfo r;
+    std::memcpy(&r.info, m.payload.data(), sizeof(r.info));
+    if (m.fds.size() > 1) return Error(EPROTO, "more than one fd with region info");
+    if (!m.fds.empty()) r.mmap_fd = std::move(m.fds[0]);
+    if ((r.info.flags & VFIO_REGION_INFO_FLAG_CAPS) && r.info.cap_offset == 0 && r.info.argsz > argsz) {
+      argsz = r.info.argsz;  // the server asks for more room
+      continue;
+    }
+    r.caps.assign(m.payload.begin() + sizeof(r.info), m.payload.end());
+    return r;
+  }
+  return Error(EPROTO, "region info does not settle");
+}
+
+Result<size_t> Client::region_read(uint32_t index, uint64_t offset, std::span<uint8_t> out) {
+  RegionAccessMsg a{offset, index, static_cast<uint32_t>(out.size())};
+  Message m = TRY(call(kRegionRead, bytes(a)));
+  if (m.payload.size() < sizeof(a)) return Error(EPROTO, "short REGION_READ reply");
+  RegionAccessMsg got;
+  std::memcpy(&got, m.payload.data(), sizeof(got));
+  size_t n = m.payload.size() - sizeof(a);
+  if (got.count != n || n > out.size()) return Error(EPROTO, "REGION_READ reply count");
+  std::memcpy(out.data(), m.payload.data() + sizeof(a), n);
+  return n;
+}
+
+Result<void> Client::region_write(uint32_t index, uint64_t offset, std::span<const uint8_t> in) {
+  std::vector<uint8_t> p(sizeof(RegionAccessMsg) + in.size());
+  RegionAccessMsg a{offset, index, static_cast<uint32_t>(in.size())};
+  std::memcpy(p.data(), &a, sizeof(a));
+  std::memcpy(p.data() + sizeof(a), in.data(), in.size());
+  TRY(call(kRegionWrite, p));
+  return ok();
+}
+
+Result<void> Client::region_write_posted(uint32_t index, uint64_t offset, std::span<const uint8_t> in) {
+  std::vector<uint8_t> p(sizeof(RegionAccessMsg) + in.size());
+  RegionAccessMsg a{offset, index, static_cast<uint32_t>(in.size())};
+  std::memcpy(p.data(), &a, sizeof(a));
+  std::memcpy(p.data() + sizeof(a), in.data(), in.size());
+  TRY(call(kRegionWrite, p, {}, true));
+  return ok();
+}
+
+Result<vfio_irq_info> Client::get_irq_info(uint32_t index) {
+  vfio_irq_info i{};
+  i.argsz = sizeof(i);
+  i.index = index;
+  Message m = TRY(call(kDeviceGetIrqInfo, bytes(i)));
+  if (m.payload.size() < sizeof(i)) return Error(EPROTO, "short GET_IRQ_INFO reply");
+  std::memcpy(&i, m.payload.data(), sizeof(i));
+  return i;
+}
+
+Result<void> Client::set_irqs(uint32_t flags, uint32_t index, uint32_t start, uint32_t count,
+                              std::span<const int> fds, std::span<const uint8_t> bools) {
+  vfio_irq_set s{};
+  s.argsz = static_cast<uint32_t>(sizeof(s) + bools.size());
+  s.flags = flags;
+  s.index = index;
+  s.start = start;
+  s.count = count;
+  std::vector<uint8_t> p = bytes(s);
+  p.resize(sizeof(vfio_irq_set));
+  p.insert(p.end(), bools.begin(), bools.end());
+  bool any_fd = std::any_of(fds.begin(), fds.end(), [](int f) { return f >= 0; });
+  bool all_fd = std::all_of(fds.begin(), fds.end(), [](int f) { return f >= 0; });
+  if (any_fd && !all_fd) return Error(EINVAL, "send runs of -1 as their own call (as QEMU chunks them)");
+  TRY(call(kDeviceSetIrqs, p, any_fd ? fds : std::span<const int>()));
+  return ok();
+}
+
+Result<void> Client::reset() {
+  TRY(call(kDeviceReset, {}));
+  return ok();
+}
+
+Result<std::vector<uint8_t>> Client::device_feature(uint32_t flags, std::span<const uint8_t> data) {
+  std::vector<uint8_t> p(sizeof(DeviceFeatureMsg));
+  DeviceFeatureMsg f{static_cast<uint32_t>(sizeof(f) + data.size() + 4096), flags};
+  std::memcpy(p.data(), &f, sizeof(f));
+  p.insert(p.end(), data.begin(), data.end());
+  Message m = TRY(call(kDeviceFeature, p));
+  if (m.payload.size() < sizeof(f)) return Error(EPROTO, "short DEVICE_FEATURE reply");
+  return std::vector<uint8_t>(m.payload.begin() + sizeof(f), m.payload.end());
+}
+
+Result<void> Client::set_mig_state(vfio::MigState s) {
+  vfio_device_feature_mig_state st{static_cast<uint32_t>(s), -1};
+  TRY(device_feature(VFIO_DEVICE_FEATURE_SET | VFIO_DEVICE_FEATURE_MIG_DEVICE_STATE, bytes(st)));
+  return ok();
+}
+
+Result<vfio::MigState> Client::get_mig_state() {
+  vfio_device_feature_mig_state st{};
+  auto d = TRY(device_feature(VFIO_DEVICE_FEATURE_GET | VFIO_DEVICE_FEATURE_MIG_DEVICE_STATE, bytes(st)));
+  if (d.size() < sizeof(st)) return Error(EPROTO, "short state");
+  std::memcpy(&st, d.data(), sizeof(st));
+  return static_cast<vfio::MigState>(st.device_state);
+}
+
+Result<size_t> Client::mig_data_read(std::span<uint8_t> out) {
+  MigDataMsg q{sizeof(MigDataMsg), static_cast<uint32_t>(out.size())};
+  Message m = TRY(call(kMigDataRead, bytes(q)));
+  if (m.payload.size() < sizeof(q)) return Error(EPROTO, "short MIG_DATA_READ reply");
+  size_t n = m.payload.size() - sizeof(q);
+  if (n > out.size()) return Error(EPROTO, "MIG_DATA_READ reply too long");
+  std::memcpy(out.data(), m.payload.data() + sizeof(q), n);
+  return n;
+}
+
+Result<void> Client::mig_data_write(std::span<const uint8_t> in) {
+  std::vector<uint8_t> p(sizeof(MigDataMsg) + in.size());
+  MigDataMsg q{static_cast<uint32_t>(sizeof(MigDataMsg)), static_cast<uint32_t>(in.size())};
+  std::memcpy(p.data(), &q, sizeof(q));
+  std::memcpy(p.data() + sizeof(q), in.data(), in.size());
+  TRY(call(kMigDataWrite, p));
+  return ok();
+}
+
+}  // namespace uvfio::client

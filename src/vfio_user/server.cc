@@ -1,0 +1,193 @@
+#include "vfio_user/server.h"
+
+#include <poll.h>
+#include <sys/eventfd.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <cstring>
+
+#include "base/log.h"
+#include "vfio_user/message.h"
+#include "vfio_user/session.h"
+
+namespace uvfio::vfio_user {
+
+struct Server::Endpoint {
+  vfio::Device* dev;  // valid until the thread closes it (after removal)
+  std::string name;
+  std::string path;
+  UniqueFd listen;
+  UniqueFd wake;  // eventfd: removal or server shutdown
+  std::atomic<bool> removing{false};
+  std::atomic<bool> stopping{false};
+  std::atomic<int> client{-1};
+  std::thread thread;
+};
+
+Server::Server(vfio::Registry& r, std::string dir) : registry_(r), dir_(std::move(dir)) {}
+
+Result<std::unique_ptr<Server>> Server::start(vfio::Registry& registry, const std::string& dir) {
+  if (::mkdir(dir.c_str(), 0700) < 0 && errno != EEXIST) return Error(errno, "mkdir vfio-user dir");
+  std::unique_ptr<Server> s(new Server(registry, dir));
+  registry.subscribe(s.get());
+  return s;
+}
+
+Server::~Server() {
+  registry_.remove_listener(this);
+  std::vector<std::unique_ptr<Endpoint>> all;
+  {
+    std::lock_guard lk(mu_);
+    for (auto& [d, ep] : live_) all.push_back(std::move(ep));
+    live_.clear();
+    for (auto& ep : retired_) all.push_back(std::move(ep));
+    retired_.clear();
+  }
+  for (auto& ep : all) {
+    ep->stopping = true;
+    uint64_t one = 1;
+    (void)!::write(ep->wake.get(), &one, sizeof(one));
+    int c = ep->client.load();
+    if (c >= 0) shutdown(c, SHUT_RDWR);
+  }
+  for (auto& ep : all)
+    if (ep->thread.joinable()) ep->thread.join();
+}
+
+void Server::device_added(vfio::Device& dev, driver::Device&) {
+  auto ep = std::make_unique<Endpoint>();
+  ep->dev = &dev;
+  ep->name = dev.name();
+  ep->path = socket_path(dev.name());
+  ep->wake = UniqueFd(eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
+  sockaddr_un a{};
+  a.sun_family = AF_UNIX;
+  if (ep->path.size() >= sizeof(a.sun_path)) {
+    log::error(ep->name, "vfio-user: socket path too long: {}", ep->path);
+    return;
+  }
+  std::memcpy(a.sun_path, ep->path.data(), ep->path.size());
+  ep->listen = UniqueFd(socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  ::unlink(ep->path.c_str());
+  mode_t old = umask(0077);
+  int rc = bind(ep->listen.get(), reinterpret_cast<sockaddr*>(&a), sizeof(a));
+  umask(old);
+  if (rc < 0 || listen(ep->listen.get(), 4) < 0) {
+    log::error(ep->name, "vfio-user: cannot listen on {}: {}", ep->path, std::strerror(errno));
+    return;
+  }
+  std::string path = ep->path;
+  (void)registry_.add_attribute(dev, driver::Attribute{"vfio_user_socket", 0444,
+                                                       [path]() -> Result<std::string> { return path + "\n"; },
+                                                       nullptr});
+  log::info(ep->name, "vfio-user: serving on {}", ep->path);
+  Endpoint* raw = ep.get();
+  {
+    std::lock_guard lk(mu_);
+    live_[&dev] = std::move(ep);
+  }
+  raw->thread = std::thread([this, raw] { run(*raw); });
+}
+
+void Server::device_removing(vfio::Device& dev) {
+  std::lock_guard lk(mu_);
+  auto it = live_.find(&dev);
+  if (it == live_.end()) return;
+  Endpoint& ep = *it->second;
+  ep.removing = true;
+  // The socket goes now; the thread closes the device when no client holds it.
+  ::unlink(ep.path.c_str());
+  uint64_t one = 1;
+  (void)!::write(ep.wake.get(), &one, sizeof(one));
+  retired_.push_back(std::move(it->second));
+  live_.erase(it);  // its thread is joined at server shutdown
+}
+
+void Server::run(Endpoint& ep) {
+  bool opened = false;
+  for (;;) {
+    if (ep.stopping) break;
+    if (ep.removing) break;
+    pollfd p[2] = {{ep.listen.get(), POLLIN, 0}, {ep.wake.get(), POLLIN, 0}};
+    if (poll(p, 2, -1) < 0) {
+      if (errno == EINTR) continue;
+      break;
+    }
+    if (p[1].revents) {
+      if (ep.stopping || ep.removing) break;
+      uint64_t v;
+      (void)!::read(ep.wake.get(), &v, sizeof(v));
+      continue;
+    }
+    UniqueFd c(accept4(ep.listen.get(), nullptr, nullptr, SOCK_CLOEXEC));
+    if (!c) continue;
+    if (!opened) {
+      auto r = ep.dev->open();
+      if (!r) {
+        log::warn(ep.name, "vfio-user: cannot open the device: {}", to_string(r.error()));
+        Header h{0, kVersion, sizeof(Header), 0, 0};
+        (void)send_error(c.get(), h, r.error().code);
+        continue;
+      }
+      opened = true;
+    }
+    ep.client = c.get();
+    serve_client(ep, c.get());
+    ep.client = -1;
+    ep.dev->release_user_resources();
+    log::info(ep.name, "vfio-user: client disconnected");
+  }
+  if (opened) ep.dev->close();  // after this the device may be destroyed
+}
+
+void Server::serve_client(Endpoint& ep, int client) {
+  log::info(ep.name, "vfio-user: client connected");
+  Session session(*ep.dev);
+  for (;;) {
+    pollfd p[3] = {{client, POLLIN, 0}, {ep.listen.get(), POLLIN, 0}, {ep.wake.get(), POLLIN, 0}};
+    int nfds = ep.removing ? 1 : 3;
+    if (poll(p, static_cast<nfds_t>(nfds), -1) < 0) {
+      if (errno == EINTR) continue;
+      return;
+    }
+    if (nfds > 2 && p[2].revents) {
+      uint64_t v;
+      (void)!::read(ep.wake.get(), &v, sizeof(v));
+      if (ep.stopping) return;
+      continue;  // removing: keep serving until the client leaves
+    }
+    if (nfds > 1 && (p[1].revents & POLLIN)) {
+      // One client per device: a second one is told and closed.
+      UniqueFd other(accept4(ep.listen.get(), nullptr, nullptr, SOCK_CLOEXEC));
+      if (other) {
+        Header h{0, kVersion, sizeof(Header), 0, 0};
+        (void)send_error(other.get(), h, EBUSY);
+        log::warn(ep.name, "vfio-user: second client refused (device busy)");
+      }
+    }
+    if (!(p[0].revents & (POLLIN | POLLHUP | POLLERR))) continue;
+    auto m = recv_message(client);
+    if (!m) {
+      if (m.error().code != ECONNRESET) log::warn(ep.name, "vfio-user: dropping client: {}", to_string(m.error()));
+      return;
+    }
+    bool no_reply = m->hdr.flags & kFlagNoReply;
+    auto r = session.handle(*m);
+    if (!r) {
+      if (!no_reply || (m->hdr.flags & kFlagsTypeMask) != kTypeCommand) {
+        if (!send_error(client, m->hdr, r.error().code)) return;
+      }
+      if (m->hdr.command == kVersion && !session.negotiated() && r.error().code == ENOTSUP) return;
+      continue;
+    }
+    if (no_reply) continue;
+    Header h{m->hdr.msg_id, m->hdr.command, 0, kTypeReply, 0};
+    if (!send_message(client, h, r->payload, r->fds)) return;
+    if (r->close_after) return;
+  }
+}
+
+}  // namespace uvfio::vfio_user

@@ -1,0 +1,341 @@
+#include "vfio_user/session.h"
+
+#include <nlohmann/json.hpp>
+
+#include <cstring>
+
+#include "base/log.h"
+
+namespace uvfio::vfio_user {
+
+using nlohmann::json;
+
+namespace {
+
+template <class T>
+Result<T> take(const Message& m, size_t at = 0) {
+  if (m.payload.size() < at + sizeof(T)) return Error(EINVAL, "payload too short");
+  T v;
+  std::memcpy(&v, m.payload.data() + at, sizeof(T));
+  return v;
+}
+
+template <class T>
+void put(std::vector<uint8_t>& out, const T& v) {
+  size_t at = out.size();
+  out.resize(at + sizeof(T));
+  std::memcpy(out.data() + at, &v, sizeof(T));
+}
+
+Result<void> no_fds(const Message& m) {
+  if (!m.fds.empty()) return Error(EINVAL, "fds where none are expected");
+  return ok();
+}
+
+}  // namespace
+
+Result<Reply> Session::handle(Message& m) {
+  uint32_t type = m.hdr.flags & kFlagsTypeMask;
+  if (type != kTypeCommand) return Error(EINVAL, "not a command");
+  if (m.hdr.flags & ~(kFlagsTypeMask | kFlagNoReply)) return Error(EINVAL, "unknown header flags");
+  if (!negotiated_ && m.hdr.command != kVersion) return Error(EINVAL, "VERSION must come first");
+  switch (m.hdr.command) {
+    case kVersion: return version(m);
+    case kDmaMap: return dma_map(m);
+    case kDmaUnmap: return dma_unmap(m);
+    case kDeviceGetInfo: return get_info(m);
+    case kDeviceGetRegionInfo: return get_region_info(m);
+    case kDeviceGetRegionIoFds: return get_region_io_fds(m);
+    case kDeviceGetIrqInfo: return get_irq_info(m);
+    case kDeviceSetIrqs: return set_irqs(m);
+    case kRegionRead: return region_read(m);
+    case kRegionWrite: return region_write(m);
+    case kDeviceReset: return reset(m);
+    case kRegionWriteMulti: return region_write_multi(m);
+    case kDeviceFeature: return device_feature(m);
+    case kMigDataRead: return mig_data_read(m);
+    case kMigDataWrite: return mig_data_write(m);
+    case kDmaRead:
+    case kDmaWrite:
+      return Error(EINVAL, "DMA_READ/WRITE go from server to client");
+    default:
+      return Error(ENOSYS, "unknown command");
+  }
+}
+
+// VERSION: major 0, minor 0; the capabilities a client acts on, stated
+// explicitly, and nothing the client did not propose (twin_socket). QEMU
+// wants the reply no larger than its request and NUL-terminated.
+Result<Reply> Session::version(Message& m) {
+  TRY(no_fds(m));
+  VersionMsg v = TRY(take<VersionMsg>(m));
+  Reply r;
+  if (v.major != 0) {
+    r.close_after = true;  // no compatible version: the spec closes
+    return Error(ENOTSUP, "unsupported major version");
+  }
+  client_max_fds_ = 1;
+  write_multiple_ = false;
+  if (m.payload.size() > sizeof(VersionMsg)) {
+    std::string_view js(reinterpret_cast<const char*>(m.payload.data()) + sizeof(VersionMsg),
+                        m.payload.size() - sizeof(VersionMsg));
+    if (js.back() != '\0') return Error(EINVAL, "VERSION JSON not NUL-terminated");
+    js.remove_suffix(1);
+    json j = json::parse(js, nullptr, false);
+    if (j.is_discarded() || !j.is_object()) return Error(EINVAL, "VERSION JSON malformed");
+    if (j.contains("capabilities")) {
+      const json& c = j["capabilities"];
+      if (!c.is_object()) return Error(EINVAL, "capabilities is not an object");
+      if (c.contains("max_msg_fds")) {
+        if (!c["max_msg_fds"].is_number_unsigned()) return Error(EINVAL, "max_msg_fds");
+        client_max_fds_ = static_cast<uint32_t>(std::min<uint64_t>(c["max_msg_fds"].get<uint64_t>(), kMaxMsgFds));
+      }
+      if (c.contains("write_multiple")) {
+        if (!c["write_multiple"].is_boolean()) return Error(EINVAL, "write_multiple");
+        write_multiple_ = c["write_multiple"].get<bool>();
+      }
+      if (c.contains("pgsizes")) {
+        if (!c["pgsizes"].is_number_unsigned() || !(c["pgsizes"].get<uint64_t>() & kPgSizes))
+          return Error(EINVAL, "pgsizes without 4 KiB");
+      }
+    }
+  }
+  json caps = {{"max_msg_fds", kMaxMsgFds}, {"max_data_xfer_size", kMaxDataXfer}, {"pgsizes", kPgSizes},
+               {"max_dma_maps", kMaxDmaMaps}};
+  if (write_multiple_) caps["write_multiple"] = true;
+  std::string s = json{{"capabilities", caps}}.dump();
+  VersionMsg out{0, 0};
+  put(r.payload, out);
+  r.payload.insert(r.payload.end(), s.begin(), s.end());
+  r.payload.push_back('\0');
+  negotiated_ = true;
+  return r;
+}
+
+Result<Reply> Session::dma_map(Message& m) {
+  DmaMapMsg d = TRY(take<DmaMapMsg>(m));
+  if (d.argsz < sizeof(d)) return Error(EINVAL, "DMA_MAP argsz");
+  if (d.flags & ~(kDmaFlagRead | kDmaFlagWrite)) return Error(EINVAL, "DMA_MAP flags");
+  if (m.fds.size() > 1) return Error(EINVAL, "DMA_MAP with more than one fd");
+  uint32_t prot = ((d.flags & kDmaFlagRead) ? uint32_t{hw::kDmaRead} : 0u) |
+                  ((d.flags & kDmaFlagWrite) ? uint32_t{hw::kDmaWrite} : 0u);
+  if (m.fds.size() == 1) {
+    TRY(dev_.iommu().map_fd(d.address, d.size, std::move(m.fds[0]), d.offset, prot));
+  } else {
+    // No fd: the memory is reachable only through DMA_READ/DMA_WRITE
+    // messages. The range is reserved (overlaps refused) so unmaps match.
+    TRY(dev_.iommu().map_remote(d.address, d.size, prot));
+  }
+  return Reply{};
+}
+
+Result<Reply> Session::dma_unmap(Message& m) {
+  TRY(no_fds(m));
+  DmaUnmapMsg d = TRY(take<DmaUnmapMsg>(m));
+  if (d.argsz < sizeof(d)) return Error(EINVAL, "DMA_UNMAP argsz");
+  if (d.flags & ~kDmaUnmapAll) return Error(EINVAL, "DMA_UNMAP flags");
+  if (d.flags & kDmaUnmapAll) {
+    if (d.address || d.size) return Error(EINVAL, "unmap-all with a range");
+    dev_.iommu().unmap_all();
+  } else {
+    auto r = dev_.iommu().unmap(d.address, d.size);
+    if (!r) return Error(EINVAL, "no DMA map matches exactly");
+  }
+  Reply r;
+  put(r.payload, d);
+  return r;
+}
+
+Result<Reply> Session::get_info(Message& m) {
+  TRY(no_fds(m));
+  vfio_device_info in = TRY(take<vfio_device_info>(m));
+  if (in.argsz < sizeof(in)) return Error(EINVAL, "GET_INFO argsz");
+  vfio_device_info info = TRY(dev_.get_info());
+  info.argsz = sizeof(info);
+  Reply r;
+  put(r.payload, info);
+  return r;
+}
+
+Result<Reply> Session::get_region_info(Message& m) {
+  TRY(no_fds(m));
+  vfio_region_info in = TRY(take<vfio_region_info>(m));
+  if (in.argsz < sizeof(in)) return Error(EINVAL, "GET_REGION_INFO argsz");
+  vfio::RegionInfo ri = TRY(dev_.get_region_info(in.index));
+  Reply r;
+  if (ri.info.flags & VFIO_REGION_INFO_FLAG_MMAP) {
+    vfio::MmapArea a = TRY(dev_.region_mmap(in.index));
+    ri.info.offset = a.fd_offset;  // where the client maps the fd
+    r.fds.push_back(a.fd);
+  } else {
+    ri.info.offset = 0;
+  }
+  r.payload = vfio::encode_region_info(ri, in.argsz);
+  return r;
+}
+
+Result<Reply> Session::get_region_io_fds(Message& m) {
+  TRY(no_fds(m));
+  RegionIoFdsMsg in = TRY(take<RegionIoFdsMsg>(m));
+  if (in.argsz < sizeof(in) || in.flags || in.count) return Error(EINVAL, "GET_REGION_IO_FDS arguments");
+  TRY(dev_.get_region_info(in.index));
+  // No region has ioeventfds or ioregionfds to offer.
+  return Error(EINVAL, "region has no I/O fds");
+}
+
+Result<Reply> Session::get_irq_info(Message& m) {
+  TRY(no_fds(m));
+  vfio_irq_info in = TRY(take<vfio_irq_info>(m));
+  if (in.argsz < sizeof(in)) return Error(EINVAL, "GET_IRQ_INFO argsz");
+  vfio_irq_info info = TRY(dev_.get_irq_info(in.index));
+  info.argsz = sizeof(info);
+  Reply r;
+  put(r.payload, info);
+  return r;
+}
+
+Result<Reply> Session::set_irqs(Message& m) {
+  vfio_irq_set hdr = TRY(take<vfio_irq_set>(m));
+  if (hdr.argsz < sizeof(vfio_irq_set)) return Error(EINVAL, "SET_IRQS argsz");
+  vfio::IrqSet s;
+  s.flags = hdr.flags;
+  s.index = hdr.index;
+  s.start = hdr.start;
+  s.count = hdr.count;
+  size_t extra = m.payload.size() - sizeof(vfio_irq_set);
+  switch (hdr.flags & VFIO_IRQ_SET_DATA_TYPE_MASK) {
+    case VFIO_IRQ_SET_DATA_NONE:
+      if (!m.fds.empty() || extra) return Error(EINVAL, "SET_IRQS DATA_NONE with data");
+      break;
+    case VFIO_IRQ_SET_DATA_BOOL:
+      if (!m.fds.empty() || extra != hdr.count) return Error(EINVAL, "SET_IRQS bools do not match count");
+      s.bools.assign(m.payload.begin() + sizeof(vfio_irq_set), m.payload.end());
+      break;
+    case VFIO_IRQ_SET_DATA_EVENTFD:
+      if (extra) return Error(EINVAL, "SET_IRQS eventfds travel as fds");
+      if (m.fds.empty()) {
+        // No fds: de-assign those vectors.
+        s.fds.resize(hdr.count);
+      } else if (m.fds.size() != hdr.count) {
+        return Error(EINVAL, "SET_IRQS fd count does not match count");
+      } else {
+        s.fds = std::move(m.fds);
+      }
+      break;
+    default:
+      return Error(EINVAL, "SET_IRQS data type");
+  }
+  TRY(dev_.set_irqs(std::move(s)));
+  return Reply{};
+}
+
+Result<Reply> Session::region_read(Message& m) {
+  TRY(no_fds(m));
+  RegionAccessMsg a = TRY(take<RegionAccessMsg>(m));
+  if (m.payload.size() != sizeof(a)) return Error(EINVAL, "REGION_READ payload size");
+  if (a.count > kMaxDataXfer) return Error(EINVAL, "REGION_READ count above max_data_xfer_size");
+  Reply r;
+  r.payload.resize(sizeof(a) + a.count);
+  size_t n = TRY(dev_.region_read(a.region, a.offset, std::span<uint8_t>(r.payload.data() + sizeof(a), a.count)));
+  a.count = static_cast<uint32_t>(n);
+  std::memcpy(r.payload.data(), &a, sizeof(a));
+  r.payload.resize(sizeof(a) + n);
+  return r;
+}
+
+Result<Reply> Session::region_write(Message& m) {
+  TRY(no_fds(m));
+  RegionAccessMsg a = TRY(take<RegionAccessMsg>(m));
+  if (a.count > kMaxDataXfer) return Error(EINVAL, "REGION_WRITE count above max_data_xfer_size");
+  if (m.payload.size() != sizeof(a) + a.count) return Error(EINVAL, "REGION_WRITE size does not match count");
+  TRY(dev_.region_write(a.region, a.offset, std::span<const uint8_t>(m.payload.data() + sizeof(a), a.count)));
+  Reply r;
+  put(r.payload, a);
+  return r;
+}
+
+Result<Reply> Session::region_write_multi(Message& m) {
+  TRY(no_fds(m));
+  if (!write_multiple_) return Error(EINVAL, "write_multiple was not negotiated");
+  uint64_t n = TRY(take<uint64_t>(m));
+  if (n == 0 || n > kMaxWriteMulti) return Error(EINVAL, "REGION_WRITE_MULTI count");
+  if (m.payload.size() != 8 + n * sizeof(RegionWriteMultiEntry)) return Error(EINVAL, "REGION_WRITE_MULTI size");
+  for (uint64_t i = 0; i < n; ++i) {
+    RegionWriteMultiEntry e = TRY(take<RegionWriteMultiEntry>(m, 8 + i * sizeof(RegionWriteMultiEntry)));
+    if (e.count == 0 || e.count > 8) return Error(EINVAL, "REGION_WRITE_MULTI entry count");
+    TRY(dev_.region_write(e.region, e.offset, std::span<const uint8_t>(e.data, e.count)));
+  }
+  Reply r;
+  put(r.payload, n);
+  return r;
+}
+
+Result<Reply> Session::reset(Message& m) {
+  TRY(no_fds(m));
+  if (!m.payload.empty()) return Error(EINVAL, "DEVICE_RESET has no payload");
+  TRY(dev_.reset());
+  mig_.reset();
+  return Reply{};
+}
+
+Result<Reply> Session::device_feature(Message& m) {
+  TRY(no_fds(m));
+  DeviceFeatureMsg f = TRY(take<DeviceFeatureMsg>(m));
+  if (f.argsz < sizeof(f)) return Error(EINVAL, "DEVICE_FEATURE argsz");
+  std::span<const uint8_t> data(m.payload.data() + sizeof(f), m.payload.size() - sizeof(f));
+  vfio::FeatureReply fr = TRY(dev_.device_feature(f.flags, data));
+  uint32_t id = f.flags & VFIO_DEVICE_FEATURE_MASK;
+  if (id == VFIO_DEVICE_FEATURE_MIG_DEVICE_STATE && (f.flags & VFIO_DEVICE_FEATURE_SET) &&
+      !(f.flags & VFIO_DEVICE_FEATURE_PROBE)) {
+    // A new session's stream replaces the last; leaving the saving or
+    // resuming states ends it.
+    vfio::MigState now = dev_.mig_state();
+    if (fr.file) mig_ = fr.file;
+    else if (now == vfio::MigState::kRunning || now == vfio::MigState::kStop || now == vfio::MigState::kRunningP2P ||
+             now == vfio::MigState::kError)
+      mig_.reset();
+  }
+  Reply r;
+  if ((f.flags & VFIO_DEVICE_FEATURE_GET) && !(f.flags & VFIO_DEVICE_FEATURE_PROBE)) {
+    DeviceFeatureMsg out{static_cast<uint32_t>(sizeof(out) + fr.data.size()), f.flags};
+    put(r.payload, out);
+    r.payload.insert(r.payload.end(), fr.data.begin(), fr.data.end());
+  } else {
+    r.payload = m.payload;  // SET and PROBE echo the request
+  }
+  return r;
+}
+
+Result<Reply> Session::mig_data_read(Message& m) {
+  TRY(no_fds(m));
+  MigDataMsg d = TRY(take<MigDataMsg>(m));
+  if (d.argsz < sizeof(d) || m.payload.size() != sizeof(d)) return Error(EINVAL, "MIG_DATA_READ arguments");
+  if (d.size > kMaxDataXfer) return Error(EINVAL, "MIG_DATA_READ size above max_data_xfer_size");
+  vfio::MigState s = dev_.mig_state();
+  if (!mig_ || (s != vfio::MigState::kPreCopy && s != vfio::MigState::kPreCopyP2P && s != vfio::MigState::kStopCopy))
+    return Error(EINVAL, "not in a saving state");
+  Reply r;
+  r.payload.resize(sizeof(d) + d.size);
+  size_t n = TRY(mig_->read(std::span<uint8_t>(r.payload.data() + sizeof(d), d.size)));
+  MigDataMsg out{static_cast<uint32_t>(sizeof(d) + n), static_cast<uint32_t>(n)};
+  std::memcpy(r.payload.data(), &out, sizeof(out));
+  r.payload.resize(sizeof(d) + n);
+  return r;
+}
+
+Result<Reply> Session::mig_data_write(Message& m) {
+  TRY(no_fds(m));
+  MigDataMsg d = TRY(take<MigDataMsg>(m));
+  if (d.argsz < sizeof(d) || d.size > kMaxDataXfer || m.payload.size() != sizeof(d) + d.size)
+    return Error(EINVAL, "MIG_DATA_WRITE arguments");
+  if (!mig_ || dev_.mig_state() != vfio::MigState::kResuming) return Error(EINVAL, "not RESUMING");
+  std::span<const uint8_t> data(m.payload.data() + sizeof(d), d.size);
+  while (!data.empty()) {
+    size_t n = TRY(mig_->write(data));
+    if (n == 0) return Error(EIO, "migration stream refused data");
+    data = data.subspan(n);
+  }
+  return Reply{};
+}
+
+}  // namespace uvfio::vfio_user

@@ -59,7 +59,11 @@ Result<Message> Client::call(uint16_t cmd, std::span<const uint8_t> payload, std
       TRY(send_message(sock_.get(), e, {}));
       continue;
     }
-    if (m.hdr.msg_id != h.msg_id) return Error(EPROTO, "reply to another request");
+    if (m.hdr.msg_id != h.msg_id) {
+      // A connection-level refusal carries no request's id.
+      if (m.hdr.msg_id == 0 && (m.hdr.flags & kFlagError) && m.hdr.error_no) return Error(static_cast<int>(m.hdr.error_no));
+      return Error(EPROTO, "reply to another request");
+    }
     if (m.hdr.flags & kFlagError) return Error(m.hdr.error_no ? static_cast<int>(m.hdr.error_no) : EIO);
     return m;
   }

@@ -1,6 +1,10 @@
 #include "hw/endpoint.h"
 
+#include <cstring>
+#include <vector>
+
 #include "hw/capabilities.h"
+#include "hw/iommu.h"
 
 namespace uvfio::hw {
 
@@ -37,10 +41,57 @@ Result<std::unique_ptr<GenericEndpoint>> GenericEndpoint::create(const EndpointP
     }
     TRY(add_dsn_cap(*e, 0x0000'00ff'fe00'0001ull));
   }
+  (void)e->bar_memory(0)->store(kRegId, 4, kIdValue);
   e->finish_build();
   return e;
 }
 
-void GenericEndpoint::on_reset() {}
+void GenericEndpoint::on_reset() {
+  BarMemory* m = bar_memory(0);
+  std::memset(m->data(), 0, m->size());
+  (void)m->store(kRegId, 4, kIdValue);
+}
+
+Result<uint64_t> GenericEndpoint::bar_read(unsigned bar, uint64_t off, unsigned width) {
+  if (bar == 0 && (off == kRegIrq || off == kRegIntx || off == kRegDmaGo) && width == 4) return uint64_t{0};
+  return Function::bar_read(bar, off, width);
+}
+
+Result<void> GenericEndpoint::bar_write(unsigned bar, uint64_t off, unsigned width, uint64_t value) {
+  if (bar != 0) return Function::bar_write(bar, off, width, value);
+  BarMemory* m = bar_memory(0);
+  switch (off) {
+    case kRegId:
+    case kRegDmaStatus:
+    case kRegDmaCount:
+      return ok();  // read-only
+    case kRegIrq:
+      raise_irq(static_cast<unsigned>(value));
+      return ok();
+    case kRegIntx:
+      set_intx(value != 0);
+      return ok();
+    case kRegDmaGo: {
+      // A bus-mastering copy through the IOMMU domain: the device's DMA.
+      uint64_t src = *m->load(kRegDmaSrc, 8), dst = *m->load(kRegDmaDst, 8);
+      uint32_t len = static_cast<uint32_t>(*m->load(kRegDmaLen, 4));
+      int err = 0;
+      if (!(config().get(kCommand) & PCI_COMMAND_MASTER)) err = EPERM;
+      else if (len > (1u << 20)) err = EINVAL;
+      else if (!iommu()) err = EFAULT;
+      if (!err) {
+        std::vector<uint8_t> buf(len);
+        auto r = iommu()->read(src, buf);
+        if (r) r = iommu()->write(dst, buf);
+        if (!r) err = r.error().code;
+      }
+      (void)m->store(kRegDmaStatus, 4, static_cast<uint32_t>(err));
+      if (!err) (void)m->store(kRegDmaCount, 4, *m->load(kRegDmaCount, 4) + 1);
+      return ok();
+    }
+    default:
+      return Function::bar_write(bar, off, width, value);
+  }
+}
 
 }  // namespace uvfio::hw

@@ -1,7 +1,17 @@
 // GenericEndpoint: a small PCIe endpoint for tests and for vfio_pci on
-// something that is not an mlx5 function. Registers in BAR0 are plain memory;
-// BAR2 is a 64-bit prefetchable memory window; the MSI-X table and PBA live in
-// BAR4. Ids default to QEMU's test device (1b36:0005).
+// something that is not an mlx5 function. Ids default to QEMU's test device
+// (1b36:0005). BAR2 is a 64-bit prefetchable memory window (mmappable); the
+// MSI-X table and PBA live in BAR4. BAR0 holds registers
+// (docs/devices/endpoint.md):
+//   0x00 ID      RO  0x69667675 ("uvfi")
+//   0x04 SCRATCH RW
+//   0x08 IRQ     WO  raise vector N in the enabled mode (INTx: assert)
+//   0x0c INTX    WO  0 deasserts INTx
+//   0x10 DMA_SRC RW  IOVA (64-bit)     0x18 DMA_DST RW  IOVA (64-bit)
+//   0x20 DMA_LEN RW  bytes (<= 1 MiB)  0x24 DMA_GO  WO  copy SRC->DST now
+//   0x28 DMA_STATUS RO  0 ok, else the errno of the failed DMA
+//   0x2c DMA_COUNT  RO  completed copies
+// Everything else in BAR0 is plain memory.
 #pragma once
 
 #include <memory>
@@ -28,8 +38,15 @@ class GenericEndpoint : public Function {
  public:
   static Result<std::unique_ptr<GenericEndpoint>> create(const EndpointParams& p = {});
 
+  static constexpr uint32_t kRegId = 0x00, kRegScratch = 0x04, kRegIrq = 0x08, kRegIntx = 0x0c,
+                            kRegDmaSrc = 0x10, kRegDmaDst = 0x18, kRegDmaLen = 0x20, kRegDmaGo = 0x24,
+                            kRegDmaStatus = 0x28, kRegDmaCount = 0x2c;
+  static constexpr uint32_t kIdValue = 0x69667675;
+
  protected:
   void on_reset() override;
+  Result<uint64_t> bar_read(unsigned bar, uint64_t off, unsigned width) override;
+  Result<void> bar_write(unsigned bar, uint64_t off, unsigned width, uint64_t value) override;
 
  private:
   GenericEndpoint() : Function("endpoint") {}

@@ -160,10 +160,19 @@ void Server::serve_client(Endpoint& ep, int client) {
       continue;  // removing: keep serving until the client leaves
     }
     if (nfds > 1 && (p[1].revents & POLLIN)) {
-      // One client per device: a second one is told and closed.
+      // A new connection while we serve one: if ours has already gone (EOF
+      // queued), end this session and let the outer loop take the new one.
+      char c;
+      ssize_t peek = recv(client, &c, 1, MSG_PEEK | MSG_DONTWAIT);
+      if (peek == 0 || (peek < 0 && errno != EAGAIN && errno != EWOULDBLOCK)) return;
+      // Otherwise one client per device: the second is told EBUSY (as the
+      // reply to its first message, if it sends one at once) and closed.
       UniqueFd other(accept4(ep.listen.get(), nullptr, nullptr, SOCK_CLOEXEC));
       if (other) {
+        timeval tv{0, 200 * 1000};
+        setsockopt(other.get(), SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
         Header h{0, kVersion, sizeof(Header), 0, 0};
+        if (auto first = recv_message(other.get(), 4096)) h = first->hdr;
         (void)send_error(other.get(), h, EBUSY);
         log::warn(ep.name, "vfio-user: second client refused (device busy)");
       }

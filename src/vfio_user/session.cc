@@ -38,6 +38,7 @@ Result<Reply> Session::handle(Message& m) {
   uint32_t type = m.hdr.flags & kFlagsTypeMask;
   if (type != kTypeCommand) return Error(EINVAL, "not a command");
   if (m.hdr.flags & ~(kFlagsTypeMask | kFlagNoReply)) return Error(EINVAL, "unknown header flags");
+  if (m.fds.size() > kMaxMsgFds) return Error(EINVAL, "more fds than max_msg_fds");
   if (!negotiated_ && m.hdr.command != kVersion) return Error(EINVAL, "VERSION must come first");
   switch (m.hdr.command) {
     case kVersion: return version(m);

@@ -1,0 +1,424 @@
+// vfio-user protocol abuse, as raw bytes on the socket of a running uvfiod:
+// every malformed class gets the right errno and a connection that still
+// works (or a close, where the stream cannot be trusted or the spec says
+// so), other devices are unaffected and no fd leaks in the daemon.
+#include <dirent.h>
+#include <sys/eventfd.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+
+#include <gtest/gtest.h>
+
+#include <cstring>
+
+#include "client/client.h"
+#include "e2e/harness.h"
+#include "vfio_user/message.h"
+
+namespace uvfio::e2e {
+namespace {
+
+using namespace vfio_user;
+
+const char* kTopology = R"(
+[[device]]
+address = "0000:00:03.0"
+model = "endpoint"
+driver_override = "vfio_pci"
+
+[[device]]
+address = "0000:00:04.0"
+model = "mlx5-pf"
+total_vfs = 2
+first_vf_offset = 0x60
+num_vfs = 1
+vf_driver_override = "mlx5_vfio_pci"
+)";
+
+int count_fds(pid_t pid) {
+  std::string d = "/proc/" + std::to_string(pid) + "/fd";
+  DIR* dir = opendir(d.c_str());
+  if (!dir) return -1;
+  int n = 0;
+  while (readdir(dir)) ++n;
+  closedir(dir);
+  return n;
+}
+
+class Raw {
+ public:
+  explicit Raw(const std::string& path) {
+    fd_ = UniqueFd(socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+    sockaddr_un a{};
+    a.sun_family = AF_UNIX;
+    std::snprintf(a.sun_path, sizeof(a.sun_path), "%s", path.c_str());
+    connected_ = ::connect(fd_.get(), reinterpret_cast<sockaddr*>(&a), sizeof(a)) == 0;
+    timeval tv{5, 0};
+    setsockopt(fd_.get(), SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+  }
+  bool connected() const { return connected_; }
+  int fd() const { return fd_.get(); }
+  void send(uint16_t cmd, std::vector<uint8_t> payload, uint32_t flags = 0, std::vector<int> fds = {},
+            int32_t size_delta = 0) {
+    Header h{id_++, cmd, 0, flags, 0};
+    ASSERT_TRUE(send_message(fd_.get(), h, payload, fds));
+    (void)size_delta;
+  }
+  void send_bytes(const void* p, size_t n) { ASSERT_EQ(::send(fd_.get(), p, n, MSG_NOSIGNAL), static_cast<ssize_t>(n)); }
+  // The reply's errno (0 for success).
+  int reply_errno(Message* out = nullptr) {
+    auto m = recv_message(fd_.get());
+    if (!m) return -1000 - m.error().code;
+    if ((m->hdr.flags & kFlagsTypeMask) != kTypeReply) return -2000;
+    int e = (m->hdr.flags & kFlagError) ? static_cast<int>(m->hdr.error_no) : 0;
+    if (out) *out = std::move(*m);
+    return e;
+  }
+  int call(uint16_t cmd, std::vector<uint8_t> payload, std::vector<int> fds = {}, Message* out = nullptr) {
+    send(cmd, std::move(payload), 0, std::move(fds));
+    return reply_errno(out);
+  }
+  bool closed_by_peer() {
+    char c;
+    ssize_t n = recv(fd_.get(), &c, 1, 0);
+    return n == 0 || (n < 0 && errno == ECONNRESET);
+  }
+  void version() {
+    std::string js = R"({"capabilities":{"max_msg_fds":16,"write_multiple":true}})";
+    std::vector<uint8_t> p{0, 0, 0, 0};
+    p.insert(p.end(), js.begin(), js.end());
+    p.push_back(0);
+    ASSERT_EQ(call(kVersion, p), 0);
+  }
+  bool alive() {
+    vfio_device_info i{};
+    i.argsz = sizeof(i);
+    std::vector<uint8_t> p(sizeof(i));
+    std::memcpy(p.data(), &i, sizeof(i));
+    return call(kDeviceGetInfo, p) == 0;
+  }
+
+ private:
+  UniqueFd fd_;
+  bool connected_ = false;
+  uint16_t id_ = 1;
+};
+
+template <class T>
+std::vector<uint8_t> b(const T& v) {
+  std::vector<uint8_t> p(sizeof(T));
+  std::memcpy(p.data(), &v, sizeof(T));
+  return p;
+}
+
+std::vector<uint8_t> region_access(uint32_t region, uint64_t off, uint32_t count, std::vector<uint8_t> data = {}) {
+  RegionAccessMsg a{off, region, count};
+  auto p = b(a);
+  p.insert(p.end(), data.begin(), data.end());
+  return p;
+}
+
+class Protocol : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    dir_ = make_tmpdir("proto");
+    std::ofstream(dir_ + "/topo.toml") << kTopology;
+    d_ = new Daemon({"--config", dir_ + "/topo.toml", "--no-fuse"}, "proto");
+    ASSERT_TRUE(d_->wait_ready()) << d_->log();
+  }
+  static void TearDownTestSuite() {
+    EXPECT_EQ(d_->stop(), 0) << d_->log();
+    delete d_;
+    sh("rm -rf " + dir_);
+  }
+  // The daemon's fd count once it has settled (a connection closing may
+  // still be in flight).
+  static int settled_fds() {
+    int last = -1;
+    for (int i = 0; i < 100; ++i) {
+      int n = count_fds(d_->pid());
+      if (n == last) return n;
+      last = n;
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
+    return last;
+  }
+  void SetUp() override {
+    ASSERT_NE(d_->pid(), -1);
+    fds_before_ = settled_fds();
+  }
+  void TearDown() override {
+    // Give the server a moment to notice a close, then count again.
+    for (int i = 0; i < 100 && count_fds(d_->pid()) != fds_before_; ++i)
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    EXPECT_EQ(settled_fds(), fds_before_) << "fd leak in the daemon";
+  }
+  std::string ep() { return d_->rundir() + "/vfio-user/0000:00:03.0.sock"; }
+  std::string vf() { return d_->rundir() + "/vfio-user/0000:00:10.0.sock"; }
+
+  static Daemon* d_;
+  static std::string dir_;
+  int fds_before_ = 0;
+};
+Daemon* Protocol::d_ = nullptr;
+std::string Protocol::dir_;
+
+TEST_F(Protocol, HeaderClasses) {
+  Raw r(ep());
+  ASSERT_TRUE(r.connected());
+  // Before VERSION, nothing else.
+  vfio_device_info i{};
+  i.argsz = sizeof(i);
+  EXPECT_EQ(r.call(kDeviceGetInfo, b(i)), EINVAL);
+  r.version();
+  EXPECT_EQ(r.call(99, {}), ENOSYS);                  // unknown command
+  EXPECT_EQ(r.call(0, {}), ENOSYS);
+  r.send(kDeviceGetInfo, b(i), kTypeReply);           // reply flag on a request
+  EXPECT_EQ(r.reply_errno(), EINVAL);
+  r.send(kDeviceGetInfo, b(i), 1u << 8);              // unknown header flag
+  EXPECT_EQ(r.reply_errno(), EINVAL);
+  EXPECT_EQ(r.call(kDmaRead, std::vector<uint8_t>(16)), EINVAL);  // server->client only
+  EXPECT_TRUE(r.alive());
+}
+
+TEST_F(Protocol, VersionBadJsonAndBadMajor) {
+  {
+    Raw r(ep());
+    std::vector<uint8_t> p{0, 0, 0, 0};
+    std::string bad = "{not json";
+    p.insert(p.end(), bad.begin(), bad.end());
+    p.push_back(0);
+    EXPECT_EQ(r.call(kVersion, p), EINVAL);
+    p.pop_back();  // not NUL-terminated
+    EXPECT_EQ(r.call(kVersion, p), EINVAL);
+    std::string notobj = R"({"capabilities": 3})";
+    std::vector<uint8_t> q{0, 0, 0, 0};
+    q.insert(q.end(), notobj.begin(), notobj.end());
+    q.push_back(0);
+    EXPECT_EQ(r.call(kVersion, q), EINVAL);
+    EXPECT_EQ(r.call(kVersion, {0, 0}), EINVAL);  // short
+    r.version();                                   // a good one still works
+    EXPECT_TRUE(r.alive());
+  }
+  {
+    Raw r(ep());
+    EXPECT_EQ(r.call(kVersion, {1, 0, 0, 0}), ENOTSUP);  // no compatible version: closed
+    EXPECT_TRUE(r.closed_by_peer());
+  }
+}
+
+TEST_F(Protocol, SizesAgainstPayload) {
+  Raw r(ep());
+  r.version();
+  vfio_device_info i{};
+  i.argsz = sizeof(i);
+  EXPECT_EQ(r.call(kDeviceGetInfo, std::vector<uint8_t>(4)), EINVAL);  // smaller than the struct
+  i.argsz = 4;
+  EXPECT_EQ(r.call(kDeviceGetInfo, b(i)), EINVAL);  // argsz below minimum
+  auto rd = region_access(VFIO_PCI_CONFIG_REGION_INDEX, 0, 4);
+  rd.push_back(0);
+  EXPECT_EQ(r.call(kRegionRead, rd), EINVAL);  // larger than the command's payload
+  EXPECT_EQ(r.call(kRegionWrite, region_access(VFIO_PCI_CONFIG_REGION_INDEX, 0x3c, 4, {1, 2})), EINVAL);
+  EXPECT_EQ(r.call(kRegionRead, region_access(VFIO_PCI_CONFIG_REGION_INDEX, 0, (1u << 20) + 1)), EINVAL);
+  EXPECT_EQ(r.call(kRegionRead, region_access(20, 0, 4)), EINVAL);                      // region index
+  EXPECT_EQ(r.call(kRegionRead, region_access(VFIO_PCI_CONFIG_REGION_INDEX, 4096, 4)), EFAULT);
+  EXPECT_EQ(r.call(kRegionRead, region_access(0, 1 << 20, 4)), EINVAL);                 // past BAR0
+  EXPECT_EQ(r.call(kRegionRead, region_access(0, ~0ull - 1, 4)), EINVAL);               // wraps
+  EXPECT_EQ(r.call(kDeviceReset, {1}), EINVAL);
+  EXPECT_TRUE(r.alive());
+}
+
+TEST_F(Protocol, DmaMapAbuse) {
+  Raw r(ep());
+  r.version();
+  UniqueFd mem(memfd_create("guest", MFD_CLOEXEC));
+  ASSERT_EQ(ftruncate(mem.get(), 1 << 20), 0);
+  auto map = [&](uint64_t iova, uint64_t size, bool with_fd, uint32_t flags = kDmaFlagRead | kDmaFlagWrite) {
+    DmaMapMsg d{sizeof(DmaMapMsg), flags, 0, iova, size};
+    return with_fd ? r.call(kDmaMap, b(d), {mem.get()}) : r.call(kDmaMap, b(d));
+  };
+  auto unmap = [&](uint64_t iova, uint64_t size, uint32_t flags = 0) {
+    DmaUnmapMsg d{sizeof(DmaUnmapMsg), flags, iova, size};
+    return r.call(kDmaUnmap, b(d));
+  };
+  EXPECT_EQ(map(0x1000, 0x10000, true), 0);
+  EXPECT_EQ(map(0x1001, 0x1000, true), EINVAL);                // unaligned
+  EXPECT_EQ(map(0x100000, 100, false), EINVAL);
+  EXPECT_EQ(map(~0ull - 0xfff, 0x2000, false), EOVERFLOW);     // wraps
+  EXPECT_EQ(map(0x8000, 0x1000, false), EEXIST);               // overlaps
+  EXPECT_EQ(map(0x100000, 0x1000, false, 0x4), EINVAL);        // bad flags
+  EXPECT_EQ(map(0x200000, 0x1000, false), 0);                  // no fd: message DMA
+  EXPECT_EQ(unmap(0x1000, 0x1000), EINVAL);                    // not an exact match
+  EXPECT_EQ(unmap(0x900000, 0x1000), EINVAL);                  // never mapped
+  EXPECT_EQ(unmap(0x1000, 0x10000), 0);
+  EXPECT_EQ(unmap(0x1000, 0x1000, kDmaUnmapAll), EINVAL);      // all, with a range
+  EXPECT_EQ(unmap(0, 0, kDmaUnmapAll), 0);
+  EXPECT_EQ(unmap(0x200000, 0x1000), EINVAL);                  // gone with "all"
+  // Two fds on one map.
+  DmaMapMsg d{sizeof(DmaMapMsg), kDmaFlagRead, 0, 0x300000, 0x1000};
+  EXPECT_EQ(r.call(kDmaMap, b(d), {mem.get(), mem.get()}), EINVAL);
+  EXPECT_TRUE(r.alive());
+}
+
+TEST_F(Protocol, FdsWhereNoneAreExpectedAreClosed) {
+  Raw r(ep());
+  r.version();
+  UniqueFd e1(eventfd(0, EFD_CLOEXEC)), e2(eventfd(0, EFD_CLOEXEC));
+  vfio_device_info i{};
+  i.argsz = sizeof(i);
+  EXPECT_EQ(r.call(kDeviceGetInfo, b(i), {e1.get()}), EINVAL);
+  EXPECT_EQ(r.call(kRegionRead, region_access(VFIO_PCI_CONFIG_REGION_INDEX, 0, 4), {e1.get(), e2.get()}), EINVAL);
+  vfio_irq_set s{sizeof(vfio_irq_set), VFIO_IRQ_SET_DATA_NONE | VFIO_IRQ_SET_ACTION_TRIGGER, VFIO_PCI_ERR_IRQ_INDEX, 0, 1};
+  EXPECT_EQ(r.call(kDeviceSetIrqs, b(s), {e1.get()}), EINVAL);
+  // More fds than max_msg_fds (16).
+  std::vector<int> many(17, e1.get());
+  s = {sizeof(vfio_irq_set), VFIO_IRQ_SET_DATA_EVENTFD | VFIO_IRQ_SET_ACTION_TRIGGER, VFIO_PCI_MSIX_IRQ_INDEX, 0, 17};
+  Header h{77, kDeviceSetIrqs, 0, 0, 0};
+  // send_message refuses more than 16; build it by hand.
+  std::vector<uint8_t> pl = b(s);
+  h.msg_size = static_cast<uint32_t>(sizeof(h) + pl.size());
+  iovec iov[2] = {{&h, sizeof(h)}, {pl.data(), pl.size()}};
+  alignas(cmsghdr) char ctl[CMSG_SPACE(sizeof(int) * 17)];
+  msghdr mh{};
+  mh.msg_iov = iov;
+  mh.msg_iovlen = 2;
+  mh.msg_control = ctl;
+  mh.msg_controllen = sizeof(ctl);
+  cmsghdr* c = CMSG_FIRSTHDR(&mh);
+  c->cmsg_level = SOL_SOCKET;
+  c->cmsg_type = SCM_RIGHTS;
+  c->cmsg_len = CMSG_LEN(sizeof(int) * 17);
+  std::memcpy(CMSG_DATA(c), many.data(), sizeof(int) * 17);
+  ASSERT_GT(sendmsg(r.fd(), &mh, 0), 0);
+  EXPECT_EQ(r.reply_errno(), EINVAL);
+  EXPECT_TRUE(r.alive());
+}
+
+TEST_F(Protocol, SetIrqsAbuse) {
+  Raw r(ep());
+  r.version();
+  UniqueFd e(eventfd(0, EFD_CLOEXEC));
+  auto set = [&](uint32_t flags, uint32_t index, uint32_t start, uint32_t count, std::vector<int> fds = {},
+                 std::vector<uint8_t> bools = {}) {
+    vfio_irq_set s{static_cast<uint32_t>(sizeof(vfio_irq_set) + bools.size()), flags, index, start, count};
+    auto p = b(s);
+    p.resize(sizeof(vfio_irq_set));
+    p.insert(p.end(), bools.begin(), bools.end());
+    return r.call(kDeviceSetIrqs, p, fds);
+  };
+  const uint32_t T = VFIO_IRQ_SET_ACTION_TRIGGER;
+  EXPECT_EQ(set(VFIO_IRQ_SET_DATA_EVENTFD | T, VFIO_PCI_MSIX_IRQ_INDEX, 0, 9), EINVAL);  // beyond 8 vectors
+  EXPECT_EQ(set(VFIO_IRQ_SET_DATA_EVENTFD | T, VFIO_PCI_MSIX_IRQ_INDEX, 7, 2), EINVAL);
+  EXPECT_EQ(set(VFIO_IRQ_SET_DATA_EVENTFD | T, VFIO_PCI_MSIX_IRQ_INDEX, 0, 2, {e.get()}), EINVAL);  // fds != count
+  EXPECT_EQ(set(VFIO_IRQ_SET_DATA_BOOL | T, VFIO_PCI_MSIX_IRQ_INDEX, 0, 2, {}, {1}), EINVAL);
+  EXPECT_EQ(set(VFIO_IRQ_SET_DATA_NONE | T, 9, 0, 1), EINVAL);
+  EXPECT_EQ(set(VFIO_IRQ_SET_DATA_NONE, VFIO_PCI_MSIX_IRQ_INDEX, 0, 1), ENOTTY);
+  EXPECT_EQ(set(VFIO_IRQ_SET_DATA_EVENTFD | T, VFIO_PCI_MSIX_IRQ_INDEX, 0, 1, {e.get()}), 0);
+  EXPECT_EQ(set(VFIO_IRQ_SET_DATA_NONE | T, VFIO_PCI_MSIX_IRQ_INDEX, 0, 0), 0);
+  EXPECT_TRUE(r.alive());
+}
+
+TEST_F(Protocol, FeatureAbuse) {
+  Raw r(ep());
+  r.version();
+  DeviceFeatureMsg f{sizeof(DeviceFeatureMsg), VFIO_DEVICE_FEATURE_GET | (1u << 20)};
+  EXPECT_EQ(r.call(kDeviceFeature, b(f)), EINVAL);
+  f.flags = VFIO_DEVICE_FEATURE_GET | VFIO_DEVICE_FEATURE_SET | VFIO_DEVICE_FEATURE_MIGRATION;
+  EXPECT_EQ(r.call(kDeviceFeature, b(f)), EINVAL);
+  f.flags = VFIO_DEVICE_FEATURE_GET | VFIO_DEVICE_FEATURE_MIGRATION;
+  EXPECT_EQ(r.call(kDeviceFeature, b(f)), ENOTTY);
+  f.argsz = 2;
+  EXPECT_EQ(r.call(kDeviceFeature, b(f)), EINVAL);
+  MigDataMsg md{sizeof(MigDataMsg), 16};
+  EXPECT_EQ(r.call(kMigDataRead, b(md)), EINVAL);  // no saving session
+  EXPECT_TRUE(r.alive());
+}
+
+TEST_F(Protocol, UntrustableStreamsAreClosedAndOthersUnaffected) {
+  {
+    Raw r(ep());
+    r.version();
+    Header h{1, kDeviceGetInfo, 8, 0, 0};  // size below the header
+    r.send_bytes(&h, sizeof(h));
+    EXPECT_TRUE(r.closed_by_peer());
+  }
+  {
+    Raw r(ep());
+    r.version();
+    Header h{1, kRegionWrite, 0x7fffffff, 0, 0};  // absurd size
+    r.send_bytes(&h, sizeof(h));
+    EXPECT_TRUE(r.closed_by_peer());
+  }
+  {
+    Raw r(ep());
+    r.version();
+    Header h{1, kDeviceGetInfo, 32, 0, 0};
+    r.send_bytes(&h, 8);  // a short header, then EOF
+    shutdown(r.fd(), SHUT_WR);
+    EXPECT_TRUE(r.closed_by_peer());
+  }
+  // While a hostile client sits on the endpoint mid-message, the VF serves.
+  Raw hostile(ep());
+  hostile.version();
+  Header h{1, kRegionRead, 64, 0, 0};
+  hostile.send_bytes(&h, sizeof(h));  // promises 48 bytes that never come
+  auto c = client::Client::connect(vf());
+  ASSERT_TRUE(c) << errno_name(c.error().code);
+  EXPECT_TRUE((*c)->get_info());
+}
+
+TEST_F(Protocol, SecondClientIsRefused) {
+  auto first = client::Client::connect(ep());
+  ASSERT_TRUE(first);
+  auto second = client::Client::connect(ep());
+  ASSERT_FALSE(second);
+  EXPECT_EQ(second.error().code, EBUSY);
+  EXPECT_TRUE((*first)->get_info());
+}
+
+TEST_F(Protocol, PostedWritesAndWriteMulti) {
+  Raw r(ep());
+  r.version();
+  // A failing posted write gets no reply; the next request is answered.
+  r.send(kRegionWrite, region_access(20, 0, 1, {1}), kFlagNoReply);
+  uint32_t v = 0x1234;
+  std::vector<uint8_t> data(4);
+  std::memcpy(data.data(), &v, 4);
+  r.send(kRegionWrite, region_access(0, 4, 4, data), kFlagNoReply);
+  Message m;
+  ASSERT_EQ(r.call(kRegionRead, region_access(0, 4, 4), {}, &m), 0);
+  ASSERT_EQ(m.payload.size(), 20u);
+  std::memcpy(&v, m.payload.data() + 16, 4);
+  EXPECT_EQ(v, 0x1234u);
+  std::vector<uint8_t> multi(8 + 2 * sizeof(RegionWriteMultiEntry));
+  uint64_t n = 2;
+  std::memcpy(multi.data(), &n, 8);
+  RegionWriteMultiEntry e{4, 0, 4, {0x78, 0x56, 0, 0}};
+  std::memcpy(multi.data() + 8, &e, sizeof(e));
+  e.offset = VFIO_PCI_CONFIG_REGION_INDEX == 7 ? 0x3c : 0;
+  e.region = VFIO_PCI_CONFIG_REGION_INDEX;
+  e.count = 1;
+  e.data[0] = 0x0b;
+  std::memcpy(multi.data() + 8 + sizeof(e), &e, sizeof(e));
+  EXPECT_EQ(r.call(kRegionWriteMulti, multi), 0);
+  ASSERT_EQ(r.call(kRegionRead, region_access(0, 4, 4), {}, &m), 0);
+  std::memcpy(&v, m.payload.data() + 16, 4);
+  EXPECT_EQ(v, 0x5678u);
+  n = 0;
+  std::memcpy(multi.data(), &n, 8);
+  EXPECT_EQ(r.call(kRegionWriteMulti, multi), EINVAL);
+  Raw plain(vf());  // write_multiple not negotiated: refused
+  std::vector<uint8_t> p{0, 0, 0, 0};
+  std::string js = R"({"capabilities":{}})";
+  p.insert(p.end(), js.begin(), js.end());
+  p.push_back(0);
+  ASSERT_EQ(plain.call(kVersion, p), 0);
+  n = 1;
+  std::vector<uint8_t> one(8 + sizeof(RegionWriteMultiEntry));
+  std::memcpy(one.data(), &n, 8);
+  EXPECT_EQ(plain.call(kRegionWriteMulti, one), EINVAL);
+}
+
+}  // namespace
+}  // namespace uvfio::e2e

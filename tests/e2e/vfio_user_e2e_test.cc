@@ -1,0 +1,323 @@
+// QEMU 10.2's vfio-user-pci connect sequence (reference/vfio-user.md §2.1),
+// played byte for byte against uvfiod, then a guest-like workload: BAR
+// registers, the mmapped BAR, device DMA into memfd guest RAM, MSI-X and
+// INTx delivered, system reset, and a reconnect that keeps device state.
+#include <poll.h>
+#include <future>
+#include <sys/eventfd.h>
+#include <sys/mman.h>
+
+#include <gtest/gtest.h>
+
+#include <nlohmann/json.hpp>
+
+#include "e2e/harness.h"
+#include "client/client.h"
+#include "hw/endpoint.h"
+#include "protocol/raw.h"
+
+namespace uvfio::e2e {
+namespace {
+
+const char* kTopology = R"(
+[[device]]
+address = "0000:00:03.0"
+model = "endpoint"
+driver_override = "vfio_pci"
+)";
+
+using EP = hw::GenericEndpoint;
+constexpr uint64_t kRam = 0x100000, kRamSize = 2 << 20;
+
+int64_t efd_wait(int fd, int ms = 2000) {
+  pollfd p{fd, POLLIN, 0};
+  if (poll(&p, 1, ms) != 1) return -1;
+  uint64_t v;
+  if (::read(fd, &v, 8) != 8) return -1;
+  return static_cast<int64_t>(v);
+}
+
+struct Guest {
+  UniqueFd mem{memfd_create("guest-ram", MFD_CLOEXEC)};
+  uint8_t* ram = nullptr;
+  Guest() {
+    EXPECT_EQ(ftruncate(mem.get(), kRamSize), 0);
+    ram = static_cast<uint8_t*>(mmap(nullptr, kRamSize, PROT_READ | PROT_WRITE, MAP_SHARED, mem.get(), 0));
+  }
+  ~Guest() { munmap(ram, kRamSize); }
+};
+
+class QemuSequence : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir = make_tmpdir("qemu");
+    std::ofstream(dir + "/topo.toml") << kTopology;
+    d = std::make_unique<Daemon>(std::vector<std::string>{"--config", dir + "/topo.toml", "--no-fuse"}, "qemu");
+    ASSERT_TRUE(d->wait_ready()) << d->log();
+    sock = d->rundir() + "/vfio-user/0000:00:03.0.sock";
+  }
+  void TearDown() override {
+    EXPECT_EQ(d->stop(), 0) << d->log();
+    d.reset();
+    sh("rm -rf " + dir);
+  }
+  uint32_t read32(Raw& r, uint32_t region, uint64_t off) {
+    Message m;
+    EXPECT_EQ(r.call(kRegionRead, region_access(region, off, 4), {}, &m), 0);
+    uint32_t v = 0;
+    if (m.payload.size() == 20) std::memcpy(&v, m.payload.data() + 16, 4);
+    return v;
+  }
+  void write32(Raw& r, uint32_t region, uint64_t off, uint32_t v) {
+    std::vector<uint8_t> data(4);
+    std::memcpy(data.data(), &v, 4);
+    EXPECT_EQ(r.call(kRegionWrite, region_access(region, off, 4, data)), 0);
+  }
+  void write64(Raw& r, uint32_t region, uint64_t off, uint64_t v) {
+    std::vector<uint8_t> data(8);
+    std::memcpy(data.data(), &v, 8);
+    EXPECT_EQ(r.call(kRegionWrite, region_access(region, off, 8, data)), 0);
+  }
+  int set_irqs(Raw& r, uint32_t flags, uint32_t index, uint32_t start, uint32_t count, std::vector<int> fds = {}) {
+    vfio_irq_set s{sizeof(vfio_irq_set), flags, index, start, count};
+    auto p = b(s);
+    p.resize(sizeof(vfio_irq_set));
+    return r.call(kDeviceSetIrqs, p, fds);
+  }
+
+  std::string dir, sock;
+  std::unique_ptr<Daemon> d;
+};
+
+TEST_F(QemuSequence, ConnectRealizeAndGuestWorkload) {
+  Raw r(sock);
+  ASSERT_TRUE(r.connected());
+  // 1. VERSION, exactly QEMU's 214-byte message.
+  std::string js =
+      R"({"capabilities": {"pgsizes": 4096, "max_msg_fds": 16, "max_dma_maps": 65535, "max_data_xfer_size": 1048576, "migration": {"max_bitmap_size": 268435456, "pgsize": 4096}, "write_multiple": true}})";
+  std::vector<uint8_t> v{0, 0, 0, 0};
+  v.insert(v.end(), js.begin(), js.end());
+  v.push_back(0);
+  ASSERT_EQ(16 + v.size(), 214u);
+  Message m;
+  ASSERT_EQ(r.call(kVersion, v, {}, &m), 0);
+  ASSERT_LE(16 + m.payload.size(), 214u) << "reply larger than QEMU's receive buffer";
+  ASSERT_GT(m.payload.size(), 4u);
+  EXPECT_EQ(m.payload.back(), 0) << "JSON not NUL-terminated";
+  uint16_t major, minor;
+  std::memcpy(&major, m.payload.data(), 2);
+  std::memcpy(&minor, m.payload.data() + 2, 2);
+  EXPECT_EQ(major, 0);
+  EXPECT_EQ(minor, 0);
+  auto caps = nlohmann::json::parse(std::string(reinterpret_cast<char*>(m.payload.data()) + 4))["capabilities"];
+  EXPECT_LE(caps["max_msg_fds"].get<int>(), 16);
+  EXPECT_LE(caps["max_data_xfer_size"].get<uint64_t>(), 64u << 20);
+  EXPECT_EQ(caps["pgsizes"].get<uint64_t>() & 0xfff, 0u);
+  EXPECT_LE(caps["max_dma_maps"].get<int>(), 65535);
+  EXPECT_FALSE(caps.contains("twin_socket"));
+
+  // 2. Pipelined DMA_MAPs before GET_INFO: RAM with its memfd, a ROM without.
+  Guest g;
+  DmaMapMsg ram{32, kDmaFlagRead | kDmaFlagWrite, 0, kRam, kRamSize};
+  DmaMapMsg rom{32, kDmaFlagRead, 0, 0xc0000, 0x40000};
+  r.send(kDmaMap, b(ram), 0, {g.mem.get()});
+  r.send(kDmaMap, b(rom));
+  EXPECT_EQ(r.reply_errno(), 0);
+  EXPECT_EQ(r.reply_errno(), 0);
+
+  // 3. GET_INFO.
+  vfio_device_info info{};
+  info.argsz = sizeof(info);
+  ASSERT_EQ(r.call(kDeviceGetInfo, b(info), {}, &m), 0);
+  std::memcpy(&info, m.payload.data(), sizeof(info));
+  EXPECT_TRUE(info.flags & VFIO_DEVICE_FLAGS_PCI);
+  EXPECT_TRUE(info.flags & VFIO_DEVICE_FLAGS_RESET);
+  EXPECT_GE(info.num_regions, 8u);
+  EXPECT_LE(info.num_regions, 100u);
+  EXPECT_GE(info.num_irqs, 3u);
+  EXPECT_LE(info.num_irqs, 50u);
+
+  // 4. GET_REGION_INFO 0-5 then 7, argsz 32 first.
+  UniqueFd bar2_fd;
+  vfio_region_info bar2{};
+  for (uint32_t idx : {0u, 1u, 2u, 3u, 4u, 5u, 7u}) {
+    vfio_region_info q{};
+    q.argsz = 32;
+    q.index = idx;
+    Message rm;
+    ASSERT_EQ(r.call(kDeviceGetRegionInfo, b(q), {}, &rm), 0) << idx;
+    ASSERT_LE(rm.payload.size(), 32u) << "reply beyond argsz, index " << idx;
+    vfio_region_info got;
+    std::memcpy(&got, rm.payload.data(), sizeof(got));
+    EXPECT_LE(rm.fds.size(), 1u);
+    if ((got.flags & VFIO_REGION_INFO_FLAG_CAPS) && got.cap_offset == 0) {
+      ASSERT_GT(got.argsz, 32u);
+      q.argsz = got.argsz;
+      ASSERT_EQ(r.call(kDeviceGetRegionInfo, b(q), {}, &rm), 0);
+      std::memcpy(&got, rm.payload.data(), sizeof(got));
+      EXPECT_GE(got.cap_offset, 32u);
+      EXPECT_LE(got.cap_offset, got.argsz);
+      EXPECT_EQ(rm.payload.size(), got.argsz);
+    }
+    if (idx == 7) {
+      EXPECT_EQ(got.size, 4096u);
+    }
+    if (idx == 2) {
+      ASSERT_TRUE(got.flags & VFIO_REGION_INFO_FLAG_MMAP);
+      ASSERT_EQ(rm.fds.size(), 1u);
+      bar2 = got;
+      bar2_fd = std::move(rm.fds[0]);
+    }
+  }
+
+  // 6. Config space: one read of all of it, ROM BAR sizing, pin.
+  Message cm;
+  ASSERT_EQ(r.call(kRegionRead, region_access(VFIO_PCI_CONFIG_REGION_INDEX, 0, 4096), {}, &cm), 0);
+  ASSERT_EQ(cm.payload.size(), 16u + 4096);
+  uint32_t id;
+  std::memcpy(&id, cm.payload.data() + 16, 4);
+  EXPECT_EQ(id, 0x00051b36u);
+  write32(r, VFIO_PCI_CONFIG_REGION_INDEX, PCI_ROM_ADDRESS, 0xfffff800);
+  EXPECT_EQ(read32(r, VFIO_PCI_CONFIG_REGION_INDEX, PCI_ROM_ADDRESS), 0u);  // no ROM
+  EXPECT_EQ(read32(r, VFIO_PCI_CONFIG_REGION_INDEX, 0x3c) >> 8 & 0xff, 1u);  // pin A
+  // Guest config writes are forwarded, BARs included; bus master for DMA.
+  write32(r, VFIO_PCI_CONFIG_REGION_INDEX, PCI_BASE_ADDRESS_0, 0xfe000000);
+  write32(r, VFIO_PCI_CONFIG_REGION_INDEX, PCI_COMMAND, PCI_COMMAND_MEMORY | PCI_COMMAND_MASTER);
+
+  // 5/7. IRQ info and setup: ERR, then MSI-X. QEMU enables MSI-X with no
+  // vectors; with NORESIZE, when the guest uses more it disables all and
+  // re-enables the whole range, fds chunked by max_msg_fds.
+  vfio_irq_info ii{sizeof(vfio_irq_info), 0, VFIO_PCI_MSIX_IRQ_INDEX, 0};
+  ASSERT_EQ(r.call(kDeviceGetIrqInfo, b(ii), {}, &m), 0);
+  std::memcpy(&ii, m.payload.data(), sizeof(ii));
+  EXPECT_EQ(ii.count, 8u);
+  EXPECT_TRUE(ii.flags & VFIO_IRQ_INFO_NORESIZE);
+  UniqueFd err(eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
+  EXPECT_EQ(set_irqs(r, VFIO_IRQ_SET_DATA_EVENTFD | VFIO_IRQ_SET_ACTION_TRIGGER, VFIO_PCI_ERR_IRQ_INDEX, 0, 1,
+                     {err.get()}),
+            0);
+  EXPECT_EQ(set_irqs(r, VFIO_IRQ_SET_DATA_EVENTFD | VFIO_IRQ_SET_ACTION_TRIGGER, VFIO_PCI_MSIX_IRQ_INDEX, 0, 1), 0);
+  std::vector<UniqueFd> vec;
+  std::vector<int> raw;
+  for (uint32_t i = 0; i < 8; ++i) {
+    vec.emplace_back(eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
+    raw.push_back(vec.back().get());
+  }
+  // Vector 1 is beyond what was enabled: refused without resizing.
+  EXPECT_EQ(set_irqs(r, VFIO_IRQ_SET_DATA_EVENTFD | VFIO_IRQ_SET_ACTION_TRIGGER, VFIO_PCI_MSIX_IRQ_INDEX, 1, 1,
+                     {raw[1]}),
+            EINVAL);
+  EXPECT_EQ(set_irqs(r, VFIO_IRQ_SET_DATA_NONE | VFIO_IRQ_SET_ACTION_TRIGGER, VFIO_PCI_MSIX_IRQ_INDEX, 0, 0), 0);
+  EXPECT_EQ(set_irqs(r, VFIO_IRQ_SET_DATA_EVENTFD | VFIO_IRQ_SET_ACTION_TRIGGER, VFIO_PCI_MSIX_IRQ_INDEX, 0, 8, raw),
+            0);
+  // A chunk with the EVENTFD flag and no fds de-assigns (vector 7), and one
+  // vector can be re-assigned alone.
+  EXPECT_EQ(set_irqs(r, VFIO_IRQ_SET_DATA_EVENTFD | VFIO_IRQ_SET_ACTION_TRIGGER, VFIO_PCI_MSIX_IRQ_INDEX, 7, 1), 0);
+  EXPECT_EQ(set_irqs(r, VFIO_IRQ_SET_DATA_EVENTFD | VFIO_IRQ_SET_ACTION_TRIGGER, VFIO_PCI_MSIX_IRQ_INDEX, 6, 1,
+                     {raw[6]}),
+            0);
+
+  // Guest workload: registers.
+  EXPECT_EQ(read32(r, 0, EP::kRegId), EP::kIdValue);
+  write32(r, 0, EP::kRegScratch, 0xcafef00d);
+  EXPECT_EQ(read32(r, 0, EP::kRegScratch), 0xcafef00du);
+  // The mmapped BAR and REGION_READ/WRITE see the same bytes.
+  void* p = mmap(nullptr, bar2.size, PROT_READ | PROT_WRITE, MAP_SHARED, bar2_fd.get(), static_cast<off_t>(bar2.offset));
+  ASSERT_NE(p, MAP_FAILED);
+  static_cast<uint32_t*>(p)[100] = 0x12345678;
+  EXPECT_EQ(read32(r, 2, 400), 0x12345678u);
+  write32(r, 2, 404, 0x9abcdef0);
+  EXPECT_EQ(static_cast<uint32_t*>(p)[101], 0x9abcdef0u);
+  munmap(p, bar2.size);
+  // Interrupts: the device raises MSI-X vector 3.
+  write32(r, 0, EP::kRegIrq, 3);
+  EXPECT_EQ(efd_wait(vec[3].get()), 1);
+  EXPECT_EQ(efd_wait(vec[2].get(), 50), -1);
+  write32(r, 0, EP::kRegIrq, 7);  // de-assigned: nothing
+  EXPECT_EQ(efd_wait(vec[7].get(), 50), -1);
+  // DMA: the device copies one page of guest RAM to another, through the
+  // memfd the client mapped.
+  for (int i = 0; i < 4096; ++i) g.ram[i] = static_cast<uint8_t>(i * 7);
+  write64(r, 0, EP::kRegDmaSrc, kRam);
+  write64(r, 0, EP::kRegDmaDst, kRam + 8192);
+  write32(r, 0, EP::kRegDmaLen, 4096);
+  write32(r, 0, EP::kRegDmaGo, 1);
+  EXPECT_EQ(read32(r, 0, EP::kRegDmaStatus), 0u);
+  EXPECT_EQ(std::memcmp(g.ram, g.ram + 8192, 4096), 0);
+  // DMA into the read-only ROM map, and to unmapped space: refused.
+  write64(r, 0, EP::kRegDmaDst, 0xc0000);
+  write32(r, 0, EP::kRegDmaGo, 1);
+  EXPECT_EQ(read32(r, 0, EP::kRegDmaStatus), static_cast<uint32_t>(EPERM));
+  write64(r, 0, EP::kRegDmaDst, 0x40000000);
+  write32(r, 0, EP::kRegDmaGo, 1);
+  EXPECT_EQ(read32(r, 0, EP::kRegDmaStatus), static_cast<uint32_t>(EFAULT));
+
+  // INTx under TCG: trigger eventfd, automask, UNMASK with DATA_NONE (0x11).
+  EXPECT_EQ(set_irqs(r, VFIO_IRQ_SET_DATA_NONE | VFIO_IRQ_SET_ACTION_TRIGGER, VFIO_PCI_MSIX_IRQ_INDEX, 0, 0), 0);
+  UniqueFd intx(eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
+  EXPECT_EQ(set_irqs(r, VFIO_IRQ_SET_DATA_EVENTFD | VFIO_IRQ_SET_ACTION_TRIGGER, VFIO_PCI_INTX_IRQ_INDEX, 0, 1,
+                     {intx.get()}),
+            0);
+  write32(r, 0, EP::kRegIrq, 0);  // INTx mode now: asserts the pin
+  EXPECT_EQ(efd_wait(intx.get()), 1);
+  EXPECT_EQ(set_irqs(r, 0x11, VFIO_PCI_INTX_IRQ_INDEX, 0, 1), 0);  // EOI while still asserted: fires again
+  EXPECT_EQ(efd_wait(intx.get()), 1);
+  write32(r, 0, EP::kRegIntx, 0);
+  EXPECT_EQ(set_irqs(r, 0x11, VFIO_PCI_INTX_IRQ_INDEX, 0, 1), 0);
+  EXPECT_EQ(efd_wait(intx.get(), 50), -1);
+
+  // 8. System reset: INTx off, a COMMAND write, DEVICE_RESET, INTx re-armed.
+  EXPECT_EQ(set_irqs(r, VFIO_IRQ_SET_DATA_NONE | VFIO_IRQ_SET_ACTION_TRIGGER, VFIO_PCI_INTX_IRQ_INDEX, 0, 0), 0);
+  write32(r, VFIO_PCI_CONFIG_REGION_INDEX, PCI_COMMAND, 0);
+  EXPECT_EQ(r.call(kDeviceReset, {}), 0);
+  EXPECT_EQ(set_irqs(r, VFIO_IRQ_SET_DATA_EVENTFD | VFIO_IRQ_SET_ACTION_TRIGGER, VFIO_PCI_INTX_IRQ_INDEX, 0, 1,
+                     {intx.get()}),
+            0);
+  write32(r, VFIO_PCI_CONFIG_REGION_INDEX, PCI_COMMAND, PCI_COMMAND_MEMORY);
+  EXPECT_EQ(read32(r, 0, EP::kRegScratch), 0u);  // the function was reset
+  EXPECT_EQ(read32(r, 0, EP::kRegId), EP::kIdValue);
+}
+
+TEST_F(QemuSequence, DisconnectDropsMapsAndKeepsState) {
+  Guest g;
+  {
+    Raw r(sock);
+    r.version();
+    DmaMapMsg ram{32, kDmaFlagRead | kDmaFlagWrite, 0, kRam, kRamSize};
+    ASSERT_EQ(r.call(kDmaMap, b(ram), {g.mem.get()}), 0);
+    write32(r, VFIO_PCI_CONFIG_REGION_INDEX, PCI_COMMAND, PCI_COMMAND_MEMORY | PCI_COMMAND_MASTER);
+    write32(r, 0, EP::kRegScratch, 0x5a5a5a5a);
+  }
+  Raw r(sock);
+  for (int i = 0; i < 100 && !r.connected(); ++i) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  r.version();
+  EXPECT_EQ(read32(r, 0, EP::kRegScratch), 0x5a5a5a5au);  // state kept
+  write64(r, 0, EP::kRegDmaSrc, kRam);
+  write64(r, 0, EP::kRegDmaDst, kRam + 4096);
+  write32(r, 0, EP::kRegDmaLen, 64);
+  write32(r, 0, EP::kRegDmaGo, 1);
+  EXPECT_EQ(read32(r, 0, EP::kRegDmaStatus), static_cast<uint32_t>(EFAULT));  // the maps went with the client
+  DmaMapMsg ram{32, kDmaFlagRead | kDmaFlagWrite, 0, kRam, kRamSize};
+  EXPECT_EQ(r.call(kDmaMap, b(ram), {g.mem.get()}), 0);  // and can be made again
+}
+
+TEST_F(QemuSequence, UnbindAsksTheClientToLeave) {
+  auto c = client::Client::connect(sock);
+  ASSERT_TRUE(c);
+  UniqueFd req(eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
+  int fds[1] = {req.get()};
+  ASSERT_TRUE((*c)->set_irqs(VFIO_IRQ_SET_DATA_EVENTFD | VFIO_IRQ_SET_ACTION_TRIGGER, VFIO_PCI_REQ_IRQ_INDEX, 0, 1, fds));
+  auto unbind = std::async(std::launch::async, [&] {
+    return sh(d->ctl("write bus/pci/drivers/vfio_pci/unbind 0000:00:03.0"));
+  });
+  EXPECT_EQ(efd_wait(req.get(), 15000), 1) << "no REQ";
+  EXPECT_NE(unbind.wait_for(std::chrono::milliseconds(100)), std::future_status::ready);
+  EXPECT_NE(access(sock.c_str(), F_OK), 0) << "the socket stays while unbinding";
+  c->reset();  // the VMM lets go
+  auto res = unbind.get();
+  EXPECT_EQ(res.status, 0) << res.err;
+  EXPECT_EQ(sh(d->ctl("readlink bus/pci/devices/0000:00:03.0/driver")).status, 1);
+}
+
+}  // namespace
+}  // namespace uvfio::e2e

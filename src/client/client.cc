@@ -51,7 +51,7 @@ Result<Message> Client::call(uint16_t cmd, std::span<const uint8_t> payload, std
   TRY(send_message(sock_.get(), h, payload, fds));
   if (no_reply) return Message{};
   for (;;) {
-    Message m = TRY(recv_message(sock_.get()));
+    Message m = TRY(reader_.next(busy_poll_));
     if ((m.hdr.flags & kFlagsTypeMask) != kTypeReply) {
       // A server->client command (DMA_READ/WRITE): this client keeps its
       // memory in fds, so it has nothing to serve them from.

@@ -63,12 +63,16 @@ class Client {
   Result<vfio_user::Message> call(uint16_t cmd, std::span<const uint8_t> payload, std::span<const int> fds = {},
                                   bool no_reply = false);
   int fd() const { return sock_.get(); }
+  // Spin on the socket for replies instead of sleeping (benchmarks).
+  void set_busy_poll(bool on) { busy_poll_ = on; }
 
  private:
-  explicit Client(UniqueFd s) : sock_(std::move(s)) {}
+  explicit Client(UniqueFd s) : sock_(std::move(s)), reader_(sock_.get()) {}
   UniqueFd sock_;
+  vfio_user::MessageReader reader_;
   std::mutex mu_;
   uint16_t next_id_ = 1;
+  bool busy_poll_ = false;
   std::string caps_;
 };
 

@@ -125,6 +125,84 @@ Result<void> send_message(int sock, const Header& hdr, std::span<const uint8_t> 
   return ok();
 }
 
+Result<void> MessageReader::fill(bool spin) {
+  if (start_ > 0 && start_ == end_) start_ = end_ = 0;
+  if (end_ == buf_.size()) {
+    // Make room: move what is left to the front, or grow for a big message.
+    if (start_ > 0) {
+      std::memmove(buf_.data(), buf_.data() + start_, end_ - start_);
+      if (pending_owner_ != SIZE_MAX) pending_owner_ -= start_;
+      end_ -= start_;
+      start_ = 0;
+    } else {
+      buf_.resize(std::min(buf_.size() * 2, max_ + sizeof(Header)));
+      if (end_ == buf_.size()) return Error(EPROTO, "message too large");
+    }
+  }
+  alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int) * kCmsgFds)];
+  iovec iov{buf_.data() + end_, buf_.size() - end_};
+  msghdr mh{};
+  mh.msg_iov = &iov;
+  mh.msg_iovlen = 1;
+  mh.msg_control = control;
+  mh.msg_controllen = sizeof(control);
+  ssize_t n;
+  for (;;) {
+    n = recvmsg(sock_, &mh, MSG_CMSG_CLOEXEC | (spin ? MSG_DONTWAIT : 0));
+    if (n < 0 && (errno == EINTR || (spin && (errno == EAGAIN || errno == EWOULDBLOCK)))) continue;
+    break;
+  }
+  if (n < 0) return Error(errno, "recvmsg");
+  if (n == 0) return Error(ECONNRESET, "peer closed");
+  std::vector<UniqueFd> fds;
+  for (cmsghdr* c = CMSG_FIRSTHDR(&mh); c; c = CMSG_NXTHDR(&mh, c)) {
+    if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
+    size_t count = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+    for (size_t i = 0; i < count; ++i) {
+      int fd;
+      std::memcpy(&fd, CMSG_DATA(c) + i * sizeof(int), sizeof(int));
+      fds.emplace_back(fd);
+    }
+  }
+  if (mh.msg_flags & MSG_CTRUNC) return Error(EMSGSIZE, "too many fds");
+  size_t chunk_start = end_;
+  end_ += static_cast<size_t>(n);
+  if (!fds.empty()) {
+    // Find the last message header that starts inside this chunk.
+    size_t at = start_, owner = SIZE_MAX;
+    while (at + sizeof(Header) <= end_ || at < end_) {
+      if (at >= chunk_start) owner = at;
+      if (at + sizeof(Header) > end_) break;
+      Header h;
+      std::memcpy(&h, buf_.data() + at, sizeof(h));
+      if (h.msg_size < sizeof(Header) || h.msg_size > max_) break;
+      at += h.msg_size;
+    }
+    if (owner == SIZE_MAX) return Error(EPROTO, "fds without a message");
+    pending_fds_ = std::move(fds);
+    pending_owner_ = owner;
+  }
+  return ok();
+}
+
+Result<Message> MessageReader::next(bool spin) {
+  while (end_ - start_ < sizeof(Header)) TRY(fill(spin));
+  Header h;
+  std::memcpy(&h, buf_.data() + start_, sizeof(h));
+  if (h.msg_size < sizeof(Header) || h.msg_size > max_) return Error(EPROTO, "bad message size");
+  while (end_ - start_ < h.msg_size) TRY(fill(spin));
+  Message m;
+  m.hdr = h;
+  m.payload.assign(buf_.begin() + static_cast<long>(start_ + sizeof(Header)), buf_.begin() + static_cast<long>(start_ + h.msg_size));
+  if (pending_owner_ == start_) {
+    m.fds = std::move(pending_fds_);
+    pending_fds_.clear();
+    pending_owner_ = SIZE_MAX;
+  }
+  start_ += h.msg_size;
+  return m;
+}
+
 Result<void> send_error(int sock, const Header& request, int err) {
   Header h{};
   h.msg_id = request.msg_id;

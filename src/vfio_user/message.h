@@ -24,6 +24,30 @@ struct Message {
 Result<Message> recv_message(int sock, size_t max_size = kMaxMessage);
 Result<void> send_message(int sock, const Header& hdr, std::span<const uint8_t> payload,
                           std::span<const int> fds = {});
+// Reads messages from a stream socket with one recvmsg per message in the
+// common case (a 64 KiB buffer; big messages take more). fds belong to the
+// last message that starts in the chunk they came with: the kernel ends a
+// read after a segment that carries fds, and our peers send each message,
+// fds included, with one sendmsg. Not thread-safe.
+class MessageReader {
+ public:
+  explicit MessageReader(int sock, size_t max_size = kMaxMessage) : sock_(sock), max_(max_size) {}
+  // Blocks for a whole message. `spin`: busy-poll (MSG_DONTWAIT in a loop)
+  // instead of sleeping in the kernel. Errors as recv_message().
+  Result<Message> next(bool spin = false);
+  // Bytes received but not yet returned as messages.
+  size_t buffered() const { return end_ - start_; }
+
+ private:
+  Result<void> fill(bool spin);
+  int sock_;
+  size_t max_;
+  std::vector<uint8_t> buf_ = std::vector<uint8_t>(64 << 10);
+  size_t start_ = 0, end_ = 0;
+  std::vector<UniqueFd> pending_fds_;   // came with the chunk being parsed
+  size_t pending_owner_ = SIZE_MAX;     // buffer offset of the header they belong to
+};
+
 // A header-only error reply.
 Result<void> send_error(int sock, const Header& request, int err);
 

@@ -7,6 +7,7 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <condition_variable>
 #include <cstring>
 
 #include "base/log.h"
@@ -16,22 +17,27 @@
 namespace uvfio::vfio_user {
 
 struct Server::Endpoint {
-  vfio::Device* dev;  // valid until the thread closes it (after removal)
+  vfio::Device* dev;  // valid until the serving thread closes it (after removal)
   std::string name;
   std::string path;
   UniqueFd listen;
-  UniqueFd wake;  // eventfd: removal or server shutdown
+  UniqueFd wake;  // eventfd: wakes the acceptor on removal or shutdown
   std::atomic<bool> removing{false};
   std::atomic<bool> stopping{false};
-  std::atomic<int> client{-1};
-  std::thread thread;
+  std::mutex mu;
+  std::condition_variable cv;
+  UniqueFd pending;  // a client handed from the acceptor to the server; guarded by mu
+  int current = -1;  // the client being served; guarded by mu
+  std::thread acceptor;
+  std::thread server;
 };
 
 Server::Server(vfio::Registry& r, std::string dir) : registry_(r), dir_(std::move(dir)) {}
 
-Result<std::unique_ptr<Server>> Server::start(vfio::Registry& registry, const std::string& dir) {
+Result<std::unique_ptr<Server>> Server::start(vfio::Registry& registry, const std::string& dir, bool busy_poll) {
   if (::mkdir(dir.c_str(), 0700) < 0 && errno != EEXIST) return Error(errno, "mkdir vfio-user dir");
   std::unique_ptr<Server> s(new Server(registry, dir));
+  s->busy_poll_ = busy_poll;
   registry.subscribe(s.get());
   return s;
 }
@@ -50,11 +56,14 @@ Server::~Server() {
     ep->stopping = true;
     uint64_t one = 1;
     (void)!::write(ep->wake.get(), &one, sizeof(one));
-    int c = ep->client.load();
-    if (c >= 0) shutdown(c, SHUT_RDWR);
+    std::lock_guard lk(ep->mu);
+    if (ep->current >= 0) shutdown(ep->current, SHUT_RDWR);  // unblocks its read
+    ep->cv.notify_all();
   }
-  for (auto& ep : all)
-    if (ep->thread.joinable()) ep->thread.join();
+  for (auto& ep : all) {
+    if (ep->acceptor.joinable()) ep->acceptor.join();
+    if (ep->server.joinable()) ep->server.join();
+  }
 }
 
 void Server::device_added(vfio::Device& dev, driver::Device&) {
@@ -89,7 +98,8 @@ void Server::device_added(vfio::Device& dev, driver::Device&) {
     std::lock_guard lk(mu_);
     live_[&dev] = std::move(ep);
   }
-  raw->thread = std::thread([this, raw] { run(*raw); });
+  raw->server = std::thread([this, raw] { serve_loop(*raw); });
+  raw->acceptor = std::thread([this, raw] { accept_loop(*raw); });
 }
 
 void Server::device_removing(vfio::Device& dev) {
@@ -102,43 +112,88 @@ void Server::device_removing(vfio::Device& dev) {
   ::unlink(ep.path.c_str());
   uint64_t one = 1;
   (void)!::write(ep.wake.get(), &one, sizeof(one));
+  {
+    std::lock_guard el(ep.mu);
+    ep.cv.notify_all();
+  }
   retired_.push_back(std::move(it->second));
   live_.erase(it);  // its thread is joined at server shutdown
 }
 
-void Server::run(Endpoint& ep) {
-  bool opened = false;
+// The acceptor: hands a new client to the serving thread, or refuses it
+// while another is being served (EBUSY, as the reply to its first message if
+// it sends one at once).
+void Server::accept_loop(Endpoint& ep) {
   for (;;) {
-    if (ep.stopping) break;
-    if (ep.removing) break;
     pollfd p[2] = {{ep.listen.get(), POLLIN, 0}, {ep.wake.get(), POLLIN, 0}};
     if (poll(p, 2, -1) < 0) {
       if (errno == EINTR) continue;
-      break;
+      return;
     }
+    if (ep.stopping || ep.removing) return;
     if (p[1].revents) {
-      if (ep.stopping || ep.removing) break;
       uint64_t v;
       (void)!::read(ep.wake.get(), &v, sizeof(v));
       continue;
     }
     UniqueFd c(accept4(ep.listen.get(), nullptr, nullptr, SOCK_CLOEXEC));
     if (!c) continue;
+    std::unique_lock lk(ep.mu);
+    if (ep.current >= 0 && !ep.pending) {
+      // A client that has just hung up may not be noticed yet: give the
+      // serving thread a moment if its socket shows EOF.
+      char b;
+      ssize_t n = recv(ep.current, &b, 1, MSG_PEEK | MSG_DONTWAIT);
+      if (n == 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK))
+        ep.cv.wait_for(lk, std::chrono::seconds(1), [&] { return ep.current < 0; });
+    }
+    if (ep.current < 0 && !ep.pending) {
+      ep.pending = std::move(c);
+      ep.cv.notify_all();
+      continue;
+    }
+    lk.unlock();
+    timeval tv{0, 200 * 1000};
+    setsockopt(c.get(), SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+    Header h{0, kVersion, sizeof(Header), 0, 0};
+    if (auto first = recv_message(c.get(), 4096)) h = first->hdr;
+    (void)send_error(c.get(), h, EBUSY);
+    log::warn(ep.name, "vfio-user: second client refused (device busy)");
+  }
+}
+
+void Server::serve_loop(Endpoint& ep) {
+  bool opened = false;
+  for (;;) {
+    UniqueFd c;
+    {
+      std::unique_lock lk(ep.mu);
+      ep.cv.wait(lk, [&] { return ep.stopping || ep.removing || ep.pending; });
+      if (ep.stopping || (ep.removing && !ep.pending)) break;
+      c = std::move(ep.pending);
+      ep.current = c.get();
+    }
+    bool ok_to_serve = true;
     if (!opened) {
       auto r = ep.dev->open();
       if (!r) {
         log::warn(ep.name, "vfio-user: cannot open the device: {}", to_string(r.error()));
         Header h{0, kVersion, sizeof(Header), 0, 0};
         (void)send_error(c.get(), h, r.error().code);
-        continue;
+        ok_to_serve = false;
+      } else {
+        opened = true;
       }
-      opened = true;
     }
-    ep.client = c.get();
-    serve_client(ep, c.get());
-    ep.client = -1;
-    ep.dev->release_user_resources();
-    log::info(ep.name, "vfio-user: client disconnected");
+    if (ok_to_serve) {
+      serve_client(ep, c.get());
+      ep.dev->release_user_resources();
+      log::info(ep.name, "vfio-user: client disconnected");
+    }
+    std::lock_guard lk(ep.mu);
+    ep.current = -1;
+    c.reset();
+    ep.cv.notify_all();
   }
   if (opened) ep.dev->close();  // after this the device may be destroyed
 }
@@ -146,41 +201,12 @@ void Server::run(Endpoint& ep) {
 void Server::serve_client(Endpoint& ep, int client) {
   log::info(ep.name, "vfio-user: client connected");
   Session session(*ep.dev);
+  MessageReader reader(client);
   for (;;) {
-    pollfd p[3] = {{client, POLLIN, 0}, {ep.listen.get(), POLLIN, 0}, {ep.wake.get(), POLLIN, 0}};
-    int nfds = ep.removing ? 1 : 3;
-    if (poll(p, static_cast<nfds_t>(nfds), -1) < 0) {
-      if (errno == EINTR) continue;
-      return;
-    }
-    if (nfds > 2 && p[2].revents) {
-      uint64_t v;
-      (void)!::read(ep.wake.get(), &v, sizeof(v));
-      if (ep.stopping) return;
-      continue;  // removing: keep serving until the client leaves
-    }
-    if (nfds > 1 && (p[1].revents & POLLIN)) {
-      // A new connection while we serve one: if ours has already gone (EOF
-      // queued), end this session and let the outer loop take the new one.
-      char c;
-      ssize_t peek = recv(client, &c, 1, MSG_PEEK | MSG_DONTWAIT);
-      if (peek == 0 || (peek < 0 && errno != EAGAIN && errno != EWOULDBLOCK)) return;
-      // Otherwise one client per device: the second is told EBUSY (as the
-      // reply to its first message, if it sends one at once) and closed.
-      UniqueFd other(accept4(ep.listen.get(), nullptr, nullptr, SOCK_CLOEXEC));
-      if (other) {
-        timeval tv{0, 200 * 1000};
-        setsockopt(other.get(), SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
-        Header h{0, kVersion, sizeof(Header), 0, 0};
-        if (auto first = recv_message(other.get(), 4096)) h = first->hdr;
-        (void)send_error(other.get(), h, EBUSY);
-        log::warn(ep.name, "vfio-user: second client refused (device busy)");
-      }
-    }
-    if (!(p[0].revents & (POLLIN | POLLHUP | POLLERR))) continue;
-    auto m = recv_message(client);
+    auto m = reader.next(busy_poll_);
     if (!m) {
-      if (m.error().code != ECONNRESET) log::warn(ep.name, "vfio-user: dropping client: {}", to_string(m.error()));
+      if (m.error().code != ECONNRESET && !ep.stopping)
+        log::warn(ep.name, "vfio-user: dropping client: {}", to_string(m.error()));
       return;
     }
     bool no_reply = m->hdr.flags & kFlagNoReply;

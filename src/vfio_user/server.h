@@ -27,7 +27,10 @@ namespace uvfio::vfio_user {
 class Server : public vfio::RegistryListener {
  public:
   // Serves every device of `registry` under `dir` (created if missing).
-  static Result<std::unique_ptr<Server>> start(vfio::Registry& registry, const std::string& dir);
+  // `busy_poll`: serving threads spin on their socket instead of sleeping
+  // (lower latency, a core per connected device).
+  static Result<std::unique_ptr<Server>> start(vfio::Registry& registry, const std::string& dir,
+                                               bool busy_poll = false);
   ~Server() override;
 
   std::string socket_path(const std::string& device_name) const { return dir_ + "/" + device_name + ".sock"; }
@@ -38,8 +41,10 @@ class Server : public vfio::RegistryListener {
  private:
   struct Endpoint;
   Server(vfio::Registry& r, std::string dir);
-  void run(Endpoint& ep);
+  void accept_loop(Endpoint& ep);
+  void serve_loop(Endpoint& ep);
   void serve_client(Endpoint& ep, int client);
+  bool busy_poll_ = false;
 
   vfio::Registry& registry_;
   std::string dir_;

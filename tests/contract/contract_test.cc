@@ -51,6 +51,8 @@ struct Pair {
   bool is_vf;
 };
 
+void PrintTo(const Pair& p, std::ostream* os) { *os << p.name; }
+
 const Pair kPairs[] = {
     {"vfio_pci_endpoint", "vfio_pci", Bdf(0, 0, 3, 0), false},
     {"vfio_pci_mlx5_vf", "vfio_pci", Bdf(0, 0, 0x10, 0), true},

@@ -46,12 +46,23 @@ Result<std::unique_ptr<Client>> Client::connect(const std::string& path) {
 }
 
 Result<Message> Client::call(uint16_t cmd, std::span<const uint8_t> payload, std::span<const int> fds, bool no_reply) {
+  if (no_reply) {
+    std::lock_guard lk(mu_);
+    Header h{next_id_++, cmd, 0, kTypeCommand | kFlagNoReply, 0};
+    TRY(send_message(sock_.get(), h, payload, fds));
+    return Message{};
+  }
+  Message m;
+  TRY(call_into(cmd, payload, m, fds));
+  return m;
+}
+
+Result<void> Client::call_into(uint16_t cmd, std::span<const uint8_t> payload, Message& m, std::span<const int> fds) {
   std::lock_guard lk(mu_);
-  Header h{next_id_++, cmd, 0, kTypeCommand | (no_reply ? kFlagNoReply : 0u), 0};
+  Header h{next_id_++, cmd, 0, kTypeCommand, 0};
   TRY(send_message(sock_.get(), h, payload, fds));
-  if (no_reply) return Message{};
   for (;;) {
-    Message m = TRY(reader_.next(busy_poll_));
+    TRY(reader_.next_into(m, busy_poll_));
     if ((m.hdr.flags & kFlagsTypeMask) != kTypeReply) {
       // A server->client command (DMA_READ/WRITE): this client keeps its
       // memory in fds, so it has nothing to serve them from.
@@ -65,7 +76,7 @@ Result<Message> Client::call(uint16_t cmd, std::span<const uint8_t> payload, std
       return Error(EPROTO, "reply to another request");
     }
     if (m.hdr.flags & kFlagError) return Error(m.hdr.error_no ? static_cast<int>(m.hdr.error_no) : EIO);
-    return m;
+    return ok();
   }
 }
 
@@ -121,7 +132,8 @@ Result<RegionInfo> Client::get_region_info(uint32_t index) {
 
 Result<size_t> Client::region_read(uint32_t index, uint64_t offset, std::span<uint8_t> out) {
   RegionAccessMsg a{offset, index, static_cast<uint32_t>(out.size())};
-  Message m = TRY(call(kRegionRead, bytes(a)));
+  Message& m = reply_;
+  TRY(call_into(kRegionRead, std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(&a), sizeof(a)), m));
   if (m.payload.size() < sizeof(a)) return Error(EPROTO, "short REGION_READ reply");
   RegionAccessMsg got;
   std::memcpy(&got, m.payload.data(), sizeof(got));
@@ -132,12 +144,11 @@ Result<size_t> Client::region_read(uint32_t index, uint64_t offset, std::span<ui
 }
 
 Result<void> Client::region_write(uint32_t index, uint64_t offset, std::span<const uint8_t> in) {
-  std::vector<uint8_t> p(sizeof(RegionAccessMsg) + in.size());
+  request_.resize(sizeof(RegionAccessMsg) + in.size());
   RegionAccessMsg a{offset, index, static_cast<uint32_t>(in.size())};
-  std::memcpy(p.data(), &a, sizeof(a));
-  std::memcpy(p.data() + sizeof(a), in.data(), in.size());
-  TRY(call(kRegionWrite, p));
-  return ok();
+  std::memcpy(request_.data(), &a, sizeof(a));
+  std::memcpy(request_.data() + sizeof(a), in.data(), in.size());
+  return call_into(kRegionWrite, request_, reply_);
 }
 
 Result<void> Client::region_write_posted(uint32_t index, uint64_t offset, std::span<const uint8_t> in) {

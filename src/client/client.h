@@ -62,6 +62,9 @@ class Client {
   // One request/reply exchange; the reply's error becomes an Error.
   Result<vfio_user::Message> call(uint16_t cmd, std::span<const uint8_t> payload, std::span<const int> fds = {},
                                   bool no_reply = false);
+  // The same, into `out` (no allocation per call once warm).
+  Result<void> call_into(uint16_t cmd, std::span<const uint8_t> payload, vfio_user::Message& out,
+                         std::span<const int> fds = {});
   int fd() const { return sock_.get(); }
   // Spin on the socket for replies instead of sleeping (benchmarks).
   void set_busy_poll(bool on) { busy_poll_ = on; }
@@ -73,6 +76,8 @@ class Client {
   std::mutex mu_;
   uint16_t next_id_ = 1;
   bool busy_poll_ = false;
+  vfio_user::Message reply_;        // reused by the region fast paths
+  std::vector<uint8_t> request_;    // likewise
   std::string caps_;
 };
 

@@ -186,12 +186,18 @@ Result<void> MessageReader::fill(bool spin) {
 }
 
 Result<Message> MessageReader::next(bool spin) {
+  Message m;
+  TRY(next_into(m, spin));
+  return m;
+}
+
+Result<void> MessageReader::next_into(Message& m, bool spin) {
+  m.fds.clear();
   while (end_ - start_ < sizeof(Header)) TRY(fill(spin));
   Header h;
   std::memcpy(&h, buf_.data() + start_, sizeof(h));
   if (h.msg_size < sizeof(Header) || h.msg_size > max_) return Error(EPROTO, "bad message size");
   while (end_ - start_ < h.msg_size) TRY(fill(spin));
-  Message m;
   m.hdr = h;
   m.payload.assign(buf_.begin() + static_cast<long>(start_ + sizeof(Header)), buf_.begin() + static_cast<long>(start_ + h.msg_size));
   if (pending_owner_ == start_) {
@@ -200,7 +206,7 @@ Result<Message> MessageReader::next(bool spin) {
     pending_owner_ = SIZE_MAX;
   }
   start_ += h.msg_size;
-  return m;
+  return ok();
 }
 
 Result<void> send_error(int sock, const Header& request, int err) {

@@ -35,6 +35,8 @@ class MessageReader {
   // Blocks for a whole message. `spin`: busy-poll (MSG_DONTWAIT in a loop)
   // instead of sleeping in the kernel. Errors as recv_message().
   Result<Message> next(bool spin = false);
+  // The same, into `m` (its buffers reused: no allocation once warm).
+  Result<void> next_into(Message& m, bool spin = false);
   // Bytes received but not yet returned as messages.
   size_t buffered() const { return end_ - start_; }
 

@@ -202,26 +202,28 @@ void Server::serve_client(Endpoint& ep, int client) {
   log::info(ep.name, "vfio-user: client connected");
   Session session(*ep.dev);
   MessageReader reader(client);
+  Message m;    // reused: no allocation per request once warm
+  Reply reply;  // likewise
   for (;;) {
-    auto m = reader.next(busy_poll_);
-    if (!m) {
-      if (m.error().code != ECONNRESET && !ep.stopping)
-        log::warn(ep.name, "vfio-user: dropping client: {}", to_string(m.error()));
+    auto got = reader.next_into(m, busy_poll_);
+    if (!got) {
+      if (got.error().code != ECONNRESET && !ep.stopping)
+        log::warn(ep.name, "vfio-user: dropping client: {}", to_string(got.error()));
       return;
     }
-    bool no_reply = m->hdr.flags & kFlagNoReply;
-    auto r = session.handle(*m);
+    bool no_reply = m.hdr.flags & kFlagNoReply;
+    auto r = session.handle(m, reply);
     if (!r) {
-      if (!no_reply || (m->hdr.flags & kFlagsTypeMask) != kTypeCommand) {
-        if (!send_error(client, m->hdr, r.error().code)) return;
+      if (!no_reply || (m.hdr.flags & kFlagsTypeMask) != kTypeCommand) {
+        if (!send_error(client, m.hdr, r.error().code)) return;
       }
-      if (m->hdr.command == kVersion && !session.negotiated() && r.error().code == ENOTSUP) return;
+      if (reply.close_after) return;
       continue;
     }
     if (no_reply) continue;
-    Header h{m->hdr.msg_id, m->hdr.command, 0, kTypeReply, 0};
-    if (!send_message(client, h, r->payload, r->fds)) return;
-    if (r->close_after) return;
+    Header h{m.hdr.msg_id, m.hdr.command, 0, kTypeReply, 0};
+    if (!send_message(client, h, reply.payload, reply.fds)) return;
+    if (reply.close_after) return;
   }
 }
 

@@ -34,28 +34,31 @@ Result<void> no_fds(const Message& m) {
 
 }  // namespace
 
-Result<Reply> Session::handle(Message& m) {
+Result<void> Session::handle(Message& m, Reply& r) {
+  r.payload.clear();
+  r.fds.clear();
+  r.close_after = false;
   uint32_t type = m.hdr.flags & kFlagsTypeMask;
   if (type != kTypeCommand) return Error(EINVAL, "not a command");
   if (m.hdr.flags & ~(kFlagsTypeMask | kFlagNoReply)) return Error(EINVAL, "unknown header flags");
   if (m.fds.size() > kMaxMsgFds) return Error(EINVAL, "more fds than max_msg_fds");
   if (!negotiated_ && m.hdr.command != kVersion) return Error(EINVAL, "VERSION must come first");
   switch (m.hdr.command) {
-    case kVersion: return version(m);
-    case kDmaMap: return dma_map(m);
-    case kDmaUnmap: return dma_unmap(m);
-    case kDeviceGetInfo: return get_info(m);
-    case kDeviceGetRegionInfo: return get_region_info(m);
-    case kDeviceGetRegionIoFds: return get_region_io_fds(m);
-    case kDeviceGetIrqInfo: return get_irq_info(m);
-    case kDeviceSetIrqs: return set_irqs(m);
-    case kRegionRead: return region_read(m);
-    case kRegionWrite: return region_write(m);
-    case kDeviceReset: return reset(m);
-    case kRegionWriteMulti: return region_write_multi(m);
-    case kDeviceFeature: return device_feature(m);
-    case kMigDataRead: return mig_data_read(m);
-    case kMigDataWrite: return mig_data_write(m);
+    case kVersion: return version(m, r);
+    case kDmaMap: return dma_map(m, r);
+    case kDmaUnmap: return dma_unmap(m, r);
+    case kDeviceGetInfo: return get_info(m, r);
+    case kDeviceGetRegionInfo: return get_region_info(m, r);
+    case kDeviceGetRegionIoFds: return get_region_io_fds(m, r);
+    case kDeviceGetIrqInfo: return get_irq_info(m, r);
+    case kDeviceSetIrqs: return set_irqs(m, r);
+    case kRegionRead: return region_read(m, r);
+    case kRegionWrite: return region_write(m, r);
+    case kDeviceReset: return reset(m, r);
+    case kRegionWriteMulti: return region_write_multi(m, r);
+    case kDeviceFeature: return device_feature(m, r);
+    case kMigDataRead: return mig_data_read(m, r);
+    case kMigDataWrite: return mig_data_write(m, r);
     case kDmaRead:
     case kDmaWrite:
       return Error(EINVAL, "DMA_READ/WRITE go from server to client");
@@ -67,10 +70,9 @@ Result<Reply> Session::handle(Message& m) {
 // VERSION: major 0, minor 0; the capabilities a client acts on, stated
 // explicitly, and nothing the client did not propose (twin_socket). QEMU
 // wants the reply no larger than its request and NUL-terminated.
-Result<Reply> Session::version(Message& m) {
+Result<void> Session::version(Message& m, Reply& r) {
   TRY(no_fds(m));
   VersionMsg v = TRY(take<VersionMsg>(m));
-  Reply r;
   if (v.major != 0) {
     r.close_after = true;  // no compatible version: the spec closes
     return Error(ENOTSUP, "unsupported major version");
@@ -110,10 +112,10 @@ Result<Reply> Session::version(Message& m) {
   r.payload.insert(r.payload.end(), s.begin(), s.end());
   r.payload.push_back('\0');
   negotiated_ = true;
-  return r;
+  return ok();
 }
 
-Result<Reply> Session::dma_map(Message& m) {
+Result<void> Session::dma_map(Message& m, Reply&) {
   DmaMapMsg d = TRY(take<DmaMapMsg>(m));
   if (d.argsz < sizeof(d)) return Error(EINVAL, "DMA_MAP argsz");
   if (d.flags & ~(kDmaFlagRead | kDmaFlagWrite)) return Error(EINVAL, "DMA_MAP flags");
@@ -127,10 +129,10 @@ Result<Reply> Session::dma_map(Message& m) {
     // messages. The range is reserved (overlaps refused) so unmaps match.
     TRY(dev_.iommu().map_remote(d.address, d.size, prot));
   }
-  return Reply{};
+  return ok();
 }
 
-Result<Reply> Session::dma_unmap(Message& m) {
+Result<void> Session::dma_unmap(Message& m, Reply& r) {
   TRY(no_fds(m));
   DmaUnmapMsg d = TRY(take<DmaUnmapMsg>(m));
   if (d.argsz < sizeof(d)) return Error(EINVAL, "DMA_UNMAP argsz");
@@ -142,28 +144,25 @@ Result<Reply> Session::dma_unmap(Message& m) {
     auto r = dev_.iommu().unmap(d.address, d.size);
     if (!r) return Error(EINVAL, "no DMA map matches exactly");
   }
-  Reply r;
   put(r.payload, d);
-  return r;
+  return ok();
 }
 
-Result<Reply> Session::get_info(Message& m) {
+Result<void> Session::get_info(Message& m, Reply& r) {
   TRY(no_fds(m));
   vfio_device_info in = TRY(take<vfio_device_info>(m));
   if (in.argsz < sizeof(in)) return Error(EINVAL, "GET_INFO argsz");
   vfio_device_info info = TRY(dev_.get_info());
   info.argsz = sizeof(info);
-  Reply r;
   put(r.payload, info);
-  return r;
+  return ok();
 }
 
-Result<Reply> Session::get_region_info(Message& m) {
+Result<void> Session::get_region_info(Message& m, Reply& r) {
   TRY(no_fds(m));
   vfio_region_info in = TRY(take<vfio_region_info>(m));
   if (in.argsz < sizeof(in)) return Error(EINVAL, "GET_REGION_INFO argsz");
   vfio::RegionInfo ri = TRY(dev_.get_region_info(in.index));
-  Reply r;
   if (ri.info.flags & VFIO_REGION_INFO_FLAG_MMAP) {
     vfio::MmapArea a = TRY(dev_.region_mmap(in.index));
     ri.info.offset = a.fd_offset;  // where the client maps the fd
@@ -172,10 +171,10 @@ Result<Reply> Session::get_region_info(Message& m) {
     ri.info.offset = 0;
   }
   r.payload = vfio::encode_region_info(ri, in.argsz);
-  return r;
+  return ok();
 }
 
-Result<Reply> Session::get_region_io_fds(Message& m) {
+Result<void> Session::get_region_io_fds(Message& m, Reply&) {
   TRY(no_fds(m));
   RegionIoFdsMsg in = TRY(take<RegionIoFdsMsg>(m));
   if (in.argsz < sizeof(in) || in.flags || in.count) return Error(EINVAL, "GET_REGION_IO_FDS arguments");
@@ -184,18 +183,17 @@ Result<Reply> Session::get_region_io_fds(Message& m) {
   return Error(EINVAL, "region has no I/O fds");
 }
 
-Result<Reply> Session::get_irq_info(Message& m) {
+Result<void> Session::get_irq_info(Message& m, Reply& r) {
   TRY(no_fds(m));
   vfio_irq_info in = TRY(take<vfio_irq_info>(m));
   if (in.argsz < sizeof(in)) return Error(EINVAL, "GET_IRQ_INFO argsz");
   vfio_irq_info info = TRY(dev_.get_irq_info(in.index));
   info.argsz = sizeof(info);
-  Reply r;
   put(r.payload, info);
-  return r;
+  return ok();
 }
 
-Result<Reply> Session::set_irqs(Message& m) {
+Result<void> Session::set_irqs(Message& m, Reply&) {
   vfio_irq_set hdr = TRY(take<vfio_irq_set>(m));
   if (hdr.argsz < sizeof(vfio_irq_set)) return Error(EINVAL, "SET_IRQS argsz");
   vfio::IrqSet s;
@@ -227,35 +225,33 @@ Result<Reply> Session::set_irqs(Message& m) {
       return Error(EINVAL, "SET_IRQS data type");
   }
   TRY(dev_.set_irqs(std::move(s)));
-  return Reply{};
+  return ok();
 }
 
-Result<Reply> Session::region_read(Message& m) {
+Result<void> Session::region_read(Message& m, Reply& r) {
   TRY(no_fds(m));
   RegionAccessMsg a = TRY(take<RegionAccessMsg>(m));
   if (m.payload.size() != sizeof(a)) return Error(EINVAL, "REGION_READ payload size");
   if (a.count > kMaxDataXfer) return Error(EINVAL, "REGION_READ count above max_data_xfer_size");
-  Reply r;
   r.payload.resize(sizeof(a) + a.count);
   size_t n = TRY(dev_.region_read(a.region, a.offset, std::span<uint8_t>(r.payload.data() + sizeof(a), a.count)));
   a.count = static_cast<uint32_t>(n);
   std::memcpy(r.payload.data(), &a, sizeof(a));
   r.payload.resize(sizeof(a) + n);
-  return r;
+  return ok();
 }
 
-Result<Reply> Session::region_write(Message& m) {
+Result<void> Session::region_write(Message& m, Reply& r) {
   TRY(no_fds(m));
   RegionAccessMsg a = TRY(take<RegionAccessMsg>(m));
   if (a.count > kMaxDataXfer) return Error(EINVAL, "REGION_WRITE count above max_data_xfer_size");
   if (m.payload.size() != sizeof(a) + a.count) return Error(EINVAL, "REGION_WRITE size does not match count");
   TRY(dev_.region_write(a.region, a.offset, std::span<const uint8_t>(m.payload.data() + sizeof(a), a.count)));
-  Reply r;
   put(r.payload, a);
-  return r;
+  return ok();
 }
 
-Result<Reply> Session::region_write_multi(Message& m) {
+Result<void> Session::region_write_multi(Message& m, Reply& r) {
   TRY(no_fds(m));
   if (!write_multiple_) return Error(EINVAL, "write_multiple was not negotiated");
   uint64_t n = TRY(take<uint64_t>(m));
@@ -266,20 +262,19 @@ Result<Reply> Session::region_write_multi(Message& m) {
     if (e.count == 0 || e.count > 8) return Error(EINVAL, "REGION_WRITE_MULTI entry count");
     TRY(dev_.region_write(e.region, e.offset, std::span<const uint8_t>(e.data, e.count)));
   }
-  Reply r;
   put(r.payload, n);
-  return r;
+  return ok();
 }
 
-Result<Reply> Session::reset(Message& m) {
+Result<void> Session::reset(Message& m, Reply&) {
   TRY(no_fds(m));
   if (!m.payload.empty()) return Error(EINVAL, "DEVICE_RESET has no payload");
   TRY(dev_.reset());
   mig_.reset();
-  return Reply{};
+  return ok();
 }
 
-Result<Reply> Session::device_feature(Message& m) {
+Result<void> Session::device_feature(Message& m, Reply& r) {
   TRY(no_fds(m));
   DeviceFeatureMsg f = TRY(take<DeviceFeatureMsg>(m));
   if (f.argsz < sizeof(f)) return Error(EINVAL, "DEVICE_FEATURE argsz");
@@ -296,7 +291,6 @@ Result<Reply> Session::device_feature(Message& m) {
              now == vfio::MigState::kError)
       mig_.reset();
   }
-  Reply r;
   if ((f.flags & VFIO_DEVICE_FEATURE_GET) && !(f.flags & VFIO_DEVICE_FEATURE_PROBE)) {
     DeviceFeatureMsg out{static_cast<uint32_t>(sizeof(out) + fr.data.size()), f.flags};
     put(r.payload, out);
@@ -304,10 +298,10 @@ Result<Reply> Session::device_feature(Message& m) {
   } else {
     r.payload = m.payload;  // SET and PROBE echo the request
   }
-  return r;
+  return ok();
 }
 
-Result<Reply> Session::mig_data_read(Message& m) {
+Result<void> Session::mig_data_read(Message& m, Reply& r) {
   TRY(no_fds(m));
   MigDataMsg d = TRY(take<MigDataMsg>(m));
   if (d.argsz < sizeof(d) || m.payload.size() != sizeof(d)) return Error(EINVAL, "MIG_DATA_READ arguments");
@@ -315,16 +309,15 @@ Result<Reply> Session::mig_data_read(Message& m) {
   vfio::MigState s = dev_.mig_state();
   if (!mig_ || (s != vfio::MigState::kPreCopy && s != vfio::MigState::kPreCopyP2P && s != vfio::MigState::kStopCopy))
     return Error(EINVAL, "not in a saving state");
-  Reply r;
   r.payload.resize(sizeof(d) + d.size);
   size_t n = TRY(mig_->read(std::span<uint8_t>(r.payload.data() + sizeof(d), d.size)));
   MigDataMsg out{static_cast<uint32_t>(sizeof(d) + n), static_cast<uint32_t>(n)};
   std::memcpy(r.payload.data(), &out, sizeof(out));
   r.payload.resize(sizeof(d) + n);
-  return r;
+  return ok();
 }
 
-Result<Reply> Session::mig_data_write(Message& m) {
+Result<void> Session::mig_data_write(Message& m, Reply&) {
   TRY(no_fds(m));
   MigDataMsg d = TRY(take<MigDataMsg>(m));
   if (d.argsz < sizeof(d) || d.size > kMaxDataXfer || m.payload.size() != sizeof(d) + d.size)
@@ -336,7 +329,7 @@ Result<Reply> Session::mig_data_write(Message& m) {
     if (n == 0) return Error(EIO, "migration stream refused data");
     data = data.subspan(n);
   }
-  return Reply{};
+  return ok();
 }
 
 }  // namespace uvfio::vfio_user

@@ -25,27 +25,29 @@ class Session {
   // `dev` is open and outlives the session.
   explicit Session(vfio::Device& dev) : dev_(dev) {}
 
-  // Handles one request. An Error is sent as a header-only error reply.
-  Result<Reply> handle(Message& m);
+  // Handles one request, building the reply in `r` (reused across requests:
+  // no allocation per request once warm). An Error is sent as a header-only
+  // error reply.
+  Result<void> handle(Message& m, Reply& r);
 
   bool negotiated() const { return negotiated_; }
 
  private:
-  Result<Reply> version(Message& m);
-  Result<Reply> dma_map(Message& m);
-  Result<Reply> dma_unmap(Message& m);
-  Result<Reply> get_info(Message& m);
-  Result<Reply> get_region_info(Message& m);
-  Result<Reply> get_region_io_fds(Message& m);
-  Result<Reply> get_irq_info(Message& m);
-  Result<Reply> set_irqs(Message& m);
-  Result<Reply> region_read(Message& m);
-  Result<Reply> region_write(Message& m);
-  Result<Reply> region_write_multi(Message& m);
-  Result<Reply> reset(Message& m);
-  Result<Reply> device_feature(Message& m);
-  Result<Reply> mig_data_read(Message& m);
-  Result<Reply> mig_data_write(Message& m);
+  Result<void> version(Message& m, Reply& r);
+  Result<void> dma_map(Message& m, Reply& r);
+  Result<void> dma_unmap(Message& m, Reply& r);
+  Result<void> get_info(Message& m, Reply& r);
+  Result<void> get_region_info(Message& m, Reply& r);
+  Result<void> get_region_io_fds(Message& m, Reply& r);
+  Result<void> get_irq_info(Message& m, Reply& r);
+  Result<void> set_irqs(Message& m, Reply& r);
+  Result<void> region_read(Message& m, Reply& r);
+  Result<void> region_write(Message& m, Reply& r);
+  Result<void> region_write_multi(Message& m, Reply& r);
+  Result<void> reset(Message& m, Reply& r);
+  Result<void> device_feature(Message& m, Reply& r);
+  Result<void> mig_data_read(Message& m, Reply& r);
+  Result<void> mig_data_write(Message& m, Reply& r);
 
   vfio::Device& dev_;
   bool negotiated_ = false;

@@ -19,4 +19,19 @@ echo "== tests (debug)"
 ctest --preset debug -j "$jobs" || status=1
 echo "== tests (asan-ubsan)"
 ctest --preset asan-ubsan -j "$jobs" || status=1
+
+echo "== fuzz smoke (libFuzzer, 30 s)"
+cmake --preset fuzz >/dev/null
+cmake --build --preset fuzz -j "$jobs" --target session_fuzz
+mkdir -p build/fuzz/corpus
+cp fuzz/corpus/session/* build/fuzz/corpus/
+(cd build/fuzz && ./session_fuzz -max_total_time=30 -max_len=4096 -timeout=10 -rss_limit_mb=4096 corpus) \
+  > build/fuzz/last-run.log 2>&1 || { tail -40 build/fuzz/last-run.log; status=1; }
+tail -2 build/fuzz/last-run.log
+
+echo "== tests (tsan: the concurrent parts)"
+export TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1
+cmake --preset tsan >/dev/null
+cmake --build --preset tsan -j "$jobs" --target protocol_test vfio_user_e2e_test contract_test uvfiod uvfioctl
+ctest --preset tsan -j "$jobs" -R 'Protocol|QemuSequence|Unbind' || status=1
 exit $status

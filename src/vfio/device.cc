@@ -80,12 +80,13 @@ Result<void> Device::open(const OpenArgs& args) {
 }
 
 void Device::close() {
-  std::unique_lock lk(dev_mu_);
+  std::lock_guard lk(dev_mu_);
   if (!open_) return;
   close_device();
   iommu_.unmap_all();
   open_ = false;
-  lk.unlock();
+  // Notify under the lock: the unbinding thread may destroy this device as
+  // soon as it sees open_ false, so nothing may touch it after the unlock.
   released_.notify_all();
 }
 

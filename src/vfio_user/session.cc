@@ -213,7 +213,10 @@ Result<void> Session::set_irqs(Message& m, Reply&) {
     case VFIO_IRQ_SET_DATA_EVENTFD:
       if (extra) return Error(EINVAL, "SET_IRQS eventfds travel as fds");
       if (m.fds.empty()) {
-        // No fds: de-assign those vectors.
+        // No fds: de-assign those vectors. The count is checked against the
+        // index before anything is sized by it (found by the fuzzer).
+        vfio_irq_info ii = TRY(dev_.get_irq_info(hdr.index));
+        if (hdr.count > ii.count) return Error(EINVAL, "SET_IRQS count beyond the index's vectors");
         s.fds.resize(hdr.count);
       } else if (m.fds.size() != hdr.count) {
         return Error(EINVAL, "SET_IRQS fd count does not match count");

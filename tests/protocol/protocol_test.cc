@@ -241,6 +241,9 @@ TEST_F(Protocol, SetIrqsAbuse) {
   EXPECT_EQ(set(VFIO_IRQ_SET_DATA_EVENTFD | T, VFIO_PCI_MSIX_IRQ_INDEX, 0, 2, {e.get()}), EINVAL);  // fds != count
   EXPECT_EQ(set(VFIO_IRQ_SET_DATA_BOOL | T, VFIO_PCI_MSIX_IRQ_INDEX, 0, 2, {}, {1}), EINVAL);
   EXPECT_EQ(set(VFIO_IRQ_SET_DATA_NONE | T, 9, 0, 1), EINVAL);
+  // No fds and a huge count: refused before anything is sized by it (a
+  // fuzzer-found out-of-memory).
+  EXPECT_EQ(set(VFIO_IRQ_SET_DATA_EVENTFD | T, VFIO_PCI_MSIX_IRQ_INDEX, 0, 0xffffffffu), EINVAL);
   EXPECT_EQ(set(VFIO_IRQ_SET_DATA_NONE, VFIO_PCI_MSIX_IRQ_INDEX, 0, 1), ENOTTY);
   EXPECT_EQ(set(VFIO_IRQ_SET_DATA_EVENTFD | T, VFIO_PCI_MSIX_IRQ_INDEX, 0, 1, {e.get()}), 0);
   EXPECT_EQ(set(VFIO_IRQ_SET_DATA_NONE | T, VFIO_PCI_MSIX_IRQ_INDEX, 0, 0), 0);

@@ -64,10 +64,8 @@ Result<void> Client::call_into(uint16_t cmd, std::span<const uint8_t> payload, M
   for (;;) {
     TRY(reader_.next_into(m, busy_poll_));
     if ((m.hdr.flags & kFlagsTypeMask) != kTypeReply) {
-      // A server->client command (DMA_READ/WRITE): this client keeps its
-      // memory in fds, so it has nothing to serve them from.
-      Header e{m.hdr.msg_id, m.hdr.command, 0, kTypeReply | kFlagError, ENOSYS};
-      TRY(send_message(sock_.get(), e, {}));
+      // A server->client request (DMA_READ/WRITE) while we wait.
+      TRY(serve_dma(m));
       continue;
     }
     if (m.hdr.msg_id != h.msg_id) {
@@ -87,10 +85,55 @@ Result<void> Client::dma_map(uint64_t iova, uint64_t size, int fd, uint64_t offs
   return ok();
 }
 
+Result<void> Client::dma_map_local(uint64_t iova, uint64_t size, void* mem, bool writable) {
+  TRY(dma_map(iova, size, -1, 0, writable));
+  std::lock_guard lk(mu_);
+  local_[iova] = LocalMap{size, static_cast<uint8_t*>(mem), writable};
+  return ok();
+}
+
 Result<void> Client::dma_unmap(uint64_t iova, uint64_t size) {
   DmaUnmapMsg d{sizeof(DmaUnmapMsg), 0, iova, size};
   TRY(call(kDmaUnmap, bytes(d)));
+  std::lock_guard lk(mu_);
+  local_.erase(iova);
   return ok();
+}
+
+// DMA_READ / DMA_WRITE from the server, spec layout ({u64 address, u64
+// count} + data), answered from the local maps. Called with mu_ held.
+Result<void> Client::serve_dma(const Message& m) {
+  auto fail = [&](int e) {
+    Header h{m.hdr.msg_id, m.hdr.command, 0, kTypeReply | kFlagError, static_cast<uint32_t>(e)};
+    return send_message(sock_.get(), h, {});
+  };
+  if ((m.hdr.command != kDmaRead && m.hdr.command != kDmaWrite) || m.payload.size() < sizeof(DmaRwMsg) ||
+      !m.fds.empty())
+    return fail(m.hdr.command == kDmaRead || m.hdr.command == kDmaWrite ? EINVAL : ENOSYS);
+  DmaRwMsg q;
+  std::memcpy(&q, m.payload.data(), sizeof(q));
+  bool write = m.hdr.command == kDmaWrite;
+  if (q.count > kMaxDataXfer || (write && m.payload.size() != sizeof(q) + q.count)) return fail(EINVAL);
+  auto it = local_.upper_bound(q.address);
+  if (it == local_.begin()) return fail(EFAULT);
+  --it;
+  if (q.address + q.count < q.address || q.address + q.count > it->first + it->second.size) return fail(EFAULT);
+  uint8_t* p = it->second.mem + (q.address - it->first);
+  if (write) {
+    if (!it->second.writable) return fail(EPERM);
+    std::memcpy(p, m.payload.data() + sizeof(q), q.count);
+    struct __attribute__((packed)) {
+      uint64_t address;
+      uint32_t count;
+    } rep{q.address, static_cast<uint32_t>(q.count)};
+    Header h{m.hdr.msg_id, m.hdr.command, 0, kTypeReply, 0};
+    return send_message(sock_.get(), h, std::span<const uint8_t>(reinterpret_cast<uint8_t*>(&rep), sizeof(rep)));
+  }
+  std::vector<uint8_t> rep(sizeof(q) + q.count);
+  std::memcpy(rep.data(), &q, sizeof(q));
+  std::memcpy(rep.data() + sizeof(q), p, q.count);
+  Header h{m.hdr.msg_id, m.hdr.command, 0, kTypeReply, 0};
+  return send_message(sock_.get(), h, rep);
 }
 
 Result<void> Client::dma_unmap_all() {

@@ -6,6 +6,7 @@
 // matched by message id.
 #pragma once
 
+#include <map>
 #include <memory>
 #include <mutex>
 #include <span>
@@ -36,6 +37,10 @@ class Client {
 
   // fd < 0: a map without an fd (reached through DMA_READ/WRITE).
   Result<void> dma_map(uint64_t iova, uint64_t size, int fd, uint64_t offset, bool writable = true);
+  // A map without an fd: the server reaches `mem` only through DMA_READ and
+  // DMA_WRITE messages, which this client answers from it while it waits
+  // for its replies. `mem` stays valid until unmapped.
+  Result<void> dma_map_local(uint64_t iova, uint64_t size, void* mem, bool writable = true);
   Result<void> dma_unmap(uint64_t iova, uint64_t size);
   Result<void> dma_unmap_all();
 
@@ -77,6 +82,13 @@ class Client {
   uint16_t next_id_ = 1;
   bool busy_poll_ = false;
   vfio_user::Message reply_;        // reused by the region fast paths
+  struct LocalMap {
+    uint64_t size;
+    uint8_t* mem;
+    bool writable;
+  };
+  std::map<uint64_t, LocalMap> local_;  // by iova; guarded by mu_
+  Result<void> serve_dma(const vfio_user::Message& m);
   std::vector<uint8_t> request_;    // likewise
   std::string caps_;
 };

@@ -11,6 +11,7 @@
 #include <cstring>
 
 #include "base/log.h"
+#include "vfio_user/connection.h"
 #include "vfio_user/message.h"
 #include "vfio_user/session.h"
 
@@ -201,11 +202,20 @@ void Server::serve_loop(Endpoint& ep) {
 void Server::serve_client(Endpoint& ep, int client) {
   log::info(ep.name, "vfio-user: client connected");
   Session session(*ep.dev);
-  MessageReader reader(client);
+  Connection conn(client, busy_poll_);
+  // Device DMA to maps without an fd goes to this client.
+  ep.dev->iommu().set_remote(&conn);
+  serve_requests(ep, session, conn);
+  // The client is gone: DMA waiting on it fails, then nothing can reach it.
+  conn.close();
+  ep.dev->iommu().set_remote(nullptr);
+}
+
+void Server::serve_requests(Endpoint& ep, Session& session, Connection& conn) {
   Message m;    // reused: no allocation per request once warm
   Reply reply;  // likewise
   for (;;) {
-    auto got = reader.next_into(m, busy_poll_);
+    auto got = conn.next_request(m);
     if (!got) {
       if (got.error().code != ECONNRESET && !ep.stopping)
         log::warn(ep.name, "vfio-user: dropping client: {}", to_string(got.error()));
@@ -215,14 +225,14 @@ void Server::serve_client(Endpoint& ep, int client) {
     auto r = session.handle(m, reply);
     if (!r) {
       if (!no_reply || (m.hdr.flags & kFlagsTypeMask) != kTypeCommand) {
-        if (!send_error(client, m.hdr, r.error().code)) return;
+        if (!conn.send_error(m.hdr, r.error().code)) return;
       }
       if (reply.close_after) return;
       continue;
     }
     if (no_reply) continue;
     Header h{m.hdr.msg_id, m.hdr.command, 0, kTypeReply, 0};
-    if (!send_message(client, h, reply.payload, reply.fds)) return;
+    if (!conn.send(h, reply.payload, reply.fds)) return;
     if (reply.close_after) return;
   }
 }

@@ -24,6 +24,9 @@
 
 namespace uvfio::vfio_user {
 
+class Session;
+class Connection;
+
 class Server : public vfio::RegistryListener {
  public:
   // Serves every device of `registry` under `dir` (created if missing).
@@ -44,6 +47,7 @@ class Server : public vfio::RegistryListener {
   void accept_loop(Endpoint& ep);
   void serve_loop(Endpoint& ep);
   void serve_client(Endpoint& ep, int client);
+  void serve_requests(Endpoint& ep, Session& session, Connection& conn);
   bool busy_poll_ = false;
 
   vfio::Registry& registry_;

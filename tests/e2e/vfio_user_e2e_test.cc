@@ -321,3 +321,50 @@ TEST_F(QemuSequence, UnbindAsksTheClientToLeave) {
 
 }  // namespace
 }  // namespace uvfio::e2e
+
+namespace uvfio::e2e {
+namespace {
+
+TEST_F(QemuSequence, DeviceDmaToMapsWithoutAnFdGoesThroughMessages) {
+  auto c = client::Client::connect(sock);
+  ASSERT_TRUE(c);
+  std::vector<uint8_t> ram(64 << 10), rom(4096, 0xee);
+  for (size_t i = 0; i < 16384; ++i) ram[i] = static_cast<uint8_t>(i * 13);
+  ASSERT_TRUE((*c)->dma_map_local(0x40000, ram.size(), ram.data()));
+  ASSERT_TRUE((*c)->dma_map_local(0x100000, rom.size(), rom.data(), /*writable=*/false));
+  auto w32 = [&](uint32_t region, uint64_t off, uint32_t v) {
+    ASSERT_TRUE((*c)->region_write(region, off, std::span<const uint8_t>(reinterpret_cast<uint8_t*>(&v), 4)));
+  };
+  auto w64 = [&](uint64_t off, uint64_t v) {
+    ASSERT_TRUE((*c)->region_write(0, off, std::span<const uint8_t>(reinterpret_cast<uint8_t*>(&v), 8)));
+  };
+  auto r32 = [&](uint64_t off) {
+    uint32_t v = 0;
+    EXPECT_TRUE((*c)->region_read(0, off, std::span<uint8_t>(reinterpret_cast<uint8_t*>(&v), 4)));
+    return v;
+  };
+  w32(VFIO_PCI_CONFIG_REGION_INDEX, PCI_COMMAND, PCI_COMMAND_MEMORY | PCI_COMMAND_MASTER);
+  // 16 KiB copy inside the local RAM: DMA_READ then DMA_WRITE messages,
+  // answered by the client while it waits for its REGION_WRITE's reply.
+  w64(EP::kRegDmaSrc, 0x40000);
+  w64(EP::kRegDmaDst, 0x48000);
+  w32(0, EP::kRegDmaLen, 16384);
+  w32(0, EP::kRegDmaGo, 1);
+  EXPECT_EQ(r32(EP::kRegDmaStatus), 0u);
+  EXPECT_EQ(std::memcmp(ram.data(), ram.data() + 0x8000, 16384), 0);
+  // From the read-only map into RAM works; into it is refused by the map.
+  w64(EP::kRegDmaSrc, 0x100000);
+  w64(EP::kRegDmaDst, 0x40000);
+  w32(0, EP::kRegDmaLen, 4096);
+  w32(0, EP::kRegDmaGo, 1);
+  EXPECT_EQ(r32(EP::kRegDmaStatus), 0u);
+  EXPECT_EQ(ram[0], 0xee);
+  w64(EP::kRegDmaDst, 0x100000);
+  w64(EP::kRegDmaSrc, 0x40000);
+  w32(0, EP::kRegDmaGo, 1);
+  EXPECT_EQ(r32(EP::kRegDmaStatus), static_cast<uint32_t>(EPERM));
+  EXPECT_EQ(rom[0], 0xee);
+}
+
+}  // namespace
+}  // namespace uvfio::e2e

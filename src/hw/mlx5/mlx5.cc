@@ -1,6 +1,10 @@
 #include "hw/mlx5/mlx5.h"
 
+#include <cstring>
+#include <vector>
+
 #include "hw/capabilities.h"
+#include "hw/iommu.h"
 
 namespace uvfio::hw::mlx5 {
 
@@ -59,6 +63,252 @@ Result<std::unique_ptr<Vf>> Vf::create(Pf& pf, uint16_t index) {
   return vf;
 }
 
-void Vf::on_reset() {}
+// ---- The VF's work queue -------------------------------------------------------
+
+uint32_t crc32c(uint32_t crc, const uint8_t* p, size_t n) {
+  static const auto table = [] {
+    std::array<uint32_t, 256> t{};
+    for (uint32_t i = 0; i < 256; ++i) {
+      uint32_t c = i;
+      for (int k = 0; k < 8; ++k) c = (c & 1) ? (c >> 1) ^ 0x82f63b78u : c >> 1;
+      t[i] = c;
+    }
+    return t;
+  }();
+  crc = ~crc;
+  for (size_t i = 0; i < n; ++i) crc = table[(crc ^ p[i]) & 0xff] ^ (crc >> 8);
+  return ~crc;
+}
+
+Vf::~Vf() { stop_engine(); }
+
+void Vf::start_engine() {
+  if (thread_.joinable()) return;
+  stop_ = false;
+  thread_ = std::thread([this] { engine(); });
+}
+
+void Vf::stop_engine() {
+  {
+    std::lock_guard lk(mu_);
+    stop_ = true;
+    cv_.notify_all();
+  }
+  if (thread_.joinable()) thread_.join();
+}
+
+bool Vf::runnable_locked() const {
+  return (ctrl_ & vfreg::kCtrlEnable) && !(status_ & vfreg::kStatusError) && !quiesce_ && sq_head_ != sq_tail_ &&
+         cq_tail_ - cq_head_ < cq_size_;
+}
+
+void Vf::on_reset() {
+  stop_engine();
+  std::lock_guard lk(mu_);
+  sq_base_ = cq_base_ = 0;
+  sq_size_ = sq_tail_ = sq_head_ = cq_size_ = cq_tail_ = cq_head_ = 0;
+  ctrl_ = irq_vector_ = irq_ctrl_ = 0;
+  status_ = vfreg::kStatusReady;
+  done_ = errors_ = bytes_ = 0;
+  quiesce_ = busy_ = false;
+  BarMemory* regs = bar_memory(0);
+  std::memset(regs->data(), 0, regs->size());
+}
+
+void Vf::quiesce() {
+  std::unique_lock lk(mu_);
+  quiesce_ = true;
+  cv_.wait(lk, [&] { return !busy_; });
+}
+
+void Vf::resume() {
+  std::lock_guard lk(mu_);
+  quiesce_ = false;
+  cv_.notify_all();
+}
+
+bool Vf::quiesced() const {
+  std::lock_guard lk(mu_);
+  return quiesce_ && !busy_;
+}
+
+bool Vf::wait_idle(std::chrono::milliseconds timeout) {
+  std::unique_lock lk(mu_);
+  return cv_.wait_for(lk, timeout, [&] { return !busy_ && !runnable_locked(); });
+}
+
+Result<uint64_t> Vf::bar_read(unsigned bar, uint64_t off, unsigned width) {
+  if (bar != 0 || off >= 0x100) return Function::bar_read(bar, off, width);
+  std::lock_guard lk(mu_);
+  uint64_t v = 0;
+  switch (off) {
+    case vfreg::kId: v = vfreg::kIdValue; break;
+    case vfreg::kVersion: v = 1; break;
+    case vfreg::kStatus:
+      v = status_ | ((ctrl_ & vfreg::kCtrlEnable) ? vfreg::kStatusQueueOn : 0) |
+          ((quiesce_ && !busy_) ? vfreg::kStatusQuiesced : 0);
+      break;
+    case vfreg::kSqBase: v = sq_base_; break;
+    case vfreg::kSqSize: v = sq_size_; break;
+    case vfreg::kSqTail: v = sq_tail_; break;
+    case vfreg::kSqHead: v = sq_head_; break;
+    case vfreg::kCqBase: v = cq_base_; break;
+    case vfreg::kCqSize: v = cq_size_; break;
+    case vfreg::kCqTail: v = cq_tail_; break;
+    case vfreg::kCqHead: v = cq_head_; break;
+    case vfreg::kCtrl: v = ctrl_; break;
+    case vfreg::kIrqVector: v = irq_vector_; break;
+    case vfreg::kIrqCtrl: v = irq_ctrl_; break;
+    case vfreg::kCountDone: v = done_; break;
+    case vfreg::kCountErr: v = errors_; break;
+    case vfreg::kBytes: v = bytes_; break;
+    default: return Function::bar_read(bar, off, width);  // SCRATCH and the rest: plain memory
+  }
+  return width == 8 ? v : (v & ((1ull << (8 * width)) - 1));
+}
+
+Result<void> Vf::bar_write(unsigned bar, uint64_t off, unsigned width, uint64_t value) {
+  if (bar != 0 || off >= 0x100) return Function::bar_write(bar, off, width, value);
+  bool start = false;
+  {
+    std::lock_guard lk(mu_);
+    auto u32 = static_cast<uint32_t>(value);
+    switch (off) {
+      case vfreg::kSqBase: sq_base_ = width == 8 ? value : (sq_base_ & ~0xffffffffull) | u32; break;
+      case vfreg::kSqBase + 4: sq_base_ = (sq_base_ & 0xffffffffull) | (uint64_t{u32} << 32); break;
+      case vfreg::kCqBase: cq_base_ = width == 8 ? value : (cq_base_ & ~0xffffffffull) | u32; break;
+      case vfreg::kCqBase + 4: cq_base_ = (cq_base_ & 0xffffffffull) | (uint64_t{u32} << 32); break;
+      case vfreg::kSqSize:
+        if (!(ctrl_ & vfreg::kCtrlEnable)) sq_size_ = u32;
+        break;
+      case vfreg::kCqSize:
+        if (!(ctrl_ & vfreg::kCtrlEnable)) cq_size_ = u32;
+        break;
+      case vfreg::kSqTail: sq_tail_ = u32; break;  // the doorbell
+      case vfreg::kCqHead: cq_head_ = u32; break;
+      case vfreg::kIrqVector: irq_vector_ = u32; break;
+      case vfreg::kIrqCtrl: irq_ctrl_ = u32 & 1; break;
+      case vfreg::kCtrl: {
+        bool on = u32 & vfreg::kCtrlEnable;
+        if (on && !(ctrl_ & vfreg::kCtrlEnable)) {
+          // Enabling checks the rings: sizes are powers of two within range.
+          auto ok_size = [](uint32_t n) { return n && !(n & (n - 1)) && n <= vfreg::kMaxRing; };
+          if (!ok_size(sq_size_) || !ok_size(cq_size_)) {
+            status_ |= vfreg::kStatusError;
+            break;
+          }
+          status_ &= ~vfreg::kStatusError;
+          sq_head_ = sq_tail_ = cq_tail_ = cq_head_ = 0;
+          ctrl_ |= vfreg::kCtrlEnable;
+          start = true;
+        } else if (!on) {
+          ctrl_ &= ~vfreg::kCtrlEnable;
+        }
+        break;
+      }
+      case vfreg::kId: case vfreg::kVersion: case vfreg::kStatus: case vfreg::kSqHead: case vfreg::kCqTail:
+      case vfreg::kCountDone: case vfreg::kCountErr: case vfreg::kBytes:
+        break;  // read-only
+      default:
+        return Function::bar_write(bar, off, width, value);
+    }
+    cv_.notify_all();
+  }
+  if (start) start_engine();
+  return ok();
+}
+
+VfCompletion Vf::execute(const VfDescriptor& d) {
+  VfCompletion c{d.cookie, 0, 0};
+  IommuDomain* dom = iommu();
+  BarMemory* dm = bar_memory(2);
+  auto fail = [&](int e) {
+    c.status = static_cast<uint32_t>(e);
+    return c;
+  };
+  if (!dom) return fail(EFAULT);
+  if (!(config().get(kCommand) & PCI_COMMAND_MASTER)) return fail(EPERM);
+  if (d.length > vfreg::kMaxLength) return fail(EINVAL);
+  std::vector<uint8_t> buf(d.length);
+  auto dev_range_ok = [&](uint64_t off) { return dm && off <= dm->size() && dm->size() - off >= d.length; };
+  switch (static_cast<VfOp>(d.opcode)) {
+    case VfOp::kCopy:
+      if (auto r = dom->read(d.src, buf); !r) return fail(r.error().code);
+      if (auto r = dom->write(d.dst, buf); !r) return fail(r.error().code);
+      break;
+    case VfOp::kToDevice:
+      if (!dev_range_ok(d.dst)) return fail(EINVAL);
+      if (auto r = dom->read(d.src, buf); !r) return fail(r.error().code);
+      std::memcpy(dm->data() + d.dst, buf.data(), d.length);
+      break;
+    case VfOp::kFromDevice:
+      if (!dev_range_ok(d.src)) return fail(EINVAL);
+      std::memcpy(buf.data(), dm->data() + d.src, d.length);
+      if (auto r = dom->write(d.dst, buf); !r) return fail(r.error().code);
+      break;
+    case VfOp::kFill:
+      std::memset(buf.data(), static_cast<int>(d.src & 0xff), d.length);
+      if (auto r = dom->write(d.dst, buf); !r) return fail(r.error().code);
+      break;
+    case VfOp::kCrc32c:
+      if (auto r = dom->read(d.src, buf); !r) return fail(r.error().code);
+      c.result = crc32c(0, buf.data(), buf.size());
+      break;
+    default:
+      return fail(EOPNOTSUPP);
+  }
+  return c;
+}
+
+// The engine thread: fetch, execute, complete, interrupt; one descriptor at
+// a time, never past a full completion ring.
+void Vf::engine() {
+  std::unique_lock lk(mu_);
+  for (;;) {
+    cv_.wait(lk, [&] { return stop_ || runnable_locked(); });
+    if (stop_) return;
+    bool raised = false;
+    while (runnable_locked() && !stop_) {
+      uint64_t sq = sq_base_ + uint64_t{sq_head_ % sq_size_} * sizeof(VfDescriptor);
+      uint64_t cq = cq_base_ + uint64_t{cq_tail_ % cq_size_} * sizeof(VfCompletion);
+      busy_ = true;
+      lk.unlock();
+      VfDescriptor d{};
+      IommuDomain* dom = iommu();
+      bool fetched = dom && (config().get(kCommand) & PCI_COMMAND_MASTER) &&
+                     dom->read(sq, std::span<uint8_t>(reinterpret_cast<uint8_t*>(&d), sizeof(d)));
+      VfCompletion c{};
+      bool posted = false;
+      if (fetched) {
+        c = execute(d);
+        posted = static_cast<bool>(dom->write(cq, std::span<const uint8_t>(reinterpret_cast<uint8_t*>(&c), sizeof(c))));
+      }
+      lk.lock();
+      busy_ = false;
+      if (!fetched || !posted) {
+        // The rings themselves are unreachable: the queue stops in error.
+        status_ |= vfreg::kStatusError;
+        ++errors_;
+        cv_.notify_all();
+        break;
+      }
+      ++sq_head_;
+      ++cq_tail_;
+      if (c.status) ++errors_;
+      else {
+        ++done_;
+        bytes_ += d.length;
+      }
+      raised = true;
+      cv_.notify_all();  // quiesce() and wait_idle() wait on this
+    }
+    if (raised && (irq_ctrl_ & 1)) {
+      unsigned v = irq_vector_;
+      lk.unlock();
+      raise_irq(v);
+      lk.lock();
+    }
+  }
+}
 
 }  // namespace uvfio::hw::mlx5

@@ -6,7 +6,12 @@
 // top of these (docs/devices/mlx5-pf.md, mlx5-vf.md).
 #pragma once
 
+#include <array>
+#include <atomic>
+#include <condition_variable>
 #include <memory>
+#include <mutex>
+#include <thread>
 
 #include "base/result.h"
 #include "hw/function.h"
@@ -54,17 +59,84 @@ class Pf : public Function {
   std::unique_ptr<SriovCapability> sriov_;
 };
 
+// VF register map (BAR0; docs/devices/mlx5-vf.md). The work queue: the
+// guest writes 32-byte descriptors into a ring at SQ_BASE and rings SQ_TAIL;
+// the device executes them on its own thread through the VF's IOMMU domain,
+// writes a 16-byte completion per descriptor to the ring at CQ_BASE and
+// raises MSI-X vector IRQ_VECTOR after each batch.
+namespace vfreg {
+inline constexpr uint32_t kId = 0x000, kVersion = 0x004, kStatus = 0x008, kScratch = 0x00c;
+inline constexpr uint32_t kSqBase = 0x010, kSqSize = 0x018, kSqTail = 0x01c, kSqHead = 0x020;
+inline constexpr uint32_t kCqBase = 0x028, kCqSize = 0x030, kCqTail = 0x034, kCqHead = 0x038;
+inline constexpr uint32_t kCtrl = 0x03c, kIrqVector = 0x040, kIrqCtrl = 0x044;
+inline constexpr uint32_t kCountDone = 0x048, kCountErr = 0x050, kBytes = 0x058;
+inline constexpr uint32_t kIdValue = 0x6d6c7835;  // "5xlm"
+inline constexpr uint32_t kStatusReady = 1, kStatusQueueOn = 2, kStatusError = 4, kStatusQuiesced = 8;
+inline constexpr uint32_t kCtrlEnable = 1;
+inline constexpr uint32_t kMaxRing = 4096;
+inline constexpr uint32_t kMaxLength = 1 << 20;
+}  // namespace vfreg
+
+enum class VfOp : uint8_t { kCopy = 1, kToDevice = 2, kFromDevice = 3, kFill = 4, kCrc32c = 5 };
+
+struct __attribute__((packed)) VfDescriptor {
+  uint8_t opcode;
+  uint8_t flags;
+  uint16_t rsvd;
+  uint32_t length;
+  uint64_t src;   // guest IOVA, or device-memory offset for kFromDevice, or the fill byte
+  uint64_t dst;   // guest IOVA, or device-memory offset for kToDevice
+  uint64_t cookie;
+};
+static_assert(sizeof(VfDescriptor) == 32);
+
+struct __attribute__((packed)) VfCompletion {
+  uint64_t cookie;
+  uint32_t status;  // 0 or an errno
+  uint32_t result;  // CRC32C for kCrc32c
+};
+static_assert(sizeof(VfCompletion) == 16);
+
+uint32_t crc32c(uint32_t crc, const uint8_t* p, size_t n);
+
 class Vf : public Function {
  public:
   static Result<std::unique_ptr<Vf>> create(Pf& pf, uint16_t index);
+  ~Vf() override;
   uint16_t index() const { return index_; }
+
+  // For the PF's firmware: stop taking new descriptors and wait until the
+  // one in progress is done (SUSPEND); take them again (RESUME).
+  void quiesce();
+  void resume();
+  bool quiesced() const;
+  // Wait until every doorbelled descriptor is done (tests, tools).
+  bool wait_idle(std::chrono::milliseconds timeout);
 
  protected:
   void on_reset() override;
+  Result<uint64_t> bar_read(unsigned bar, uint64_t off, unsigned width) override;
+  Result<void> bar_write(unsigned bar, uint64_t off, unsigned width, uint64_t value) override;
 
  private:
   Vf(Pf& pf, uint16_t index) : Function("mlx5-vf"), index_(index) { set_physfn(&pf); }
+  void engine();
+  void start_engine();
+  void stop_engine();
+  bool runnable_locked() const;
+  // One descriptor; returns its completion.
+  VfCompletion execute(const VfDescriptor& d);
+
   uint16_t index_;
+  mutable std::mutex mu_;  // the queue registers and engine state
+  std::condition_variable cv_;
+  uint64_t sq_base_ = 0, cq_base_ = 0;
+  uint32_t sq_size_ = 0, sq_tail_ = 0, sq_head_ = 0;
+  uint32_t cq_size_ = 0, cq_tail_ = 0, cq_head_ = 0;
+  uint32_t ctrl_ = 0, irq_vector_ = 0, irq_ctrl_ = 0, status_ = vfreg::kStatusReady;
+  uint64_t done_ = 0, errors_ = 0, bytes_ = 0;
+  bool quiesce_ = false, busy_ = false, stop_ = false;
+  std::thread thread_;
 };
 
 }  // namespace uvfio::hw::mlx5

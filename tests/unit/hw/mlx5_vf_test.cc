@@ -1,0 +1,196 @@
+// The mlx5 VF model's work queue: descriptors executed on the device's own
+// thread through its IOMMU domain, completions and MSI-X, errors contained.
+#include <gtest/gtest.h>
+
+#include <cstring>
+
+#include "hw/fabric.h"
+#include "hw/iommu.h"
+#include "hw/mlx5/mlx5.h"
+
+namespace uvfio::hw::mlx5 {
+namespace {
+
+struct Sink : IrqSink {
+  std::atomic<int> msgs{0};
+  void msi(uint64_t, uint32_t) override { ++msgs; }
+  void intx(bool) override {}
+};
+
+constexpr uint64_t kRing = 0x10000, kCq = 0x20000, kData = 0x100000;
+
+struct VfFixture : ::testing::Test {
+  Fabric fabric;
+  Pf* pf = nullptr;
+  Vf* vf = nullptr;
+  IommuDomain dom;
+  std::vector<uint8_t> mem = std::vector<uint8_t>(4 << 20);
+  Sink sink;
+  void SetUp() override {
+    auto p = Pf::create(PfParams{2, 0x100, 1, 1 << 20, 0});
+    pf = static_cast<Pf*>(*fabric.attach(std::move(*p), Bdf(0, 7, 0, 0)));
+    uint16_t pos = pf->find_ext_capability(PCI_EXT_CAP_ID_SRIOV);
+    pf->config_write(pos + PCI_SRIOV_NUM_VF, 2, 1);
+    pf->config_write(pos + PCI_SRIOV_CTRL, 2, PCI_SRIOV_CTRL_VFE | PCI_SRIOV_CTRL_MSE);
+    vf = static_cast<Vf*>(fabric.find(Bdf(0, 8, 0, 0)));
+    ASSERT_NE(vf, nullptr);
+    ASSERT_TRUE(dom.map_host(0, mem.size(), mem.data(), kDmaRead | kDmaWrite));
+    vf->set_iommu(&dom);
+    vf->set_irq_sink(&sink);
+    vf->config_write(PCI_COMMAND, 2, PCI_COMMAND_MASTER);
+    // MSI-X on, vector 2 unmasked, programmed.
+    uint16_t msix = vf->find_capability(PCI_CAP_ID_MSIX);
+    vf->config_write(msix + PCI_MSIX_FLAGS, 2, PCI_MSIX_FLAGS_ENABLE);
+    ASSERT_TRUE(vf->mmio_write(0, kMsixTableOffset + 2 * 16, 4, 0xfee00000));
+    ASSERT_TRUE(vf->mmio_write(0, kMsixTableOffset + 2 * 16 + 12, 4, 0));
+    w(vfreg::kSqBase, kRing, 8);
+    w(vfreg::kSqSize, 16);
+    w(vfreg::kCqBase, kCq, 8);
+    w(vfreg::kCqSize, 16);
+    w(vfreg::kIrqVector, 2);
+    w(vfreg::kIrqCtrl, 1);
+    w(vfreg::kCtrl, vfreg::kCtrlEnable);
+  }
+  void TearDown() override {
+    if (vf) {
+      vf->set_irq_sink(nullptr);
+      vf->set_iommu(nullptr);
+    }
+  }
+  void w(uint32_t reg, uint64_t v, unsigned width = 4) { ASSERT_TRUE(vf->mmio_write(0, reg, width, v)); }
+  uint64_t r(uint32_t reg, unsigned width = 4) { return *vf->mmio_read(0, reg, width); }
+  uint32_t tail = 0;
+  void post(VfOp op, uint32_t len, uint64_t src, uint64_t dst, uint64_t cookie) {
+    VfDescriptor d{static_cast<uint8_t>(op), 0, 0, len, src, dst, cookie};
+    std::memcpy(mem.data() + kRing + (tail % 16) * sizeof(d), &d, sizeof(d));
+    ++tail;
+  }
+  void ring() {
+    w(vfreg::kSqTail, tail);
+    ASSERT_TRUE(vf->wait_idle(std::chrono::seconds(5)));
+  }
+  VfCompletion completion(uint32_t i) {
+    VfCompletion c;
+    std::memcpy(&c, mem.data() + kCq + (i % 16) * sizeof(c), sizeof(c));
+    return c;
+  }
+};
+
+TEST_F(VfFixture, ExecutesEveryOperation) {
+  EXPECT_EQ(r(vfreg::kId), vfreg::kIdValue);
+  for (int i = 0; i < 4096; ++i) mem[kData + i] = static_cast<uint8_t>(i * 31);
+  post(VfOp::kCopy, 4096, kData, kData + 0x10000, 1);
+  post(VfOp::kToDevice, 4096, kData, 0x800, 2);
+  post(VfOp::kFromDevice, 4096, 0x800, kData + 0x20000, 3);
+  post(VfOp::kFill, 100, 0x5a, kData + 0x30000, 4);
+  post(VfOp::kCrc32c, 9, kData + 0x40000, 0, 5);
+  std::memcpy(mem.data() + kData + 0x40000, "123456789", 9);
+  ring();
+  EXPECT_EQ(r(vfreg::kSqHead), 5u);
+  EXPECT_EQ(r(vfreg::kCqTail), 5u);
+  for (uint32_t i = 0; i < 5; ++i) {
+    EXPECT_EQ(completion(i).cookie, i + 1);
+    EXPECT_EQ(completion(i).status, 0u) << i;
+  }
+  EXPECT_EQ(std::memcmp(mem.data() + kData, mem.data() + kData + 0x10000, 4096), 0);
+  EXPECT_EQ(std::memcmp(mem.data() + kData, vf->bar_memory(2)->data() + 0x800, 4096), 0);
+  EXPECT_EQ(std::memcmp(mem.data() + kData, mem.data() + kData + 0x20000, 4096), 0);
+  EXPECT_EQ(mem[kData + 0x30000 + 99], 0x5a);
+  EXPECT_EQ(completion(4).result, 0xe3069283u);  // CRC32C("123456789")
+  EXPECT_EQ(r(vfreg::kCountDone, 8), 5u);
+  EXPECT_EQ(r(vfreg::kBytes, 8), 4096u * 3 + 100 + 9);
+  EXPECT_GE(sink.msgs.load(), 1);
+}
+
+TEST_F(VfFixture, BadDmaFailsTheDescriptorOnly) {
+  dom.unmap_all();
+  std::vector<uint8_t> small(0x40000);
+  ASSERT_TRUE(dom.map_host(0, small.size(), small.data(), kDmaRead | kDmaWrite));
+  std::vector<uint8_t> ro(4096, 7);
+  ASSERT_TRUE(dom.map_host(0x80000, 4096, ro.data(), kDmaRead));
+  auto post_to = [&](VfOp op, uint32_t len, uint64_t src, uint64_t dst, uint64_t cookie) {
+    VfDescriptor d{static_cast<uint8_t>(op), 0, 0, len, src, dst, cookie};
+    std::memcpy(small.data() + kRing + (tail % 16) * sizeof(d), &d, sizeof(d));
+    ++tail;
+  };
+  post_to(VfOp::kCopy, 64, 0x30000, 0x900000, 1);            // unmapped destination
+  post_to(VfOp::kCopy, 64, 0x30000, 0x80000, 2);             // read-only destination
+  post_to(VfOp::kToDevice, 64, 0x30000, (1 << 20) - 8, 3);   // past device memory
+  post_to(VfOp::kCopy, (1 << 20) + 1, 0, 0x30000, 4);        // too long
+  post_to(static_cast<VfOp>(99), 4, 0, 0, 5);                // unknown op
+  post_to(VfOp::kFill, 16, 0xab, 0x30000, 6);                // fine
+  w(vfreg::kSqTail, tail);
+  ASSERT_TRUE(vf->wait_idle(std::chrono::seconds(5)));
+  auto comp = [&](uint32_t i) {
+    VfCompletion c;
+    std::memcpy(&c, small.data() + kCq + i * sizeof(c), sizeof(c));
+    return c;
+  };
+  EXPECT_EQ(comp(0).status, static_cast<uint32_t>(EFAULT));
+  EXPECT_EQ(comp(1).status, static_cast<uint32_t>(EPERM));
+  EXPECT_EQ(comp(2).status, static_cast<uint32_t>(EINVAL));
+  EXPECT_EQ(comp(3).status, static_cast<uint32_t>(EINVAL));
+  EXPECT_EQ(comp(4).status, static_cast<uint32_t>(EOPNOTSUPP));
+  EXPECT_EQ(comp(5).status, 0u);
+  EXPECT_EQ(ro[0], 7);
+  EXPECT_EQ(r(vfreg::kCountErr, 8), 5u);
+  EXPECT_FALSE(r(vfreg::kStatus) & vfreg::kStatusError);
+}
+
+TEST_F(VfFixture, UnreachableRingStopsTheQueueInError) {
+  w(vfreg::kCtrl, 0);
+  w(vfreg::kSqBase, 0x7000000, 8);  // outside the map
+  w(vfreg::kCtrl, vfreg::kCtrlEnable);
+  tail = 1;
+  w(vfreg::kSqTail, 1);
+  ASSERT_TRUE(vf->wait_idle(std::chrono::seconds(5)));
+  EXPECT_TRUE(r(vfreg::kStatus) & vfreg::kStatusError);
+  EXPECT_EQ(r(vfreg::kSqHead), 0u);
+}
+
+TEST_F(VfFixture, QuiesceHoldsAndResumeContinues) {
+  vf->quiesce();
+  EXPECT_TRUE(vf->quiesced());
+  EXPECT_TRUE(r(vfreg::kStatus) & vfreg::kStatusQuiesced);
+  post(VfOp::kFill, 8, 1, kData, 1);
+  w(vfreg::kSqTail, tail);
+  std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  EXPECT_EQ(r(vfreg::kSqHead), 0u);  // nothing taken while quiesced
+  vf->resume();
+  ASSERT_TRUE(vf->wait_idle(std::chrono::seconds(5)));
+  EXPECT_EQ(r(vfreg::kSqHead), 1u);
+}
+
+TEST_F(VfFixture, FullCompletionRingWaitsForTheGuest) {
+  for (int i = 0; i < 16; ++i) post(VfOp::kFill, 8, 1, kData, i);
+  ring();
+  EXPECT_EQ(r(vfreg::kCqTail), 16u);
+  for (int i = 0; i < 4; ++i) post(VfOp::kFill, 8, 2, kData, 100 + i);
+  w(vfreg::kSqTail, tail);
+  std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  EXPECT_EQ(r(vfreg::kCqTail), 16u);  // the ring is full
+  w(vfreg::kCqHead, 16);              // the guest consumed them
+  ASSERT_TRUE(vf->wait_idle(std::chrono::seconds(5)));
+  EXPECT_EQ(r(vfreg::kCqTail), 20u);
+  EXPECT_EQ(completion(19).cookie, 103u);
+}
+
+TEST_F(VfFixture, BusMasterOffAndFlr) {
+  vf->config_write(PCI_COMMAND, 2, 0);
+  post(VfOp::kFill, 8, 1, kData, 1);
+  w(vfreg::kSqTail, tail);
+  ASSERT_TRUE(vf->wait_idle(std::chrono::seconds(5)));
+  EXPECT_TRUE(r(vfreg::kStatus) & vfreg::kStatusError);  // cannot even fetch
+  vf->function_level_reset();
+  EXPECT_EQ(r(vfreg::kStatus), vfreg::kStatusReady);
+  EXPECT_EQ(r(vfreg::kSqBase, 8), 0u);
+  EXPECT_EQ(r(vfreg::kCtrl), 0u);
+}
+
+TEST(Crc32cTest, KnownValue) {
+  EXPECT_EQ(crc32c(0, reinterpret_cast<const uint8_t*>("123456789"), 9), 0xe3069283u);
+  EXPECT_EQ(crc32c(0, nullptr, 0), 0u);
+}
+
+}  // namespace
+}  // namespace uvfio::hw::mlx5

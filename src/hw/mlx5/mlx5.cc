@@ -303,10 +303,15 @@ void Vf::engine() {
       cv_.notify_all();  // quiesce() and wait_idle() wait on this
     }
     if (raised && (irq_ctrl_ & 1)) {
+      // Still busy until the interrupt is out: wait_idle() means "done and
+      // signalled".
       unsigned v = irq_vector_;
+      busy_ = true;
       lk.unlock();
       raise_irq(v);
       lk.lock();
+      busy_ = false;
+      cv_.notify_all();
     }
   }
 }

@@ -28,6 +28,8 @@ struct Env {
     dev = sys->vfio_device(Bdf(0, 0, 3, 0));
     if (!dev || !dev->open()) std::abort();
   }
+  // Close before the system goes: unbinding waits for the user to let go.
+  ~Env() { dev->close(); }
 };
 
 }  // namespace

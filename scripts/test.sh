@@ -25,7 +25,7 @@ cmake --preset fuzz >/dev/null
 cmake --build --preset fuzz -j "$jobs" --target session_fuzz
 mkdir -p build/fuzz/corpus
 cp fuzz/corpus/session/* build/fuzz/corpus/
-(cd build/fuzz && ./session_fuzz -max_total_time=30 -max_len=4096 -timeout=10 -rss_limit_mb=4096 corpus) \
+(cd build/fuzz && timeout 120 ./session_fuzz -max_total_time=30 -max_len=4096 -timeout=10 -rss_limit_mb=4096 corpus) \
   > build/fuzz/last-run.log 2>&1 || { tail -40 build/fuzz/last-run.log; status=1; }
 tail -2 build/fuzz/last-run.log
 

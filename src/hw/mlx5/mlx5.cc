@@ -317,3 +317,135 @@ void Vf::engine() {
 }
 
 }  // namespace uvfio::hw::mlx5
+
+namespace uvfio::hw::mlx5 {
+namespace {
+
+constexpr uint64_t kImageMagic = 0x5453465635584c4dull;  // "MLX5VFST"
+constexpr uint32_t kImageVersion = 1;
+constexpr uint32_t kPage = 4096;
+
+struct __attribute__((packed)) ImageHeader {
+  uint64_t magic;
+  uint32_t version;
+  uint32_t flags;  // bit0: incremental
+  uint64_t device_memory;
+  uint32_t npages;
+  uint32_t rsvd;
+};
+
+struct __attribute__((packed)) ImageRegs {
+  uint64_t sq_base, cq_base;
+  uint32_t sq_size, sq_tail, sq_head, cq_size, cq_tail, cq_head;
+  uint32_t ctrl, irq_vector, irq_ctrl, status;
+  uint64_t done, errors, bytes;
+  uint8_t scratch[0x100];  // plain BAR0 memory below the register block's end
+};
+
+uint64_t page_hash(const uint8_t* p) {
+  // FNV-1a over 64-bit words: a change detector, not a cryptographic hash.
+  uint64_t h = 1469598103934665603ull;
+  for (uint32_t i = 0; i < kPage; i += 8) {
+    uint64_t w;
+    std::memcpy(&w, p + i, 8);
+    h = (h ^ w) * 1099511628211ull;
+  }
+  return h;
+}
+
+}  // namespace
+
+uint64_t Vf::pending_state_bytes(SaveMode mode) {
+  BarMemory* dm = bar_memory(2);
+  uint64_t pages = dm->size() / kPage, changed = 0;
+  for (uint64_t i = 0; i < pages; ++i)
+    if (mode == SaveMode::kFull || page_hash_.size() != pages || page_hash_[i] != page_hash(dm->data() + i * kPage))
+      ++changed;
+  return sizeof(ImageHeader) + sizeof(ImageRegs) + changed * (4 + kPage);
+}
+
+std::vector<uint8_t> Vf::save_state(SaveMode mode) {
+  BarMemory* dm = bar_memory(2);
+  uint64_t pages = dm->size() / kPage;
+  bool full = mode == SaveMode::kFull || page_hash_.size() != pages;
+  ImageRegs regs{};
+  {
+    std::lock_guard lk(mu_);
+    regs = ImageRegs{sq_base_, cq_base_, sq_size_, sq_tail_, sq_head_, cq_size_, cq_tail_, cq_head_, ctrl_,
+                     irq_vector_, irq_ctrl_, status_, done_, errors_, bytes_, {}};
+  }
+  std::memcpy(regs.scratch, bar_memory(0)->data(), sizeof(regs.scratch));
+  std::vector<uint8_t> out(sizeof(ImageHeader) + sizeof(ImageRegs));
+  std::vector<uint64_t> hashes(pages);
+  uint32_t n = 0;
+  for (uint64_t i = 0; i < pages; ++i) {
+    const uint8_t* p = dm->data() + i * kPage;
+    hashes[i] = page_hash(p);
+    if (!full && page_hash_[i] == hashes[i]) continue;
+    size_t at = out.size();
+    out.resize(at + 4 + kPage);
+    uint32_t idx = static_cast<uint32_t>(i);
+    std::memcpy(out.data() + at, &idx, 4);
+    std::memcpy(out.data() + at + 4, p, kPage);
+    ++n;
+  }
+  ImageHeader h{kImageMagic, kImageVersion, full ? 0u : 1u, dm->size(), n, 0};
+  std::memcpy(out.data(), &h, sizeof(h));
+  std::memcpy(out.data() + sizeof(h), &regs, sizeof(regs));
+  page_hash_ = std::move(hashes);
+  return out;
+}
+
+Result<void> Vf::load_state(std::span<const uint8_t> image) {
+  BarMemory* dm = bar_memory(2);
+  if (image.size() < sizeof(ImageHeader) + sizeof(ImageRegs)) return Error(EINVAL, "short VF image");
+  ImageHeader h;
+  std::memcpy(&h, image.data(), sizeof(h));
+  if (h.magic != kImageMagic || h.version != kImageVersion) return Error(EINVAL, "not a VF image");
+  if (h.device_memory != dm->size()) return Error(EINVAL, "VF image for another device-memory size");
+  if (image.size() != sizeof(ImageHeader) + sizeof(ImageRegs) + uint64_t{h.npages} * (4 + kPage))
+    return Error(EINVAL, "VF image size does not match its page count");
+  uint64_t pages = dm->size() / kPage;
+  const uint8_t* rec = image.data() + sizeof(ImageHeader) + sizeof(ImageRegs);
+  for (uint32_t i = 0; i < h.npages; ++i) {  // validate before applying anything
+    uint32_t idx;
+    std::memcpy(&idx, rec + uint64_t{i} * (4 + kPage), 4);
+    if (idx >= pages) return Error(EINVAL, "VF image page out of range");
+  }
+  ImageRegs regs;
+  std::memcpy(&regs, image.data() + sizeof(ImageHeader), sizeof(regs));
+  auto ring_ok = [](uint32_t n) { return n == 0 || (!(n & (n - 1)) && n <= vfreg::kMaxRing); };
+  if (!ring_ok(regs.sq_size) || !ring_ok(regs.cq_size)) return Error(EINVAL, "VF image with bad ring sizes");
+  stop_engine();
+  for (uint32_t i = 0; i < h.npages; ++i) {
+    uint32_t idx;
+    std::memcpy(&idx, rec + uint64_t{i} * (4 + kPage), 4);
+    std::memcpy(dm->data() + uint64_t{idx} * kPage, rec + uint64_t{i} * (4 + kPage) + 4, kPage);
+  }
+  std::memcpy(bar_memory(0)->data(), regs.scratch, sizeof(regs.scratch));
+  bool run;
+  {
+    std::lock_guard lk(mu_);
+    sq_base_ = regs.sq_base;
+    cq_base_ = regs.cq_base;
+    sq_size_ = regs.sq_size;
+    sq_tail_ = regs.sq_tail;
+    sq_head_ = regs.sq_head;
+    cq_size_ = regs.cq_size;
+    cq_tail_ = regs.cq_tail;
+    cq_head_ = regs.cq_head;
+    ctrl_ = regs.ctrl;
+    irq_vector_ = regs.irq_vector;
+    irq_ctrl_ = regs.irq_ctrl;
+    status_ = regs.status;
+    done_ = regs.done;
+    errors_ = regs.errors;
+    bytes_ = regs.bytes;
+    run = ctrl_ & vfreg::kCtrlEnable;
+  }
+  page_hash_.clear();
+  if (run) start_engine();
+  return ok();
+}
+
+}  // namespace uvfio::hw::mlx5

@@ -11,7 +11,9 @@
 #include <condition_variable>
 #include <memory>
 #include <mutex>
+#include <span>
 #include <thread>
+#include <vector>
 
 #include "base/result.h"
 #include "hw/function.h"
@@ -113,6 +115,21 @@ class Vf : public Function {
   // Wait until every doorbelled descriptor is done (tests, tools).
   bool wait_idle(std::chrono::milliseconds timeout);
 
+  // The VF's migratable state, as the PF's firmware saves and loads it
+  // (docs/devices/mlx5-vf.md, "State image"). A full image has the queue
+  // registers and every device-memory page; an incremental one the registers
+  // and the pages whose contents changed since the last image. Changes are
+  // found by comparing page hashes, so writes the device never sees (a
+  // client's mmap of BAR2) are caught too. Save only while quiesced for the
+  // final image; pre-copy images may be taken while running.
+  enum class SaveMode { kFull, kIncremental };
+  std::vector<uint8_t> save_state(SaveMode mode);
+  // Bytes an image would have now (registers + changed pages).
+  uint64_t pending_state_bytes(SaveMode mode);
+  // Applies an image (EINVAL for a malformed or foreign one; nothing is
+  // applied then). The queue restarts where it stopped if it was enabled.
+  Result<void> load_state(std::span<const uint8_t> image);
+
  protected:
   void on_reset() override;
   Result<uint64_t> bar_read(unsigned bar, uint64_t off, unsigned width) override;
@@ -137,6 +154,7 @@ class Vf : public Function {
   uint64_t done_ = 0, errors_ = 0, bytes_ = 0;
   bool quiesce_ = false, busy_ = false, stop_ = false;
   std::thread thread_;
+  std::vector<uint64_t> page_hash_;  // device memory as of the last image; empty: none yet
 };
 
 }  // namespace uvfio::hw::mlx5

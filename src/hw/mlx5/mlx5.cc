@@ -42,6 +42,169 @@ Result<std::unique_ptr<Pf>> Pf::create(const PfParams& p) {
 }
 
 void Pf::on_config_write(uint16_t off, unsigned width, uint32_t) { sriov_->config_written(off, width); }
+
+Pf::~Pf() {
+  // Trackers hold write observers on VF domains: drop them first.
+  for (auto& [id, t] : trackers_)
+    if (Vf* vf = target(id); vf && vf->iommu()) vf->iommu()->set_write_observer(nullptr);
+}
+
+Result<uint64_t> Pf::bar_read(unsigned bar, uint64_t off, unsigned width) {
+  if (bar == 0) {
+    std::lock_guard lk(fw_mu_);
+    switch (off) {
+      case pfreg::kId: return uint64_t{pfreg::kIdValue};
+      case pfreg::kVersion: return uint64_t{1};
+      case pfreg::kCmdMailbox: return width == 8 ? mailbox_ : (mailbox_ & 0xffffffff);
+      case pfreg::kCmdStatus: return uint64_t{cmd_status_};
+      default: break;
+    }
+  }
+  return Function::bar_read(bar, off, width);
+}
+
+Result<void> Pf::bar_write(unsigned bar, uint64_t off, unsigned width, uint64_t value) {
+  if (bar != 0) return Function::bar_write(bar, off, width, value);
+  switch (off) {
+    case pfreg::kCmdMailbox: {
+      std::lock_guard lk(fw_mu_);
+      mailbox_ = width == 8 ? value : ((mailbox_ & ~0xffffffffull) | static_cast<uint32_t>(value));
+      return ok();
+    }
+    case pfreg::kCmdMailbox + 4: {
+      std::lock_guard lk(fw_mu_);
+      mailbox_ = (mailbox_ & 0xffffffffull) | (value << 32);
+      return ok();
+    }
+    case pfreg::kCmdDoorbell: {
+      {
+        std::lock_guard lk(fw_mu_);
+        cmd_status_ = pfreg::kStatusBusy;
+        FwMailbox mb{};
+        IommuDomain* dom = iommu();
+        if (!dom || !dom->read(mailbox_, std::span<uint8_t>(reinterpret_cast<uint8_t*>(&mb), sizeof(mb)))) {
+          cmd_status_ = pfreg::kStatusDone | (uint32_t{EFAULT} << 8);  // the mailbox itself is unreachable
+        } else {
+          execute(mb);
+          (void)dom->write(mailbox_, std::span<const uint8_t>(reinterpret_cast<uint8_t*>(&mb), sizeof(mb)));
+          cmd_status_ = pfreg::kStatusDone | (mb.status << 8);
+        }
+      }
+      raise_irq(0);  // the completion interrupt (MSI-X vector 0, if enabled)
+      return ok();
+    }
+    case pfreg::kId: case pfreg::kVersion: case pfreg::kCmdStatus:
+      return ok();
+    default:
+      return Function::bar_write(bar, off, width, value);
+  }
+}
+
+Vf* Pf::target(uint16_t function_id) {
+  if (function_id == 0 || function_id > sriov_->num_enabled()) return nullptr;
+  return static_cast<Vf*>(sriov_->vf(static_cast<uint16_t>(function_id - 1)));
+}
+
+void Pf::execute(FwMailbox& mb) {
+  mb.status = 0;
+  mb.out0 = mb.out1 = 0;
+  Vf* vf = target(mb.function_id);
+  if (!vf) {
+    mb.status = ENODEV;  // no such VF (or SR-IOV off)
+    return;
+  }
+  mb.status = static_cast<uint32_t>(run(mb, *vf));
+}
+
+int Pf::run(FwMailbox& mb, Vf& vf) {
+  IommuDomain* pf_dom = iommu();
+  auto mode = (mb.flags & kFwIncremental) ? Vf::SaveMode::kIncremental : Vf::SaveMode::kFull;
+  switch (static_cast<FwCmd>(mb.opcode)) {
+    case FwCmd::kQueryVhcaMigrationState:
+      mb.out0 = vf.pending_state_bytes(mode);
+      return 0;
+    case FwCmd::kSuspendVhca:
+      if (mb.op_mod != kOpModInitiator && mb.op_mod != kOpModResponder) return EINVAL;
+      vf.quiesce();
+      return 0;
+    case FwCmd::kResumeVhca:
+      if (mb.op_mod == kOpModInitiator) vf.resume();
+      else if (mb.op_mod != kOpModResponder) return EINVAL;
+      return 0;
+    case FwCmd::kSaveVhcaState: {
+      auto img = vf.save_state(mode, mb.buf_len);
+      if (!img) {
+        mb.out0 = vf.pending_state_bytes(mode);
+        return img.error().code;
+      }
+      if (auto r = pf_dom->write(mb.buf_iova, *img); !r) return r.error().code;
+      mb.out0 = img->size();
+      return 0;
+    }
+    case FwCmd::kLoadVhcaState: {
+      if (mb.buf_len > (uint64_t{1} << 36)) return EINVAL;
+      std::vector<uint8_t> img(mb.buf_len);
+      if (auto r = pf_dom->read(mb.buf_iova, img); !r) return r.error().code;
+      auto r = vf.load_state(img);
+      return r ? 0 : r.error().code;
+    }
+    case FwCmd::kCreatePageTracker: {
+      uint64_t page = mb.arg0, n = mb.arg1;
+      if (trackers_.count(mb.function_id)) return EBUSY;
+      if (page < 4096 || (page & (page - 1)) || n == 0 || n > 256 || mb.buf_len < n * 16) return EINVAL;
+      if (!vf.iommu()) return EINVAL;  // nobody has the VF open: nothing to track
+      auto t = std::make_shared<Tracker>();
+      t->page_size = page;
+      std::vector<uint8_t> raw(n * 16);
+      if (auto r = pf_dom->read(mb.buf_iova, raw); !r) return r.error().code;
+      for (uint64_t i = 0; i < n; ++i) {
+        uint64_t iova, len;
+        std::memcpy(&iova, raw.data() + 16 * i, 8);
+        std::memcpy(&len, raw.data() + 16 * i + 8, 8);
+        if (!len || iova + len < iova) return EINVAL;
+        t->ranges.emplace_back(iova, len);
+      }
+      // The VF's DMA writes, as its IOMMU sees them.
+      vf.iommu()->set_write_observer([t](uint64_t iova, uint64_t len) {
+        std::lock_guard lk(t->mu);
+        for (auto& [base, size] : t->ranges) {
+          uint64_t lo = std::max(iova, base), hi = std::min(iova + len, base + size);
+          for (uint64_t p = lo & ~(t->page_size - 1); p < hi; p += t->page_size) t->dirty.insert(p);
+        }
+      });
+      trackers_[mb.function_id] = t;
+      return 0;
+    }
+    case FwCmd::kReportPageTracker: {
+      auto it = trackers_.find(mb.function_id);
+      if (it == trackers_.end()) return EINVAL;
+      Tracker& t = *it->second;
+      uint64_t iova = mb.arg0, len = mb.arg1, room = mb.buf_len / 8;
+      std::vector<uint64_t> out;
+      {
+        std::lock_guard lk(t.mu);
+        auto b = t.dirty.lower_bound(iova & ~(t.page_size - 1));
+        while (b != t.dirty.end() && *b < iova + len && out.size() < room) {
+          out.push_back(*b);
+          b = t.dirty.erase(b);  // report-and-clear
+        }
+        mb.out1 = (b != t.dirty.end() && *b < iova + len) ? 1 : 0;
+      }
+      if (!out.empty())
+        if (auto r = pf_dom->write(mb.buf_iova, std::span<const uint8_t>(reinterpret_cast<uint8_t*>(out.data()),
+                                                                           out.size() * 8));
+            !r)
+          return r.error().code;
+      mb.out0 = out.size();
+      return 0;
+    }
+    case FwCmd::kDestroyPageTracker:
+      if (!trackers_.erase(mb.function_id)) return EINVAL;
+      if (vf.iommu()) vf.iommu()->set_write_observer(nullptr);
+      return 0;
+  }
+  return EOPNOTSUPP;
+}
 void Pf::before_reset() { sriov_->teardown(); }
 void Pf::on_reset() {}
 
@@ -364,7 +527,7 @@ uint64_t Vf::pending_state_bytes(SaveMode mode) {
   return sizeof(ImageHeader) + sizeof(ImageRegs) + changed * (4 + kPage);
 }
 
-std::vector<uint8_t> Vf::save_state(SaveMode mode) {
+Result<std::vector<uint8_t>> Vf::save_state(SaveMode mode, uint64_t max_size) {
   BarMemory* dm = bar_memory(2);
   uint64_t pages = dm->size() / kPage;
   bool full = mode == SaveMode::kFull || page_hash_.size() != pages;
@@ -383,16 +546,18 @@ std::vector<uint8_t> Vf::save_state(SaveMode mode) {
     hashes[i] = page_hash(p);
     if (!full && page_hash_[i] == hashes[i]) continue;
     size_t at = out.size();
+    if (at + 4 + kPage > max_size) return Error(ENOSPC, "VF image larger than the buffer");
     out.resize(at + 4 + kPage);
     uint32_t idx = static_cast<uint32_t>(i);
     std::memcpy(out.data() + at, &idx, 4);
     std::memcpy(out.data() + at + 4, p, kPage);
     ++n;
   }
+  if (out.size() > max_size) return Error(ENOSPC, "VF image larger than the buffer");
   ImageHeader h{kImageMagic, kImageVersion, full ? 0u : 1u, dm->size(), n, 0};
   std::memcpy(out.data(), &h, sizeof(h));
   std::memcpy(out.data() + sizeof(h), &regs, sizeof(regs));
-  page_hash_ = std::move(hashes);
+  page_hash_ = std::move(hashes);  // committed only now: a failed save loses nothing
   return out;
 }
 

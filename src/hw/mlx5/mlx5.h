@@ -9,7 +9,9 @@
 #include <array>
 #include <atomic>
 #include <condition_variable>
+#include <map>
 #include <memory>
+#include <set>
 #include <mutex>
 #include <span>
 #include <thread>
@@ -44,9 +46,56 @@ struct PfParams {
 
 class Vf;
 
+// PF command interface (BAR0; docs/devices/mlx5-pf.md). The PF driver puts a
+// command in a mailbox in its own memory (reached by DMA through the PF's
+// IOMMU domain), writes the mailbox IOVA and rings the doorbell; the
+// firmware executes it on the target VF, writes the output back into the
+// mailbox, sets CMD_STATUS and raises MSI-X vector 0.
+namespace pfreg {
+inline constexpr uint32_t kId = 0x000, kVersion = 0x004;
+inline constexpr uint32_t kCmdMailbox = 0x100, kCmdDoorbell = 0x108, kCmdStatus = 0x10c;
+inline constexpr uint32_t kIdValue = 0x706c7835;  // "5xlp"
+inline constexpr uint32_t kStatusBusy = 1, kStatusDone = 2;
+}  // namespace pfreg
+
+enum class FwCmd : uint16_t {
+  kQueryVhcaMigrationState = 0x1,
+  kSuspendVhca = 0x2,
+  kResumeVhca = 0x3,
+  kSaveVhcaState = 0x4,
+  kLoadVhcaState = 0x5,
+  kCreatePageTracker = 0x6,
+  kReportPageTracker = 0x7,
+  kDestroyPageTracker = 0x8,
+};
+// op_mod of SUSPEND/RESUME (as mlx5 maps the P2P arcs).
+inline constexpr uint16_t kOpModInitiator = 0, kOpModResponder = 1;
+// flags of SAVE/QUERY.
+inline constexpr uint32_t kFwIncremental = 1;
+
+struct __attribute__((packed)) FwMailbox {
+  // in
+  uint16_t opcode;
+  uint16_t op_mod;
+  uint16_t function_id;  // the VF: its index + 1
+  uint16_t rsvd;
+  uint32_t flags;
+  uint32_t rsvd2;
+  uint64_t buf_iova;  // SAVE/LOAD image, tracker ranges, report output
+  uint64_t buf_len;
+  uint64_t arg0, arg1;  // tracker: page size / range count; report: iova, length
+  // out
+  uint32_t status;  // 0 or an errno
+  uint32_t rsvd3;
+  uint64_t out0;  // QUERY: image size; SAVE: bytes written; REPORT: addresses written
+  uint64_t out1;  // REPORT: 1 if more dirty pages remain in the range
+};
+static_assert(sizeof(FwMailbox) == 72);
+
 class Pf : public Function {
  public:
   static Result<std::unique_ptr<Pf>> create(const PfParams& p);
+  ~Pf() override;
   SriovCapability& sriov() { return *sriov_; }
   const PfParams& params() const { return params_; }
 
@@ -54,11 +103,28 @@ class Pf : public Function {
   void on_config_write(uint16_t off, unsigned width, uint32_t old_value) override;
   void before_reset() override;
   void on_reset() override;
+  Result<uint64_t> bar_read(unsigned bar, uint64_t off, unsigned width) override;
+  Result<void> bar_write(unsigned bar, uint64_t off, unsigned width, uint64_t value) override;
 
  private:
   explicit Pf(const PfParams& p) : Function("mlx5-pf"), params_(p) {}
+  // The firmware: one command, synchronously.
+  void execute(FwMailbox& mb);
+  int run(FwMailbox& mb, Vf& vf);
+  Vf* target(uint16_t function_id);
+
+  struct Tracker {
+    std::mutex mu;
+    uint64_t page_size = 0;
+    std::vector<std::pair<uint64_t, uint64_t>> ranges;  // iova, length
+    std::set<uint64_t> dirty;                           // page-aligned IOVAs; guarded by mu
+  };
   PfParams params_;
   std::unique_ptr<SriovCapability> sriov_;
+  std::mutex fw_mu_;  // one command at a time
+  uint64_t mailbox_ = 0;
+  uint32_t cmd_status_ = 0;
+  std::map<uint16_t, std::shared_ptr<Tracker>> trackers_;  // by function id; guarded by fw_mu_
 };
 
 // VF register map (BAR0; docs/devices/mlx5-vf.md). The work queue: the
@@ -123,7 +189,9 @@ class Vf : public Function {
   // client's mmap of BAR2) are caught too. Save only while quiesced for the
   // final image; pre-copy images may be taken while running.
   enum class SaveMode { kFull, kIncremental };
-  std::vector<uint8_t> save_state(SaveMode mode);
+  // ENOSPC (and nothing consumed: the next image still has those pages)
+  // when the image would exceed `max_size`.
+  Result<std::vector<uint8_t>> save_state(SaveMode mode, uint64_t max_size = UINT64_MAX);
   // Bytes an image would have now (registers + changed pages).
   uint64_t pending_state_bytes(SaveMode mode);
   // Applies an image (EINVAL for a malformed or foreign one; nothing is

@@ -225,7 +225,7 @@ TEST_F(VfFixture, FullImageCarriesRegistersAndDeviceMemory) {
   post(VfOp::kFill, 16, 9, kData, 1);
   ring();
   vf->quiesce();
-  auto img = vf->save_state(Vf::SaveMode::kFull);
+  auto img = *vf->save_state(Vf::SaveMode::kFull);
   EXPECT_EQ(img.size(), vf->pending_state_bytes(Vf::SaveMode::kFull));
   Dest d(mem);
   ASSERT_TRUE(d.vf->load_state(img));
@@ -250,22 +250,22 @@ TEST_F(VfFixture, IncrementalImagesSeeDeviceAndMmapWrites) {
   ring();
   vf->bar_memory(2)->data()[100 * 4096 + 5] ^= 0xff;
   uint64_t header = vf->pending_state_bytes(Vf::SaveMode::kIncremental) - 3 * (4 + 4096);
-  auto inc = vf->save_state(Vf::SaveMode::kIncremental);
+  auto inc = *vf->save_state(Vf::SaveMode::kIncremental);
   EXPECT_EQ(inc.size(), header + 3 * (4 + 4096));
   EXPECT_EQ(vf->pending_state_bytes(Vf::SaveMode::kIncremental), header);  // nothing new since
   // Full then incremental onto a destination gives the same memory.
   Dest d(mem);
   Vf& src = *vf;
   (void)d;
-  auto full = src.save_state(Vf::SaveMode::kFull);
+  auto full = *src.save_state(Vf::SaveMode::kFull);
   ASSERT_TRUE(d.vf->load_state(full));
   src.bar_memory(2)->data()[7] = 0x77;
-  ASSERT_TRUE(d.vf->load_state(src.save_state(Vf::SaveMode::kIncremental)));
+  ASSERT_TRUE(d.vf->load_state(*src.save_state(Vf::SaveMode::kIncremental)));
   EXPECT_EQ(std::memcmp(d.vf->bar_memory(2)->data(), src.bar_memory(2)->data(), 1 << 20), 0);
 }
 
 TEST_F(VfFixture, BadImagesAreRefusedWhole) {
-  auto img = vf->save_state(Vf::SaveMode::kFull);
+  auto img = *vf->save_state(Vf::SaveMode::kFull);
   Dest d(mem);
   std::memset(d.vf->bar_memory(2)->data(), 0x5a, 4096);
   auto bad = img;
@@ -287,7 +287,7 @@ TEST_F(VfFixture, QueueMovesWithNothingLostOrDoneTwice) {
   w(vfreg::kSqTail, tail);  // the source starts on them...
   vf->quiesce();            // ...and stops wherever it got to
   uint32_t done_here = static_cast<uint32_t>(r(vfreg::kSqHead));
-  auto img = vf->save_state(Vf::SaveMode::kFull);
+  auto img = *vf->save_state(Vf::SaveMode::kFull);
   Dest d(mem);
   ASSERT_TRUE(d.vf->load_state(img));
   ASSERT_TRUE(d.vf->wait_idle(std::chrono::seconds(5)));

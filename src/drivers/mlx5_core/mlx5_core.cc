@@ -1,5 +1,7 @@
 #include "drivers/mlx5_core/mlx5_core.h"
 
+#include <cstring>
+
 #include "base/log.h"
 #include "hw/mlx5/mlx5.h"
 
@@ -19,10 +21,135 @@ Result<uint16_t> VfioAuxDevice::query_vf_function_id() const {
   return static_cast<uint16_t>(vf_index_ + 1);  // firmware function id = VF index + 1
 }
 
+namespace {
+using hw::mlx5::FwCmd;
+using hw::mlx5::FwMailbox;
+FwMailbox mailbox(FwCmd c, uint16_t fn, uint16_t op_mod = 0, uint32_t flags = 0) {
+  FwMailbox m{};
+  m.opcode = static_cast<uint16_t>(c);
+  m.function_id = fn;
+  m.op_mod = op_mod;
+  m.flags = flags;
+  return m;
+}
+}  // namespace
+
+Result<uint64_t> VfioAuxDevice::query_state_size(bool incremental) {
+  uint16_t fn = TRY(query_vf_function_id());
+  FwMailbox out = TRY(core_->exec(mailbox(FwCmd::kQueryVhcaMigrationState, fn, 0, incremental ? hw::mlx5::kFwIncremental : 0)));
+  return uint64_t{out.out0};
+}
+
+Result<void> VfioAuxDevice::suspend(uint16_t op_mod) {
+  uint16_t fn = TRY(query_vf_function_id());
+  TRY(core_->exec(mailbox(FwCmd::kSuspendVhca, fn, op_mod)));
+  return ok();
+}
+
+Result<void> VfioAuxDevice::resume(uint16_t op_mod) {
+  uint16_t fn = TRY(query_vf_function_id());
+  TRY(core_->exec(mailbox(FwCmd::kResumeVhca, fn, op_mod)));
+  return ok();
+}
+
+Result<std::vector<uint8_t>> VfioAuxDevice::save_state(bool incremental) {
+  uint16_t fn = TRY(query_vf_function_id());
+  uint32_t flags = incremental ? hw::mlx5::kFwIncremental : 0;
+  uint64_t need = TRY(query_state_size(incremental));
+  for (int attempt = 0; attempt < 4; ++attempt) {
+    std::vector<uint8_t> img;
+    // Room for the device changing a little between QUERY and SAVE.
+    auto r = core_->exec(mailbox(FwCmd::kSaveVhcaState, fn, 0, flags), {}, &img, need + need / 8 + 65536);
+    if (r) return img;
+    if (r.error().code != ENOSPC) return r.error();
+    need = TRY(query_state_size(incremental));
+  }
+  return Error(ENOSPC, "VF state keeps growing");
+}
+
+Result<void> VfioAuxDevice::load_state(std::span<const uint8_t> image) {
+  uint16_t fn = TRY(query_vf_function_id());
+  TRY(core_->exec(mailbox(FwCmd::kLoadVhcaState, fn), image));
+  return ok();
+}
+
+Result<void> VfioAuxDevice::tracker_create(uint64_t page_size, const std::vector<std::pair<uint64_t, uint64_t>>& ranges) {
+  uint16_t fn = TRY(query_vf_function_id());
+  std::vector<uint8_t> raw(ranges.size() * 16);
+  for (size_t i = 0; i < ranges.size(); ++i) {
+    std::memcpy(raw.data() + 16 * i, &ranges[i].first, 8);
+    std::memcpy(raw.data() + 16 * i + 8, &ranges[i].second, 8);
+  }
+  FwMailbox m = mailbox(FwCmd::kCreatePageTracker, fn);
+  m.arg0 = page_size;
+  m.arg1 = ranges.size();
+  TRY(core_->exec(m, raw));
+  return ok();
+}
+
+Result<std::vector<uint64_t>> VfioAuxDevice::tracker_report(uint64_t iova, uint64_t length) {
+  uint16_t fn = TRY(query_vf_function_id());
+  std::vector<uint64_t> all;
+  for (;;) {
+    FwMailbox m = mailbox(FwCmd::kReportPageTracker, fn);
+    m.arg0 = iova;
+    m.arg1 = length;
+    std::vector<uint8_t> raw;
+    FwMailbox out = TRY(core_->exec(m, {}, &raw, 64 << 10));
+    for (uint64_t i = 0; i < out.out0 && (i + 1) * 8 <= raw.size(); ++i) {
+      uint64_t a;
+      std::memcpy(&a, raw.data() + 8 * i, 8);
+      all.push_back(a);
+    }
+    if (!out.out1) return all;
+  }
+}
+
+Result<void> VfioAuxDevice::tracker_destroy() {
+  uint16_t fn = TRY(query_vf_function_id());
+  TRY(core_->exec(mailbox(FwCmd::kDestroyPageTracker, fn)));
+  return ok();
+}
+
 Result<void> VfioAuxDevice::add_attributes(driver::Tree& t, driver::Dir* dir) {
   Bdf b = vf_bdf_;
   return t.add_file(dir, driver::Attribute{"vf_bdf", 0444,
                                            [b]() -> Result<std::string> { return b.str() + "\n"; }, nullptr});
+}
+
+CoreDev::CoreDev(PciDevice& pf, bus::auxiliary::AuxiliaryBus& aux) : pf_(pf), aux_(aux) {
+  (void)dma_.map_host(kMailboxIova, mailbox_.size(), mailbox_.data(), hw::kDmaRead | hw::kDmaWrite);
+  pf_.hw().set_iommu(&dma_);
+}
+
+Result<void> CoreDev::ensure_buffer(uint64_t size) {
+  size = (size + 4095) & ~uint64_t{4095};
+  if (buffer_.size() >= size) return ok();
+  if (!buffer_.empty()) (void)dma_.unmap(kBufferIova, buffer_.size());
+  buffer_.assign(size, 0);
+  return dma_.map_host(kBufferIova, buffer_.size(), buffer_.data(), hw::kDmaRead | hw::kDmaWrite);
+}
+
+Result<FwMailbox> CoreDev::exec(FwMailbox in, std::span<const uint8_t> data, std::vector<uint8_t>* out_data,
+                                uint64_t buf_len) {
+  std::lock_guard lk(cmd_mu_);
+  uint64_t len = std::max<uint64_t>(data.size(), buf_len);
+  if (len) {
+    TRY(ensure_buffer(len));
+    if (!data.empty()) std::memcpy(buffer_.data(), data.data(), data.size());
+    in.buf_iova = kBufferIova;
+    in.buf_len = data.empty() ? buf_len : data.size();
+  }
+  std::memcpy(mailbox_.data(), &in, sizeof(in));
+  TRY(pf_.hw().mmio_write(0, hw::mlx5::pfreg::kCmdMailbox, 8, kMailboxIova));
+  TRY(pf_.hw().mmio_write(0, hw::mlx5::pfreg::kCmdDoorbell, 4, 1));
+  uint32_t status = static_cast<uint32_t>(TRY(pf_.hw().mmio_read(0, hw::mlx5::pfreg::kCmdStatus, 4)));
+  if (!(status & hw::mlx5::pfreg::kStatusDone)) return Error(EIO, "firmware did not complete the command");
+  if (status >> 8) return Error(static_cast<int>(status >> 8), "firmware command failed");
+  FwMailbox out;
+  std::memcpy(&out, mailbox_.data(), sizeof(out));
+  if (out_data) out_data->assign(buffer_.begin(), buffer_.begin() + static_cast<long>(std::min<uint64_t>(out.out0 * (in.opcode == static_cast<uint16_t>(FwCmd::kReportPageTracker) ? 8 : 1), buffer_.size())));
+  return out;
 }
 
 CoreDev::~CoreDev() {
@@ -31,6 +158,7 @@ CoreDev::~CoreDev() {
   delete_aux_devices();
   if (pf_.sriov_num_vfs()) pf_.pci_bus().disable_sriov(pf_);
   pf_.disable_device();
+  pf_.hw().set_iommu(nullptr);
   log::info(pf_.name(), "mlx5_core: removed");
 }
 

@@ -11,12 +11,16 @@
 #pragma once
 
 #include <memory>
+#include <mutex>
+#include <span>
 #include <vector>
 
 #include "base/bdf.h"
 #include "base/result.h"
 #include "bus/auxiliary/auxiliary.h"
 #include "bus/pci/pci.h"
+#include "hw/iommu.h"
+#include "hw/mlx5/mlx5.h"
 
 namespace uvfio::drivers::mlx5 {
 
@@ -36,8 +40,18 @@ class VfioAuxDevice : public bus::auxiliary::AuxiliaryDevice {
 
   // PF services for the VF (valid while this device is registered; callers
   // hold the driver core lock or their own link lock). ENOTCONN if the PF no
-  // longer has this VF enabled.
+  // longer has this VF enabled. Each is one firmware command through the
+  // PF's command interface (docs/devices/mlx5-pf.md).
   Result<uint16_t> query_vf_function_id() const;
+  Result<uint64_t> query_state_size(bool incremental);
+  Result<void> suspend(uint16_t op_mod);
+  Result<void> resume(uint16_t op_mod);
+  Result<std::vector<uint8_t>> save_state(bool incremental);
+  Result<void> load_state(std::span<const uint8_t> image);
+  Result<void> tracker_create(uint64_t page_size, const std::vector<std::pair<uint64_t, uint64_t>>& ranges);
+  // Every dirty page address in [iova, iova+length), reported and cleared.
+  Result<std::vector<uint64_t>> tracker_report(uint64_t iova, uint64_t length);
+  Result<void> tracker_destroy();
 
   Result<void> add_attributes(driver::Tree& t, driver::Dir* dir) override;
 
@@ -51,8 +65,15 @@ class VfioAuxDevice : public bus::auxiliary::AuxiliaryDevice {
 // Per-PF state of mlx5_core (its drvdata). Destroying it is remove().
 class CoreDev : public driver::Binding {
  public:
-  CoreDev(bus::pci::PciDevice& pf, bus::auxiliary::AuxiliaryBus& aux) : pf_(pf), aux_(aux) {}
+  CoreDev(bus::pci::PciDevice& pf, bus::auxiliary::AuxiliaryBus& aux);
   ~CoreDev() override;
+
+  // One firmware command: mailbox in the driver's DMA memory, doorbell,
+  // status. The firmware's errno comes back as the Error. `data` (if any) is
+  // placed in the DMA buffer first; the buffer's contents after the command
+  // are returned in `out_data` up to out0 bytes when asked.
+  Result<hw::mlx5::FwMailbox> exec(hw::mlx5::FwMailbox in, std::span<const uint8_t> data = {},
+                                   std::vector<uint8_t>* out_data = nullptr, uint64_t buf_len = 0);
 
   bus::pci::PciDevice& pf() const { return pf_; }
   // sriov_configure(): 0 disables (aux devices first), N enables N VFs and
@@ -63,9 +84,17 @@ class CoreDev : public driver::Binding {
 
  private:
   void delete_aux_devices();
+  Result<void> ensure_buffer(uint64_t size);
+
   bus::pci::PciDevice& pf_;
   bus::auxiliary::AuxiliaryBus& aux_;
   std::vector<std::unique_ptr<VfioAuxDevice>> aux_devs_;
+  // The driver's DMA memory as the PF sees it (the DMA API's job on a host).
+  std::mutex cmd_mu_;  // one firmware command at a time
+  hw::IommuDomain dma_;
+  std::vector<uint8_t> mailbox_ = std::vector<uint8_t>(4096);
+  std::vector<uint8_t> buffer_;  // guarded by cmd_mu_
+  static constexpr uint64_t kMailboxIova = 0x1000, kBufferIova = 0x100000;
 };
 
 class Mlx5CoreDriver : public bus::pci::PciDriver {

@@ -186,6 +186,11 @@ void Device::mig_reset_to_running() {
   mig_state_ = MigState::kRunning;
 }
 
+void Device::mig_set_error() {
+  std::lock_guard lk(mig_mu_);
+  mig_state_ = MigState::kError;
+}
+
 MigState Device::mig_state() const {
   std::lock_guard lk(mig_mu_);
   return mig_state_;

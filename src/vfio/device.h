@@ -151,6 +151,9 @@ class Device {
   virtual Result<uint64_t> migration_data_size() { return Error(ENOTTY); }
   // A reset puts migration back to RUNNING (the driver's reset_done).
   void mig_reset_to_running();
+  // The device can no longer be migrated from where it was (its PF went away
+  // mid-migration): ERROR, which only a reset leaves.
+  void mig_set_error();
 
   // ---- DMA logging ops (log_ops); has_dma_logging() false without them.
   virtual bool has_dma_logging() const { return false; }

@@ -1,11 +1,15 @@
 #include "drivers/mlx5_vfio_pci/mlx5_vfio_pci.h"
 
 #include "base/log.h"
+#include "vfio/uapi.h"
 #include "hw/mlx5/mlx5.h"
 
 namespace uvfio::drivers::mlx5_vfio_pci {
 
 using bus::pci::PciDevice;
+using vfio::kMigP2P;
+using vfio::kMigPreCopy;
+using vfio::kMigStopCopy;
 using bus::pci::PciDeviceId;
 
 // ---- PfLink -------------------------------------------------------------------
@@ -83,8 +87,122 @@ void VfDevice::pf_attached() {
 void VfDevice::pf_detached() {
   ++detaches_;
   log::warn(vf().name(), "{}: PF services gone", kDriverName);
+  vfio::MigState s = mig_state();
+  if (s != vfio::MigState::kRunning) {
+    end_sessions();
+    mig_set_error();  // a migration in flight cannot go on without its PF
+  }
   // An open user learns of it through the device request (REQ) irq.
   if (is_open()) request(0);
+}
+
+// ---- Migration (reference §3.6: arcs as PF firmware commands) -----------------------
+
+uint64_t VfDevice::migration_flags() const { return kMigStopCopy | kMigP2P | kMigPreCopy; }
+
+void VfDevice::end_sessions() {
+  std::lock_guard lk(sess_mu_);
+  if (save_) save_->end_session();
+  if (resume_) resume_->end_session();
+  save_.reset();
+  resume_.reset();
+}
+
+void VfDevice::reset_done() { end_sessions(); }
+
+Result<uint64_t> VfDevice::migration_data_size() {
+  return link_->call([](mlx5::VfioAuxDevice& a) { return a.query_state_size(false); });
+}
+
+Result<std::shared_ptr<vfio::MigrationFile>> VfDevice::migration_arc(vfio::MigState from, vfio::MigState to) {
+  using S = vfio::MigState;
+  using hw::mlx5::kOpModInitiator;
+  using hw::mlx5::kOpModResponder;
+  auto suspend = [&](uint16_t m) { return link_->call([m](mlx5::VfioAuxDevice& a) { return a.suspend(m); }); };
+  auto resume = [&](uint16_t m) { return link_->call([m](mlx5::VfioAuxDevice& a) { return a.resume(m); }); };
+  const std::shared_ptr<vfio::MigrationFile> none;
+  uint16_t did = vf().device_id();
+  uint64_t dmem = vf().resource(2).size();
+  if ((from == S::kRunning && to == S::kRunningP2P) || (from == S::kPreCopy && to == S::kPreCopyP2P)) {
+    TRY(suspend(kOpModInitiator));
+    return none;
+  }
+  if (from == S::kRunningP2P && to == S::kStop) {
+    TRY(suspend(kOpModResponder));
+    return none;
+  }
+  if (from == S::kStop && to == S::kRunningP2P) {
+    TRY(resume(kOpModResponder));
+    return none;
+  }
+  if ((from == S::kRunningP2P && to == S::kRunning) || (from == S::kPreCopyP2P && to == S::kPreCopy)) {
+    TRY(resume(kOpModInitiator));
+    return none;
+  }
+  std::lock_guard lk(sess_mu_);
+  if ((from == S::kStop && to == S::kStopCopy) || (from == S::kRunning && to == S::kPreCopy) ||
+      (from == S::kRunningP2P && to == S::kPreCopyP2P)) {
+    auto f = std::make_shared<SaveFile>(link_, did, dmem);
+    TRY(f->start(to != S::kStopCopy));
+    save_ = f;
+    return std::shared_ptr<vfio::MigrationFile>(f);
+  }
+  if (from == S::kPreCopyP2P && to == S::kStopCopy) {
+    if (!save_) return Error(EINVAL, "no saving session");
+    TRY(suspend(kOpModResponder));
+    TRY(save_->finish());
+    return none;  // the session's stream goes on
+  }
+  if ((from == S::kStopCopy && to == S::kStop) || (from == S::kPreCopy && to == S::kRunning) ||
+      (from == S::kPreCopyP2P && to == S::kRunningP2P)) {
+    if (save_) save_->end_session();
+    save_.reset();
+    return none;
+  }
+  if (from == S::kStop && to == S::kResuming) {
+    auto f = std::make_shared<ResumeFile>(link_, did, dmem);
+    resume_ = f;
+    return std::shared_ptr<vfio::MigrationFile>(f);
+  }
+  if (from == S::kResuming && to == S::kStop) {
+    if (!resume_) return Error(EINVAL, "no resuming session");
+    TRY(resume_->complete());  // an incomplete or corrupt stream: stays RESUMING
+    resume_->end_session();
+    resume_.reset();
+    return none;
+  }
+  return Error(EINVAL, "not an arc of this driver");
+}
+
+// ---- DMA logging on the PF's page tracker ------------------------------------------------
+
+Result<void> VfDevice::log_start(uint64_t& page_size, const std::vector<vfio::DmaRange>& ranges) {
+  std::vector<std::pair<uint64_t, uint64_t>> r;
+  for (auto& x : ranges) r.emplace_back(x.iova, x.length);
+  if (page_size < 4096) page_size = 4096;  // the tracker's smallest granule
+  uint64_t ps = page_size;
+  TRY(link_->call([&](mlx5::VfioAuxDevice& a) { return a.tracker_create(ps, r); }));
+  log_page_ = ps;
+  return ok();
+}
+
+Result<void> VfDevice::log_stop() {
+  if (!log_page_) return ok();  // not started: nothing to stop
+  log_page_ = 0;
+  return link_->call([](mlx5::VfioAuxDevice& a) { return a.tracker_destroy(); });
+}
+
+Result<void> VfDevice::log_read_and_clear(uint64_t iova, uint64_t length, uint64_t page_size,
+                                          std::vector<uint64_t>& bitmap) {
+  if (!log_page_) return Error(EINVAL, "DMA logging not started");
+  auto dirty = TRY(link_->call([&](mlx5::VfioAuxDevice& a) { return a.tracker_report(iova, length); }));
+  // Each dirty tracker page sets every report page it overlaps.
+  for (uint64_t a : dirty) {
+    uint64_t lo = std::max(a, iova), hi = std::min(a + log_page_, iova + length);
+    for (uint64_t p = (lo - iova) / page_size; p * page_size + iova < hi; ++p)
+      if (p / 64 < bitmap.size()) bitmap[p / 64] |= uint64_t{1} << (p % 64);
+  }
+  return ok();
 }
 
 AuxBinding::AuxBinding(Mlx5VfioPci& mod, mlx5::VfioAuxDevice& aux) : mod_(mod), aux_(aux) { mod_.aux_bound(*this); }

@@ -17,6 +17,7 @@
 #include "bus/auxiliary/auxiliary.h"
 #include "bus/pci/pci.h"
 #include "drivers/mlx5_core/mlx5_core.h"
+#include "drivers/mlx5_vfio_pci/migration.h"
 #include "vfio/pci_core/core.h"
 #include "vfio/registry.h"
 
@@ -33,6 +34,14 @@ class PfLink {
   bool connected() const;
   Result<Bdf> pf_bdf() const;
   Result<uint16_t> vf_function_id() const;  // through mlx5_core's PF services
+  // Runs `fn` on the PF's services while they are connected (the aux device
+  // cannot go away meanwhile); ENOTCONN once they are gone.
+  template <class F>
+  auto call(F&& fn) -> decltype(fn(std::declval<mlx5::VfioAuxDevice&>())) {
+    std::lock_guard lk(mu_);
+    if (!aux_) return Error(ENOTCONN, "PF services not connected");
+    return fn(*aux_);
+  }
 
  private:
   friend class Mlx5VfioPci;
@@ -43,9 +52,9 @@ class PfLink {
 class Mlx5VfioPci;
 
 // The VF half: a VFIO device built on vfio-pci-core. It overrides only what
-// the variant changes (what it learns from its PF); the rest is the core's.
-// Migration comes with the PF's firmware services (issue 5): until then it
-// advertises none.
+// the variant changes — migration (STOP_COPY, P2P, PRE_COPY) and DMA logging
+// through the PF's firmware, reached over the auxiliary device — and what it
+// learns from its PF; the rest is the core's.
 class VfDevice : public vfio::pci::CoreDevice {
  public:
   VfDevice(Mlx5VfioPci& mod, bus::pci::PciDevice& vf, const driver::Driver& drv, vfio::Registry& registry);
@@ -56,10 +65,28 @@ class VfDevice : public vfio::pci::CoreDevice {
   int pf_detach_count() const { return detaches_; }
   // The aux half connected us (or disconnected us) to the PF.
   void pf_attached();
-  // The PF's services are gone: an open user is asked to release the device.
+  // The PF's services are gone: a migration in flight ends in ERROR and an
+  // open user is asked to release the device.
   void pf_detached();
 
+ protected:
+  uint64_t migration_flags() const override;
+  Result<std::shared_ptr<vfio::MigrationFile>> migration_arc(vfio::MigState from, vfio::MigState to) override;
+  Result<uint64_t> migration_data_size() override;
+  bool has_dma_logging() const override { return true; }
+  Result<void> log_start(uint64_t& page_size, const std::vector<vfio::DmaRange>& ranges) override;
+  Result<void> log_stop() override;
+  Result<void> log_read_and_clear(uint64_t iova, uint64_t length, uint64_t page_size,
+                                  std::vector<uint64_t>& bitmap) override;
+  void reset_done() override;
+
  private:
+  void end_sessions();
+  std::mutex sess_mu_;
+  std::shared_ptr<SaveFile> save_;      // guarded by sess_mu_
+  std::shared_ptr<ResumeFile> resume_;  // guarded by sess_mu_
+  uint64_t log_page_ = 0;
+
   Mlx5VfioPci& mod_;
   std::shared_ptr<PfLink> link_ = std::make_shared<PfLink>();
   int detaches_ = 0;

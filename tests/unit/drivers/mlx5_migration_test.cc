@@ -1,0 +1,272 @@
+// mlx5_vfio_pci's migration v2 between two systems (two "daemons", in
+// process): PRE_COPY rounds, STOP_COPY, DMA logging of the guest's memory,
+// RESUMING and RUNNING on the destination, the workload carrying on; and the
+// fault cases: corrupt, truncated and foreign streams, the PF going away
+// mid-migration.
+#include <sys/eventfd.h>
+#include <unistd.h>
+
+#include <gtest/gtest.h>
+
+#include <cstring>
+#include <random>
+#include <set>
+
+#include "daemon/system.h"
+#include "hw/mlx5/mlx5.h"
+
+namespace uvfio {
+namespace {
+
+using S = vfio::MigState;
+using namespace hw::mlx5;
+
+const Bdf kVf(0, 8, 0, 0);
+constexpr uint64_t kRing = 0x10000, kCq = 0x20000, kData = 0x100000, kGuest = 4 << 20;
+
+struct Side {
+  std::unique_ptr<daemon::System> sys;
+  vfio::Device* dev = nullptr;
+  std::vector<uint8_t> guest = std::vector<uint8_t>(kGuest);
+  explicit Side(const std::string& memory = "16M") {
+    auto t = daemon::seed_topology();
+    for (auto& d : t.devices)
+      if (d.model == daemon::Model::kMlx5Pf) d.device_memory = *daemon::parse_size(memory);
+    sys = std::move(*daemon::System::create(t));
+    dev = sys->vfio_device(kVf);
+    EXPECT_NE(dev, nullptr);
+    EXPECT_TRUE(dev->open());
+    EXPECT_TRUE(dev->iommu().map_host(0, guest.size(), guest.data(), hw::kDmaRead | hw::kDmaWrite));
+  }
+  ~Side() {
+    if (dev) dev->close();
+  }
+  void w(uint32_t reg, uint64_t v, unsigned width = 4) {
+    ASSERT_TRUE(dev->region_write(0, reg, std::span<const uint8_t>(reinterpret_cast<uint8_t*>(&v), width)));
+  }
+  uint64_t r(uint32_t reg, unsigned width = 4) {
+    uint64_t v = 0;
+    EXPECT_TRUE(dev->region_read(0, reg, std::span<uint8_t>(reinterpret_cast<uint8_t*>(&v), width)));
+    return v;
+  }
+  void cfg16(uint16_t off, uint16_t v) {
+    ASSERT_TRUE(dev->region_write(VFIO_PCI_CONFIG_REGION_INDEX, off,
+                                  std::span<const uint8_t>(reinterpret_cast<uint8_t*>(&v), 2)));
+  }
+  Result<vfio::FeatureReply> set_state(S s) {
+    vfio_device_feature_mig_state st{static_cast<uint32_t>(s), -1};
+    return dev->device_feature(VFIO_DEVICE_FEATURE_SET | VFIO_DEVICE_FEATURE_MIG_DEVICE_STATE,
+                               std::span<const uint8_t>(reinterpret_cast<uint8_t*>(&st), sizeof(st)));
+  }
+  Vf& hwvf() { return static_cast<Vf&>(sys->pci().find(kVf)->hw()); }
+  uint32_t tail = 0;
+  void post(VfOp op, uint32_t len, uint64_t src, uint64_t dst, uint64_t cookie) {
+    VfDescriptor d{static_cast<uint8_t>(op), 0, 0, len, src, dst, cookie};
+    std::memcpy(guest.data() + kRing + (tail % 256) * sizeof(d), &d, sizeof(d));
+    ++tail;
+  }
+  void start_queue() {
+    cfg16(PCI_COMMAND, PCI_COMMAND_MASTER | PCI_COMMAND_MEMORY);
+    w(vfreg::kSqBase, kRing, 8);
+    w(vfreg::kSqSize, 256);
+    w(vfreg::kCqBase, kCq, 8);
+    w(vfreg::kCqSize, 256);
+    w(vfreg::kCtrl, vfreg::kCtrlEnable);
+  }
+};
+
+// Drains a saving stream: everything available now (PRE_COPY) or to the end.
+std::vector<uint8_t> drain(vfio::MigrationFile& f, bool to_eof) {
+  std::vector<uint8_t> out;
+  std::vector<uint8_t> buf(1 << 20);
+  for (;;) {
+    auto n = f.read(buf);
+    if (!n) {
+      EXPECT_EQ(n.error().code, ENOMSG);
+      EXPECT_FALSE(to_eof);
+      return out;
+    }
+    if (*n == 0) return out;
+    out.insert(out.end(), buf.begin(), buf.begin() + static_cast<long>(*n));
+  }
+}
+
+// Writes a stream in random segments, as a transport would.
+Result<void> feed(vfio::MigrationFile& f, const std::vector<uint8_t>& s, unsigned seed) {
+  std::mt19937 rng(seed);
+  size_t at = 0;
+  while (at < s.size()) {
+    size_t n = std::min<size_t>(s.size() - at, 1 + rng() % 70000);
+    TRY(f.write(std::span<const uint8_t>(s.data() + at, n)));
+    at += n;
+  }
+  return ok();
+}
+
+TEST(Mlx5Migration, PreCopyStopCopyResumeAndCarryOn) {
+  Side a, b;
+  a.start_queue();
+  // Workload: 100 descriptors moving guest data into device memory and back.
+  for (int i = 0; i < 64 * 1024; ++i) a.guest[kData + i] = static_cast<uint8_t>(i * 7);
+  for (uint32_t i = 0; i < 50; ++i) a.post(VfOp::kToDevice, 1024, kData + i * 1024, i * 4096, i);
+  a.w(vfreg::kSqTail, a.tail);
+  // DMA logging of the guest memory, as a VMM starts it before pre-copy.
+  uint64_t ctl[4] = {4096, 1, 0, kGuest};  // page_size, num_ranges|rsvd, {iova, length}
+  std::vector<uint8_t> start(16 + 16);
+  std::memcpy(start.data(), &ctl[0], 8);
+  uint32_t nr = 1;
+  std::memcpy(start.data() + 8, &nr, 4);
+  std::memcpy(start.data() + 16, &ctl[2], 16);
+  ASSERT_TRUE(a.dev->device_feature(VFIO_DEVICE_FEATURE_SET | VFIO_DEVICE_FEATURE_DMA_LOGGING_START, start));
+  std::vector<uint8_t> dst_guest = a.guest;  // the VMM's first copy of guest RAM
+
+  auto pre = a.set_state(S::kPreCopy);
+  ASSERT_TRUE(pre);
+  ASSERT_TRUE(pre->file);
+  auto info = pre->file->precopy_info();
+  ASSERT_TRUE(info);
+  EXPECT_GT(info->initial_bytes, 16u << 20);  // the initial image is all of device memory
+  std::vector<uint8_t> stream = drain(*pre->file, false);
+  EXPECT_EQ(pre->file->precopy_info()->initial_bytes, 0u);
+  // More work while pre-copying, and a write through "the mmap" of BAR2.
+  for (uint32_t i = 50; i < 100; ++i) a.post(VfOp::kToDevice, 1024, kData + i * 1024, i * 4096, i);
+  // CPU writes (the descriptors) are the VMM's own dirty log's business,
+  // not the device's: the "VMM" copies what it wrote.
+  std::memcpy(dst_guest.data() + kRing, a.guest.data() + kRing, 256 * sizeof(VfDescriptor));
+  a.w(vfreg::kSqTail, a.tail);
+  ASSERT_TRUE(a.hwvf().wait_idle(std::chrono::seconds(5)));
+  a.hwvf().bar_memory(2)->data()[15 << 20] = 0x99;
+  EXPECT_GT(pre->file->precopy_info()->dirty_bytes, 0u);
+  auto round2 = drain(*pre->file, false);
+  EXPECT_GT(round2.size(), 0u);
+  stream.insert(stream.end(), round2.begin(), round2.end());
+  // Stop: PRE_COPY -> PRE_COPY_P2P -> STOP_COPY, the same stream to its end.
+  auto stop = a.set_state(S::kStopCopy);
+  ASSERT_TRUE(stop) << errno_name(stop.error().code);
+  EXPECT_FALSE(stop->file);
+  auto last = drain(*pre->file, true);
+  stream.insert(stream.end(), last.begin(), last.end());
+  // Guest pages the device dirtied since logging started.
+  uint64_t rep[3] = {0, kGuest, 4096};
+  auto report = a.dev->device_feature(VFIO_DEVICE_FEATURE_GET | VFIO_DEVICE_FEATURE_DMA_LOGGING_REPORT,
+                                      std::span<const uint8_t>(reinterpret_cast<uint8_t*>(rep), 24));
+  ASSERT_TRUE(report);
+  size_t copied = 0;
+  for (uint64_t p = 0; p < kGuest / 4096; ++p) {
+    uint64_t word;
+    std::memcpy(&word, report->data.data() + 24 + (p / 64) * 8, 8);
+    if (word >> (p % 64) & 1) {
+      std::memcpy(dst_guest.data() + p * 4096, a.guest.data() + p * 4096, 4096);
+      ++copied;
+    }
+  }
+  EXPECT_GT(copied, 0u);  // the completion ring at least
+  EXPECT_EQ(dst_guest, a.guest) << "DMA logging missed a page the device wrote";
+
+  // Destination: STOP -> RESUMING, the stream in random pieces, -> RUNNING.
+  std::memcpy(b.guest.data(), dst_guest.data(), dst_guest.size());
+  ASSERT_TRUE(b.set_state(S::kStop));
+  auto res = b.set_state(S::kResuming);
+  ASSERT_TRUE(res);
+  ASSERT_TRUE(res->file);
+  ASSERT_TRUE(feed(*res->file, stream, 1));
+  ASSERT_TRUE(b.set_state(S::kRunning));
+  EXPECT_EQ(std::memcmp(b.hwvf().bar_memory(2)->data(), a.hwvf().bar_memory(2)->data(), 16 << 20), 0);
+  EXPECT_EQ(b.r(vfreg::kSqHead), 100u);
+  EXPECT_EQ(b.r(vfreg::kCqTail), 100u);
+  // The workload carries on at the destination, with interrupts.
+  b.cfg16(PCI_COMMAND, PCI_COMMAND_MASTER | PCI_COMMAND_MEMORY);
+  UniqueFd efd(eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
+  vfio::IrqSet s;
+  s.flags = VFIO_IRQ_SET_DATA_EVENTFD | VFIO_IRQ_SET_ACTION_TRIGGER;
+  s.index = VFIO_PCI_MSIX_IRQ_INDEX;
+  s.count = 1;
+  s.fds.emplace_back(dup(efd.get()));
+  ASSERT_TRUE(b.dev->set_irqs(std::move(s)));
+  b.w(vfreg::kIrqVector, 0);
+  b.w(vfreg::kIrqCtrl, 1);
+  b.tail = a.tail;
+  b.post(VfOp::kFill, 64, 0xab, kData + 0x80000, 100);
+  b.w(vfreg::kSqTail, b.tail);
+  ASSERT_TRUE(b.hwvf().wait_idle(std::chrono::seconds(5)));
+  uint64_t v = 0;
+  EXPECT_EQ(::read(efd.get(), &v, 8), 8);
+  std::set<uint64_t> cookies;
+  for (uint32_t i = 0; i < 101; ++i) {
+    VfCompletion c;
+    std::memcpy(&c, b.guest.data() + kCq + i * sizeof(c), sizeof(c));
+    EXPECT_EQ(c.status, 0u) << i;
+    cookies.insert(c.cookie);
+  }
+  EXPECT_EQ(cookies.size(), 101u);  // every descriptor completed exactly once
+  EXPECT_EQ(b.guest[kData + 0x80000 + 63], 0xab);
+}
+
+TEST(Mlx5Migration, CorruptTruncatedAndForeignStreamsAreRefused) {
+  Side a;
+  ASSERT_TRUE(a.set_state(S::kStop));
+  auto sc = a.set_state(S::kStopCopy);
+  ASSERT_TRUE(sc);
+  auto stream = drain(*sc->file, true);
+  ASSERT_TRUE(a.set_state(S::kStop));
+  Side b;
+  auto resume = [&](const std::vector<uint8_t>& s) -> Result<void> {
+    if (b.dev->mig_state() != S::kStop) {
+      TRY(b.dev->reset());
+      TRY(b.set_state(S::kStop));
+    }
+    auto r = TRY(b.set_state(S::kResuming));
+    auto w = feed(*r.file, s, 2);
+    auto done = b.set_state(S::kStop);
+    if (!w) return w.error();
+    if (!done) return done.error();
+    return ok();
+  };
+  auto corrupt = stream;
+  corrupt[corrupt.size() / 2] ^= 0x40;
+  EXPECT_EQ(resume(corrupt).error().code, EINVAL);
+  EXPECT_EQ(b.dev->mig_state(), S::kResuming);  // the arc failed: still RESUMING
+  auto truncated = stream;
+  truncated.resize(truncated.size() - 40);  // END and a bit more gone
+  EXPECT_EQ(resume(truncated).error().code, EINVAL);
+  Side other("32M");
+  ASSERT_TRUE(other.set_state(S::kStop));
+  auto osc = other.set_state(S::kStopCopy);
+  auto foreign = drain(*osc->file, true);
+  EXPECT_EQ(resume(foreign).error().code, EINVAL);
+  // After a reset the device works, and the good stream goes in.
+  ASSERT_TRUE(b.dev->reset());
+  EXPECT_EQ(b.dev->mig_state(), S::kRunning);
+  EXPECT_TRUE(resume(stream));
+  EXPECT_TRUE(b.set_state(S::kRunning));
+}
+
+TEST(Mlx5Migration, PfUnbindDuringPreCopyEndsInError) {
+  Side a;
+  a.start_queue();
+  UniqueFd req(eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
+  vfio::IrqSet s;
+  s.flags = VFIO_IRQ_SET_DATA_EVENTFD | VFIO_IRQ_SET_ACTION_TRIGGER;
+  s.index = VFIO_PCI_REQ_IRQ_INDEX;
+  s.count = 1;
+  s.fds.emplace_back(dup(req.get()));
+  ASSERT_TRUE(a.dev->set_irqs(std::move(s)));
+  auto pre = a.set_state(S::kPreCopy);
+  ASSERT_TRUE(pre);
+  // The PF's aux device goes (mlx5_core's aux half unbound): the VF stays,
+  // its PF services do not.
+  ASSERT_TRUE(a.sys->core().tree().write("bus/auxiliary/drivers/mlx5_vfio_pci.vfio_pci_ex/unbind",
+                                         "mlx5_core.vfio_pci.2048"));
+  EXPECT_EQ(a.dev->mig_state(), S::kError);
+  std::vector<uint8_t> buf(64);
+  EXPECT_EQ(pre->file->read(buf).error().code, ENODEV);
+  uint64_t v = 0;
+  EXPECT_EQ(::read(req.get(), &v, 8), 8);  // the user was asked to let go
+  EXPECT_EQ(a.set_state(S::kRunning).error().code, EINVAL);  // only a reset leaves ERROR
+  ASSERT_TRUE(a.dev->reset());
+  EXPECT_EQ(a.dev->mig_state(), S::kRunning);
+  EXPECT_EQ(a.set_state(S::kStop).error().code, ENOTCONN);  // no PF services
+}
+
+}  // namespace
+}  // namespace uvfio

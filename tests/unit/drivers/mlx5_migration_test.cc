@@ -3,6 +3,7 @@
 // RESUMING and RUNNING on the destination, the workload carrying on; and the
 // fault cases: corrupt, truncated and foreign streams, the PF going away
 // mid-migration.
+#include <poll.h>
 #include <sys/eventfd.h>
 #include <unistd.h>
 
@@ -11,6 +12,7 @@
 #include <cstring>
 #include <random>
 #include <set>
+#include <thread>
 
 #include "daemon/system.h"
 #include "hw/mlx5/mlx5.h"
@@ -266,6 +268,66 @@ TEST(Mlx5Migration, PfUnbindDuringPreCopyEndsInError) {
   ASSERT_TRUE(a.dev->reset());
   EXPECT_EQ(a.dev->mig_state(), S::kRunning);
   EXPECT_EQ(a.set_state(S::kStop).error().code, ENOTCONN);  // no PF services
+}
+
+}  // namespace
+}  // namespace uvfio
+
+namespace uvfio {
+namespace {
+
+TEST(Mlx5Migration, SourceAbortsBackToRunningWithTheWorkloadIntact) {
+  Side a;
+  a.start_queue();
+  for (uint32_t i = 0; i < 20; ++i) a.post(VfOp::kFill, 512, i, kData + i * 512, i);
+  a.w(vfreg::kSqTail, a.tail);
+  auto pre = a.set_state(S::kPreCopy);
+  ASSERT_TRUE(pre);
+  (void)drain(*pre->file, false);
+  // The attempt fails (say the destination went away): back to RUNNING.
+  ASSERT_TRUE(a.set_state(S::kRunning));
+  std::vector<uint8_t> buf(16);
+  EXPECT_EQ(pre->file->read(buf).error().code, ENODEV);  // the session ended
+  for (uint32_t i = 20; i < 40; ++i) a.post(VfOp::kFill, 512, i, kData + i * 512, i);
+  a.w(vfreg::kSqTail, a.tail);
+  ASSERT_TRUE(a.hwvf().wait_idle(std::chrono::seconds(5)));
+  EXPECT_EQ(a.r(vfreg::kCqTail), 40u);
+  for (uint32_t i = 0; i < 40; ++i) EXPECT_EQ(a.guest[kData + i * 512 + 511], i);
+  // And a second attempt works from scratch.
+  auto again = a.set_state(S::kPreCopy);
+  ASSERT_TRUE(again);
+  EXPECT_GT(again->file->precopy_info()->initial_bytes, 0u);
+}
+
+TEST(Mlx5Migration, SriovDisabledWhileTheVfIsOpen) {
+  Side a;
+  UniqueFd req(eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
+  vfio::IrqSet s;
+  s.flags = VFIO_IRQ_SET_DATA_EVENTFD | VFIO_IRQ_SET_ACTION_TRIGGER;
+  s.index = VFIO_PCI_REQ_IRQ_INDEX;
+  s.count = 1;
+  s.fds.emplace_back(dup(req.get()));
+  ASSERT_TRUE(a.dev->set_irqs(std::move(s)));
+  auto pre = a.set_state(S::kPreCopy);
+  ASSERT_TRUE(pre);
+  a.sys->vfio_registry().set_request_interval(std::chrono::milliseconds(20));
+  vfio::Device* dev = a.dev;
+  std::atomic<bool> done{false};
+  std::thread admin([&] {
+    EXPECT_TRUE(a.sys->core().tree().write("bus/pci/devices/0000:07:00.0/sriov_numvfs", "0"));
+    done = true;
+  });
+  // The user hears REQ (the PF's services went first), sees ERROR, lets go.
+  pollfd p{req.get(), POLLIN, 0};
+  ASSERT_EQ(poll(&p, 1, 5000), 1);
+  for (int i = 0; i < 200 && dev->mig_state() != S::kError; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  EXPECT_EQ(dev->mig_state(), S::kError);
+  EXPECT_FALSE(done);  // waiting for the user, not crashing or going on
+  dev->close();
+  admin.join();
+  a.dev = nullptr;
+  EXPECT_EQ(a.sys->pci().find(kVf), nullptr);
+  EXPECT_EQ(a.sys->vfio_device(kVf), nullptr);
 }
 
 }  // namespace

@@ -20,11 +20,20 @@ void put_record(std::vector<uint8_t>& out, RecordTag tag, std::span<const uint8_
 SaveFile::SaveFile(std::shared_ptr<PfLink> pf, uint16_t vf_device, uint64_t device_memory)
     : pf_(std::move(pf)), vf_device_(vf_device), device_memory_(device_memory) {}
 
+void SaveFile::push(std::vector<uint8_t> chunk) {
+  if (chunk.empty()) return;
+  queued_ += chunk.size();
+  queue_.push_back(std::move(chunk));
+}
+
 Result<void> SaveFile::enqueue_image(bool incremental) {
   auto img = TRY(pf_->call([&](mlx5::VfioAuxDevice& a) { return a.save_state(incremental); }));
-  std::vector<uint8_t> rec;
-  put_record(rec, RecordTag::kFwData, img);
-  queue_.insert(queue_.end(), rec.begin(), rec.end());
+  // The record header, then the image itself (no copy of the image).
+  RecordHeader h{img.size(), 0, static_cast<uint32_t>(RecordTag::kFwData), hw::mlx5::crc32c(0, img.data(), img.size()), 0};
+  std::vector<uint8_t> head(sizeof(h));
+  std::memcpy(head.data(), &h, sizeof(h));
+  push(std::move(head));
+  push(std::move(img));
   if (!incremental) took_full_ = true;
   return ok();
 }
@@ -38,14 +47,14 @@ Result<void> SaveFile::start(bool precopy) {
   uint64_t size = TRY(pf_->call([](mlx5::VfioAuxDevice& a) { return a.query_state_size(false); }));
   put_record(head, RecordTag::kStopCopySize, std::span<const uint8_t>(reinterpret_cast<uint8_t*>(&size), 8),
              kRecordOptional);
-  queue_.insert(queue_.end(), head.begin(), head.end());
+  push(std::move(head));
   TRY(enqueue_image(false));
   if (precopy) {
-    initial_left_ = queue_.size();
+    initial_left_ = queued_;
   } else {
     std::vector<uint8_t> end;
     put_record(end, RecordTag::kEnd, {});
-    queue_.insert(queue_.end(), end.begin(), end.end());
+    push(std::move(end));
     final_ = true;
   }
   return ok();
@@ -58,7 +67,7 @@ Result<void> SaveFile::finish() {
   TRY(enqueue_image(took_full_));
   std::vector<uint8_t> end;
   put_record(end, RecordTag::kEnd, {});
-  queue_.insert(queue_.end(), end.begin(), end.end());
+  push(std::move(end));
   final_ = true;
   precopy_ = false;
   initial_left_ = 0;
@@ -69,6 +78,8 @@ void SaveFile::end_session() {
   std::lock_guard lk(mu_);
   dead_ = true;
   queue_.clear();
+  queued_ = 0;
+  front_off_ = 0;
 }
 
 Result<size_t> SaveFile::read(std::span<uint8_t> out) {
@@ -81,9 +92,19 @@ Result<size_t> SaveFile::read(std::span<uint8_t> out) {
     if (queue_.empty()) return Error(ENOMSG, "no data for now");
   }
   if (queue_.empty()) return size_t{0};  // end of stream (STOP_COPY)
-  size_t n = std::min(out.size(), queue_.size());
-  std::copy_n(queue_.begin(), n, out.begin());
-  queue_.erase(queue_.begin(), queue_.begin() + static_cast<long>(n));
+  size_t n = 0;
+  while (n < out.size() && !queue_.empty()) {
+    std::vector<uint8_t>& c = queue_.front();
+    size_t take = std::min(out.size() - n, c.size() - front_off_);
+    std::memcpy(out.data() + n, c.data() + front_off_, take);
+    n += take;
+    front_off_ += take;
+    if (front_off_ == c.size()) {
+      queue_.pop_front();
+      front_off_ = 0;
+    }
+  }
+  queued_ -= n;
   initial_left_ = initial_left_ > n ? initial_left_ - n : 0;
   return n;
 }
@@ -94,7 +115,7 @@ Result<vfio_precopy_info> SaveFile::precopy_info() {
   vfio_precopy_info i{};
   i.argsz = sizeof(i);
   i.initial_bytes = initial_left_;
-  uint64_t queued_dirty = queue_.size() - std::min<uint64_t>(queue_.size(), initial_left_);
+  uint64_t queued_dirty = queued_ - std::min<uint64_t>(queued_, initial_left_);
   uint64_t pending = TRY(pf_->call([](mlx5::VfioAuxDevice& a) { return a.query_state_size(true); }));
   i.dirty_bytes = queued_dirty + (pending > 4096 ? pending : 0);
   return i;

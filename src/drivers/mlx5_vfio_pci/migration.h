@@ -67,7 +67,11 @@ class SaveFile : public vfio::MigrationFile {
   uint16_t vf_device_;
   uint64_t device_memory_;
   std::mutex mu_;
-  std::deque<uint8_t> queue_;   // guarded by mu_
+  // Records waiting to be read, as whole buffers (no per-byte queue).
+  void push(std::vector<uint8_t> chunk);
+  std::deque<std::vector<uint8_t>> queue_;  // guarded by mu_
+  size_t front_off_ = 0;                    // bytes of queue_.front() already read
+  uint64_t queued_ = 0;                     // bytes not read yet
   uint64_t initial_left_ = 0;   // bytes of the initial image not read yet
   bool precopy_ = false, final_ = false, dead_ = false, took_full_ = false;
 };

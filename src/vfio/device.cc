@@ -82,6 +82,7 @@ Result<void> Device::open(const OpenArgs& args) {
 void Device::close() {
   std::lock_guard lk(dev_mu_);
   if (!open_) return;
+  if (has_dma_logging()) (void)log_stop();
   close_device();
   iommu_.unmap_all();
   open_ = false;
@@ -95,6 +96,8 @@ void Device::release_user_resources() {
     std::lock_guard lk(igate_);
     release_irqs();
   }
+  // DMA logging the user started ends with the user, as on close.
+  if (has_dma_logging()) (void)log_stop();
   iommu_.unmap_all();
 }
 

@@ -189,6 +189,14 @@ void Server::serve_loop(Endpoint& ep) {
     if (ok_to_serve) {
       serve_client(ep, c.get());
       ep.dev->release_user_resources();
+      // A client gone mid-migration leaves no half-saved or half-loaded
+      // device behind: as the kernel does when the fd holding a migration
+      // is closed, the device is reset and back in RUNNING.
+      if (vfio::MigState s = ep.dev->mig_state(); s != vfio::MigState::kRunning) {
+        auto r = ep.dev->reset();
+        log::warn(ep.name, "vfio-user: client left in migration state {}: device reset{}", vfio::to_string(s),
+                  r ? "" : " failed: " + to_string(r.error()));
+      }
       log::info(ep.name, "vfio-user: client disconnected");
     }
     std::lock_guard lk(ep.mu);

@@ -536,6 +536,20 @@ struct __attribute__((packed)) ImageRegs {
   uint8_t scratch[0x100];  // plain BAR0 memory below the register block's end
 };
 
+// A page of device memory as it is now. Running pre-copy reads race with the
+// VF's engine (and with clients writing through their mmap) by design, as a
+// real device's firmware reading its memory does; the quiesced final image
+// is what makes the copy exact. Every saved page is hashed from the
+// snapshot that is sent, so a recorded hash always describes what the
+// destination holds. Volatile word loads (never a torn word, never turned
+// into a memcpy call), not instrumented by TSan: this race is the model.
+__attribute__((no_sanitize("thread"), noinline)) void snapshot_device_page(uint8_t* dst, const uint8_t* src) {
+  const volatile uint64_t* s = reinterpret_cast<const volatile uint64_t*>(src);
+  uint64_t w[512];
+  for (unsigned i = 0; i < 512; ++i) w[i] = s[i];
+  std::memcpy(dst, w, sizeof(w));
+}
+
 uint64_t page_hash(const uint8_t* p) {
   // FNV-1a over 64-bit words in four interleaved lanes (so the multiplies
   // pipeline), folded at the end: a change detector, not a cryptographic
@@ -559,9 +573,15 @@ uint64_t page_hash(const uint8_t* p) {
 uint64_t Vf::pending_state_bytes(SaveMode mode) {
   BarMemory* dm = bar_memory(2);
   uint64_t pages = dm->size() / kPage, changed = 0;
-  for (uint64_t i = 0; i < pages; ++i)
-    if (mode == SaveMode::kFull || page_hash_.size() != pages || page_hash_[i] != page_hash(dm->data() + i * kPage))
+  uint8_t snap[kPage];
+  for (uint64_t i = 0; i < pages; ++i) {
+    if (mode == SaveMode::kFull || page_hash_.size() != pages) {
       ++changed;
+      continue;
+    }
+    snapshot_device_page(snap, dm->data() + i * kPage);
+    if (page_hash_[i] != page_hash(snap)) ++changed;
+  }
   return sizeof(ImageHeader) + sizeof(ImageRegs) + changed * (4 + kPage);
 }
 
@@ -580,16 +600,17 @@ Result<std::vector<uint8_t>> Vf::save_state(SaveMode mode, uint64_t max_size) {
   if (full) out.reserve(out.size() + pages * (4 + kPage));
   std::vector<uint64_t> hashes(pages);
   uint32_t n = 0;
+  uint8_t snap[kPage];
   for (uint64_t i = 0; i < pages; ++i) {
-    const uint8_t* p = dm->data() + i * kPage;
-    hashes[i] = page_hash(p);
+    snapshot_device_page(snap, dm->data() + i * kPage);
+    hashes[i] = page_hash(snap);
     if (!full && page_hash_[i] == hashes[i]) continue;
     size_t at = out.size();
     if (at + 4 + kPage > max_size) return Error(ENOSPC, "VF image larger than the buffer");
     out.resize(at + 4 + kPage);
     uint32_t idx = static_cast<uint32_t>(i);
     std::memcpy(out.data() + at, &idx, 4);
-    std::memcpy(out.data() + at + 4, p, kPage);
+    std::memcpy(out.data() + at + 4, snap, kPage);
     ++n;
   }
   if (out.size() > max_size) return Error(ENOSPC, "VF image larger than the buffer");

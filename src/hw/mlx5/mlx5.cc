@@ -106,6 +106,7 @@ Vf* Pf::target(uint16_t function_id) {
 }
 
 void Pf::execute(FwMailbox& mb) {
+  if (cmd_log_) cmd_log_(mb);
   mb.status = 0;
   mb.out0 = mb.out1 = 0;
   Vf* vf = target(mb.function_id);

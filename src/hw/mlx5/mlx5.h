@@ -9,6 +9,7 @@
 #include <array>
 #include <atomic>
 #include <condition_variable>
+#include <functional>
 #include <map>
 #include <memory>
 #include <set>
@@ -98,6 +99,12 @@ class Pf : public Function {
   ~Pf() override;
   SriovCapability& sriov() { return *sriov_; }
   const PfParams& params() const { return params_; }
+  // Sees every firmware command as it starts (tests: the command sequence
+  // of each migration arc). Called with the firmware lock held.
+  void set_command_log(std::function<void(const FwMailbox&)> f) {
+    std::lock_guard lk(fw_mu_);
+    cmd_log_ = std::move(f);
+  }
 
  protected:
   void on_config_write(uint16_t off, unsigned width, uint32_t old_value) override;
@@ -125,6 +132,7 @@ class Pf : public Function {
   uint64_t mailbox_ = 0;
   uint32_t cmd_status_ = 0;
   std::map<uint16_t, std::shared_ptr<Tracker>> trackers_;  // by function id; guarded by fw_mu_
+  std::function<void(const FwMailbox&)> cmd_log_;          // guarded by fw_mu_
 };
 
 // VF register map (BAR0; docs/devices/mlx5-vf.md). The work queue: the

@@ -332,3 +332,85 @@ TEST(Mlx5Migration, SriovDisabledWhileTheVfIsOpen) {
 
 }  // namespace
 }  // namespace uvfio
+
+namespace uvfio {
+namespace {
+
+using S = vfio::MigState;
+using namespace hw::mlx5;
+
+// One firmware command as the arc test records it: "SUSPEND/I", "SAVE/incr".
+std::string describe(const FwMailbox& mb) {
+  bool incr = mb.flags & kFwIncremental;
+  switch (static_cast<FwCmd>(mb.opcode)) {
+    case FwCmd::kQueryVhcaMigrationState: return incr ? "QUERY/incr" : "QUERY";
+    case FwCmd::kSuspendVhca: return mb.op_mod == kOpModInitiator ? "SUSPEND/I" : "SUSPEND/R";
+    case FwCmd::kResumeVhca: return mb.op_mod == kOpModInitiator ? "RESUME/I" : "RESUME/R";
+    case FwCmd::kSaveVhcaState: return incr ? "SAVE/incr" : "SAVE/full";
+    case FwCmd::kLoadVhcaState: return "LOAD";
+    case FwCmd::kCreatePageTracker: return "TRACKER_CREATE";
+    case FwCmd::kReportPageTracker: return "TRACKER_REPORT";
+    case FwCmd::kDestroyPageTracker: return "TRACKER_DESTROY";
+  }
+  return "?";
+}
+
+// Each arc against the PF firmware commands mlx5 issues for it
+// (reference/kernel-vfio.md §3.6), the VF's function id on every command.
+TEST(Mlx5Migration, ArcsIssueMlx5sFirmwareCommands) {
+  Side a;
+  auto& pf = static_cast<Pf&>(a.sys->pci().find(Bdf(0, 7, 0, 0))->hw());
+  std::vector<std::string> log;
+  std::set<uint16_t> fids;
+  pf.set_command_log([&](const FwMailbox& mb) {
+    log.push_back(describe(mb));
+    fids.insert(mb.function_id);
+  });
+  using V = std::vector<std::string>;
+  std::shared_ptr<vfio::MigrationFile> file;
+  auto arc = [&](S to) {
+    log.clear();
+    auto r = a.set_state(to);
+    EXPECT_TRUE(r) << vfio::to_string(to);
+    if (r && r->file) file = r->file;
+    return log;
+  };
+  EXPECT_EQ(arc(S::kRunningP2P), V{"SUSPEND/I"});
+  EXPECT_EQ(arc(S::kStop), V{"SUSPEND/R"});
+  EXPECT_EQ(arc(S::kRunningP2P), V{"RESUME/R"});
+  EXPECT_EQ(arc(S::kRunning), V{"RESUME/I"});
+  // RUNNING -> PRE_COPY: the sizes, then the initial full image.
+  V pre = arc(S::kPreCopy);
+  ASSERT_GE(pre.size(), 2u);
+  EXPECT_EQ(pre.front(), "QUERY");
+  EXPECT_EQ(pre.back(), "SAVE/full");
+  EXPECT_EQ(arc(S::kPreCopyP2P), V{"SUSPEND/I"});
+  // PRE_COPY_P2P -> STOP_COPY: stop responding, then the final incremental image.
+  V stop = arc(S::kStopCopy);
+  ASSERT_GE(stop.size(), 2u);
+  EXPECT_EQ(stop.front(), "SUSPEND/R");
+  EXPECT_EQ(stop.back(), "SAVE/incr");
+  EXPECT_EQ(arc(S::kStop), V{});  // tear down only
+  // STOP -> STOP_COPY without pre-copy: a full image.
+  V sc = arc(S::kStopCopy);
+  ASSERT_FALSE(sc.empty());
+  EXPECT_EQ(sc.back(), "SAVE/full");
+  ASSERT_TRUE(file);
+  auto stream = drain(*file, true);
+  EXPECT_EQ(arc(S::kStop), V{});
+  // STOP -> RESUMING opens the write side without a command; each complete
+  // image record written is one LOAD; RESUMING -> STOP tears down only.
+  EXPECT_EQ(arc(S::kResuming), V{});
+  ASSERT_TRUE(file);
+  log.clear();
+  ASSERT_TRUE(feed(*file, stream, 7));
+  EXPECT_EQ(log, V{"LOAD"});
+  EXPECT_EQ(arc(S::kStop), V{});
+  EXPECT_EQ(arc(S::kRunningP2P), V{"RESUME/R"});
+  EXPECT_EQ(arc(S::kRunning), V{"RESUME/I"});
+  EXPECT_EQ(fids, std::set<uint16_t>{1});  // VF 0 is firmware function 1
+  pf.set_command_log(nullptr);
+}
+
+}  // namespace
+}  // namespace uvfio

@@ -388,13 +388,15 @@ void destination(int in, Device& b, Ram& ram, DestResult& out) {
     step("loaded");
     TRY(b.c->set_mig_state(vfio::MigState::kRunning));
     out.running_at = Clock::now();
+    uint8_t running = 1;  // tells the source the guest runs here now
+    TRY(write_all(in, &running, 1));
     return ok();
   };
   out.r = body();
 }
 
 struct Options {
-  std::string from, to, socket;
+  std::string from, to, socket, to_tcp, listen;
   std::string ram = "8";  // MiB
   unsigned max_rounds = 10;
   double converge = 0.03;
@@ -441,13 +443,137 @@ std::vector<uint64_t> cpu_pages() {
   return v;
 }
 
+// The source side: everything of the guest goes to `out`; returns once the
+// destination says the guest runs there.
+Result<void> source(const Options& o, Device& a, Ram& ram_a, Workload& wl, int out) {
+  uint64_t ram_size = ram_a.size;
+  TRY(logging_start(a, ram_size));
+  step("logging");
+  TRY(a.c->set_mig_state(vfio::MigState::kPreCopy));
+  step("precopy");
+  // Round 0 sends all of RAM; later rounds the pages dirtied meanwhile.
+  std::vector<uint64_t> all(ram_size / kPage);
+  for (uint64_t p = 0; p < all.size(); ++p) all[p] = p;
+  TRY(send_pages(out, ram_a, all));
+  std::vector<uint8_t> buf(1 << 20);
+  uint64_t initial = 0, total = 0;
+  double secs = 0;  // time spent moving device data
+  for (unsigned round = 0;; ++round) {
+    uint64_t bytes = 0;
+    auto r0 = Clock::now();
+    for (;;) {
+      auto n = a.c->mig_data_read(buf);
+      if (!n && n.error().code == ENOMSG) break;
+      if (!n) return n.error();
+      if (*n == 0) return Error(EPROTO, "end of stream in PRE_COPY");
+      TRY(send_frame(out, kDeviceData, 0, buf.data(), *n));
+      bytes += *n;
+      if (bytes > 4 * a.dev_size + (64u << 20)) return Error(EPROTO, "pre-copy round does not end");
+    }
+    auto dirty = TRY(logging_report(a, ram_size));
+    auto cpu = cpu_pages();
+    dirty.insert(dirty.end(), cpu.begin(), cpu.end());
+    TRY(send_pages(out, ram_a, dirty));
+    if (round == 0) initial = bytes;
+    total += bytes;
+    secs += std::chrono::duration<double>(Clock::now() - r0).count();
+    double rate = static_cast<double>(total) / std::max(secs, 1e-6);
+    fmt::print("pre-copy round {}: {} device bytes, {} guest pages; estimated downtime {:.1f} ms\n", round, bytes,
+               dirty.size(), 1e3 * static_cast<double>(bytes + dirty.size() * kPage) / rate);
+    std::fflush(stdout);
+    step("round");
+    if (round > 0 &&
+        (static_cast<double>(bytes) <= o.converge * static_cast<double>(initial) || round + 1 >= o.max_rounds))
+      break;
+    TRY(run_for(wl, a, std::chrono::milliseconds(50)));  // the guest keeps working between rounds
+  }
+  TRY(send_frame(out, kSync, 0, nullptr, 0));
+  uint8_t ack;
+  TRY(read_all(out, &ack, 1));
+  // Stop: the last device data, the last dirty pages, the CPU state.
+  auto stop_at = Clock::now();
+  TRY(a.c->set_mig_state(vfio::MigState::kStopCopy));
+  step("stopcopy");
+  uint64_t final_bytes = 0;
+  for (;;) {
+    size_t n = TRY(a.c->mig_data_read(buf));
+    if (n == 0) break;
+    TRY(send_frame(out, kDeviceData, 0, buf.data(), n));
+    final_bytes += n;
+  }
+  auto dirty = TRY(logging_report(a, ram_size));
+  auto cpu = cpu_pages();
+  dirty.insert(dirty.end(), cpu.begin(), cpu.end());
+  TRY(send_pages(out, ram_a, dirty));
+  TRY(send_frame(out, kGuestCpu, 0, &wl.st, sizeof(wl.st)));
+  TRY(send_frame(out, kEnd, 0, nullptr, 0));
+  step("sent");
+  uint8_t running = 0;
+  if (!read_all(out, &running, 1) || running != 1) return Error(EIO, "the destination did not resume the device");
+  TRY(a.c->set_mig_state(vfio::MigState::kStop));
+  double downtime = std::chrono::duration<double, std::milli>(Clock::now() - stop_at).count();
+  fmt::print("stop-copy: {} device bytes ({:.2f}% of the initial {}), {} guest pages; downtime {:.1f} ms\n",
+             final_bytes, 100.0 * static_cast<double>(final_bytes) / static_cast<double>(std::max<uint64_t>(initial, 1)),
+             initial, dirty.size(), downtime);
+  return ok();
+}
+
+// The guest lives on at the destination: same CPU state, its RAM copy.
+Result<void> carry_on(const Options& o, Device& b, Ram& ram_b, const GuestState& st) {
+  step("running");
+  Workload wb{st, ram_b.p, b.dev_size};
+  TRY(check_irq(wb, b));
+  TRY(run_for(wb, b, std::chrono::milliseconds(o.run_ms)));
+  TRY(wb.drain(b));
+  fmt::print("destination: {} descriptors done in all, every cookie once, {} interrupts after migration\n",
+             wb.st.completed, wb.st.irqs - st.irqs);
+  return wb.verify(b);
+}
+
+// host:port
+Result<sockaddr_in> parse_hostport(const std::string& s) {
+  auto colon = s.rfind(':');
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  std::string host = colon == std::string::npos ? "0.0.0.0" : s.substr(0, colon);
+  std::string port = colon == std::string::npos ? s : s.substr(colon + 1);
+  char* end = nullptr;
+  unsigned long p = std::strtoul(port.c_str(), &end, 10);
+  if (port.empty() || *end || p > 65535) return Error(EINVAL, "bad port (HOST:PORT)");
+  if (inet_pton(AF_INET, host.c_str(), &a.sin_addr) != 1) return Error(EINVAL, "bad IPv4 address (HOST:PORT)");
+  a.sin_port = htons(static_cast<uint16_t>(p));
+  return a;
+}
+
 Result<void> migrate(const Options& o) {
   uint64_t ram_size = std::stoull(o.ram) << 20;
-  Ram ram_a(ram_size), ram_b(ram_size);
-  if (!ram_a.p || !ram_b.p) return Error(ENOMEM, "guest RAM");
-  Device a, b;
+  Ram ram_a(ram_size);
+  if (!ram_a.p) return Error(ENOMEM, "guest RAM");
+  Device a;
   TRY(attach(a, o.from, ram_a, true));
   step("connected");
+  if (!o.to_tcp.empty()) {
+    // The destination is another uvfio-guest (`receive`), maybe on another host.
+    sockaddr_in addr = TRY(parse_hostport(o.to_tcp));
+    UniqueFd s;
+    for (int i = 0;; ++i) {
+      s = UniqueFd(socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
+      if (connect(s.get(), reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0) break;
+      if (i == 100) return Error(errno, "cannot reach the destination");
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    }
+    int one = 1;
+    setsockopt(s.get(), IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    Workload wl{{}, ram_a.p, a.dev_size};
+    TRY(run_for(wl, a, std::chrono::milliseconds(o.run_ms)));
+    TRY(check_irq(wl, a));
+    fmt::print("source: {} descriptors done, {} interrupts; migrating to {}\n", wl.st.completed, wl.st.irqs,
+               o.to_tcp);
+    return source(o, a, ram_a, wl, s.get());
+  }
+  Ram ram_b(ram_size);
+  if (!ram_b.p) return Error(ENOMEM, "guest RAM");
+  Device b;
   TRY(attach(b, o.to, ram_b, true));
   if (a.dev_size != b.dev_size)
     return Error(EINVAL, "source and destination VFs have different device memory sizes");
@@ -456,97 +582,39 @@ Result<void> migrate(const Options& o) {
   TRY(check_irq(wl, a));
   fmt::print("source: {} descriptors done, {} interrupts; migrating ({} MiB device memory, {} MiB RAM)\n",
              wl.st.completed, wl.st.irqs, a.dev_size >> 20, ram_size >> 20);
-
   auto [out, in] = TRY(tcp_pair());
   DestResult dres;
   std::thread dest([&, in = in.get()] { destination(in, b, ram_b, dres); });
-  auto result = [&]() -> Result<void> {
-    TRY(logging_start(a, ram_size));
-    step("logging");
-    TRY(a.c->set_mig_state(vfio::MigState::kPreCopy));
-    step("precopy");
-    // Round 0 sends all of RAM; later rounds the pages dirtied meanwhile.
-    std::vector<uint64_t> all(ram_size / kPage);
-    for (uint64_t p = 0; p < all.size(); ++p) all[p] = p;
-    TRY(send_pages(out.get(), ram_a, all));
-    std::vector<uint8_t> buf(1 << 20);
-    uint64_t initial = 0, total = 0, last = 0;
-    double secs = 0;  // time spent moving device data
-    for (unsigned round = 0;; ++round) {
-      uint64_t bytes = 0;
-      auto r0 = Clock::now();
-      for (;;) {
-        auto n = a.c->mig_data_read(buf);
-        if (!n && n.error().code == ENOMSG) break;
-        if (!n) return n.error();
-        if (*n == 0) return Error(EPROTO, "end of stream in PRE_COPY");
-        TRY(send_frame(out.get(), kDeviceData, 0, buf.data(), *n));
-        bytes += *n;
-        if (bytes > 4 * a.dev_size + (64u << 20)) return Error(EPROTO, "pre-copy round does not end");
-      }
-      auto dirty = TRY(logging_report(a, ram_size));
-      auto cpu = cpu_pages();
-      dirty.insert(dirty.end(), cpu.begin(), cpu.end());
-      TRY(send_pages(out.get(), ram_a, dirty));
-      if (round == 0) initial = bytes;
-      total += bytes;
-      last = bytes;
-      secs += std::chrono::duration<double>(Clock::now() - r0).count();
-      double rate = static_cast<double>(total) / std::max(secs, 1e-6);
-      fmt::print("pre-copy round {}: {} device bytes, {} guest pages; estimated downtime {:.1f} ms\n", round, bytes,
-                 dirty.size(), 1e3 * static_cast<double>(bytes + dirty.size() * kPage) / rate);
-      step("round");
-      if (round > 0 && (static_cast<double>(bytes) <= o.converge * static_cast<double>(initial) ||
-                        round + 1 >= o.max_rounds))
-        break;
-      TRY(run_for(wl, a, std::chrono::milliseconds(50)));  // the guest keeps working between rounds
-    }
-    (void)last;
-    TRY(send_frame(out.get(), kSync, 0, nullptr, 0));
-    uint8_t ack;
-    TRY(read_all(out.get(), &ack, 1));
-    // Stop: the last device data, the last dirty pages, the CPU state.
-    auto stop_at = Clock::now();
-    TRY(a.c->set_mig_state(vfio::MigState::kStopCopy));
-    step("stopcopy");
-    uint64_t final_bytes = 0;
-    for (;;) {
-      size_t n = TRY(a.c->mig_data_read(buf));
-      if (n == 0) break;
-      TRY(send_frame(out.get(), kDeviceData, 0, buf.data(), n));
-      final_bytes += n;
-    }
-    auto dirty = TRY(logging_report(a, ram_size));
-    auto cpu = cpu_pages();
-    dirty.insert(dirty.end(), cpu.begin(), cpu.end());
-    TRY(send_pages(out.get(), ram_a, dirty));
-    TRY(send_frame(out.get(), kGuestCpu, 0, &wl.st, sizeof(wl.st)));
-    TRY(send_frame(out.get(), kEnd, 0, nullptr, 0));
-    step("sent");
-    dest.join();
-    TRY(std::move(dres.r));
-    TRY(a.c->set_mig_state(vfio::MigState::kStop));
-    double downtime = std::chrono::duration<double, std::milli>(dres.running_at - stop_at).count();
-    fmt::print("stop-copy: {} device bytes ({:.2f}% of the initial {}), {} guest pages; downtime {:.1f} ms\n",
-               final_bytes, 100.0 * static_cast<double>(final_bytes) / static_cast<double>(std::max<uint64_t>(initial, 1)),
-               initial, dirty.size(), downtime);
-    return ok();
-  }();
-  if (dest.joinable()) {
-    out.reset();  // the destination sees the stream end and fails
-    dest.join();
-  }
+  auto result = source(o, a, ram_a, wl, out.get());
+  shutdown(out.get(), SHUT_RDWR);  // a failed source: the destination sees the stream end
+  dest.join();
   TRY(std::move(result));
-  step("running");
+  TRY(std::move(dres.r));
+  return carry_on(o, b, ram_b, dres.st);
+}
 
-  // The guest lives on at the destination: same CPU state, its RAM copy.
-  Workload wb{dres.st, ram_b.p, b.dev_size};
-  TRY(check_irq(wb, b));
-  TRY(run_for(wb, b, std::chrono::milliseconds(o.run_ms)));
-  TRY(wb.drain(b));
-  fmt::print("destination: {} descriptors done in all, every cookie once, {} interrupts after migration\n",
-             wb.st.completed, wb.st.irqs - dres.st.irqs);
-  return wb.verify(b);
+// The destination side as its own program: takes one migration from a
+// `migrate --to-tcp` and runs the guest on.
+Result<void> receive(const Options& o) {
+  uint64_t ram_size = std::stoull(o.ram) << 20;
+  Ram ram(ram_size);
+  if (!ram.p) return Error(ENOMEM, "guest RAM");
+  sockaddr_in addr = TRY(parse_hostport(o.listen));
+  UniqueFd l(socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  int one = 1;
+  setsockopt(l.get(), SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+  if (bind(l.get(), reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0 || listen(l.get(), 1) != 0)
+    return Error(errno, "cannot listen");
+  Device b;
+  TRY(attach(b, o.socket, ram, true));
+  fmt::print("listening on {}\n", o.listen);
+  std::fflush(stdout);
+  UniqueFd in(accept4(l.get(), nullptr, nullptr, SOCK_CLOEXEC));
+  if (in.get() < 0) return Error(errno, "accept");
+  DestResult dres;
+  destination(in.get(), b, ram, dres);
+  TRY(std::move(dres.r));
+  return carry_on(o, b, ram, dres.st);
 }
 
 Result<void> run(const Options& o) {
@@ -577,7 +645,9 @@ int main(int argc, char** argv) {
   r->add_option("--ms", o.run_ms, "How long to run")->capture_default_str();
   auto* m = app.add_subcommand("migrate", "Run the workload and migrate the VF to another daemon while it runs");
   m->add_option("--from", o.from, "Source VF's vfio-user socket")->required();
-  m->add_option("--to", o.to, "Destination VF's vfio-user socket")->required();
+  auto* to = m->add_option("--to", o.to, "Destination VF's vfio-user socket (both sides in this process)");
+  auto* to_tcp = m->add_option("--to-tcp", o.to_tcp, "A `uvfio-guest receive` at HOST:PORT (IPv4)");
+  to->excludes(to_tcp);
   m->add_option("--max-rounds", o.max_rounds, "Most pre-copy rounds")->capture_default_str()->check(CLI::Range(1, 1000));
   m->add_option("--converge", o.converge, "Stop pre-copy when a round is below this fraction of the first")
       ->capture_default_str()
@@ -586,11 +656,19 @@ int main(int argc, char** argv) {
   m->add_option("--crash-at", crash,
                 "Die (SIGKILL) at a step: connected, logging, precopy, round, stopcopy, sent, loaded, running")
       ->check(CLI::IsMember({"connected", "logging", "precopy", "round", "stopcopy", "sent", "loaded", "running"}));
-  for (auto* s : {r, m})
+  auto* rc = app.add_subcommand("receive", "Be the destination of a `migrate --to-tcp`, then run the guest on");
+  rc->add_option("--socket", o.socket, "The destination VF's vfio-user socket")->required();
+  rc->add_option("--listen", o.listen, "[HOST:]PORT to listen on (IPv4)")->required();
+  rc->add_option("--ms", o.run_ms, "Workload time after the migration")->capture_default_str();
+  for (auto* s : {r, m, rc})
     s->add_option("--ram", o.ram, "Guest RAM in MiB")->capture_default_str()->check(CLI::Range(2, 4096));
   CLI11_PARSE(app, argc, argv);
   crash_at = crash;
-  auto res = app.got_subcommand(m) ? migrate(o) : run(o);
+  if (app.got_subcommand(m) && o.to.empty() && o.to_tcp.empty()) {
+    fmt::print(stderr, "uvfio-guest: migrate needs --to SOCKET or --to-tcp HOST:PORT\n");
+    return 2;
+  }
+  auto res = app.got_subcommand(m) ? migrate(o) : app.got_subcommand(rc) ? receive(o) : run(o);
   if (!res) {
     fmt::print(stderr, "uvfio-guest: {}\n", to_string(res.error()));
     return 1;

@@ -4,6 +4,9 @@
 // workload, MSI-X after the move (uvfio-guest checks these and exits
 // non-zero otherwise); and the client killed at every step of a migration,
 // each time leaving both devices RUNNING and usable.
+#include <arpa/inet.h>
+#include <netinet/in.h>
+
 #include <gtest/gtest.h>
 
 #include "client/client.h"
@@ -108,6 +111,35 @@ TEST_F(Migration, ClientKilledAtEveryStep) {
   EXPECT_EQ(a->log().find("ERROR"), std::string::npos);
 }
 
+// A free TCP port on loopback (the kernel's pick, released for the test).
+int free_port() {
+  int fd = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t l = sizeof(a);
+  bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a));
+  getsockname(fd, reinterpret_cast<sockaddr*>(&a), &l);
+  close(fd);
+  return ntohs(a.sin_port);
+}
+
+// Source and destination as two programs (as on two hosts), the stream over TCP.
+TEST_F(Migration, SourceAndDestinationAsTwoProgramsOverTcp) {
+  start("16M");
+  std::string hp = "127.0.0.1:" + std::to_string(free_port());
+  std::string g = GUEST_PATH;
+  auto r = sh(g + " receive --socket " + b->rundir() + kVf + " --listen " + hp + " > " + dir + "/recv.out 2>&1 &\n" +
+              g + " migrate --from " + a->rundir() + kVf + " --to-tcp " + hp + "; src=$?\n" +
+              "wait $!; dst=$?\ncat " + dir + "/recv.out\necho \"src=$src dst=$dst\"");
+  ASSERT_NE(r.out.find("src=0 dst=0"), std::string::npos) << r.out << r.err;
+  EXPECT_NE(r.out.find("pre-copy round 1"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("every cookie once"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("verify:"), std::string::npos) << r.out;
+  EXPECT_EQ(state(*a), vfio::MigState::kRunning);
+  EXPECT_EQ(state(*b), vfio::MigState::kRunning);
+}
+
 TEST_F(Migration, BadArgumentsAreRefused) {
   start("16M");
   auto r = sh(std::string(GUEST_PATH) + " migrate --from " + a->rundir() + kVf + " --to " + dir + "/nope.sock");
@@ -124,6 +156,11 @@ TEST_F(Migration, BadArgumentsAreRefused) {
   EXPECT_NE(d.err.find("different device memory sizes"), std::string::npos) << d.err;
   EXPECT_EQ(state(*a), vfio::MigState::kRunning);
   EXPECT_EQ(other.stop(), 0);
+  auto n = sh(std::string(GUEST_PATH) + " migrate --from " + a->rundir() + kVf);
+  EXPECT_EQ(n.status, 2);
+  auto h = sh(std::string(GUEST_PATH) + " migrate --from " + a->rundir() + kVf + " --to-tcp nohost:1");
+  EXPECT_EQ(h.status, 1);
+  EXPECT_NE(h.err.find("bad IPv4 address"), std::string::npos) << h.err;
 }
 
 }  // namespace

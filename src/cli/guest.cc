@@ -28,6 +28,7 @@
 
 #include <chrono>
 #include <cstring>
+#include <optional>
 #include <thread>
 
 #include "base/result.h"
@@ -327,6 +328,22 @@ Result<void> send_frame(int fd, uint32_t kind, uint64_t addr, const void* p, uin
   return ok();
 }
 
+// A connection to the destination's end of the stream, retried while it
+// is not listening yet.
+Result<UniqueFd> connect_tcp(const sockaddr_in& addr, int tries) {
+  for (int i = 1;; ++i) {
+    UniqueFd s(socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
+    if (s.get() < 0) return Error(errno, "socket");
+    if (connect(s.get(), reinterpret_cast<const sockaddr*>(&addr), sizeof(addr)) == 0) {
+      int one = 1;
+      setsockopt(s.get(), IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+      return s;
+    }
+    if (i >= tries) return Error(errno, "cannot reach the destination");
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+}
+
 // A loopback TCP connection: the two ends of the data path.
 Result<std::pair<UniqueFd, UniqueFd>> tcp_pair() {
   UniqueFd l(socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
@@ -337,13 +354,9 @@ Result<std::pair<UniqueFd, UniqueFd>> tcp_pair() {
   if (l.get() < 0 || bind(l.get(), reinterpret_cast<sockaddr*>(&a), sizeof(a)) != 0 || listen(l.get(), 1) != 0 ||
       getsockname(l.get(), reinterpret_cast<sockaddr*>(&a), &al) != 0)
     return Error(errno, "TCP listen");
-  UniqueFd c(socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
-  if (c.get() < 0 || connect(c.get(), reinterpret_cast<sockaddr*>(&a), sizeof(a)) != 0)
-    return Error(errno, "TCP connect");
+  UniqueFd c = TRY(connect_tcp(a, 1));
   UniqueFd s(accept4(l.get(), nullptr, nullptr, SOCK_CLOEXEC));
   if (s.get() < 0) return Error(errno, "TCP accept");
-  int one = 1;
-  setsockopt(c.get(), IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
   return std::pair{std::move(c), std::move(s)};
 }
 
@@ -351,7 +364,6 @@ Result<std::pair<UniqueFd, UniqueFd>> tcp_pair() {
 struct DestResult {
   Result<void> r = ok();
   GuestState st;
-  Clock::time_point running_at;
 };
 void destination(int in, Device& b, Ram& ram, DestResult& out) {
   auto body = [&]() -> Result<void> {
@@ -387,7 +399,6 @@ void destination(int in, Device& b, Ram& ram, DestResult& out) {
     }
     step("loaded");
     TRY(b.c->set_mig_state(vfio::MigState::kRunning));
-    out.running_at = Clock::now();
     uint8_t running = 1;  // tells the source the guest runs here now
     TRY(write_all(in, &running, 1));
     return ok();
@@ -552,45 +563,37 @@ Result<void> migrate(const Options& o) {
   Device a;
   TRY(attach(a, o.from, ram_a, true));
   step("connected");
-  if (!o.to_tcp.empty()) {
-    // The destination is another uvfio-guest (`receive`), maybe on another host.
-    sockaddr_in addr = TRY(parse_hostport(o.to_tcp));
-    UniqueFd s;
-    for (int i = 0;; ++i) {
-      s = UniqueFd(socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
-      if (connect(s.get(), reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0) break;
-      if (i == 100) return Error(errno, "cannot reach the destination");
-      std::this_thread::sleep_for(std::chrono::milliseconds(50));
-    }
-    int one = 1;
-    setsockopt(s.get(), IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-    Workload wl{{}, ram_a.p, a.dev_size};
-    TRY(run_for(wl, a, std::chrono::milliseconds(o.run_ms)));
-    TRY(check_irq(wl, a));
-    fmt::print("source: {} descriptors done, {} interrupts; migrating to {}\n", wl.st.completed, wl.st.irqs,
-               o.to_tcp);
-    return source(o, a, ram_a, wl, s.get());
-  }
-  Ram ram_b(ram_size);
-  if (!ram_b.p) return Error(ENOMEM, "guest RAM");
+  // The destination: a `uvfio-guest receive` (maybe on another host), or a
+  // VF this program drives itself.
+  UniqueFd remote;
+  std::optional<Ram> ram_b;
   Device b;
-  TRY(attach(b, o.to, ram_b, true));
-  if (a.dev_size != b.dev_size)
-    return Error(EINVAL, "source and destination VFs have different device memory sizes");
+  if (!o.to_tcp.empty()) {
+    sockaddr_in addr = TRY(parse_hostport(o.to_tcp));
+    remote = TRY(connect_tcp(addr, 100));
+  } else {
+    ram_b.emplace(ram_size);
+    if (!ram_b->p) return Error(ENOMEM, "guest RAM");
+    TRY(attach(b, o.to, *ram_b, true));
+    if (a.dev_size != b.dev_size)
+      return Error(EINVAL, "source and destination VFs have different device memory sizes");
+  }
   Workload wl{{}, ram_a.p, a.dev_size};
   TRY(run_for(wl, a, std::chrono::milliseconds(o.run_ms)));
   TRY(check_irq(wl, a));
-  fmt::print("source: {} descriptors done, {} interrupts; migrating ({} MiB device memory, {} MiB RAM)\n",
-             wl.st.completed, wl.st.irqs, a.dev_size >> 20, ram_size >> 20);
+  fmt::print("source: {} descriptors done, {} interrupts; migrating ({} MiB device memory, {} MiB RAM) to {}\n",
+             wl.st.completed, wl.st.irqs, a.dev_size >> 20, ram_size >> 20, remote ? o.to_tcp : o.to);
+  if (remote) return source(o, a, ram_a, wl, remote.get());
+
   auto [out, in] = TRY(tcp_pair());
   DestResult dres;
-  std::thread dest([&, in = in.get()] { destination(in, b, ram_b, dres); });
+  std::thread dest([&, in = in.get()] { destination(in, b, *ram_b, dres); });
   auto result = source(o, a, ram_a, wl, out.get());
   shutdown(out.get(), SHUT_RDWR);  // a failed source: the destination sees the stream end
   dest.join();
   TRY(std::move(result));
   TRY(std::move(dres.r));
-  return carry_on(o, b, ram_b, dres.st);
+  return carry_on(o, b, *ram_b, dres.st);
 }
 
 // The destination side as its own program: takes one migration from a

@@ -573,13 +573,11 @@ uint64_t page_hash(const uint8_t* p) {
 
 uint64_t Vf::pending_state_bytes(SaveMode mode) {
   BarMemory* dm = bar_memory(2);
-  uint64_t pages = dm->size() / kPage, changed = 0;
+  uint64_t pages = dm->size() / kPage;
+  if (mode == SaveMode::kFull || page_hash_.size() != pages) return sizeof(ImageHeader) + sizeof(ImageRegs) + pages * (4 + kPage);
+  uint64_t changed = 0;
   uint8_t snap[kPage];
   for (uint64_t i = 0; i < pages; ++i) {
-    if (mode == SaveMode::kFull || page_hash_.size() != pages) {
-      ++changed;
-      continue;
-    }
     snapshot_device_page(snap, dm->data() + i * kPage);
     if (page_hash_[i] != page_hash(snap)) ++changed;
   }

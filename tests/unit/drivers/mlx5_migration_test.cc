@@ -61,6 +61,17 @@ struct Side {
                                std::span<const uint8_t>(reinterpret_cast<uint8_t*>(&st), sizeof(st)));
   }
   Vf& hwvf() { return static_cast<Vf&>(sys->pci().find(kVf)->hw()); }
+  // An eventfd wired to vector 0 of an interrupt index (SET_IRQS TRIGGER).
+  UniqueFd irq_eventfd(uint32_t index) {
+    UniqueFd efd(eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
+    vfio::IrqSet s;
+    s.flags = VFIO_IRQ_SET_DATA_EVENTFD | VFIO_IRQ_SET_ACTION_TRIGGER;
+    s.index = index;
+    s.count = 1;
+    s.fds.emplace_back(dup(efd.get()));
+    EXPECT_TRUE(dev->set_irqs(std::move(s)));
+    return efd;
+  }
   uint32_t tail = 0;
   void post(VfOp op, uint32_t len, uint64_t src, uint64_t dst, uint64_t cookie) {
     VfDescriptor d{static_cast<uint8_t>(op), 0, 0, len, src, dst, cookie};
@@ -178,13 +189,7 @@ TEST(Mlx5Migration, PreCopyStopCopyResumeAndCarryOn) {
   EXPECT_EQ(b.r(vfreg::kCqTail), 100u);
   // The workload carries on at the destination, with interrupts.
   b.cfg16(PCI_COMMAND, PCI_COMMAND_MASTER | PCI_COMMAND_MEMORY);
-  UniqueFd efd(eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
-  vfio::IrqSet s;
-  s.flags = VFIO_IRQ_SET_DATA_EVENTFD | VFIO_IRQ_SET_ACTION_TRIGGER;
-  s.index = VFIO_PCI_MSIX_IRQ_INDEX;
-  s.count = 1;
-  s.fds.emplace_back(dup(efd.get()));
-  ASSERT_TRUE(b.dev->set_irqs(std::move(s)));
+  UniqueFd efd = b.irq_eventfd(VFIO_PCI_MSIX_IRQ_INDEX);
   b.w(vfreg::kIrqVector, 0);
   b.w(vfreg::kIrqCtrl, 1);
   b.tail = a.tail;
@@ -246,13 +251,7 @@ TEST(Mlx5Migration, CorruptTruncatedAndForeignStreamsAreRefused) {
 TEST(Mlx5Migration, PfUnbindDuringPreCopyEndsInError) {
   Side a;
   a.start_queue();
-  UniqueFd req(eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
-  vfio::IrqSet s;
-  s.flags = VFIO_IRQ_SET_DATA_EVENTFD | VFIO_IRQ_SET_ACTION_TRIGGER;
-  s.index = VFIO_PCI_REQ_IRQ_INDEX;
-  s.count = 1;
-  s.fds.emplace_back(dup(req.get()));
-  ASSERT_TRUE(a.dev->set_irqs(std::move(s)));
+  UniqueFd req = a.irq_eventfd(VFIO_PCI_REQ_IRQ_INDEX);
   auto pre = a.set_state(S::kPreCopy);
   ASSERT_TRUE(pre);
   // The PF's aux device goes (mlx5_core's aux half unbound): the VF stays,
@@ -270,11 +269,6 @@ TEST(Mlx5Migration, PfUnbindDuringPreCopyEndsInError) {
   EXPECT_EQ(a.set_state(S::kStop).error().code, ENOTCONN);  // no PF services
 }
 
-}  // namespace
-}  // namespace uvfio
-
-namespace uvfio {
-namespace {
 
 TEST(Mlx5Migration, SourceAbortsBackToRunningWithTheWorkloadIntact) {
   Side a;
@@ -301,13 +295,7 @@ TEST(Mlx5Migration, SourceAbortsBackToRunningWithTheWorkloadIntact) {
 
 TEST(Mlx5Migration, SriovDisabledWhileTheVfIsOpen) {
   Side a;
-  UniqueFd req(eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
-  vfio::IrqSet s;
-  s.flags = VFIO_IRQ_SET_DATA_EVENTFD | VFIO_IRQ_SET_ACTION_TRIGGER;
-  s.index = VFIO_PCI_REQ_IRQ_INDEX;
-  s.count = 1;
-  s.fds.emplace_back(dup(req.get()));
-  ASSERT_TRUE(a.dev->set_irqs(std::move(s)));
+  UniqueFd req = a.irq_eventfd(VFIO_PCI_REQ_IRQ_INDEX);
   auto pre = a.set_state(S::kPreCopy);
   ASSERT_TRUE(pre);
   a.sys->vfio_registry().set_request_interval(std::chrono::milliseconds(20));
@@ -330,14 +318,6 @@ TEST(Mlx5Migration, SriovDisabledWhileTheVfIsOpen) {
   EXPECT_EQ(a.sys->vfio_device(kVf), nullptr);
 }
 
-}  // namespace
-}  // namespace uvfio
-
-namespace uvfio {
-namespace {
-
-using S = vfio::MigState;
-using namespace hw::mlx5;
 
 // One firmware command as the arc test records it: "SUSPEND/I", "SAVE/incr".
 std::string describe(const FwMailbox& mb) {

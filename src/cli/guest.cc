@@ -431,9 +431,10 @@ Result<void> logging_start(Device& d, uint64_t ram_size) {
 // Pages the device wrote since the last report (and clears them).
 Result<std::vector<uint64_t>> logging_report(Device& d, uint64_t ram_size) {
   uint64_t q[3] = {0, ram_size, kPage};
-  auto r = TRY(d.c->device_feature(VFIO_DEVICE_FEATURE_GET | VFIO_DEVICE_FEATURE_DMA_LOGGING_REPORT,
-                                   std::span<const uint8_t>(reinterpret_cast<uint8_t*>(q), sizeof(q))));
   uint64_t pages = ram_size / kPage;
+  auto r = TRY(d.c->device_feature(VFIO_DEVICE_FEATURE_GET | VFIO_DEVICE_FEATURE_DMA_LOGGING_REPORT,
+                                   std::span<const uint8_t>(reinterpret_cast<uint8_t*>(q), sizeof(q)),
+                                   sizeof(q) + (pages + 63) / 64 * 8));
   if (r.size() < 24 + (pages + 7) / 8) return Error(EPROTO, "short DMA logging report");
   std::vector<uint64_t> out;
   for (uint64_t p = 0; p < pages; ++p)

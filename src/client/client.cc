@@ -19,7 +19,7 @@ std::vector<uint8_t> bytes(const T& v) {
 }
 }  // namespace
 
-Result<std::unique_ptr<Client>> Client::connect(const std::string& path) {
+Result<std::unique_ptr<Client>> Client::connect(const std::string& path, const ConnectOptions& opts) {
   sockaddr_un a{};
   a.sun_family = AF_UNIX;
   if (path.size() >= sizeof(a.sun_path)) return Error(ENAMETOOLONG, "socket path too long");
@@ -28,7 +28,9 @@ Result<std::unique_ptr<Client>> Client::connect(const std::string& path) {
   if (!s) return Error(errno, "socket");
   if (::connect(s.get(), reinterpret_cast<sockaddr*>(&a), sizeof(a)) < 0) return Error(errno, "connect");
   std::unique_ptr<Client> c(new Client(std::move(s)));
-  std::string js = R"({"capabilities":{"max_msg_fds":16,"max_data_xfer_size":1048576,"pgsizes":4096,"write_multiple":true}})";
+  std::string js = R"({"capabilities":{"max_msg_fds":16,"max_data_xfer_size":1048576,"pgsizes":4096,"write_multiple":true)";
+  if (opts.vf_token) js += R"(,"vf_token":")" + vfio::uuid_string(*opts.vf_token) + "\"";
+  js += "}}";
   std::vector<uint8_t> p(sizeof(VersionMsg));
   VersionMsg v{0, 0};
   std::memcpy(p.data(), &v, sizeof(v));
@@ -143,11 +145,15 @@ Result<void> Client::dma_unmap_all() {
 }
 
 Result<vfio_device_info> Client::get_info() {
+  DeviceInfoMsg q{sizeof(DeviceInfoMsg), 0, 0, 0};
+  Message m = TRY(call(kDeviceGetInfo, bytes(q)));
+  if (m.payload.size() != sizeof(q)) return Error(EPROTO, "GET_INFO reply is not 16 bytes");
+  std::memcpy(&q, m.payload.data(), sizeof(q));
   vfio_device_info i{};
   i.argsz = sizeof(i);
-  Message m = TRY(call(kDeviceGetInfo, bytes(i)));
-  if (m.payload.size() < sizeof(i)) return Error(EPROTO, "short GET_INFO reply");
-  std::memcpy(&i, m.payload.data(), sizeof(i));
+  i.flags = q.flags;
+  i.num_regions = q.num_regions;
+  i.num_irqs = q.num_irqs;
   return i;
 }
 
@@ -236,9 +242,10 @@ Result<void> Client::reset() {
   return ok();
 }
 
-Result<std::vector<uint8_t>> Client::device_feature(uint32_t flags, std::span<const uint8_t> data) {
+Result<std::vector<uint8_t>> Client::device_feature(uint32_t flags, std::span<const uint8_t> data,
+                                                    size_t reply_room) {
   std::vector<uint8_t> p(sizeof(DeviceFeatureMsg));
-  DeviceFeatureMsg f{static_cast<uint32_t>(sizeof(f) + data.size() + 4096), flags};
+  DeviceFeatureMsg f{static_cast<uint32_t>(sizeof(f) + std::max(data.size(), reply_room)), flags};
   std::memcpy(p.data(), &f, sizeof(f));
   p.insert(p.end(), data.begin(), data.end());
   Message m = TRY(call(kDeviceFeature, p));
@@ -261,7 +268,7 @@ Result<vfio::MigState> Client::get_mig_state() {
 }
 
 Result<size_t> Client::mig_data_read(std::span<uint8_t> out) {
-  MigDataMsg q{sizeof(MigDataMsg), static_cast<uint32_t>(out.size())};
+  MigDataMsg q{static_cast<uint32_t>(sizeof(MigDataMsg) + out.size()), static_cast<uint32_t>(out.size())};
   Message m = TRY(call(kMigDataRead, bytes(q)));
   if (m.payload.size() < sizeof(q)) return Error(EPROTO, "short MIG_DATA_READ reply");
   size_t n = m.payload.size() - sizeof(q);

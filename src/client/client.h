@@ -9,12 +9,14 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <span>
 #include <string>
 #include <vector>
 
 #include "base/result.h"
 #include "base/unique_fd.h"
+#include "vfio/device.h"
 #include "vfio/uapi.h"
 #include "vfio_user/message.h"
 
@@ -26,11 +28,17 @@ struct RegionInfo {
   UniqueFd mmap_fd;           // when the region is mmappable
 };
 
+struct ConnectOptions {
+  // Presented in VERSION as "vf_token" (uvfio's extension, docs/vfio-user.md)
+  // for a VF whose PF is owned by a vfio driver.
+  std::optional<vfio::Uuid> vf_token;
+};
+
 class Client {
  public:
   // Connects to a device's socket and runs VERSION. EBUSY when the device
-  // already has a client.
-  static Result<std::unique_ptr<Client>> connect(const std::string& path);
+  // already has a client; EACCES/EINVAL when the device refuses the VF token.
+  static Result<std::unique_ptr<Client>> connect(const std::string& path, const ConnectOptions& opts = {});
 
   // The server's answer to VERSION (its JSON).
   const std::string& server_capabilities() const { return caps_; }
@@ -57,8 +65,10 @@ class Client {
   Result<void> set_irqs(uint32_t flags, uint32_t index, uint32_t start, uint32_t count,
                         std::span<const int> fds = {}, std::span<const uint8_t> bools = {});
   Result<void> reset();
-  // GET returns the data after the 8-byte {argsz, flags}.
-  Result<std::vector<uint8_t>> device_feature(uint32_t flags, std::span<const uint8_t> data = {});
+  // GET returns the data after the 8-byte {argsz, flags}; `reply_room` is
+  // how much data a GET may return (argsz = 8 + max(data, reply_room)).
+  Result<std::vector<uint8_t>> device_feature(uint32_t flags, std::span<const uint8_t> data = {},
+                                              size_t reply_room = 4096);
   Result<void> set_mig_state(vfio::MigState s);
   Result<vfio::MigState> get_mig_state();
   Result<size_t> mig_data_read(std::span<uint8_t> out);

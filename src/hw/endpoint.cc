@@ -52,46 +52,76 @@ void GenericEndpoint::on_reset() {
   (void)m->store(kRegId, 4, kIdValue);
 }
 
+// BAR0's register block (docs/devices/endpoint.md); the registers hold their
+// values in BAR0's memory, the rest of BAR0 is plain memory.
+const RegisterBlock& GenericEndpoint::registers_block() {
+  using enum RegAccess;
+  static const RegisterBlock b({
+      {kRegId, 4, kRO, "ID"},
+      {kRegScratch, 4, kRW, "SCRATCH"},
+      {kRegIrq, 4, kWO, "IRQ"},
+      {kRegIntx, 4, kWO, "INTX"},
+      {kRegDmaSrc, 8, kRW, "DMA_SRC"},
+      {kRegDmaDst, 8, kRW, "DMA_DST"},
+      {kRegDmaLen, 4, kRW, "DMA_LEN"},
+      {kRegDmaGo, 4, kWO, "DMA_GO"},
+      {kRegDmaStatus, 4, kRO, "DMA_STATUS"},
+      {kRegDmaCount, 4, kRO, "DMA_COUNT"},
+  });
+  return b;
+}
+
+const RegisterBlock* GenericEndpoint::registers(unsigned bar) const {
+  return bar == 0 ? &registers_block() : nullptr;
+}
+
 Result<uint64_t> GenericEndpoint::bar_read(unsigned bar, uint64_t off, unsigned width) {
-  if (bar == 0 && (off == kRegIrq || off == kRegIntx || off == kRegDmaGo) && width == 4) return uint64_t{0};
-  return Function::bar_read(bar, off, width);
+  if (bar != 0 || !registers_block().covers(off, width)) return Function::bar_read(bar, off, width);
+  return registers_block().read(off, width, *this, bar_memory(0));
 }
 
 Result<void> GenericEndpoint::bar_write(unsigned bar, uint64_t off, unsigned width, uint64_t value) {
-  if (bar != 0) return Function::bar_write(bar, off, width, value);
+  if (bar != 0 || !registers_block().covers(off, width)) return Function::bar_write(bar, off, width, value);
+  return registers_block().write(off, width, value, *this, bar_memory(0));
+}
+
+uint64_t GenericEndpoint::reg_read(const RegDef& r) { return bar_memory(0)->load(r.offset, r.size).value_or(0); }
+
+void GenericEndpoint::reg_write(const RegDef& r, uint64_t value, uint64_t mask) {
   BarMemory* m = bar_memory(0);
-  switch (off) {
-    case kRegId:
-    case kRegDmaStatus:
-    case kRegDmaCount:
-      return ok();  // read-only
+  switch (r.offset) {
     case kRegIrq:
       raise_irq(static_cast<unsigned>(value));
-      return ok();
+      return;
     case kRegIntx:
       set_intx(value != 0);
-      return ok();
-    case kRegDmaGo: {
-      // A bus-mastering copy through the IOMMU domain: the device's DMA.
-      uint64_t src = *m->load(kRegDmaSrc, 8), dst = *m->load(kRegDmaDst, 8);
-      uint32_t len = static_cast<uint32_t>(*m->load(kRegDmaLen, 4));
-      int err = 0;
-      if (!(config().get(kCommand) & PCI_COMMAND_MASTER)) err = EPERM;
-      else if (len > (1u << 20)) err = EINVAL;
-      else if (!iommu()) err = EFAULT;
-      if (!err) {
-        std::vector<uint8_t> buf(len);
-        auto r = iommu()->read(src, buf);
-        if (r) r = iommu()->write(dst, buf);
-        if (!r) err = r.error().code;
-      }
-      (void)m->store(kRegDmaStatus, 4, static_cast<uint32_t>(err));
-      if (!err) (void)m->store(kRegDmaCount, 4, *m->load(kRegDmaCount, 4) + 1);
-      return ok();
-    }
-    default:
-      return Function::bar_write(bar, off, width, value);
+      return;
+    case kRegDmaGo:
+      dma_go();
+      return;
+    default:  // storage registers
+      (void)m->store(r.offset, r.size, merge(m->load(r.offset, r.size).value_or(0), value, mask));
+      return;
   }
+}
+
+// A bus-mastering copy SRC -> DST through the IOMMU domain: the device's DMA.
+void GenericEndpoint::dma_go() {
+  BarMemory* m = bar_memory(0);
+  uint64_t src = *m->load(kRegDmaSrc, 8), dst = *m->load(kRegDmaDst, 8);
+  uint32_t len = static_cast<uint32_t>(*m->load(kRegDmaLen, 4));
+  int err = 0;
+  if (!(config().get(kCommand) & PCI_COMMAND_MASTER)) err = EPERM;
+  else if (len > (1u << 20)) err = EINVAL;
+  else if (!iommu()) err = EFAULT;
+  if (!err) {
+    std::vector<uint8_t> buf(len);
+    auto r = iommu()->read(src, buf);
+    if (r) r = iommu()->write(dst, buf);
+    if (!r) err = r.error().code;
+  }
+  (void)m->store(kRegDmaStatus, 4, static_cast<uint32_t>(err));
+  if (!err) (void)m->store(kRegDmaCount, 4, *m->load(kRegDmaCount, 4) + 1);
 }
 
 }  // namespace uvfio::hw

@@ -18,6 +18,7 @@
 
 #include "base/result.h"
 #include "hw/function.h"
+#include "hw/regs.h"
 
 namespace uvfio::hw {
 
@@ -34,7 +35,7 @@ struct EndpointParams {
   bool hidden_caps = true;
 };
 
-class GenericEndpoint : public Function {
+class GenericEndpoint : public Function, private RegisterHandler {
  public:
   static Result<std::unique_ptr<GenericEndpoint>> create(const EndpointParams& p = {});
 
@@ -43,6 +44,8 @@ class GenericEndpoint : public Function {
                             kRegDmaStatus = 0x28, kRegDmaCount = 0x2c;
   static constexpr uint32_t kIdValue = 0x69667675;
 
+  const RegisterBlock* registers(unsigned bar) const override;
+
  protected:
   void on_reset() override;
   Result<uint64_t> bar_read(unsigned bar, uint64_t off, unsigned width) override;
@@ -50,6 +53,10 @@ class GenericEndpoint : public Function {
 
  private:
   GenericEndpoint() : Function("endpoint") {}
+  static const RegisterBlock& registers_block();
+  uint64_t reg_read(const RegDef& r) override;
+  void reg_write(const RegDef& r, uint64_t value, uint64_t mask) override;
+  void dma_go();
 };
 
 }  // namespace uvfio::hw

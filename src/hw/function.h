@@ -28,6 +28,7 @@ namespace uvfio::hw {
 
 class Fabric;
 class IommuDomain;
+class RegisterBlock;
 
 // Where a function's interrupts go: the platform's interrupt controller as the
 // function's driver set it up. msi() is a message write (MSI or MSI-X);
@@ -75,6 +76,13 @@ class Function {
 
   const BarDesc& bar_desc(unsigned idx) const { return bars_[idx < kNumBars ? idx : 0]; }
   BarMemory* bar_memory(unsigned idx) { return idx < kNumBars ? bar_mem_[idx].get() : nullptr; }
+
+  // The register block a model decodes in `bar` (its table, for tools and
+  // tests), or nullptr where the BAR is plain memory.
+  virtual const RegisterBlock* registers(unsigned bar) const {
+    (void)bar;
+    return nullptr;
+  }
 
   // MMIO: the MSI-X table and PBA are decoded by the function itself; the
   // rest goes to the model (bar_read/bar_write; plain memory by default).

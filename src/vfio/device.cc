@@ -54,6 +54,37 @@ std::vector<uint8_t> encode_region_info(const RegionInfo& r, uint32_t argsz) {
   return out;
 }
 
+// ---- UUIDs ---------------------------------------------------------------------
+
+Result<Uuid> parse_uuid(std::string_view s) {
+  if (s.size() != 36) return Error(EINVAL, "a UUID has 36 characters");
+  Uuid u{};
+  size_t at = 0;
+  for (size_t i = 0; i < 36; ++i) {
+    if (i == 8 || i == 13 || i == 18 || i == 23) {
+      if (s[i] != '-') return Error(EINVAL, "UUID dashes misplaced");
+      continue;
+    }
+    char c = s[i];
+    int v = c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : c >= 'A' && c <= 'F' ? c - 'A' + 10 : -1;
+    if (v < 0) return Error(EINVAL, "UUID has a non-hex digit");
+    u[at / 2] = static_cast<uint8_t>(u[at / 2] | (at % 2 ? v : v << 4));
+    ++at;
+  }
+  return u;
+}
+
+std::string uuid_string(const Uuid& u) {
+  static const char* hex = "0123456789abcdef";
+  std::string s;
+  for (size_t i = 0; i < u.size(); ++i) {
+    if (i == 4 || i == 6 || i == 8 || i == 10) s += '-';
+    s += hex[u[i] >> 4];
+    s += hex[u[i] & 15];
+  }
+  return s;
+}
+
 // ---- Device -------------------------------------------------------------------
 
 Device::Device(std::string name) : name_(std::move(name)) {}
@@ -70,12 +101,20 @@ Result<void> Device::open(const OpenArgs& args) {
   // One user at a time, as a group file or device cdev: the devices are not
   // shareable between VMMs.
   if (open_) return Error(EBUSY, "device already open");
+  TRY(match_device(args));
   TRY(open_device(args));
   open_ = true;
   {
     std::lock_guard ml(mig_mu_);
     mig_state_ = MigState::kRunning;
   }
+  return ok();
+}
+
+Result<void> Device::match(const OpenArgs& args) { return match_device(args); }
+
+Result<void> Device::match_device(const OpenArgs& args) {
+  if (args.vf_token) return Error(EINVAL, "VF token for a device that takes none");
   return ok();
 }
 
@@ -342,7 +381,10 @@ Result<FeatureReply> Device::logging_feature(uint32_t id, uint32_t flags, std::s
   if (!length || page_size < 4096 || !is_pow2(page_size)) return Error(EINVAL, "bad report range or page size");
   if (iova + length < iova) return Error(EOVERFLOW, "report range wraps");
   uint64_t pages = (length + page_size - 1) / page_size;
-  if (pages > (uint64_t{1} << 32)) return Error(E2BIG, "bitmap too large");
+  // The bitmap comes back inline: it must fit in the caller's buffer (for
+  // vfio-user, the request's argsz), checked before anything is allocated.
+  if (pages > (uint64_t{1} << 32) || 24 + (pages + 63) / 64 * 8 > payload.size())
+    return Error(EINVAL, "bitmap larger than the buffer");
   std::vector<uint64_t> bitmap((pages + 63) / 64, 0);
   TRY(log_read_and_clear(iova, length, page_size, bitmap));
   std::vector<uint8_t> out(24 + bitmap.size() * 8);

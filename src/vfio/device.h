@@ -29,6 +29,10 @@
 namespace uvfio::vfio {
 
 using Uuid = std::array<uint8_t, 16>;
+// "xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx" (either case), as the kernel's
+// uuid_parse() takes the vf_token= of a group path. EINVAL otherwise.
+Result<Uuid> parse_uuid(std::string_view s);
+std::string uuid_string(const Uuid& u);
 
 struct OpenArgs {
   std::optional<Uuid> vf_token;  // "vf_token=<uuid>" of the group path
@@ -93,8 +97,13 @@ class Device {
 
   // ---- Lifecycle (vfio_main.c) -----------------------------------------
   // Exclusive: EBUSY while open (like a group file, one user at a time).
-  // The first open runs open_device() (vfio-pci-core: enable).
+  // Checks `args` with match() first, then runs open_device()
+  // (vfio-pci-core: enable).
   Result<void> open(const OpenArgs& args = {});
+  // May a user presenting `args` have this device (the driver's match op:
+  // vfio-pci-core checks the VF token)? The vfio-user server asks this for
+  // every client of a device it keeps open across clients.
+  Result<void> match(const OpenArgs& args);
   // The last close runs close_device() (disable) and releases DMA maps.
   void close();
   bool is_open() const;
@@ -124,6 +133,9 @@ class Device {
 
  protected:
   // ---- Driver operations (vfio_device_ops) ------------------------------
+  // The match op; by default a device takes no arguments (a VF token is
+  // refused with EINVAL).
+  virtual Result<void> match_device(const OpenArgs& args);
   virtual Result<void> open_device(const OpenArgs& args) = 0;
   virtual void close_device() = 0;
   virtual Result<vfio_device_info> info() = 0;

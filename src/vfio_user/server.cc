@@ -174,20 +174,7 @@ void Server::serve_loop(Endpoint& ep) {
       c = std::move(ep.pending);
       ep.current = c.get();
     }
-    bool ok_to_serve = true;
-    if (!opened) {
-      auto r = ep.dev->open();
-      if (!r) {
-        log::warn(ep.name, "vfio-user: cannot open the device: {}", to_string(r.error()));
-        Header h{0, kVersion, sizeof(Header), 0, 0};
-        (void)send_error(c.get(), h, r.error().code);
-        ok_to_serve = false;
-      } else {
-        opened = true;
-      }
-    }
-    if (ok_to_serve) {
-      serve_client(ep, c.get());
+    if (serve_client(ep, c.get(), opened)) {
       ep.dev->release_user_resources();
       // A client gone mid-migration leaves no half-saved or half-loaded
       // device behind: as the kernel does when the fd holding a migration
@@ -207,9 +194,28 @@ void Server::serve_loop(Endpoint& ep) {
   if (opened) ep.dev->close();  // after this the device may be destroyed
 }
 
-void Server::serve_client(Endpoint& ep, int client) {
+// Serves one client; true if it got as far as using the device (VERSION
+// accepted), so what it set up must be released.
+bool Server::serve_client(Endpoint& ep, int client, bool& opened) {
   log::info(ep.name, "vfio-user: client connected");
-  Session session(*ep.dev);
+  bool admitted = false;
+  // The device is opened by its first client's VERSION (where a VF token is
+  // presented) and stays open across clients; each later client is checked
+  // as the kernel checks every open of a device fd (the match op).
+  Session session(*ep.dev, [&](const Negotiated& n) -> Result<void> {
+    if (!opened) {
+      if (auto r = ep.dev->open(n.open); !r) {
+        log::warn(ep.name, "vfio-user: cannot open the device: {}", to_string(r.error()));
+        return r.error();
+      }
+      opened = true;
+    } else if (auto r = ep.dev->match(n.open); !r) {
+      log::warn(ep.name, "vfio-user: client refused: {}", to_string(r.error()));
+      return r.error();
+    }
+    admitted = true;
+    return ok();
+  });
   Connection conn(client, busy_poll_);
   // Device DMA to maps without an fd goes to this client.
   ep.dev->iommu().set_remote(&conn);
@@ -217,6 +223,7 @@ void Server::serve_client(Endpoint& ep, int client) {
   // The client is gone: DMA waiting on it fails, then nothing can reach it.
   conn.close();
   ep.dev->iommu().set_remote(nullptr);
+  return admitted;
 }
 
 void Server::serve_requests(Endpoint& ep, Session& session, Connection& conn) {

@@ -46,7 +46,7 @@ class Server : public vfio::RegistryListener {
   Server(vfio::Registry& r, std::string dir);
   void accept_loop(Endpoint& ep);
   void serve_loop(Endpoint& ep);
-  void serve_client(Endpoint& ep, int client);
+  bool serve_client(Endpoint& ep, int client, bool& opened);
   void serve_requests(Endpoint& ep, Session& session, Connection& conn);
   bool busy_poll_ = false;
 

@@ -69,16 +69,18 @@ Result<void> Session::handle(Message& m, Reply& r) {
 
 // VERSION: major 0, minor 0; the capabilities a client acts on, stated
 // explicitly, and nothing the client did not propose (twin_socket). QEMU
-// wants the reply no larger than its request and NUL-terminated.
+// wants the reply no larger than its request and NUL-terminated. Our
+// extension: "vf_token" (a UUID string) presents the VF token, as the
+// kernel's "vf_token=" in VFIO_GROUP_GET_DEVICE_FD (docs/vfio-user.md).
 Result<void> Session::version(Message& m, Reply& r) {
   TRY(no_fds(m));
+  if (negotiated_) return Error(EINVAL, "VERSION was already negotiated");
   VersionMsg v = TRY(take<VersionMsg>(m));
   if (v.major != 0) {
     r.close_after = true;  // no compatible version: the spec closes
     return Error(ENOTSUP, "unsupported major version");
   }
-  client_max_fds_ = 1;
-  write_multiple_ = false;
+  Negotiated n;
   if (m.payload.size() > sizeof(VersionMsg)) {
     std::string_view js(reinterpret_cast<const char*>(m.payload.data()) + sizeof(VersionMsg),
                         m.payload.size() - sizeof(VersionMsg));
@@ -91,26 +93,43 @@ Result<void> Session::version(Message& m, Reply& r) {
       if (!c.is_object()) return Error(EINVAL, "capabilities is not an object");
       if (c.contains("max_msg_fds")) {
         if (!c["max_msg_fds"].is_number_unsigned()) return Error(EINVAL, "max_msg_fds");
-        client_max_fds_ = static_cast<uint32_t>(std::min<uint64_t>(c["max_msg_fds"].get<uint64_t>(), kMaxMsgFds));
+        n.client_max_fds = static_cast<uint32_t>(std::min<uint64_t>(c["max_msg_fds"].get<uint64_t>(), kMaxMsgFds));
+      }
+      if (c.contains("max_data_xfer_size")) {
+        if (!c["max_data_xfer_size"].is_number_unsigned()) return Error(EINVAL, "max_data_xfer_size");
+        uint64_t x = c["max_data_xfer_size"].get<uint64_t>();
+        if (x < 512) return Error(EINVAL, "max_data_xfer_size below 512 bytes");
+        n.client_max_xfer = static_cast<uint32_t>(std::min<uint64_t>(x, kMaxDataXfer));
       }
       if (c.contains("write_multiple")) {
         if (!c["write_multiple"].is_boolean()) return Error(EINVAL, "write_multiple");
-        write_multiple_ = c["write_multiple"].get<bool>();
+        n.write_multiple = c["write_multiple"].get<bool>();
       }
       if (c.contains("pgsizes")) {
         if (!c["pgsizes"].is_number_unsigned() || !(c["pgsizes"].get<uint64_t>() & kPgSizes))
           return Error(EINVAL, "pgsizes without 4 KiB");
       }
+      if (c.contains("vf_token")) {
+        if (!c["vf_token"].is_string()) return Error(EINVAL, "vf_token is not a string");
+        n.open.vf_token = TRY(vfio::parse_uuid(c["vf_token"].get<std::string>()));
+      }
+    }
+  }
+  if (on_version_) {
+    if (auto h = on_version_(n); !h) {
+      r.close_after = true;  // the device refused this client (busy, VF token)
+      return h.error();
     }
   }
   json caps = {{"max_msg_fds", kMaxMsgFds}, {"max_data_xfer_size", kMaxDataXfer}, {"pgsizes", kPgSizes},
                {"max_dma_maps", kMaxDmaMaps}};
-  if (write_multiple_) caps["write_multiple"] = true;
+  if (n.write_multiple) caps["write_multiple"] = true;
   std::string s = json{{"capabilities", caps}}.dump();
   VersionMsg out{0, 0};
   put(r.payload, out);
   r.payload.insert(r.payload.end(), s.begin(), s.end());
   r.payload.push_back('\0');
+  neg_ = n;
   negotiated_ = true;
   return ok();
 }
@@ -148,20 +167,22 @@ Result<void> Session::dma_unmap(Message& m, Reply& r) {
   return ok();
 }
 
+// The spec's 16 bytes (QEMU sends and can receive only these); a longer
+// request (the kernel's 20-byte struct) is accepted, the reply stays 16.
 Result<void> Session::get_info(Message& m, Reply& r) {
   TRY(no_fds(m));
-  vfio_device_info in = TRY(take<vfio_device_info>(m));
-  if (in.argsz < sizeof(in)) return Error(EINVAL, "GET_INFO argsz");
+  DeviceInfoMsg in = TRY(take<DeviceInfoMsg>(m));
+  if (in.argsz < sizeof(in)) return Error(EINVAL, "GET_INFO argsz below 16");
   vfio_device_info info = TRY(dev_.get_info());
-  info.argsz = sizeof(info);
-  put(r.payload, info);
+  DeviceInfoMsg out{sizeof(DeviceInfoMsg), info.flags, info.num_regions, info.num_irqs};
+  put(r.payload, out);
   return ok();
 }
 
 Result<void> Session::get_region_info(Message& m, Reply& r) {
   TRY(no_fds(m));
-  vfio_region_info in = TRY(take<vfio_region_info>(m));
-  if (in.argsz < sizeof(in)) return Error(EINVAL, "GET_REGION_INFO argsz");
+  RegionInfoMsg in = TRY(take<RegionInfoMsg>(m));
+  if (in.argsz < sizeof(in)) return Error(EINVAL, "GET_REGION_INFO argsz below 32");
   vfio::RegionInfo ri = TRY(dev_.get_region_info(in.index));
   if (ri.info.flags & VFIO_REGION_INFO_FLAG_MMAP) {
     vfio::MmapArea a = TRY(dev_.region_mmap(in.index));
@@ -174,19 +195,23 @@ Result<void> Session::get_region_info(Message& m, Reply& r) {
   return ok();
 }
 
-Result<void> Session::get_region_io_fds(Message& m, Reply&) {
+// No region of ours has ioeventfds or ioregionfds to offer: every valid
+// region answers with zero sub-regions (and so no fds).
+Result<void> Session::get_region_io_fds(Message& m, Reply& r) {
   TRY(no_fds(m));
   RegionIoFdsMsg in = TRY(take<RegionIoFdsMsg>(m));
-  if (in.argsz < sizeof(in) || in.flags || in.count) return Error(EINVAL, "GET_REGION_IO_FDS arguments");
+  if (in.argsz < sizeof(in)) return Error(EINVAL, "GET_REGION_IO_FDS argsz below 16");
+  if (in.flags || in.count) return Error(EINVAL, "GET_REGION_IO_FDS flags and count must be 0");
   TRY(dev_.get_region_info(in.index));
-  // No region has ioeventfds or ioregionfds to offer.
-  return Error(EINVAL, "region has no I/O fds");
+  RegionIoFdsMsg out{sizeof(RegionIoFdsMsg), 0, in.index, 0};
+  put(r.payload, out);
+  return ok();
 }
 
 Result<void> Session::get_irq_info(Message& m, Reply& r) {
   TRY(no_fds(m));
-  vfio_irq_info in = TRY(take<vfio_irq_info>(m));
-  if (in.argsz < sizeof(in)) return Error(EINVAL, "GET_IRQ_INFO argsz");
+  IrqInfoMsg in = TRY(take<IrqInfoMsg>(m));
+  if (in.argsz < sizeof(in)) return Error(EINVAL, "GET_IRQ_INFO argsz below 16");
   vfio_irq_info info = TRY(dev_.get_irq_info(in.index));
   info.argsz = sizeof(info);
   put(r.payload, info);
@@ -194,21 +219,21 @@ Result<void> Session::get_irq_info(Message& m, Reply& r) {
 }
 
 Result<void> Session::set_irqs(Message& m, Reply&) {
-  vfio_irq_set hdr = TRY(take<vfio_irq_set>(m));
-  if (hdr.argsz < sizeof(vfio_irq_set)) return Error(EINVAL, "SET_IRQS argsz");
+  IrqSetMsg hdr = TRY(take<IrqSetMsg>(m));
+  if (hdr.argsz < sizeof(IrqSetMsg)) return Error(EINVAL, "SET_IRQS argsz below 20");
   vfio::IrqSet s;
   s.flags = hdr.flags;
   s.index = hdr.index;
   s.start = hdr.start;
   s.count = hdr.count;
-  size_t extra = m.payload.size() - sizeof(vfio_irq_set);
+  size_t extra = m.payload.size() - sizeof(IrqSetMsg);
   switch (hdr.flags & VFIO_IRQ_SET_DATA_TYPE_MASK) {
     case VFIO_IRQ_SET_DATA_NONE:
       if (!m.fds.empty() || extra) return Error(EINVAL, "SET_IRQS DATA_NONE with data");
       break;
     case VFIO_IRQ_SET_DATA_BOOL:
       if (!m.fds.empty() || extra != hdr.count) return Error(EINVAL, "SET_IRQS bools do not match count");
-      s.bools.assign(m.payload.begin() + sizeof(vfio_irq_set), m.payload.end());
+      s.bools.assign(m.payload.begin() + sizeof(IrqSetMsg), m.payload.end());
       break;
     case VFIO_IRQ_SET_DATA_EVENTFD:
       if (extra) return Error(EINVAL, "SET_IRQS eventfds travel as fds");
@@ -234,7 +259,7 @@ Result<void> Session::set_irqs(Message& m, Reply&) {
 Result<void> Session::region_read(Message& m, Reply& r) {
   TRY(no_fds(m));
   RegionAccessMsg a = TRY(take<RegionAccessMsg>(m));
-  if (m.payload.size() != sizeof(a)) return Error(EINVAL, "REGION_READ payload size");
+  if (m.payload.size() != sizeof(a)) return Error(EINVAL, "REGION_READ payload is not 16 bytes");
   if (a.count > kMaxDataXfer) return Error(EINVAL, "REGION_READ count above max_data_xfer_size");
   r.payload.resize(sizeof(a) + a.count);
   size_t n = TRY(dev_.region_read(a.region, a.offset, std::span<uint8_t>(r.payload.data() + sizeof(a), a.count)));
@@ -256,7 +281,7 @@ Result<void> Session::region_write(Message& m, Reply& r) {
 
 Result<void> Session::region_write_multi(Message& m, Reply& r) {
   TRY(no_fds(m));
-  if (!write_multiple_) return Error(EINVAL, "write_multiple was not negotiated");
+  if (!neg_.write_multiple) return Error(EINVAL, "write_multiple was not negotiated");
   uint64_t n = TRY(take<uint64_t>(m));
   if (n == 0 || n > kMaxWriteMulti) return Error(EINVAL, "REGION_WRITE_MULTI count");
   if (m.payload.size() != 8 + n * sizeof(RegionWriteMultiEntry)) return Error(EINVAL, "REGION_WRITE_MULTI size");
@@ -277,12 +302,27 @@ Result<void> Session::reset(Message& m, Reply&) {
   return ok();
 }
 
+// The request's data is the in/out buffer of the kernel's ioctl: what the
+// client sent, with room up to argsz for what GET returns. So a GET that
+// sends no data (MIGRATION) still has its argsz worth of room, and a reply
+// never exceeds argsz (reference §1, "argsz").
 Result<void> Session::device_feature(Message& m, Reply& r) {
   TRY(no_fds(m));
   DeviceFeatureMsg f = TRY(take<DeviceFeatureMsg>(m));
-  if (f.argsz < sizeof(f)) return Error(EINVAL, "DEVICE_FEATURE argsz");
-  std::span<const uint8_t> data(m.payload.data() + sizeof(f), m.payload.size() - sizeof(f));
-  vfio::FeatureReply fr = TRY(dev_.device_feature(f.flags, data));
+  if (f.argsz < sizeof(f)) return Error(EINVAL, "DEVICE_FEATURE argsz below 8");
+  std::span<const uint8_t> in(m.payload.data() + sizeof(f), m.payload.size() - sizeof(f));
+  bool get = (f.flags & VFIO_DEVICE_FEATURE_GET) && !(f.flags & VFIO_DEVICE_FEATURE_PROBE);
+  // SET and PROBE echo the request: argsz must hold it.
+  if (!get && f.argsz < m.payload.size()) return Error(EINVAL, "DEVICE_FEATURE argsz below the request");
+  // Room for the reply, bounded by what one message may carry.
+  size_t room = std::min<size_t>(f.argsz - sizeof(f), kMaxMessage - sizeof(Header) - sizeof(f));
+  std::span<const uint8_t> buf = in;
+  if (get && room > in.size()) {
+    io_.assign(in.begin(), in.end());
+    io_.resize(room, 0);
+    buf = io_;
+  }
+  vfio::FeatureReply fr = TRY(dev_.device_feature(f.flags, buf));
   uint32_t id = f.flags & VFIO_DEVICE_FEATURE_MASK;
   if (id == VFIO_DEVICE_FEATURE_MIG_DEVICE_STATE && (f.flags & VFIO_DEVICE_FEATURE_SET) &&
       !(f.flags & VFIO_DEVICE_FEATURE_PROBE)) {
@@ -294,9 +334,14 @@ Result<void> Session::device_feature(Message& m, Reply& r) {
              now == vfio::MigState::kError)
       mig_.reset();
   }
-  if ((f.flags & VFIO_DEVICE_FEATURE_GET) && !(f.flags & VFIO_DEVICE_FEATURE_PROBE)) {
+  if (get) {
+    if (fr.data.size() > room) return Error(EINVAL, "feature data larger than argsz allows");
     DeviceFeatureMsg out{static_cast<uint32_t>(sizeof(out) + fr.data.size()), f.flags};
     put(r.payload, out);
+    r.payload.insert(r.payload.end(), fr.data.begin(), fr.data.end());
+  } else if (!fr.data.empty() && fr.data.size() == in.size()) {
+    // SET whose data the device updated (DMA_LOGGING_START's page size).
+    put(r.payload, f);
     r.payload.insert(r.payload.end(), fr.data.begin(), fr.data.end());
   } else {
     r.payload = m.payload;  // SET and PROBE echo the request
@@ -307,8 +352,8 @@ Result<void> Session::device_feature(Message& m, Reply& r) {
 Result<void> Session::mig_data_read(Message& m, Reply& r) {
   TRY(no_fds(m));
   MigDataMsg d = TRY(take<MigDataMsg>(m));
-  if (d.argsz < sizeof(d) || m.payload.size() != sizeof(d)) return Error(EINVAL, "MIG_DATA_READ arguments");
   if (d.size > kMaxDataXfer) return Error(EINVAL, "MIG_DATA_READ size above max_data_xfer_size");
+  if (d.argsz < sizeof(d) + uint64_t{d.size}) return Error(EINVAL, "MIG_DATA_READ argsz below 8 + size");
   vfio::MigState s = dev_.mig_state();
   if (!mig_ || (s != vfio::MigState::kPreCopy && s != vfio::MigState::kPreCopyP2P && s != vfio::MigState::kStopCopy))
     return Error(EINVAL, "not in a saving state");

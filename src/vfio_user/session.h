@@ -5,6 +5,7 @@
 // every error path (they are UniqueFds from the moment they arrive).
 #pragma once
 
+#include <functional>
 #include <memory>
 #include <vector>
 
@@ -20,10 +21,25 @@ struct Reply {
   bool close_after = false;  // the spec asks to close (bad VERSION)
 };
 
+// What VERSION settled for this connection (reference §1, "VERSION").
+struct Negotiated {
+  vfio::OpenArgs open;                     // the client's "vf_token" (our extension)
+  uint32_t client_max_fds = 1;             // spec default
+  uint32_t client_max_xfer = kMaxDataXfer;  // spec default 1 MiB: bounds our DMA_READ/WRITE
+  bool write_multiple = false;
+};
+
 class Session {
  public:
-  // `dev` is open and outlives the session.
-  explicit Session(vfio::Device& dev) : dev_(dev) {}
+  // Called once VERSION is understood and before it is answered: the server
+  // opens the device for this client (or checks the client may use the one
+  // it keeps open). An error fails VERSION and ends the connection.
+  using VersionHook = std::function<Result<void>(const Negotiated&)>;
+
+  // `dev` outlives the session. Without a hook the device must be open
+  // already (tests, the fuzzer).
+  explicit Session(vfio::Device& dev, VersionHook on_version = nullptr)
+      : dev_(dev), on_version_(std::move(on_version)) {}
 
   // Handles one request, building the reply in `r` (reused across requests:
   // no allocation per request once warm). An Error is sent as a header-only
@@ -31,6 +47,7 @@ class Session {
   Result<void> handle(Message& m, Reply& r);
 
   bool negotiated() const { return negotiated_; }
+  const Negotiated& negotiation() const { return neg_; }
 
  private:
   Result<void> version(Message& m, Reply& r);
@@ -50,9 +67,9 @@ class Session {
   Result<void> mig_data_write(Message& m, Reply& r);
 
   vfio::Device& dev_;
+  VersionHook on_version_;
   bool negotiated_ = false;
-  bool write_multiple_ = false;
-  uint32_t client_max_fds_ = 1;
+  Negotiated neg_;
   std::shared_ptr<vfio::MigrationFile> mig_;  // the open migration session's stream
   std::vector<uint8_t> io_;                     // reused buffer: no allocation per access
 };

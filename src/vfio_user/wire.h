@@ -72,6 +72,27 @@ static_assert(sizeof(DmaUnmapMsg) == 24);
 inline constexpr uint32_t kDmaFlagRead = 1, kDmaFlagWrite = 2;
 inline constexpr uint32_t kDmaUnmapAll = 2;
 
+// DEVICE_GET_INFO (4): the spec's 16 bytes, request and reply. The kernel's
+// struct vfio_device_info (20 bytes: cap_offset) is longer; a client may send
+// it, the reply is always these 16 bytes (QEMU's receive buffer holds no more).
+struct __attribute__((packed)) DeviceInfoMsg {
+  uint32_t argsz;
+  uint32_t flags;
+  uint32_t num_regions;
+  uint32_t num_irqs;
+};
+static_assert(sizeof(DeviceInfoMsg) == 16);
+
+// DEVICE_GET_REGION_INFO (5): the kernel's struct vfio_region_info (32 bytes).
+using RegionInfoMsg = vfio_region_info;
+static_assert(sizeof(RegionInfoMsg) == 32);
+// DEVICE_GET_IRQ_INFO (7): struct vfio_irq_info (16 bytes).
+using IrqInfoMsg = vfio_irq_info;
+static_assert(sizeof(IrqInfoMsg) == 16);
+// DEVICE_SET_IRQS (8): struct vfio_irq_set without its data (20 bytes).
+using IrqSetMsg = vfio_irq_set;
+static_assert(sizeof(IrqSetMsg) == 20);
+
 struct __attribute__((packed)) RegionAccessMsg {
   uint64_t offset;
   uint32_t region;
@@ -93,25 +114,43 @@ struct __attribute__((packed)) DmaRwMsg {  // the spec's layout
   uint64_t address;
   uint64_t count;
 };
+static_assert(sizeof(DmaRwMsg) == 16);
+// The spec's DMA_WRITE reply.
+struct __attribute__((packed)) DmaWriteReplyMsg {
+  uint64_t address;
+  uint32_t count;
+};
+static_assert(sizeof(DmaWriteReplyMsg) == 12);
+// QEMU 10.x's VFIOUserDMARW (hw/vfio-user/protocol.h): a u32 count, data at
+// payload offset 12 (see docs/vfio-user.md, "QEMU's DMA layout").
+struct __attribute__((packed)) QemuDmaRwMsg {
+  uint64_t offset;
+  uint32_t count;
+};
+static_assert(sizeof(QemuDmaRwMsg) == 12);
 
 struct __attribute__((packed)) RegionIoFdsMsg {
   uint32_t argsz;
   uint32_t flags;
   uint32_t index;
   uint32_t count;
+  // reply: sub-regions[count], 40 bytes each
 };
+static_assert(sizeof(RegionIoFdsMsg) == 16);
 
 struct __attribute__((packed)) DeviceFeatureMsg {
   uint32_t argsz;
   uint32_t flags;
   // uint8_t data[]
 };
+static_assert(sizeof(DeviceFeatureMsg) == 8);
 
 struct __attribute__((packed)) MigDataMsg {
   uint32_t argsz;
   uint32_t size;
   // uint8_t data[]
 };
+static_assert(sizeof(MigDataMsg) == 8);
 
 // What we accept and offer.
 inline constexpr uint32_t kMaxMsgFds = 16;

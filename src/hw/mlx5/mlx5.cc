@@ -49,55 +49,63 @@ Pf::~Pf() {
     if (Vf* vf = target(id); vf && vf->iommu()) vf->iommu()->set_write_observer(nullptr);
 }
 
+// BAR0's register block (docs/devices/mlx5-pf.md).
+const RegisterBlock& Pf::registers_block() {
+  using enum RegAccess;
+  static const RegisterBlock b({
+      {pfreg::kId, 4, kRO, "ID"},
+      {pfreg::kVersion, 4, kRO, "VERSION"},
+      {pfreg::kCmdMailbox, 8, kRW, "CMD_MAILBOX"},
+      {pfreg::kCmdDoorbell, 4, kWO, "CMD_DOORBELL"},
+      {pfreg::kCmdStatus, 4, kRO, "CMD_STATUS"},
+  });
+  return b;
+}
+
+const RegisterBlock* Pf::registers(unsigned bar) const { return bar == 0 ? &registers_block() : nullptr; }
+
 Result<uint64_t> Pf::bar_read(unsigned bar, uint64_t off, unsigned width) {
-  if (bar == 0) {
-    std::lock_guard lk(fw_mu_);
-    switch (off) {
-      case pfreg::kId: return uint64_t{pfreg::kIdValue};
-      case pfreg::kVersion: return uint64_t{1};
-      case pfreg::kCmdMailbox: return width == 8 ? mailbox_ : (mailbox_ & 0xffffffff);
-      case pfreg::kCmdStatus: return uint64_t{cmd_status_};
-      default: break;
-    }
-  }
-  return Function::bar_read(bar, off, width);
+  if (bar != 0 || !registers_block().covers(off, width)) return Function::bar_read(bar, off, width);
+  return registers_block().read(off, width, *this, bar_memory(0));
 }
 
 Result<void> Pf::bar_write(unsigned bar, uint64_t off, unsigned width, uint64_t value) {
-  if (bar != 0) return Function::bar_write(bar, off, width, value);
-  switch (off) {
-    case pfreg::kCmdMailbox: {
-      std::lock_guard lk(fw_mu_);
-      mailbox_ = width == 8 ? value : ((mailbox_ & ~0xffffffffull) | static_cast<uint32_t>(value));
-      return ok();
-    }
-    case pfreg::kCmdMailbox + 4: {
-      std::lock_guard lk(fw_mu_);
-      mailbox_ = (mailbox_ & 0xffffffffull) | (value << 32);
-      return ok();
-    }
-    case pfreg::kCmdDoorbell: {
-      {
-        std::lock_guard lk(fw_mu_);
-        cmd_status_ = pfreg::kStatusBusy;
-        FwMailbox mb{};
-        IommuDomain* dom = iommu();
-        if (!dom || !dom->read(mailbox_, std::span<uint8_t>(reinterpret_cast<uint8_t*>(&mb), sizeof(mb)))) {
-          cmd_status_ = pfreg::kStatusDone | (uint32_t{EFAULT} << 8);  // the mailbox itself is unreachable
-        } else {
-          execute(mb);
-          (void)dom->write(mailbox_, std::span<const uint8_t>(reinterpret_cast<uint8_t*>(&mb), sizeof(mb)));
-          cmd_status_ = pfreg::kStatusDone | (mb.status << 8);
-        }
-      }
-      raise_irq(0);  // the completion interrupt (MSI-X vector 0, if enabled)
-      return ok();
-    }
-    case pfreg::kId: case pfreg::kVersion: case pfreg::kCmdStatus:
-      return ok();
-    default:
-      return Function::bar_write(bar, off, width, value);
+  if (bar != 0 || !registers_block().covers(off, width)) return Function::bar_write(bar, off, width, value);
+  TRY(registers_block().write(off, width, value, *this, bar_memory(0)));
+  if (doorbell_rung_.exchange(false)) raise_irq(0);  // the completion interrupt (MSI-X vector 0, if enabled)
+  return ok();
+}
+
+uint64_t Pf::reg_read(const RegDef& r) {
+  std::lock_guard lk(fw_mu_);
+  switch (r.offset) {
+    case pfreg::kId: return pfreg::kIdValue;
+    case pfreg::kVersion: return 1;
+    case pfreg::kCmdMailbox: return mailbox_;
+    case pfreg::kCmdStatus: return cmd_status_;
   }
+  return 0;
+}
+
+void Pf::reg_write(const RegDef& r, uint64_t value, uint64_t mask) {
+  std::lock_guard lk(fw_mu_);
+  if (r.offset == pfreg::kCmdMailbox) {
+    mailbox_ = merge(mailbox_, value, mask);
+    return;
+  }
+  if (r.offset != pfreg::kCmdDoorbell) return;
+  // Any write to the doorbell runs the command in the mailbox.
+  cmd_status_ = pfreg::kStatusBusy;
+  FwMailbox mb{};
+  IommuDomain* dom = iommu();
+  if (!dom || !dom->read(mailbox_, std::span<uint8_t>(reinterpret_cast<uint8_t*>(&mb), sizeof(mb)))) {
+    cmd_status_ = pfreg::kStatusDone | (uint32_t{EFAULT} << 8);  // the mailbox itself is unreachable
+  } else {
+    execute(mb);
+    (void)dom->write(mailbox_, std::span<const uint8_t>(reinterpret_cast<uint8_t*>(&mb), sizeof(mb)));
+    cmd_status_ = pfreg::kStatusDone | (mb.status << 8);
+  }
+  doorbell_rung_ = true;
 }
 
 Vf* Pf::target(uint16_t function_id) {
@@ -332,85 +340,110 @@ bool Vf::wait_idle(std::chrono::milliseconds timeout) {
   return cv_.wait_for(lk, timeout, [&] { return !busy_ && !runnable_locked(); });
 }
 
+// BAR0's register block (docs/devices/mlx5-vf.md). SCRATCH and the gaps
+// are plain memory.
+const RegisterBlock& Vf::registers_block() {
+  using enum RegAccess;
+  static const RegisterBlock b({
+      {vfreg::kId, 4, kRO, "ID"},
+      {vfreg::kVersion, 4, kRO, "VERSION"},
+      {vfreg::kStatus, 4, kRO, "STATUS"},
+      {vfreg::kSqBase, 8, kRW, "SQ_BASE"},
+      {vfreg::kSqSize, 4, kRW, "SQ_SIZE"},
+      {vfreg::kSqTail, 4, kRW, "SQ_TAIL"},
+      {vfreg::kSqHead, 4, kRO, "SQ_HEAD"},
+      {vfreg::kCqBase, 8, kRW, "CQ_BASE"},
+      {vfreg::kCqSize, 4, kRW, "CQ_SIZE"},
+      {vfreg::kCqTail, 4, kRO, "CQ_TAIL"},
+      {vfreg::kCqHead, 4, kRW, "CQ_HEAD"},
+      // ENABLE has a precondition (valid ring sizes), so it is not a storage
+      // bit: rw_mask 0 (mlx5_vf_test covers it).
+      {vfreg::kCtrl, 4, kRW, "CTRL", 0},
+      {vfreg::kIrqVector, 4, kRW, "IRQ_VECTOR"},
+      {vfreg::kIrqCtrl, 4, kRW, "IRQ_CTRL", 1},
+      {vfreg::kCountDone, 8, kRO, "COUNT_DONE"},
+      {vfreg::kCountErr, 8, kRO, "COUNT_ERR"},
+      {vfreg::kBytes, 8, kRO, "BYTES"},
+  });
+  return b;
+}
+
+const RegisterBlock* Vf::registers(unsigned bar) const { return bar == 0 ? &registers_block() : nullptr; }
+
 Result<uint64_t> Vf::bar_read(unsigned bar, uint64_t off, unsigned width) {
-  if (bar != 0 || off >= 0x100) return Function::bar_read(bar, off, width);
-  std::lock_guard lk(mu_);
-  uint64_t v = 0;
-  switch (off) {
-    case vfreg::kId: v = vfreg::kIdValue; break;
-    case vfreg::kVersion: v = 1; break;
-    case vfreg::kStatus:
-      v = status_ | ((ctrl_ & vfreg::kCtrlEnable) ? vfreg::kStatusQueueOn : 0) |
-          ((quiesce_ && !busy_) ? vfreg::kStatusQuiesced : 0);
-      break;
-    case vfreg::kSqBase: v = sq_base_; break;
-    case vfreg::kSqSize: v = sq_size_; break;
-    case vfreg::kSqTail: v = sq_tail_; break;
-    case vfreg::kSqHead: v = sq_head_; break;
-    case vfreg::kCqBase: v = cq_base_; break;
-    case vfreg::kCqSize: v = cq_size_; break;
-    case vfreg::kCqTail: v = cq_tail_; break;
-    case vfreg::kCqHead: v = cq_head_; break;
-    case vfreg::kCtrl: v = ctrl_; break;
-    case vfreg::kIrqVector: v = irq_vector_; break;
-    case vfreg::kIrqCtrl: v = irq_ctrl_; break;
-    case vfreg::kCountDone: v = done_; break;
-    case vfreg::kCountErr: v = errors_; break;
-    case vfreg::kBytes: v = bytes_; break;
-    default: return Function::bar_read(bar, off, width);  // SCRATCH and the rest: plain memory
-  }
-  return width == 8 ? v : (v & ((1ull << (8 * width)) - 1));
+  if (bar != 0 || !registers_block().covers(off, width)) return Function::bar_read(bar, off, width);
+  return registers_block().read(off, width, *this, bar_memory(0));
 }
 
 Result<void> Vf::bar_write(unsigned bar, uint64_t off, unsigned width, uint64_t value) {
-  if (bar != 0 || off >= 0x100) return Function::bar_write(bar, off, width, value);
-  bool start = false;
-  {
-    std::lock_guard lk(mu_);
-    auto u32 = static_cast<uint32_t>(value);
-    switch (off) {
-      case vfreg::kSqBase: sq_base_ = width == 8 ? value : (sq_base_ & ~0xffffffffull) | u32; break;
-      case vfreg::kSqBase + 4: sq_base_ = (sq_base_ & 0xffffffffull) | (uint64_t{u32} << 32); break;
-      case vfreg::kCqBase: cq_base_ = width == 8 ? value : (cq_base_ & ~0xffffffffull) | u32; break;
-      case vfreg::kCqBase + 4: cq_base_ = (cq_base_ & 0xffffffffull) | (uint64_t{u32} << 32); break;
-      case vfreg::kSqSize:
-        if (!(ctrl_ & vfreg::kCtrlEnable)) sq_size_ = u32;
-        break;
-      case vfreg::kCqSize:
-        if (!(ctrl_ & vfreg::kCtrlEnable)) cq_size_ = u32;
-        break;
-      case vfreg::kSqTail: sq_tail_ = u32; break;  // the doorbell
-      case vfreg::kCqHead: cq_head_ = u32; break;
-      case vfreg::kIrqVector: irq_vector_ = u32; break;
-      case vfreg::kIrqCtrl: irq_ctrl_ = u32 & 1; break;
-      case vfreg::kCtrl: {
-        bool on = u32 & vfreg::kCtrlEnable;
-        if (on && !(ctrl_ & vfreg::kCtrlEnable)) {
-          // Enabling checks the rings: sizes are powers of two within range.
-          auto ok_size = [](uint32_t n) { return n && !(n & (n - 1)) && n <= vfreg::kMaxRing; };
-          if (!ok_size(sq_size_) || !ok_size(cq_size_)) {
-            status_ |= vfreg::kStatusError;
-            break;
-          }
-          status_ &= ~vfreg::kStatusError;
-          sq_head_ = sq_tail_ = cq_tail_ = cq_head_ = 0;
-          ctrl_ |= vfreg::kCtrlEnable;
-          start = true;
-        } else if (!on) {
-          ctrl_ &= ~vfreg::kCtrlEnable;
-        }
-        break;
-      }
-      case vfreg::kId: case vfreg::kVersion: case vfreg::kStatus: case vfreg::kSqHead: case vfreg::kCqTail:
-      case vfreg::kCountDone: case vfreg::kCountErr: case vfreg::kBytes:
-        break;  // read-only
-      default:
-        return Function::bar_write(bar, off, width, value);
-    }
-    cv_.notify_all();
-  }
-  if (start) start_engine();
+  if (bar != 0 || !registers_block().covers(off, width)) return Function::bar_write(bar, off, width, value);
+  TRY(registers_block().write(off, width, value, *this, bar_memory(0)));
+  if (start_pending_.exchange(false)) start_engine();
   return ok();
+}
+
+uint64_t Vf::reg_read(const RegDef& r) {
+  std::lock_guard lk(mu_);
+  switch (r.offset) {
+    case vfreg::kId: return vfreg::kIdValue;
+    case vfreg::kVersion: return 1;
+    case vfreg::kStatus:
+      return status_ | ((ctrl_ & vfreg::kCtrlEnable) ? vfreg::kStatusQueueOn : 0) |
+             ((quiesce_ && !busy_) ? vfreg::kStatusQuiesced : 0);
+    case vfreg::kSqBase: return sq_base_;
+    case vfreg::kSqSize: return sq_size_;
+    case vfreg::kSqTail: return sq_tail_;
+    case vfreg::kSqHead: return sq_head_;
+    case vfreg::kCqBase: return cq_base_;
+    case vfreg::kCqSize: return cq_size_;
+    case vfreg::kCqTail: return cq_tail_;
+    case vfreg::kCqHead: return cq_head_;
+    case vfreg::kCtrl: return ctrl_;
+    case vfreg::kIrqVector: return irq_vector_;
+    case vfreg::kIrqCtrl: return irq_ctrl_;
+    case vfreg::kCountDone: return done_;
+    case vfreg::kCountErr: return errors_;
+    case vfreg::kBytes: return bytes_;
+  }
+  return 0;
+}
+
+void Vf::reg_write(const RegDef& r, uint64_t value, uint64_t mask) {
+  std::lock_guard lk(mu_);
+  auto m32 = [&](uint32_t old) { return static_cast<uint32_t>(merge(old, value, mask)); };
+  switch (r.offset) {
+    case vfreg::kSqBase: sq_base_ = merge(sq_base_, value, mask); break;
+    case vfreg::kCqBase: cq_base_ = merge(cq_base_, value, mask); break;
+    case vfreg::kSqSize:
+      if (!(ctrl_ & vfreg::kCtrlEnable)) sq_size_ = m32(sq_size_);
+      break;
+    case vfreg::kCqSize:
+      if (!(ctrl_ & vfreg::kCtrlEnable)) cq_size_ = m32(cq_size_);
+      break;
+    case vfreg::kSqTail: sq_tail_ = m32(sq_tail_); break;  // the doorbell
+    case vfreg::kCqHead: cq_head_ = m32(cq_head_); break;
+    case vfreg::kIrqVector: irq_vector_ = m32(irq_vector_); break;
+    case vfreg::kIrqCtrl: irq_ctrl_ = m32(irq_ctrl_) & 1; break;
+    case vfreg::kCtrl: {
+      bool on = m32(ctrl_) & vfreg::kCtrlEnable;
+      if (on && !(ctrl_ & vfreg::kCtrlEnable)) {
+        // Enabling checks the rings: sizes are powers of two within range.
+        auto ok_size = [](uint32_t n) { return n && !(n & (n - 1)) && n <= vfreg::kMaxRing; };
+        if (!ok_size(sq_size_) || !ok_size(cq_size_)) {
+          status_ |= vfreg::kStatusError;
+          break;
+        }
+        status_ &= ~vfreg::kStatusError;
+        sq_head_ = sq_tail_ = cq_tail_ = cq_head_ = 0;
+        ctrl_ |= vfreg::kCtrlEnable;
+        start_pending_ = true;
+      } else if (!on) {
+        ctrl_ &= ~vfreg::kCtrlEnable;
+      }
+      break;
+    }
+  }
+  cv_.notify_all();
 }
 
 VfCompletion Vf::execute(const VfDescriptor& d) {

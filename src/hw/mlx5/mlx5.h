@@ -20,6 +20,7 @@
 
 #include "base/result.h"
 #include "hw/function.h"
+#include "hw/regs.h"
 #include "hw/sriov.h"
 
 namespace uvfio::hw::mlx5 {
@@ -93,7 +94,7 @@ struct __attribute__((packed)) FwMailbox {
 };
 static_assert(sizeof(FwMailbox) == 72);
 
-class Pf : public Function {
+class Pf : public Function, private RegisterHandler {
  public:
   static Result<std::unique_ptr<Pf>> create(const PfParams& p);
   ~Pf() override;
@@ -105,6 +106,7 @@ class Pf : public Function {
     std::lock_guard lk(fw_mu_);
     cmd_log_ = std::move(f);
   }
+  const RegisterBlock* registers(unsigned bar) const override;
 
  protected:
   void on_config_write(uint16_t off, unsigned width, uint32_t old_value) override;
@@ -115,6 +117,9 @@ class Pf : public Function {
 
  private:
   explicit Pf(const PfParams& p) : Function("mlx5-pf"), params_(p) {}
+  static const RegisterBlock& registers_block();
+  uint64_t reg_read(const RegDef& r) override;
+  void reg_write(const RegDef& r, uint64_t value, uint64_t mask) override;
   // The firmware: one command, synchronously.
   void execute(FwMailbox& mb);
   int run(FwMailbox& mb, Vf& vf);
@@ -131,6 +136,7 @@ class Pf : public Function {
   std::mutex fw_mu_;  // one command at a time
   uint64_t mailbox_ = 0;
   uint32_t cmd_status_ = 0;
+  std::atomic<bool> doorbell_rung_{false};  // raise the completion interrupt after the write
   std::map<uint16_t, std::shared_ptr<Tracker>> trackers_;  // by function id; guarded by fw_mu_
   std::function<void(const FwMailbox&)> cmd_log_;          // guarded by fw_mu_
 };
@@ -175,7 +181,7 @@ static_assert(sizeof(VfCompletion) == 16);
 
 uint32_t crc32c(uint32_t crc, const uint8_t* p, size_t n);
 
-class Vf : public Function {
+class Vf : public Function, private RegisterHandler {
  public:
   static Result<std::unique_ptr<Vf>> create(Pf& pf, uint16_t index);
   ~Vf() override;
@@ -206,6 +212,8 @@ class Vf : public Function {
   // applied then). The queue restarts where it stopped if it was enabled.
   Result<void> load_state(std::span<const uint8_t> image);
 
+  const RegisterBlock* registers(unsigned bar) const override;
+
  protected:
   void on_reset() override;
   Result<uint64_t> bar_read(unsigned bar, uint64_t off, unsigned width) override;
@@ -213,6 +221,9 @@ class Vf : public Function {
 
  private:
   Vf(Pf& pf, uint16_t index) : Function("mlx5-vf"), index_(index) { set_physfn(&pf); }
+  static const RegisterBlock& registers_block();
+  uint64_t reg_read(const RegDef& r) override;
+  void reg_write(const RegDef& r, uint64_t value, uint64_t mask) override;
   void engine();
   void start_engine();
   void stop_engine();
@@ -229,6 +240,7 @@ class Vf : public Function {
   uint32_t ctrl_ = 0, irq_vector_ = 0, irq_ctrl_ = 0, status_ = vfreg::kStatusReady;
   uint64_t done_ = 0, errors_ = 0, bytes_ = 0;
   bool quiesce_ = false, busy_ = false, stop_ = false;
+  std::atomic<bool> start_pending_{false};  // CTRL.ENABLE set: start the engine after the write
   std::thread thread_;
   std::vector<uint64_t> page_hash_;  // device memory as of the last image; empty: none yet
 };

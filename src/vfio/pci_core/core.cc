@@ -121,8 +121,9 @@ Result<void> CoreDevice::match_token(const OpenArgs& args) {
   return ok();
 }
 
-Result<void> CoreDevice::open_device(const OpenArgs& args) {
-  TRY(match_token(args));
+Result<void> CoreDevice::match_device(const OpenArgs& args) { return match_token(args); }
+
+Result<void> CoreDevice::open_device(const OpenArgs&) {
   TRY(enable());
   finish_enable();
   return ok();

@@ -106,6 +106,7 @@ class CoreDevice : public Device, public driver::Binding, private hw::IrqSink {
   Result<FeatureReply> feature(uint32_t flags, std::span<const uint8_t> payload) override;
   void request(unsigned count) override;
   void release_irqs() override { irqs_disable_all(); }
+  Result<void> match_device(const OpenArgs& args) override;  // the VF token
   Result<void> open_device(const OpenArgs& args) override;
   void close_device() override;
 

@@ -160,9 +160,13 @@ TEST(Mlx5Migration, PreCopyStopCopyResumeAndCarryOn) {
   auto last = drain(*pre->file, true);
   stream.insert(stream.end(), last.begin(), last.end());
   // Guest pages the device dirtied since logging started.
-  uint64_t rep[3] = {0, kGuest, 4096};
+  // The buffer holds the request and room for the bitmap (the ioctl's argsz).
+  std::vector<uint64_t> rep(3 + kGuest / 4096 / 64 + 1, 0);
+  rep[0] = 0;
+  rep[1] = kGuest;
+  rep[2] = 4096;
   auto report = a.dev->device_feature(VFIO_DEVICE_FEATURE_GET | VFIO_DEVICE_FEATURE_DMA_LOGGING_REPORT,
-                                      std::span<const uint8_t>(reinterpret_cast<uint8_t*>(rep), 24));
+                                      std::span<const uint8_t>(reinterpret_cast<uint8_t*>(rep.data()), rep.size() * 8));
   ASSERT_TRUE(report);
   size_t copied = 0;
   for (uint64_t p = 0; p < kGuest / 4096; ++p) {

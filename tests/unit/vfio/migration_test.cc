@@ -295,9 +295,12 @@ TEST(DmaLoggingTest, ArgumentChecks) {
   std::memcpy(&chosen, ok->data.data(), 8);
   EXPECT_EQ(chosen, 8192u);
   // REPORT: the bitmap follows the 24-byte request; bit n = iova + n * page.
-  uint64_t req[3] = {0x100000, 65 * 4096, 4096};
+  // The caller's buffer (the ioctl's argsz) must hold the bitmap too.
+  uint64_t req[5] = {0x100000, 65 * 4096, 4096, 0, 0};
   const uint32_t report = VFIO_DEVICE_FEATURE_GET | VFIO_DEVICE_FEATURE_DMA_LOGGING_REPORT;
-  auto rep = d.device_feature(report, std::span<const uint8_t>(reinterpret_cast<uint8_t*>(req), 24));
+  EXPECT_EQ(d.device_feature(report, std::span<const uint8_t>(reinterpret_cast<uint8_t*>(req), 32)).error().code,
+            EINVAL);  // room for one bitmap word, two are needed
+  auto rep = d.device_feature(report, std::span<const uint8_t>(reinterpret_cast<uint8_t*>(req), 40));
   ASSERT_TRUE(rep);
   ASSERT_EQ(rep->data.size(), 24u + 16);
   uint64_t w0, w1;

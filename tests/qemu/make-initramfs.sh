@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# Builds the guest's initramfs for the QEMU e2e test: busybox (static),
+# lspci/setpci with their libraries and pci.ids, and vf_check, with an init
+# that prints `lspci -vvv` of the mlx5 VFs, runs vf_check and powers off
+# (or, with uvfio.hold on the kernel command line, waits to be killed).
+#   make-initramfs.sh OUT.cpio.gz VF_CHECK_BINARY
+# Needs: busybox-static, pciutils, cpio (scripts/setup.sh installs them).
+set -euo pipefail
+out=$1
+check=$2
+busybox=$(command -v busybox || true)
+[ -n "$busybox" ] && file -L "$busybox" 2>/dev/null | grep -q "statically linked" || busybox=/bin/busybox
+for need in "$busybox" /usr/bin/lspci /usr/bin/setpci /usr/share/misc/pci.ids "$check"; do
+  [ -e "$need" ] || { echo "make-initramfs: missing $need (run scripts/setup.sh)" >&2; exit 1; }
+done
+command -v cpio >/dev/null || { echo "make-initramfs: cpio missing (run scripts/setup.sh)" >&2; exit 1; }
+root=$(mktemp -d)
+trap 'rm -rf "$root"' EXIT
+mkdir -p "$root"/{bin,sbin,proc,sys,dev,tmp,usr/share/misc,lib64}
+cp "$busybox" "$root/bin/busybox"
+for c in sh mount poweroff sleep cat grep dmesg echo ls; do ln -s busybox "$root/bin/$c"; done
+cp /usr/bin/lspci /usr/bin/setpci "$root/bin/"
+cp /usr/share/misc/pci.ids "$root/usr/share/misc/"
+# The dynamic loader and every library lspci/setpci need, at their paths.
+for lib in $(ldd /usr/bin/lspci /usr/bin/setpci | awk '/=> \//{print $3} /^\s*\/lib/{print $1}' | sort -u); do
+  mkdir -p "$root$(dirname "$lib")"
+  cp -L "$lib" "$root$lib"
+done
+cp "$check" "$root/bin/vf_check"
+cat > "$root/init" <<'INIT'
+#!/bin/sh
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev
+echo "GUEST-BOOT-OK $(cat /proc/sys/kernel/osrelease)"
+echo "=== lspci"
+lspci -vvv -nn -d 15b3:101e 2>&1
+echo "=== end lspci"
+/bin/vf_check 0x10000000 208
+echo "GUEST-DONE"
+if grep -q uvfio.hold /proc/cmdline; then
+  echo "GUEST-HOLDING"
+  while true; do sleep 60; done
+fi
+poweroff -f
+INIT
+chmod +x "$root/init"
+(cd "$root" && find . | cpio -o -H newc --quiet) | gzip -1 > "$out.tmp"
+mv "$out.tmp" "$out"

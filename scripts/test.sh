@@ -4,6 +4,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/setup.sh
+# The QEMU guest (kernel, initramfs tools, QEMU's runtime libraries); the
+# qemu tests fail rather than skip when it is missing.
+tests/qemu/prepare-guest.sh
+export UVFIO_REQUIRE_QEMU=1
 jobs=$(nproc)
 cmake --preset debug >/dev/null
 cmake --preset asan-ubsan >/dev/null

@@ -22,7 +22,7 @@ for c in sh mount poweroff sleep cat grep dmesg echo ls; do ln -s busybox "$root
 cp /usr/bin/lspci /usr/bin/setpci "$root/bin/"
 cp /usr/share/misc/pci.ids "$root/usr/share/misc/"
 # The dynamic loader and every library lspci/setpci need, at their paths.
-for lib in $(ldd /usr/bin/lspci /usr/bin/setpci | awk '/=> \//{print $3} /^\s*\/lib/{print $1}' | sort -u); do
+for lib in $(ldd /usr/bin/lspci /usr/bin/setpci | awk '$2 == "=>" && $3 ~ /^\// {print $3} $1 ~ /^\// && $1 !~ /:$/ {print $1}' | sort -u); do
   mkdir -p "$root$(dirname "$lib")"
   cp -L "$lib" "$root$lib"
 done

@@ -164,12 +164,12 @@ static void check_vf(const char* bdf, uint64_t phys, unsigned vector) {
 
   snprintf(p, sizeof(p), "/sys/bus/pci/devices/%s/resource0", bdf);
   bar0 = map_file(p, 64 << 10, 0);
-  report("bar0-mmap", bar0 != NULL, "%s", strerror(errno));
+  report("bar0-mmap", bar0 != NULL, "%s", bar0 ? "" : strerror(errno));
   if (!bar0) return;
   snprintf(p, sizeof(p), "/sys/bus/pci/devices/%s/resource2", bdf);
   size_t dm_size = 1 << 20;  // map the first MiB of device memory
   volatile uint8_t* dm = map_file(p, dm_size, 0);
-  report("bar2-mmap", dm != NULL, "%s", strerror(errno));
+  report("bar2-mmap", dm != NULL, "%s", dm ? "" : strerror(errno));
 
   // -- registers, at every width
   report("id", rd32(R_ID) == 0x6d6c7835, "ID=%#x", rd32(R_ID));
@@ -194,7 +194,7 @@ static void check_vf(const char* bdf, uint64_t phys, unsigned vector) {
   int memfd = open("/dev/mem", O_RDWR | O_SYNC);
   volatile uint8_t* ram = memfd < 0 ? NULL : mmap(NULL, 16 << 20, PROT_READ | PROT_WRITE, MAP_SHARED, memfd, (off_t)phys);
   if (ram == MAP_FAILED) ram = NULL;
-  report("guest-ram", ram != NULL, "/dev/mem at %#" PRIx64 ": %s", phys, strerror(errno));
+  report("guest-ram", ram != NULL, "/dev/mem at %#" PRIx64 "%s%s", phys, ram ? "" : ": ", ram ? "" : strerror(errno));
   if (!ram) return;
   const uint64_t SQ = 0x0, CQ = 0x1000, A = 0x10000, B = 0x20000, C = 0x30000, D = 0x40000;
   const uint32_t LEN = 8192, NSQ = 64, DEVOFF = 0x8000;

@@ -23,7 +23,7 @@ struct Env {
   Env() {
     log::set_level(log::Level::kError);
     auto spec = daemon::parse_topology(
-        "[[device]]\naddress = \"0000:00:03.0\"\nmodel = \"endpoint\"\ndriver_override = \"vfio_pci\"\n", "fuzz");
+        "[[device]]\naddress = \"0000:00:03.0\"\nmodel = \"endpoint\"\ndriver_override = \"vfio-pci\"\n", "fuzz");
     sys = std::move(*daemon::System::create(*spec));
     dev = sys->vfio_device(Bdf(0, 0, 3, 0));
     if (!dev || !dev->open()) std::abort();

@@ -212,9 +212,11 @@ const char* irq_name(uint32_t i) {
   return i < 5 ? names[i] : "?";
 }
 
-std::unique_ptr<client::Client> vfio_connect(const std::string& rundir, const Bdf& b) {
+std::unique_ptr<client::Client> vfio_connect(const std::string& rundir, const Bdf& b, const std::string& token) {
   std::string path = rundir + "/vfio-user/" + b.str() + ".sock";
-  auto c = client::Client::connect(path);
+  client::ConnectOptions o;
+  if (!token.empty()) o.vf_token = must(vfio::parse_uuid(token), "--vf-token " + token);
+  auto c = client::Client::connect(path, o);
   if (!c) die("cannot open " + b.str() + " over vfio-user (" + path + ")", c.error());
   return std::move(*c);
 }
@@ -228,7 +230,10 @@ void cmd_info(client::Client& c, const Bdf& b, bool as_json) {
   for (uint32_t r = 0; r < i.num_regions; ++r) {
     auto ri = c.get_region_info(r);
     if (!ri) {
-      out["regions"].push_back(json{{"index", r}, {"name", region_name(r)}, {"error", errno_name(ri.error().code)}});
+      // VGA answers EINVAL on anything that is not a VGA device, as Linux.
+      std::string why = r == VFIO_PCI_VGA_REGION_INDEX && ri.error().code == EINVAL ? "absent (not a VGA device)"
+                                                                                  : errno_name(ri.error().code);
+      out["regions"].push_back(json{{"index", r}, {"name", region_name(r)}, {"error", why}});
       continue;
     }
     json f = json::array();
@@ -263,8 +268,10 @@ void cmd_info(client::Client& c, const Bdf& b, bool as_json) {
     if (ii->flags & VFIO_IRQ_INFO_NORESIZE) f.push_back("NORESIZE");
     out["irqs"].push_back(json{{"index", q}, {"name", irq_name(q)}, {"count", ii->count}, {"flags", f}});
   }
-  auto mig = c.device_feature(VFIO_DEVICE_FEATURE_GET | VFIO_DEVICE_FEATURE_MIGRATION);
+  // Features: MIGRATION's flags by GET (ENOTTY: the device does not
+  // migrate); DMA logging and the VF token by PROBE of their SET.
   json feats = json::object();
+  auto mig = c.device_feature(VFIO_DEVICE_FEATURE_GET | VFIO_DEVICE_FEATURE_MIGRATION, {}, 8);
   if (mig && mig->size() >= 8) {
     uint64_t mf;
     std::memcpy(&mf, mig->data(), 8);
@@ -273,9 +280,20 @@ void cmd_info(client::Client& c, const Bdf& b, bool as_json) {
     if (mf & VFIO_MIGRATION_P2P) m.push_back("P2P");
     if (mf & VFIO_MIGRATION_PRE_COPY) m.push_back("PRE_COPY");
     feats["migration"] = m;
+    auto st = c.get_mig_state();
+    if (st) feats["migration_state"] = vfio::to_string(*st);
+  } else if (!mig && mig.error().code != ENOTTY) {
+    die("DEVICE_FEATURE MIGRATION", mig.error());
   } else {
     feats["migration"] = nullptr;
   }
+  auto probe = [&](uint32_t feature) {
+    auto r = c.device_feature(VFIO_DEVICE_FEATURE_PROBE | VFIO_DEVICE_FEATURE_SET | feature);
+    if (!r && r.error().code != ENOTTY) die("DEVICE_FEATURE PROBE", r.error());
+    return static_cast<bool>(r);
+  };
+  feats["dma_logging"] = probe(VFIO_DEVICE_FEATURE_DMA_LOGGING_START);
+  feats["vf_token"] = probe(VFIO_DEVICE_FEATURE_PCI_VF_TOKEN);
   out["features"] = feats;
   if (as_json) {
     std::cout << out.dump(2) << "\n";
@@ -304,6 +322,10 @@ void cmd_info(client::Client& c, const Bdf& b, bool as_json) {
                 q["count"].get<unsigned>(), q["flags"].dump().c_str());
   }
   std::printf("migration: %s\n", feats["migration"].is_null() ? "not supported" : feats["migration"].dump().c_str());
+  if (feats.contains("migration_state"))
+    std::printf("migration state: %s\n", feats["migration_state"].get<std::string>().c_str());
+  std::printf("dma logging: %s\n", feats["dma_logging"].get<bool>() ? "supported" : "not supported");
+  std::printf("vf token: %s\n", feats["vf_token"].get<bool>() ? "settable (SR-IOV PF)" : "no");
 }
 
 // The virtualized config space as `lspci -xxxx` prints it, so that
@@ -354,10 +376,13 @@ int main(int argc, char** argv) {
   bind->add_option("driver", driver_name)->required();
   auto* unbind = app.add_subcommand("unbind", "Unbind a PCI function from its driver");
   unbind->add_option("bdf", bdf)->required();
+  std::string token;
   auto* info = app.add_subcommand("info", "Regions, IRQs and features of a VFIO device, as a vfio-user client sees them");
   info->add_option("bdf", bdf)->required();
+  info->add_option("--vf-token", token, "VF token (UUID) for a VF whose PF is owned by vfio-pci");
   auto* config = app.add_subcommand("config", "Hex dump of the virtualized config space (lspci -xxxx format)");
   config->add_option("bdf", bdf)->required();
+  config->add_option("--vf-token", token, "VF token (UUID) for a VF whose PF is owned by vfio-pci");
   auto* sriov = app.add_subcommand("sriov", "Set a PF's sriov_numvfs");
   sriov->add_option("pf", bdf)->required();
   sriov->add_option("numvfs", num)->required();
@@ -366,7 +391,7 @@ int main(int argc, char** argv) {
   if (*info || *config) {
     auto b = Bdf::parse(bdf);
     if (!b) die(bdf, b.error());
-    auto c = vfio_connect(rundir, *b);
+    auto c = vfio_connect(rundir, *b, token);
     if (*info) cmd_info(*c, *b, as_json);
     else cmd_config(*c, *b);
     return 0;

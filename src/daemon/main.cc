@@ -38,13 +38,16 @@ int main(int argc, char** argv) {
   CLI::App app{"uvfiod — vfio-pci-core in userspace: emulated PCIe hardware, driver core, sysfs"};
   std::string rundir = default_rundir();
   std::string config;
-  bool print_seed = false, no_fuse = false, verbose = false;
+  bool print_seed = false, no_fuse = false, verbose = false, busy_poll = false;
   daemon::SystemOptions opts;
   app.add_option("--rundir", rundir, "Directory for control.sock, sys/ and vfio-user sockets")->capture_default_str();
   app.add_option("--config", config, "Topology file (TOML); default: the seed topology");
   app.add_flag("--print-seed", print_seed, "Print the seed topology as TOML and exit");
   app.add_flag("--no-fuse", no_fuse, "Do not mount the attribute tree with FUSE");
   app.add_flag("-v,--verbose", verbose, "Debug logging");
+  app.add_flag("--busy-poll", busy_poll,
+               "vfio-user serving threads spin on their socket instead of sleeping: lower latency, "
+               "one CPU busy per connected client");
   app.add_flag("--vfio-pci-enable-sriov", opts.vfio_pci_enable_sriov,
                "Let vfio_pci enable SR-IOV on PFs it drives (the vfio-pci module's enable_sriov)");
   CLI11_PARSE(app, argc, argv);
@@ -89,7 +92,7 @@ int main(int argc, char** argv) {
   driver::Tree& tree = (*sys)->core().tree();
 
   // Every VFIO device on its own vfio-user socket.
-  auto vu = vfio_user::Server::start((*sys)->vfio_registry(), rundir + "/vfio-user");
+  auto vu = vfio_user::Server::start((*sys)->vfio_registry(), rundir + "/vfio-user", busy_poll);
   if (!vu) {
     std::fprintf(stderr, "uvfiod: vfio-user: %s\n", to_string(vu.error()).c_str());
     return 1;

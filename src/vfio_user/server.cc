@@ -140,6 +140,10 @@ void Server::accept_loop(Endpoint& ep) {
     UniqueFd c(accept4(ep.listen.get(), nullptr, nullptr, SOCK_CLOEXEC));
     if (!c) continue;
     std::unique_lock lk(ep.mu);
+    // A client handed over a moment ago is picked up by the serving thread
+    // at once: let it, so two quick connections are not mistaken for two
+    // clients at a time.
+    ep.cv.wait_for(lk, std::chrono::seconds(1), [&] { return !ep.pending || ep.stopping || ep.removing; });
     if (ep.current >= 0 && !ep.pending) {
       // A client that has just hung up may not be noticed yet: give the
       // serving thread a moment if its socket shows EOF.
@@ -173,6 +177,7 @@ void Server::serve_loop(Endpoint& ep) {
       if (ep.stopping || (ep.removing && !ep.pending)) break;
       c = std::move(ep.pending);
       ep.current = c.get();
+      ep.cv.notify_all();  // the acceptor may wait for the hand-over
     }
     if (serve_client(ep, c.get(), opened)) {
       ep.dev->release_user_resources();

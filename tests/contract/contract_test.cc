@@ -25,7 +25,7 @@ const char* kTopology = R"(
 [[device]]
 address = "0000:00:03.0"
 model = "endpoint"
-driver_override = "vfio_pci"
+driver_override = "vfio-pci"
 
 [[device]]
 address = "0000:00:04.0"
@@ -33,7 +33,7 @@ model = "mlx5-pf"
 total_vfs = 2
 first_vf_offset = 0x60      # VF0 = 0000:00:10.0
 num_vfs = 1
-vf_driver_override = "vfio_pci"
+vf_driver_override = "vfio-pci"
 
 [[device]]
 address = "0000:00:05.0"
@@ -54,8 +54,8 @@ struct Pair {
 void PrintTo(const Pair& p, std::ostream* os) { *os << p.name; }
 
 const Pair kPairs[] = {
-    {"vfio_pci_endpoint", "vfio_pci", Bdf(0, 0, 3, 0), false},
-    {"vfio_pci_mlx5_vf", "vfio_pci", Bdf(0, 0, 0x10, 0), true},
+    {"vfio_pci_endpoint", "vfio-pci", Bdf(0, 0, 3, 0), false},
+    {"vfio_pci_mlx5_vf", "vfio-pci", Bdf(0, 0, 0x10, 0), true},
     {"mlx5_vfio_pci_mlx5_vf", "mlx5_vfio_pci", Bdf(0, 0, 0x11, 0), true},
 };
 

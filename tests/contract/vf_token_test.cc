@@ -17,7 +17,7 @@ address = "0000:00:04.0"
 model = "mlx5-pf"
 total_vfs = 2
 first_vf_offset = 0x60      # VF0 = 0000:00:10.0
-driver_override = "vfio_pci"
+driver_override = "vfio-pci"
 
 [[device]]
 address = "0000:00:05.0"
@@ -25,12 +25,12 @@ model = "mlx5-pf"
 total_vfs = 2
 first_vf_offset = 0x60      # VF0 = 0000:00:11.0
 num_vfs = 1
-vf_driver_override = "vfio_pci"
+vf_driver_override = "vfio-pci"
 
 [[device]]
 address = "0000:00:03.0"
 model = "endpoint"
-driver_override = "vfio_pci"
+driver_override = "vfio-pci"
 )";
 
 const Bdf kPf(0, 0, 4, 0), kVf(0, 0, 0x10, 0);
@@ -52,7 +52,7 @@ class VfToken : public ::testing::Test {
     vf = sys->vfio_device(kVf);
     ASSERT_NE(pf, nullptr);
     ASSERT_NE(vf, nullptr) << "the VF did not bind to vfio_pci through the PF's override capture";
-    EXPECT_EQ(*sys->core().tree().read("bus/pci/devices/0000:00:10.0/driver_override"), "vfio_pci\n");
+    EXPECT_EQ(*sys->core().tree().read("bus/pci/devices/0000:00:10.0/driver_override"), "vfio-pci\n");
   }
   void TearDown() override {
     if (vf) vf->close();
@@ -148,11 +148,11 @@ TEST_F(VfToken, SriovNeedsEnableSriovAndRefusesAPfWithVfs) {
   // Unbinding the PF disables SR-IOV first; binding vfio_pci to a PF that has
   // VFs enabled (here by mlx5_core) is refused.
   auto& t = sys->core().tree();
-  ASSERT_TRUE(t.write("bus/pci/devices/0000:00:05.0/driver_override", "vfio_pci"));
+  ASSERT_TRUE(t.write("bus/pci/devices/0000:00:05.0/driver_override", "vfio-pci"));
   ASSERT_TRUE(t.write("bus/pci/drivers/mlx5_core/unbind", "0000:00:05.0"));
-  ASSERT_TRUE(t.write("bus/pci/drivers/vfio_pci/bind", "0000:00:05.0"));
+  ASSERT_TRUE(t.write("bus/pci/drivers/vfio-pci/bind", "0000:00:05.0"));
   ASSERT_TRUE(t.write("bus/pci/devices/0000:00:05.0/sriov_numvfs", "2"));
-  ASSERT_TRUE(t.write("bus/pci/drivers/vfio_pci/unbind", "0000:00:05.0"));
+  ASSERT_TRUE(t.write("bus/pci/drivers/vfio-pci/unbind", "0000:00:05.0"));
   EXPECT_EQ(sys->pci().find(Bdf(0, 0, 0x11, 0)), nullptr);
 }
 

@@ -2,6 +2,8 @@
 // lspci) on the seed topology.
 #include <gtest/gtest.h>
 
+#include <nlohmann/json.hpp>
+
 #include "e2e/harness.h"
 
 namespace uvfio::e2e {
@@ -183,6 +185,93 @@ TEST_F(SeedDaemon, UvfioctlViewsAndShortcuts) {
   r = sh(std::string(UVFIOCTL_PATH) + " --rundir /nonexistent list");
   EXPECT_EQ(r.status, 1);
   EXPECT_NE(r.err.find("cannot reach uvfiod"), std::string::npos) << r.err;
+}
+
+// The generic driver by its Linux name, the way an admin binds it on /sys:
+// echo vfio-pci > driver_override; echo BDF > drivers_probe.
+TEST_F(SeedDaemon, VfioPciBindsThroughDriverOverrideAndDriversProbe) {
+  need_fuse();
+  std::string dev = d.sys() + "/bus/pci/devices/0000:09:00.0";
+  auto r = sh("echo 0000:09:00.0 > " + d.sys() + "/bus/pci/drivers/mlx5_vfio_pci/unbind");
+  ASSERT_EQ(r.status, 0) << r.err;
+  r = sh("echo vfio-pci > " + dev + "/driver_override && cat " + dev + "/driver_override");
+  ASSERT_EQ(r.status, 0) << r.err;
+  EXPECT_EQ(r.out, "vfio-pci\n");
+  r = sh("echo 0000:09:00.0 > " + d.sys() + "/bus/pci/drivers_probe");
+  ASSERT_EQ(r.status, 0) << r.err;
+  EXPECT_EQ(sh("basename $(readlink " + dev + "/driver)").out, "vfio-pci\n");
+  EXPECT_EQ(sh("ls " + d.sys() + "/bus/pci/drivers/vfio-pci").out, "0000:09:00.0\nbind\nuevent\nunbind\n");
+  EXPECT_EQ(sh("grep DRIVER= " + dev + "/uevent").out, "DRIVER=vfio-pci\n");
+  // A VFIO device again, served over vfio-user under its new driver: no
+  // migration (vfio-pci has none), the rest as before.
+  r = sh(d.ctl("info 0000:09:00.0"));
+  EXPECT_EQ(r.status, 0) << r.err;
+  EXPECT_NE(r.out.find("migration: not supported"), std::string::npos) << r.out;
+  // The old underscore name is not a driver (as on Linux): nothing binds.
+  r = sh("echo 0000:09:00.0 > " + d.sys() + "/bus/pci/drivers/vfio-pci/unbind && echo vfio_pci > " + dev +
+         "/driver_override && echo 0000:09:00.0 > " + d.sys() + "/bus/pci/drivers_probe");
+  EXPECT_EQ(sh("readlink " + dev + "/driver").status, 1);
+}
+
+// `uvfioctl info` and `config` against the device's real state: BAR sizes
+// as sysfs's resource file has them, MSI-X as lspci decodes config space,
+// features as the driver has them (mlx5_vfio_pci migrates and logs DMA,
+// vfio-pci does neither).
+TEST_F(SeedDaemon, InfoAndConfigTellTheDevicesState) {
+  auto bar_size = [&](const std::string& bdf, int bar) {
+    std::istringstream res(sh(d.ctl("cat bus/pci/devices/" + bdf + "/resource")).out);
+    std::string line;
+    for (int i = 0; i <= bar; ++i) std::getline(res, line);
+    unsigned long long start, end, flags;
+    if (std::sscanf(line.c_str(), "%llx %llx %llx", &start, &end, &flags) != 3 || !flags) return 0ull;
+    return end - start + 1;
+  };
+  auto r = sh(d.ctl("info 0000:08:00.0 --json"));
+  ASSERT_EQ(r.status, 0) << r.err;
+  auto j = nlohmann::json::parse(r.out);
+  EXPECT_EQ(j["flags"], nlohmann::json({"PCI", "RESET"}));
+  EXPECT_EQ(j["regions"][0]["size"].get<uint64_t>(), bar_size("0000:08:00.0", 0));
+  EXPECT_EQ(j["regions"][2]["size"].get<uint64_t>(), bar_size("0000:08:00.0", 2));
+  EXPECT_EQ(bar_size("0000:08:00.0", 2), 16u << 20);
+  EXPECT_EQ(j["regions"][2]["flags"], nlohmann::json({"READ", "WRITE", "MMAP"}));  // device memory
+  EXPECT_EQ(j["regions"][0]["flags"], nlohmann::json({"READ", "WRITE"}));          // registers
+  EXPECT_EQ(j["regions"][7]["size"].get<uint64_t>(), 4096u);
+  EXPECT_EQ(j["irqs"][2]["name"], "MSI-X");
+  EXPECT_EQ(j["irqs"][2]["count"].get<unsigned>(), 8u);
+  EXPECT_EQ(j["irqs"][0]["count"].get<unsigned>(), 0u);  // a VF has no INTx pin
+  EXPECT_EQ(j["features"]["migration"], nlohmann::json({"STOP_COPY", "P2P", "PRE_COPY"}));
+  EXPECT_EQ(j["features"]["migration_state"], "RUNNING");
+  EXPECT_EQ(j["features"]["dma_logging"], true);
+  EXPECT_EQ(j["features"]["vf_token"], false);
+  r = sh(d.ctl("info 0000:08:00.0"));
+  EXPECT_NE(r.out.find("migration: [\"STOP_COPY\",\"P2P\",\"PRE_COPY\"]"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("dma logging: supported"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("2  MSI-X  count 8"), std::string::npos) << r.out;
+
+  // config: the virtualized config space in lspci's format; lspci -F decodes
+  // the VF with the ids vfio-pci-core fills in for a VF, and its capabilities.
+  std::string cfg = d.rundir() + "/cfg08";
+  r = sh(d.ctl("config 0000:08:00.0") + " > " + cfg + " && lspci -F " + cfg + " -vvvnn");
+  ASSERT_EQ(r.status, 0) << r.err;
+  EXPECT_NE(r.out.find("[15b3:101e]"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("MSI-X: Enable- Count=8"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("Express (v2)"), std::string::npos) << r.out;
+
+  // Under vfio-pci the same VF neither migrates nor logs DMA.
+  ASSERT_EQ(sh(d.ctl("bind 0000:09:00.0 vfio-pci")).status, 0);
+  r = sh(d.ctl("info 0000:09:00.0 --json"));
+  ASSERT_EQ(r.status, 0) << r.err;
+  j = nlohmann::json::parse(r.out);
+  EXPECT_TRUE(j["features"]["migration"].is_null()) << r.out;
+  EXPECT_EQ(j["features"]["dma_logging"], false);
+  EXPECT_EQ(j["regions"][2]["size"].get<uint64_t>(), bar_size("0000:09:00.0", 2));
+  // A device that is not a VFIO device: a clear error and non-zero exit.
+  r = sh(d.ctl("info 0000:07:00.0"));
+  EXPECT_EQ(r.status, 1);
+  EXPECT_NE(r.err.find("cannot open 0000:07:00.0 over vfio-user"), std::string::npos) << r.err;
+  r = sh(d.ctl("info 0000:08:00.0 --vf-token not-a-uuid"));
+  EXPECT_EQ(r.status, 1);
+  EXPECT_NE(r.err.find("Invalid argument"), std::string::npos) << r.err;
 }
 
 TEST_F(SeedDaemon, GarbageOnTheControlSocketIsAnsweredNotFatal) {

@@ -23,7 +23,7 @@ const char* kTopology = R"(
 [[device]]
 address = "0000:00:03.0"
 model = "endpoint"
-driver_override = "vfio_pci"
+driver_override = "vfio-pci"
 )";
 
 using EP = hw::GenericEndpoint;
@@ -125,10 +125,10 @@ TEST_F(QemuSequence, ConnectRealizeAndGuestWorkload) {
   EXPECT_EQ(r.reply_errno(), 0);
   EXPECT_EQ(r.reply_errno(), 0);
 
-  // 3. GET_INFO.
-  vfio_device_info info{};
-  info.argsz = sizeof(info);
+  // 3. GET_INFO, QEMU's 16 bytes (VFIOUserDeviceInfo); the reply is 16 too.
+  DeviceInfoMsg info{16, 0, 0, 0};
   ASSERT_EQ(r.call(kDeviceGetInfo, b(info), {}, &m), 0);
+  ASSERT_EQ(m.payload.size(), 16u);
   std::memcpy(&info, m.payload.data(), sizeof(info));
   EXPECT_TRUE(info.flags & VFIO_DEVICE_FLAGS_PCI);
   EXPECT_TRUE(info.flags & VFIO_DEVICE_FLAGS_RESET);
@@ -308,7 +308,7 @@ TEST_F(QemuSequence, UnbindAsksTheClientToLeave) {
   int fds[1] = {req.get()};
   ASSERT_TRUE((*c)->set_irqs(VFIO_IRQ_SET_DATA_EVENTFD | VFIO_IRQ_SET_ACTION_TRIGGER, VFIO_PCI_REQ_IRQ_INDEX, 0, 1, fds));
   auto unbind = std::async(std::launch::async, [&] {
-    return sh(d->ctl("write bus/pci/drivers/vfio_pci/unbind 0000:00:03.0"));
+    return sh(d->ctl("write bus/pci/drivers/vfio-pci/unbind 0000:00:03.0"));
   });
   EXPECT_EQ(efd_wait(req.get(), 15000), 1) << "no REQ";
   EXPECT_NE(unbind.wait_for(std::chrono::milliseconds(100)), std::future_status::ready);

@@ -26,7 +26,7 @@ const char* kTopology = R"(
 [[device]]
 address = "0000:00:03.0"
 model = "endpoint"
-driver_override = "vfio_pci"
+driver_override = "vfio-pci"
 
 [[device]]
 address = "0000:00:04.0"

@@ -65,8 +65,7 @@ class Raw {
     ASSERT_EQ(call(kVersion, p), 0);
   }
   bool alive() {
-    vfio_device_info i{};
-    i.argsz = sizeof(i);
+    DeviceInfoMsg i{sizeof(DeviceInfoMsg), 0, 0, 0};  // the spec's (and QEMU's) 16 bytes
     std::vector<uint8_t> p(sizeof(i));
     std::memcpy(p.data(), &i, sizeof(i));
     return call(kDeviceGetInfo, p) == 0;
@@ -85,7 +84,7 @@ std::vector<uint8_t> b(const T& v) {
   return p;
 }
 
-std::vector<uint8_t> region_access(uint32_t region, uint64_t off, uint32_t count, std::vector<uint8_t> data = {}) {
+inline std::vector<uint8_t> region_access(uint32_t region, uint64_t off, uint32_t count, std::vector<uint8_t> data = {}) {
   RegionAccessMsg a{off, region, count};
   auto p = b(a);
   p.insert(p.end(), data.begin(), data.end());

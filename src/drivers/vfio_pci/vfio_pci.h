@@ -8,7 +8,7 @@
 
 namespace uvfio::drivers::vfio_pci {
 
-inline constexpr const char* kDriverName = "vfio_pci";
+inline constexpr const char* kDriverName = "vfio-pci";  // the name Linux registers (module vfio_pci)
 
 class VfioPciDriver : public bus::pci::PciDriver {
  public:

@@ -274,6 +274,32 @@ TEST_F(SeedDaemon, InfoAndConfigTellTheDevicesState) {
   EXPECT_NE(r.err.find("Invalid argument"), std::string::npos) << r.err;
 }
 
+// ls -l, ls --json and write, checked against the tree as FUSE/cat see it.
+TEST_F(SeedDaemon, LsAndWriteAgreeWithTheTree) {
+  auto r = sh(d.ctl("ls -l bus/pci/devices/0000:08:00.0"));
+  ASSERT_EQ(r.status, 0) << r.err;
+  EXPECT_NE(r.out.find("l driver -> ../../../../../../bus/pci/drivers/mlx5_vfio_pci\n"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("l physfn -> ../0000:07:00.0\n"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("- vendor\n"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("d vfio-dev\n"), std::string::npos) << r.out;
+  r = sh(d.ctl("ls bus/pci/devices/0000:07:00.0 --json"));
+  auto j = nlohmann::json::parse(r.out);
+  bool found = false;
+  for (auto& e : j) found |= e["name"] == "sriov_numvfs" && e["kind"] == "file";
+  EXPECT_TRUE(found) << r.out;
+  std::string attr = "bus/pci/devices/0000:07:00.0/sriov_drivers_autoprobe";
+  EXPECT_EQ(sh(d.ctl("cat " + attr)).out, "1\n");
+  r = sh(d.ctl("write " + attr + " 0"));
+  EXPECT_EQ(r.status, 0) << r.err;
+  EXPECT_EQ(sh(d.ctl("cat " + attr)).out, "0\n");
+  if (fuse) {
+    EXPECT_EQ(sh("cat " + d.sys() + "/" + attr).out, "0\n");
+  }
+  r = sh(d.ctl("write " + attr + " 7"));
+  EXPECT_EQ(r.status, 1);
+  EXPECT_NE(r.err.find("Invalid argument"), std::string::npos) << r.err;
+}
+
 TEST_F(SeedDaemon, GarbageOnTheControlSocketIsAnsweredNotFatal) {
   int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
   sockaddr_un a{};

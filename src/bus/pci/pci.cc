@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <bit>
+#include <thread>
 
 #include "base/log.h"
 
@@ -392,6 +393,19 @@ bool PciBus::autoprobe_device(driver::Device& d) {
   return !dev || !dev->physfn_ || dev->physfn_->sriov_autoprobe_;
 }
 
+uint16_t PciDevice::find_capability(uint8_t id) const {
+  if (!(config_read(PCI_STATUS, 2) & PCI_STATUS_CAP_LIST)) return 0;
+  uint8_t pos = static_cast<uint8_t>(config_read((hdr_type_ & 0x7f) == PCI_HEADER_TYPE_CARDBUS ? PCI_CB_CAPABILITY_LIST : PCI_CAPABILITY_LIST, 1));
+  for (int ttl = 48; ttl > 0 && pos >= 0x40; --ttl) {
+    pos &= ~3;
+    uint16_t ent = static_cast<uint16_t>(config_read(pos, 2));
+    if ((ent & 0xff) == 0xff) break;
+    if ((ent & 0xff) == id) return pos;
+    pos = static_cast<uint8_t>(ent >> 8);
+  }
+  return 0;
+}
+
 // ---- sysfs attributes ---------------------------------------------------------
 
 namespace {
@@ -469,6 +483,30 @@ Result<void> PciBus::add_device_attributes(driver::Device& d) {
                                   }}));
   }
   if (dev->physfn_) TRY(t.add_link(dir, "physfn", dev->physfn_->dir()->path()));
+  // What every Linux PCI device shows besides (pci-sysfs.c), in its format:
+  // no NUMA node, every CPU local, MSI allowed on the bus, ARI forwarding off
+  // (we do not scan functions 8-255), the PM state from the PM capability.
+  unsigned cpus = std::max(1u, std::thread::hardware_concurrency());
+  TRY(t.add_file(dir, ro("numa_node", [] { return std::string("-1\n"); })));
+  TRY(t.add_file(dir, ro("local_cpulist", [cpus] { return cpus == 1 ? std::string("0\n") : fmt::format("0-{}\n", cpus - 1); })));
+  TRY(t.add_file(dir, ro("local_cpus", [cpus] {
+    // cpumask_print: 32-bit words in hex, most significant first, comma-separated.
+    std::string s;
+    for (int w = static_cast<int>((cpus + 31) / 32) - 1; w >= 0; --w) {
+      unsigned bits = std::min(32u, cpus - 32 * static_cast<unsigned>(w));
+      uint32_t word = bits == 32 ? 0xffffffffu : ((1u << bits) - 1);
+      s += fmt::format("{}{:08x}", s.empty() ? "" : ",", word);
+    }
+    return s + "\n";
+  })));
+  TRY(t.add_file(dir, ro("msi_bus", [] { return std::string("1\n"); })));
+  TRY(t.add_file(dir, ro("ari_enabled", [] { return std::string("0\n"); })));
+  TRY(t.add_file(dir, ro("power_state", [p] {
+    uint16_t pm = p->find_capability(PCI_CAP_ID_PM);
+    if (!pm) return std::string("D0\n");
+    static const char* names[] = {"D0", "D1", "D2", "D3hot"};
+    return std::string(names[p->config_read(pm + PCI_PM_CTRL, 2) & PCI_PM_CTRL_STATE_MASK]) + "\n";
+  })));
   return ok();
 }
 

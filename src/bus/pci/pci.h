@@ -75,6 +75,9 @@ class PciDevice : public driver::Device {
   // Config cycles to this function.
   uint32_t config_read(uint16_t off, unsigned width) const;
   void config_write(uint16_t off, unsigned width, uint32_t value);
+  // pci_find_capability(): walks the capability list with config reads (at
+  // most 48 hops, as the kernel's PCI_FIND_CAP_TTL); 0 if absent.
+  uint16_t find_capability(uint8_t id) const;
 
   // pci_enable_device_mem() + pci_set_master(), and the reverse: what a
   // driver does in probe()/remove() before it touches BARs or DMA.

@@ -4,6 +4,8 @@
 
 #include <gtest/gtest.h>
 
+#include <thread>
+
 #include "hw/bridge.h"
 #include "hw/endpoint.h"
 #include "hw/mlx5/mlx5.h"
@@ -108,6 +110,29 @@ TEST_F(PciFixture, SysfsAttributesInLinuxFormats) {
   EXPECT_EQ(*t.read(pf + "sriov_stride"), "1\n");
   EXPECT_EQ(*t.read(pf + "sriov_vf_device"), "101e\n");
   EXPECT_EQ(t.stat(d + "sriov_numvfs").error().code, ENOENT);
+  EXPECT_EQ(*t.read(d + "numa_node"), "-1\n");
+  EXPECT_EQ(*t.read(d + "msi_bus"), "1\n");
+  EXPECT_EQ(*t.read(d + "ari_enabled"), "0\n");
+  unsigned cpus = std::max(1u, std::thread::hardware_concurrency());
+  EXPECT_EQ(*t.read(d + "local_cpulist"), cpus == 1 ? std::string("0\n") : "0-" + std::to_string(cpus - 1) + "\n");
+  EXPECT_EQ(t.read(d + "local_cpus")->back(), '\n');
+  EXPECT_EQ(t.read(d + "local_cpus")->size() % 9, 0u);  // 8 hex digits and ',' or '\n' per 32 CPUs
+}
+
+// power_state follows the PM capability's PowerState, found by walking the
+// capability list with config reads (pci_find_capability).
+TEST_F(PciFixture, PowerStateFromThePmCapability) {
+  auto& t = core.tree();
+  auto* dev = bus->find(Bdf(0, 1, 0, 0));
+  ASSERT_NE(dev, nullptr);
+  uint16_t pm = dev->find_capability(PCI_CAP_ID_PM);
+  ASSERT_NE(pm, 0);
+  EXPECT_EQ(pm, dev->hw().find_capability(PCI_CAP_ID_PM));  // what the model built
+  EXPECT_EQ(dev->find_capability(0x42), 0);
+  EXPECT_EQ(*t.read("bus/pci/devices/0000:01:00.0/power_state"), "D0\n");
+  dev->config_write(pm + PCI_PM_CTRL, 2, 3);
+  EXPECT_EQ(*t.read("bus/pci/devices/0000:01:00.0/power_state"), "D3hot\n");
+  dev->config_write(pm + PCI_PM_CTRL, 2, 0);
 }
 
 TEST_F(PciFixture, BarsProgrammedInsideTheBridgeWindows) {

@@ -116,7 +116,9 @@ int main(int argc, char** argv) {
   std::printf("# vfio-user REGION_READ(4 bytes) vs raw AF_UNIX ping-pong, %zu round trips x %d rounds\n", iters, rounds);
   std::printf("%-9s %-14s %12s %12s %12s %8s\n", "mode", "path", "median(ns)", "p99(ns)", "ops/s", "ratio");
   for (bool spin : {false, true}) {
-    auto server = vfio_user::Server::start((*sys)->vfio_registry(), std::string(dir) + "/vfio-user", spin);
+    vfio_user::ServerOptions sopts;
+    sopts.busy_poll = spin;
+    auto server = vfio_user::Server::start((*sys)->vfio_registry(), std::string(dir) + "/vfio-user", sopts);
     if (!server) return 1;
     uint32_t v;
     std::span<uint8_t> buf(reinterpret_cast<uint8_t*>(&v), 4);

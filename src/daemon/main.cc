@@ -15,6 +15,7 @@
 #include "daemon/topology.h"
 #include "sysfs/control.h"
 #include "sysfs/fuse_fs.h"
+#include "vfio_user/connection.h"
 #include "vfio_user/server.h"
 
 using namespace uvfio;
@@ -45,6 +46,12 @@ int main(int argc, char** argv) {
   app.add_flag("--print-seed", print_seed, "Print the seed topology as TOML and exit");
   app.add_flag("--no-fuse", no_fuse, "Do not mount the attribute tree with FUSE");
   app.add_flag("-v,--verbose", verbose, "Debug logging");
+  std::string dma_layout = "auto";
+  app.add_option("--dma-layout", dma_layout,
+                 "DMA_READ/DMA_WRITE layout for clients without fd-backed memory: auto (probed per "
+                 "connection), spec, or qemu (QEMU 10.x's u32 count, data at 12)")
+      ->check(CLI::IsMember({"auto", "spec", "qemu"}))
+      ->capture_default_str();
   app.add_flag("--busy-poll", busy_poll,
                "vfio-user serving threads spin on their socket instead of sleeping: lower latency, "
                "one CPU busy per connected client");
@@ -92,7 +99,10 @@ int main(int argc, char** argv) {
   driver::Tree& tree = (*sys)->core().tree();
 
   // Every VFIO device on its own vfio-user socket.
-  auto vu = vfio_user::Server::start((*sys)->vfio_registry(), rundir + "/vfio-user", busy_poll);
+  vfio_user::ServerOptions vopts;
+  vopts.busy_poll = busy_poll;
+  vopts.dma_layout = *vfio_user::parse_dma_layout(dma_layout);  // checked by CLI11 above
+  auto vu = vfio_user::Server::start((*sys)->vfio_registry(), rundir + "/vfio-user", vopts);
   if (!vu) {
     std::fprintf(stderr, "uvfiod: vfio-user: %s\n", to_string(vu.error()).c_str());
     return 1;

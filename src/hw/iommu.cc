@@ -57,9 +57,9 @@ Result<void> IommuDomain::map_remote(uint64_t iova, uint64_t size, uint32_t prot
   return insert(iova, Map{size, nullptr, prot, false, UniqueFd()});
 }
 
-void IommuDomain::set_remote(RemoteDma* r) {
+void IommuDomain::set_remote(std::shared_ptr<RemoteDma> r) {
   std::unique_lock lk(mu_);
-  remote_ = r;
+  remote_ = std::move(r);
 }
 
 void IommuDomain::release(Map& m) {
@@ -110,33 +110,56 @@ Result<void> IommuDomain::walk(uint64_t iova, uint64_t len, uint32_t need, Fn&& 
   return ok();
 }
 
+// Local memory is copied under the (shared) lock, so unmap waits for it;
+// remote pieces are collected and carried after the lock is dropped.
+struct RemoteSeg {
+  uint64_t iova, at, n;
+};
+
 Result<void> IommuDomain::read(uint64_t iova, std::span<uint8_t> out) const {
-  std::shared_lock lk(mu_);
-  // Check the whole range first so a failing DMA has no partial effect.
-  Result<void> err = ok();
-  TRY(walk(iova, out.size(), kDmaRead, [&](uint8_t* p, uint64_t, uint64_t, uint64_t) {
-    if (!p && !remote_) err = Error(EFAULT, "DMA to memory the device cannot reach");
-  }));
-  TRY(err);
-  TRY(walk(iova, out.size(), kDmaRead, [&](uint8_t* p, uint64_t a, uint64_t at, uint64_t n) {
-    if (p) std::memcpy(out.data() + at, p, n);
-    else if (err) err = remote_->read(a, out.subspan(at, n));
-  }));
-  return err;
+  std::vector<RemoteSeg> remote;
+  std::shared_ptr<RemoteDma> peer;
+  {
+    std::shared_lock lk(mu_);
+    // Check the whole range first so a failing DMA has no partial effect.
+    Result<void> err = ok();
+    TRY(walk(iova, out.size(), kDmaRead, [&](uint8_t* p, uint64_t, uint64_t, uint64_t) {
+      if (!p && !remote_) err = Error(EFAULT, "DMA to memory the device cannot reach");
+    }));
+    TRY(err);
+    TRY(walk(iova, out.size(), kDmaRead, [&](uint8_t* p, uint64_t a, uint64_t at, uint64_t n) {
+      if (p) std::memcpy(out.data() + at, p, n);
+      else remote.push_back({a, at, n});
+    }));
+    if (remote.empty()) return ok();
+    peer = remote_;
+  }
+  for (const RemoteSeg& r : remote) TRY(peer->read(r.iova, out.subspan(r.at, r.n)));
+  return ok();
 }
 
 Result<void> IommuDomain::write(uint64_t iova, std::span<const uint8_t> in) {
+  std::vector<RemoteSeg> remote;
+  std::shared_ptr<RemoteDma> peer;
+  {
+    std::shared_lock lk(mu_);
+    Result<void> err = ok();
+    TRY(walk(iova, in.size(), kDmaWrite, [&](uint8_t* p, uint64_t, uint64_t, uint64_t) {
+      if (!p && !remote_) err = Error(EFAULT, "DMA to memory the device cannot reach");
+    }));
+    TRY(err);
+    TRY(walk(iova, in.size(), kDmaWrite, [&](uint8_t* p, uint64_t a, uint64_t at, uint64_t n) {
+      if (p) std::memcpy(p, in.data() + at, n);
+      else remote.push_back({a, at, n});
+    }));
+    if (remote.empty()) {
+      if (observer_) observer_(iova, in.size());
+      return ok();
+    }
+    peer = remote_;
+  }
+  for (const RemoteSeg& r : remote) TRY(peer->write(r.iova, in.subspan(r.at, r.n)));
   std::shared_lock lk(mu_);
-  Result<void> err = ok();
-  TRY(walk(iova, in.size(), kDmaWrite, [&](uint8_t* p, uint64_t, uint64_t, uint64_t) {
-    if (!p && !remote_) err = Error(EFAULT, "DMA to memory the device cannot reach");
-  }));
-  TRY(err);
-  TRY(walk(iova, in.size(), kDmaWrite, [&](uint8_t* p, uint64_t a, uint64_t at, uint64_t n) {
-    if (p) std::memcpy(p, in.data() + at, n);
-    else if (err) err = remote_->write(a, in.subspan(at, n));
-  }));
-  TRY(err);
   if (observer_) observer_(iova, in.size());
   return ok();
 }

@@ -6,12 +6,16 @@
 // touched.
 //
 // Thread-safe: maps and DMA may come from different threads. unmap() returns
-// only when no DMA into that range is in flight.
+// only when no DMA into local memory of that range is in flight; DMA to
+// remote maps (messages to the client) is carried without the domain's
+// lock held, so a client that is slow to answer never blocks maps, unmaps or
+// other DMA (the client owns that memory and answers for it).
 #pragma once
 
 #include <cstdint>
 #include <functional>
 #include <map>
+#include <memory>
 #include <shared_mutex>
 #include <span>
 #include <vector>
@@ -61,8 +65,9 @@ class IommuDomain {
     virtual Result<void> read(uint64_t iova, std::span<uint8_t> out) = 0;
     virtual Result<void> write(uint64_t iova, std::span<const uint8_t> in) = 0;
   };
-  // `r` must outlive its setting (set nullptr before it goes).
-  void set_remote(RemoteDma* r);
+  // Shared: a DMA in flight keeps the remote it started with alive after
+  // set_remote(nullptr) (which then fails fast: the client is gone).
+  void set_remote(std::shared_ptr<RemoteDma> r);
 
   // Called with (iova, len) after every successful DMA write: dirty tracking.
   using WriteObserver = std::function<void(uint64_t, uint64_t)>;
@@ -85,7 +90,7 @@ class IommuDomain {
   std::map<uint64_t, Map> maps_;  // by iova; guarded by mu_
   size_t max_maps_ = 65535;
   WriteObserver observer_;  // guarded by mu_
-  RemoteDma* remote_ = nullptr;  // guarded by mu_
+  std::shared_ptr<RemoteDma> remote_;  // guarded by mu_
 };
 
 }  // namespace uvfio::hw

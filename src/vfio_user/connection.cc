@@ -1,20 +1,48 @@
 #include "vfio_user/connection.h"
 
+#include <sys/socket.h>
+
 #include <cstring>
+
+#include "base/log.h"
 
 namespace uvfio::vfio_user {
 
-Connection::Connection(int sock, bool busy_poll)
-    : sock_(sock), spin_(busy_poll), reader_(sock), serving_thread_(std::this_thread::get_id()) {}
+const char* to_string(DmaLayoutMode m) {
+  switch (m) {
+    case DmaLayoutMode::kAuto: return "auto";
+    case DmaLayoutMode::kSpec: return "spec";
+    case DmaLayoutMode::kQemu: return "qemu";
+  }
+  return "?";
+}
+
+Result<DmaLayoutMode> parse_dma_layout(std::string_view s) {
+  if (s == "auto") return DmaLayoutMode::kAuto;
+  if (s == "spec") return DmaLayoutMode::kSpec;
+  if (s == "qemu") return DmaLayoutMode::kQemu;
+  return Error(EINVAL, "DMA layout: auto, spec or qemu");
+}
+
+Connection::Connection(UniqueFd sock, bool busy_poll, DmaLayoutMode layout, std::string name)
+    : sock_(std::move(sock)),
+      spin_(busy_poll),
+      name_(std::move(name)),
+      mode_(layout),
+      reader_(sock_.get()),
+      serving_thread_(std::this_thread::get_id()) {
+  if (mode_ == DmaLayoutMode::kSpec) layout_ = DmaLayout::kSpec;
+  if (mode_ == DmaLayoutMode::kQemu) layout_ = DmaLayout::kQemu;
+}
 
 Result<void> Connection::send(const Header& h, std::span<const uint8_t> payload, std::span<const int> fds) {
   std::lock_guard lk(send_mu_);
-  return send_message(sock_, h, payload, fds);
+  return send_message(sock_.get(), h, payload, fds);
 }
 
 Result<void> Connection::send_error(const Header& request, int err) {
   std::lock_guard lk(send_mu_);
-  return vfio_user::send_error(sock_, request, err);
+  return vfio_user::send_error(sock_.get(), request, err);
 }
 
 void Connection::close() {
@@ -23,12 +51,25 @@ void Connection::close() {
   cv_.notify_all();
 }
 
+std::optional<DmaLayout> Connection::layout() const {
+  std::lock_guard lk(layout_mu_);
+  return layout_;
+}
+
 bool Connection::deliver_reply(Message& m) {
   std::lock_guard lk(mu_);
   if (!waiting_.count(m.hdr.msg_id)) return false;
   replies_[m.hdr.msg_id] = std::move(m);
   cv_.notify_all();
   return true;
+}
+
+Result<void> Connection::pump_once() {
+  Message m;
+  TRY(reader_.next_into(m, spin_));
+  if ((m.hdr.flags & kFlagsTypeMask) == kTypeReply && deliver_reply(m)) return ok();
+  queued_.push_back(std::move(m));  // handled in order once the DMA is done
+  return ok();
 }
 
 Result<void> Connection::next_request(Message& m) {
@@ -48,7 +89,7 @@ Result<void> Connection::next_request(Message& m) {
   }
 }
 
-Result<Message> Connection::transact(uint16_t cmd, std::span<const uint8_t> payload) {
+Result<Message> Connection::transact(uint16_t cmd, std::span<const uint8_t> payload, bool probe) {
   uint16_t id;
   {
     std::lock_guard lk(send_mu_);
@@ -59,7 +100,7 @@ Result<Message> Connection::transact(uint16_t cmd, std::span<const uint8_t> payl
       waiting_.insert(id);
     }
     Header h{id, cmd, 0, kTypeCommand, 0};
-    if (auto r = send_message(sock_, h, payload); !r) {
+    if (auto r = send_message(sock_.get(), h, payload); !r) {
       std::lock_guard wl(mu_);
       waiting_.erase(id);
       return r.error();
@@ -70,21 +111,20 @@ Result<Message> Connection::transact(uint16_t cmd, std::span<const uint8_t> payl
     // DMA from inside a request (the device acts synchronously): read the
     // stream ourselves, keeping the client's requests for later.
     for (;;) {
-      Message m;
-      auto r = reader_.next_into(m, spin_);
-      if (!r) {
+      {
+        std::lock_guard wl(mu_);
+        if (auto it = replies_.find(id); it != replies_.end()) {
+          reply = std::move(it->second);
+          replies_.erase(it);
+          waiting_.erase(id);
+          break;
+        }
+      }
+      if (auto r = pump_once(); !r) {
         std::lock_guard wl(mu_);
         waiting_.erase(id);
         return r.error();
       }
-      if ((m.hdr.flags & kFlagsTypeMask) == kTypeReply && m.hdr.msg_id == id) {
-        std::lock_guard wl(mu_);
-        waiting_.erase(id);
-        reply = std::move(m);
-        break;
-      }
-      if ((m.hdr.flags & kFlagsTypeMask) == kTypeReply && deliver_reply(m)) continue;
-      queued_.push_back(std::move(m));  // handled in order once this DMA is done
     }
   } else {
     std::unique_lock lk(mu_);
@@ -94,20 +134,88 @@ Result<Message> Connection::transact(uint16_t cmd, std::span<const uint8_t> payl
     reply = std::move(replies_[id]);
     replies_.erase(id);
   }
-  if (reply.hdr.flags & kFlagError) return Error(reply.hdr.error_no ? static_cast<int>(reply.hdr.error_no) : EIO);
+  if ((reply.hdr.flags & kFlagError) && !probe)
+    return Error(reply.hdr.error_no ? static_cast<int>(reply.hdr.error_no) : EIO, "client refused the DMA");
+  if (!reply.fds.empty()) return Error(EIO, "DMA reply with fds");
   return reply;
 }
 
+// The probe (auto mode): a DMA_READ of n ≤ 8 bytes at `iova`, whose count
+// field says 2^32 + n. Both layouts put the request's address at 0 and the
+// low half of the count at 8, so the request means the same to both but for
+// the count's high half: a client of the spec's layout reads a count of 4 GiB
+// + n, beyond any max_data_xfer_size, and refuses it; QEMU 10.x reads only
+// the u32 at 8 and answers n bytes in its own layout. Nothing is written.
+Result<DmaLayout> Connection::decide_layout(uint64_t iova, uint64_t len) {
+  std::unique_lock lk(layout_mu_);
+  for (;;) {
+    if (layout_) return *layout_;
+    if (!probing_) break;
+    // Another thread's probe is in flight: wait for its answer. The serving
+    // thread must keep reading the stream meanwhile (the answer comes
+    // through it), so it pumps instead of sleeping.
+    if (std::this_thread::get_id() == serving_thread_) {
+      lk.unlock();
+      TRY(pump_once());
+      lk.lock();
+    } else if (!layout_cv_.wait_for(lk, 2 * kReplyTimeout, [&] { return layout_ || !probing_; })) {
+      return Error(ETIMEDOUT, "DMA layout probe");
+    }
+  }
+  probing_ = true;
+  lk.unlock();
+  uint64_t n = std::min<uint64_t>(8, len);
+  DmaRwMsg q{iova, (uint64_t{1} << 32) | n};
+  auto r = transact(kDmaRead, std::span<const uint8_t>(reinterpret_cast<uint8_t*>(&q), sizeof(q)), true);
+  lk.lock();
+  probing_ = false;
+  layout_cv_.notify_all();
+  if (!r) return r.error();  // undecided: the next DMA probes again
+  const Message& m = *r;
+  QemuDmaRwMsg got{};
+  if (m.payload.size() >= sizeof(got)) std::memcpy(&got, m.payload.data(), sizeof(got));
+  if (!(m.hdr.flags & kFlagError) && m.payload.size() == 16 + n && got.offset == iova && got.count == n) {
+    layout_ = DmaLayout::kQemu;
+    log::info(name_, "vfio-user: DMA layout: QEMU's (u32 count, data at 12): the client answered a read of "
+                     "2^32+{} bytes with {}",
+              n, n);
+  } else if (m.hdr.flags & kFlagError) {
+    layout_ = DmaLayout::kSpec;
+    log::info(name_, "vfio-user: DMA layout: the spec's (u64 count, data at 16): the client refused a read of "
+                     "2^32+{} bytes ({})",
+              n, errno_name(m.hdr.error_no ? static_cast<int>(m.hdr.error_no) : EIO));
+  } else {
+    layout_ = DmaLayout::kSpec;
+    log::warn(name_, "vfio-user: DMA layout: the spec's, by default: unexpected answer to the probe ({} bytes)",
+              m.payload.size());
+  }
+  return *layout_;
+}
+
 Result<void> Connection::read(uint64_t iova, std::span<uint8_t> out) {
+  DmaLayout lay = TRY(decide_layout(iova, out.size()));
+  uint64_t max = max_xfer_.load();
   while (!out.empty()) {
-    uint64_t n = std::min<uint64_t>(out.size(), kMaxDataXfer);
-    DmaRwMsg q{iova, n};
+    uint64_t n = std::min<uint64_t>(out.size(), max);
+    DmaRwMsg q{iova, n};  // the same request in both layouts (count < 2^32)
     Message r = TRY(transact(kDmaRead, std::span<const uint8_t>(reinterpret_cast<uint8_t*>(&q), sizeof(q))));
-    DmaRwMsg got;
-    if (r.payload.size() != sizeof(got) + n) return Error(EIO, "bad DMA_READ reply");
-    std::memcpy(&got, r.payload.data(), sizeof(got));
-    if (got.address != iova || got.count != n) return Error(EIO, "DMA_READ reply for another range");
-    std::memcpy(out.data(), r.payload.data() + sizeof(got), n);
+    // Spec: {u64 address, u64 count, data}; QEMU: {u64 offset, u32 count,
+    // data, 4 bytes}. Both are 16 + n bytes; the data starts at 16 or 12.
+    if (r.payload.size() != 16 + n) return Error(EIO, "DMA_READ reply of the wrong size");
+    uint64_t addr, count;
+    std::memcpy(&addr, r.payload.data(), 8);
+    size_t data_at;
+    if (lay == DmaLayout::kSpec) {
+      std::memcpy(&count, r.payload.data() + 8, 8);
+      data_at = 16;
+    } else {
+      uint32_t c32;
+      std::memcpy(&c32, r.payload.data() + 8, 4);
+      count = c32;
+      data_at = 12;
+    }
+    if (addr != iova || count != n) return Error(EIO, "DMA_READ reply for another range");
+    std::memcpy(out.data(), r.payload.data() + data_at, n);
     out = out.subspan(n);
     iova += n;
   }
@@ -115,14 +223,33 @@ Result<void> Connection::read(uint64_t iova, std::span<uint8_t> out) {
 }
 
 Result<void> Connection::write(uint64_t iova, std::span<const uint8_t> in) {
-  std::vector<uint8_t> p;
+  DmaLayout lay = TRY(decide_layout(iova, in.size()));
+  uint64_t max = max_xfer_.load();
+  thread_local std::vector<uint8_t> wbuf;  // per thread: no lock held while the client answers
   while (!in.empty()) {
-    uint64_t n = std::min<uint64_t>(in.size(), kMaxDataXfer);
-    DmaRwMsg q{iova, n};
-    p.resize(sizeof(q) + n);
-    std::memcpy(p.data(), &q, sizeof(q));
-    std::memcpy(p.data() + sizeof(q), in.data(), n);
-    TRY(transact(kDmaWrite, p));
+    uint64_t n = std::min<uint64_t>(in.size(), max);
+    if (lay == DmaLayout::kSpec) {
+      wbuf.resize(sizeof(DmaRwMsg) + n);
+      DmaRwMsg q{iova, n};
+      std::memcpy(wbuf.data(), &q, sizeof(q));
+      std::memcpy(wbuf.data() + sizeof(q), in.data(), n);
+    } else {
+      // QEMU checks count <= size - sizeof(VFIOUserDMARW), a struct of 32
+      // bytes with the header: the data is followed by 4 bytes of padding.
+      wbuf.assign(sizeof(QemuDmaRwMsg) + n + 4, 0);
+      QemuDmaRwMsg q{iova, static_cast<uint32_t>(n)};
+      std::memcpy(wbuf.data(), &q, sizeof(q));
+      std::memcpy(wbuf.data() + sizeof(q), in.data(), n);
+    }
+    Message r = TRY(transact(kDmaWrite, wbuf));
+    // Spec: {u64 address, u32 count}; QEMU answers with the header alone.
+    if (r.payload.size() == sizeof(DmaWriteReplyMsg)) {
+      DmaWriteReplyMsg got;
+      std::memcpy(&got, r.payload.data(), sizeof(got));
+      if (got.address != iova || got.count != n) return Error(EIO, "DMA_WRITE reply for another range");
+    } else if (!r.payload.empty()) {
+      return Error(EIO, "DMA_WRITE reply of the wrong size");
+    }
     in = in.subspan(n);
     iova += n;
   }

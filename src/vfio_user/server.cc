@@ -35,10 +35,11 @@ struct Server::Endpoint {
 
 Server::Server(vfio::Registry& r, std::string dir) : registry_(r), dir_(std::move(dir)) {}
 
-Result<std::unique_ptr<Server>> Server::start(vfio::Registry& registry, const std::string& dir, bool busy_poll) {
+Result<std::unique_ptr<Server>> Server::start(vfio::Registry& registry, const std::string& dir,
+                                             const ServerOptions& opts) {
   if (::mkdir(dir.c_str(), 0700) < 0 && errno != EEXIST) return Error(errno, "mkdir vfio-user dir");
   std::unique_ptr<Server> s(new Server(registry, dir));
-  s->busy_poll_ = busy_poll;
+  s->opts_ = opts;
   registry.subscribe(s.get());
   return s;
 }
@@ -179,7 +180,7 @@ void Server::serve_loop(Endpoint& ep) {
       ep.current = c.get();
       ep.cv.notify_all();  // the acceptor may wait for the hand-over
     }
-    if (serve_client(ep, c.get(), opened)) {
+    if (serve_client(ep, std::move(c), opened)) {
       ep.dev->release_user_resources();
       // A client gone mid-migration leaves no half-saved or half-loaded
       // device behind: as the kernel does when the fd holding a migration
@@ -192,21 +193,22 @@ void Server::serve_loop(Endpoint& ep) {
       log::info(ep.name, "vfio-user: client disconnected");
     }
     std::lock_guard lk(ep.mu);
-    ep.current = -1;
-    c.reset();
-    ep.cv.notify_all();
+    ep.cv.notify_all();  // ep.current was cleared by serve_client
   }
   if (opened) ep.dev->close();  // after this the device may be destroyed
 }
 
 // Serves one client; true if it got as far as using the device (VERSION
 // accepted), so what it set up must be released.
-bool Server::serve_client(Endpoint& ep, int client, bool& opened) {
+bool Server::serve_client(Endpoint& ep, UniqueFd client, bool& opened) {
   log::info(ep.name, "vfio-user: client connected");
   bool admitted = false;
   // The device is opened by its first client's VERSION (where a VF token is
   // presented) and stays open across clients; each later client is checked
   // as the kernel checks every open of a device fd (the match op).
+  // The connection owns the socket; a device DMA in flight may hold it a
+  // moment longer (it fails at once: the connection is closed).
+  auto conn = std::make_shared<Connection>(std::move(client), opts_.busy_poll, opts_.dma_layout, ep.name);
   Session session(*ep.dev, [&](const Negotiated& n) -> Result<void> {
     if (!opened) {
       if (auto r = ep.dev->open(n.open); !r) {
@@ -218,16 +220,21 @@ bool Server::serve_client(Endpoint& ep, int client, bool& opened) {
       log::warn(ep.name, "vfio-user: client refused: {}", to_string(r.error()));
       return r.error();
     }
+    conn->set_client_max_xfer(n.client_max_xfer);
     admitted = true;
     return ok();
   });
-  Connection conn(client, busy_poll_);
   // Device DMA to maps without an fd goes to this client.
-  ep.dev->iommu().set_remote(&conn);
-  serve_requests(ep, session, conn);
+  ep.dev->iommu().set_remote(conn);
+  serve_requests(ep, session, *conn);
   // The client is gone: DMA waiting on it fails, then nothing can reach it.
-  conn.close();
+  conn->close();
   ep.dev->iommu().set_remote(nullptr);
+  {
+    // Forget the fd before the connection (which may close it) goes.
+    std::lock_guard lk(ep.mu);
+    ep.current = -1;
+  }
   return admitted;
 }
 

@@ -26,14 +26,22 @@ namespace uvfio::vfio_user {
 
 class Session;
 class Connection;
+enum class DmaLayoutMode;
+
+struct ServerOptions {
+  // Serving threads spin on their socket instead of sleeping (lower
+  // latency, a core per connected device).
+  bool busy_poll = false;
+  // DMA_READ/DMA_WRITE wire layout for every connection (auto: probed per
+  // connection; docs/vfio-user.md).
+  DmaLayoutMode dma_layout{};
+};
 
 class Server : public vfio::RegistryListener {
  public:
   // Serves every device of `registry` under `dir` (created if missing).
-  // `busy_poll`: serving threads spin on their socket instead of sleeping
-  // (lower latency, a core per connected device).
   static Result<std::unique_ptr<Server>> start(vfio::Registry& registry, const std::string& dir,
-                                               bool busy_poll = false);
+                                               const ServerOptions& opts = {});
   ~Server() override;
 
   std::string socket_path(const std::string& device_name) const { return dir_ + "/" + device_name + ".sock"; }
@@ -46,9 +54,9 @@ class Server : public vfio::RegistryListener {
   Server(vfio::Registry& r, std::string dir);
   void accept_loop(Endpoint& ep);
   void serve_loop(Endpoint& ep);
-  bool serve_client(Endpoint& ep, int client, bool& opened);
+  bool serve_client(Endpoint& ep, UniqueFd client, bool& opened);
   void serve_requests(Endpoint& ep, Session& session, Connection& conn);
-  bool busy_poll_ = false;
+  ServerOptions opts_;
 
   vfio::Registry& registry_;
   std::string dir_;

@@ -89,7 +89,12 @@ const char* kChecks[] = {"command",     "bar0-mmap",  "bar2-mmap",   "id",      
                          "fill",        "copy",       "to-device",   "from-device",  "crc32c",
                          "count-done",  "bytes",      "count-err",   "msix-delivered"};
 
-class QemuGuest : public ::testing::Test {
+// Guest RAM in a shared memfd (DMA_MAP carries the fd: the device maps it)
+// or QEMU's default anonymous RAM (no fd: DMA_READ/DMA_WRITE messages in
+// QEMU's layout, which the server detects).
+enum class Ram { kMemfd, kDefault };
+
+class QemuGuest : public ::testing::TestWithParam<Ram> {
  protected:
   void SetUp() override {
     for (const char* need : {QEMU_PATH, GUEST_KERNEL, GUEST_INITRD}) {
@@ -107,6 +112,8 @@ class QemuGuest : public ::testing::Test {
     if (HasFailure() && d_) {
       // Keep what the guest printed and what the daemon logged.
       std::string name = ::testing::UnitTest::GetInstance()->current_test_info()->name();
+      for (char& c : name)
+        if (c == '/') c = '-';
       sh(std::string("mkdir -p ") + ARTIFACTS_DIR);
       for (auto& [i, path] : logs_) sh("cp " + path + " " + ARTIFACTS_DIR + "/" + name + "-qemu" + std::to_string(i) + ".log");
       std::ofstream(std::string(ARTIFACTS_DIR) + "/" + name + "-uvfiod.log") << d_->log();
@@ -134,16 +141,21 @@ class QemuGuest : public ::testing::Test {
   }
   std::string sock(const char* vf) const { return d_->rundir() + "/vfio-user/" + vf + ".sock"; }
 
-  // The command line README.md shows (guest RAM in a shared memfd).
+  // The command lines README.md shows (scripts/run-qemu.sh).
   std::vector<std::string> qemu_args(const std::string& extra_append = "") const {
     std::string share = std::string(QEMU_PATH);
     share = share.substr(0, share.rfind("/bin/")) + "/share";
-    std::vector<std::string> a{QEMU_PATH, "-L", share, "-M", "q35,memory-backend=mem", "-accel", "tcg",
-                               "-m", "512", "-smp", "1",
-                               "-object", "memory-backend-memfd,id=mem,size=512M,share=on",
-                               "-nographic", "-no-reboot", "-nodefaults", "-serial", "stdio", "-monitor", "none",
-                               "-kernel", GUEST_KERNEL, "-initrd", GUEST_INITRD,
-                               "-append", "console=ttyS0 panic=-1 quiet mem=256M" + extra_append};
+    bool memfd = GetParam() == Ram::kMemfd;
+    std::vector<std::string> a{QEMU_PATH, "-L", share, "-M", memfd ? "q35,memory-backend=mem" : "q35",
+                               "-accel", "tcg", "-m", "512", "-smp", "1"};
+    if (memfd) {
+      a.push_back("-object");
+      a.push_back("memory-backend-memfd,id=mem,size=512M,share=on");
+    }
+    for (std::string x : {"-nographic", "-no-reboot", "-nodefaults", "-serial", "stdio", "-monitor", "none",
+                          "-kernel", GUEST_KERNEL, "-initrd", GUEST_INITRD, "-append"})
+      a.push_back(x);
+    a.push_back("console=ttyS0 panic=-1 quiet mem=256M" + extra_append);
     for (size_t i = 0; i < 2; ++i) {
       a.push_back("-device");
       a.push_back(std::string(R"({"driver":"vfio-user-pci","id":"vf)") + std::to_string(i) +
@@ -206,7 +218,19 @@ class QemuGuest : public ::testing::Test {
   std::vector<std::pair<size_t, std::string>> logs_;
 };
 
-TEST_F(QemuGuest, BootsWithBothVfsAndDrivesThem) {
+// How the device reached guest RAM, as the daemon logged it per connection.
+void expect_dma_path(const std::string& log, Ram ram, size_t connections) {
+  size_t qemu = 0;
+  for (size_t at = log.find("DMA layout: QEMU's"); at != std::string::npos; at = log.find("DMA layout: QEMU's", at + 1))
+    ++qemu;
+  if (ram == Ram::kMemfd) {
+    EXPECT_EQ(log.find("DMA layout:"), std::string::npos) << "memfd RAM needs no DMA messages\n" << log;
+  } else {
+    EXPECT_EQ(qemu, connections) << "QEMU's layout detected once per connection\n" << log;
+  }
+}
+
+TEST_P(QemuGuest, BootsWithBothVfsAndDrivesThem) {
   auto q = boot();
   int st = q->wait_exit(150);
   std::string out = q->output();
@@ -217,9 +241,10 @@ TEST_F(QemuGuest, BootsWithBothVfsAndDrivesThem) {
     EXPECT_TRUE(wait_log(std::string(vf) + ": vfio-user: client connected")) << d_->log();
     EXPECT_TRUE(wait_log(std::string(vf) + ": vfio-user: client disconnected")) << d_->log();
   }
+  expect_dma_path(d_->log(), GetParam(), 2);
 }
 
-TEST_F(QemuGuest, QemuKilledAndStartedAgainOnTheSameSockets) {
+TEST_P(QemuGuest, QemuKilledAndStartedAgainOnTheSameSockets) {
   // First guest: runs everything, then holds the devices until QEMU dies.
   auto q1 = boot(" uvfio.hold");
   ASSERT_TRUE(q1->wait_for("GUEST-HOLDING", 150)) << q1->output();
@@ -233,7 +258,12 @@ TEST_F(QemuGuest, QemuKilledAndStartedAgainOnTheSameSockets) {
   std::string out = q2->output();
   EXPECT_EQ(st, 0) << out;
   expect_guest_passed(out);
+  for (const char* vf : kVfs) EXPECT_TRUE(wait_log(std::string(vf) + ": vfio-user: client disconnected")) << d_->log();
+  expect_dma_path(d_->log(), GetParam(), 4);
 }
+
+INSTANTIATE_TEST_SUITE_P(Ram, QemuGuest, ::testing::Values(Ram::kMemfd, Ram::kDefault),
+                         [](const auto& i) { return i.param == Ram::kMemfd ? "Memfd" : "DefaultRam"; });
 
 }  // namespace
 }  // namespace uvfio::e2e

@@ -22,20 +22,7 @@ namespace {
 
 using namespace vfio_user;
 
-const char* kTopology = R"(
-[[device]]
-address = "0000:00:03.0"
-model = "endpoint"
-driver_override = "vfio-pci"
-
-[[device]]
-address = "0000:00:04.0"
-model = "mlx5-pf"
-total_vfs = 2
-first_vf_offset = 0x60
-num_vfs = 1
-vf_driver_override = "mlx5_vfio_pci"
-)";
+const char* kTopology = kEndpointAndVfTopology;
 
 int count_fds(pid_t pid) {
   std::string d = "/proc/" + std::to_string(pid) + "/fd";

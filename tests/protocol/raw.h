@@ -77,6 +77,23 @@ class Raw {
   uint16_t id_ = 1;
 };
 
+// The protocol suites' topology: the generic endpoint under vfio-pci at
+// 00:03.0, and an mlx5 PF at 00:04.0 whose VF 00:10.0 is under mlx5_vfio_pci.
+inline const char* kEndpointAndVfTopology = R"(
+[[device]]
+address = "0000:00:03.0"
+model = "endpoint"
+driver_override = "vfio-pci"
+
+[[device]]
+address = "0000:00:04.0"
+model = "mlx5-pf"
+total_vfs = 2
+first_vf_offset = 0x60
+num_vfs = 1
+vf_driver_override = "mlx5_vfio_pci"
+)";
+
 template <class T>
 std::vector<uint8_t> b(const T& v) {
   std::vector<uint8_t> p(sizeof(T));

@@ -1,7 +1,9 @@
 #include "hw/bar.h"
 
 #include <linux/pci_regs.h>
+#include <fcntl.h>
 #include <sys/mman.h>
+#include <unistd.h>
 
 #include <cstring>
 
@@ -38,9 +40,12 @@ Result<void> BarDesc::validate() const {
 
 Result<std::unique_ptr<BarMemory>> BarMemory::create(uint64_t size, const char* name) {
   if (size == 0) return Error(EINVAL, "empty BAR");
-  UniqueFd fd(memfd_create(name, MFD_CLOEXEC));
+  UniqueFd fd(memfd_create(name, MFD_CLOEXEC | MFD_ALLOW_SEALING));
   if (!fd) return Error(errno, "memfd_create");
   if (ftruncate(fd.get(), static_cast<off_t>(size)) < 0) return Error(errno, "ftruncate BAR memfd");
+  // Clients get this fd to mmap the BAR: none may shrink it under the
+  // device (a fault in the daemon) or grow it; the seals cannot be lifted.
+  if (fcntl(fd.get(), F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL) < 0) return Error(errno, "seal BAR memfd");
   void* p = mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd.get(), 0);
   if (p == MAP_FAILED) return Error(errno, "mmap BAR memfd");
   return std::unique_ptr<BarMemory>(new BarMemory(std::move(fd), static_cast<uint8_t*>(p), size));

@@ -1,9 +1,12 @@
 #include "hw/iommu.h"
 
 #include <sys/mman.h>
+#include <sys/stat.h>
 
 #include <cstring>
 #include <mutex>
+
+#include "base/safe_copy.h"
 
 namespace uvfio::hw {
 
@@ -35,6 +38,13 @@ Result<void> IommuDomain::map_fd(uint64_t iova, uint64_t size, UniqueFd fd, uint
   if (!fd) return Error(EBADF, "no fd for DMA map");
   if (offset % kIommuPageSize) return Error(EINVAL, "unaligned fd offset");
   if (prot & ~(kDmaRead | kDmaWrite)) return Error(EINVAL, "bad DMA protection");
+  // The whole range must be backed by the file now, as pinning the pages
+  // would require on Linux: a map past the end would fault on first use.
+  struct stat st;
+  if (fstat(fd.get(), &st) < 0) return Error(errno, "fstat DMA fd");
+  if (!S_ISREG(st.st_mode)) return Error(EINVAL, "DMA fd is not a regular file or memfd");
+  if (offset > static_cast<uint64_t>(st.st_size) || size > static_cast<uint64_t>(st.st_size) - offset)
+    return Error(EINVAL, "DMA map extends past the end of its file");
   int mprot = PROT_READ | ((prot & kDmaWrite) ? PROT_WRITE : 0);
   void* p = mmap(nullptr, size, mprot, MAP_SHARED, fd.get(), static_cast<off_t>(offset));
   if (p == MAP_FAILED) return Error(errno == EACCES ? EACCES : EINVAL, "cannot map DMA fd");
@@ -128,9 +138,11 @@ Result<void> IommuDomain::read(uint64_t iova, std::span<uint8_t> out) const {
     }));
     TRY(err);
     TRY(walk(iova, out.size(), kDmaRead, [&](uint8_t* p, uint64_t a, uint64_t at, uint64_t n) {
-      if (p) std::memcpy(out.data() + at, p, n);
-      else remote.push_back({a, at, n});
+      // A client may shrink the file under its map: the copy fails, not us.
+      if (p && err && !safe_memcpy(out.data() + at, p, n)) err = Error(EFAULT, "DMA source gone (file shrunk)");
+      else if (!p) remote.push_back({a, at, n});
     }));
+    TRY(err);
     if (remote.empty()) return ok();
     peer = remote_;
   }
@@ -149,9 +161,10 @@ Result<void> IommuDomain::write(uint64_t iova, std::span<const uint8_t> in) {
     }));
     TRY(err);
     TRY(walk(iova, in.size(), kDmaWrite, [&](uint8_t* p, uint64_t a, uint64_t at, uint64_t n) {
-      if (p) std::memcpy(p, in.data() + at, n);
-      else remote.push_back({a, at, n});
+      if (p && err && !safe_memcpy(p, in.data() + at, n)) err = Error(EFAULT, "DMA target gone (file shrunk)");
+      else if (!p) remote.push_back({a, at, n});
     }));
+    TRY(err);
     if (remote.empty()) {
       if (observer_) observer_(iova, in.size());
       return ok();

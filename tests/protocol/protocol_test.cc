@@ -3,6 +3,7 @@
 // works (or a close, where the stream cannot be trusted or the spec says
 // so), other devices are unaffected and no fd leaks in the daemon.
 #include <dirent.h>
+#include <fcntl.h>
 #include <sys/eventfd.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
@@ -14,6 +15,7 @@
 
 #include "client/client.h"
 #include "e2e/harness.h"
+#include "hw/endpoint.h"
 #include "protocol/raw.h"
 #include "vfio_user/message.h"
 
@@ -174,6 +176,70 @@ TEST_F(Protocol, DmaMapAbuse) {
   DmaMapMsg d{sizeof(DmaMapMsg), kDmaFlagRead, 0, 0x300000, 0x1000};
   EXPECT_EQ(r.call(kDmaMap, b(d), {mem.get(), mem.get()}), EINVAL);
   EXPECT_TRUE(r.alive());
+}
+
+// A client's memory cannot fault the daemon: a map past the end of its file
+// is refused (as pinning would fail on Linux), a file shrunk after the map
+// fails the one DMA that touches the missing part (EFAULT), and the fds we
+// hand out for BAR mmaps are sealed against shrinking.
+TEST_F(Protocol, ClientMemoryCannotFaultTheDaemon) {
+  Raw r(ep());
+  r.version();
+  UniqueFd small(memfd_create("small", MFD_CLOEXEC));
+  ASSERT_EQ(ftruncate(small.get(), 4096), 0);
+  DmaMapMsg big{32, kDmaFlagRead | kDmaFlagWrite, 0, 0x100000, 2 << 20};
+  EXPECT_EQ(r.call(kDmaMap, b(big), {small.get()}), EINVAL);  // 2 MiB over a 4 KiB file
+  DmaMapMsg off{32, kDmaFlagRead | kDmaFlagWrite, 8192, 0x100000, 4096};
+  EXPECT_EQ(r.call(kDmaMap, b(off), {small.get()}), EINVAL);  // offset past the end
+  UniqueFd efd(eventfd(0, EFD_CLOEXEC));
+  DmaMapMsg odd{32, kDmaFlagRead, 0, 0x100000, 4096};
+  EXPECT_EQ(r.call(kDmaMap, b(odd), {efd.get()}), EINVAL);  // not a file
+
+  // A 2 MiB map, then the client shrinks the file to 4 KiB.
+  UniqueFd mem(memfd_create("guest", MFD_CLOEXEC));
+  ASSERT_EQ(ftruncate(mem.get(), 2 << 20), 0);
+  DmaMapMsg map{32, kDmaFlagRead | kDmaFlagWrite, 0, 0x100000, 2 << 20};
+  ASSERT_EQ(r.call(kDmaMap, b(map), {mem.get()}), 0);
+  auto reg = [&](uint32_t off, unsigned w, uint64_t v) {
+    std::vector<uint8_t> d(w);
+    std::memcpy(d.data(), &v, w);
+    return r.call(kRegionWrite, region_access(0, off, w, d));
+  };
+  auto rd32 = [&](uint32_t off) {
+    Message m;
+    EXPECT_EQ(r.call(kRegionRead, region_access(0, off, 4), {}, &m), 0);
+    uint32_t v = 0;
+    if (m.payload.size() == 20) std::memcpy(&v, m.payload.data() + 16, 4);
+    return v;
+  };
+  ASSERT_EQ(r.call(kRegionWrite, region_access(VFIO_PCI_CONFIG_REGION_INDEX, PCI_COMMAND, 2, {0x06, 0})), 0);
+  ASSERT_EQ(reg(hw::GenericEndpoint::kRegDmaSrc, 8, 0x100000), 0);
+  ASSERT_EQ(reg(hw::GenericEndpoint::kRegDmaDst, 8, 0x100000 + (1 << 20)), 0);
+  ASSERT_EQ(reg(hw::GenericEndpoint::kRegDmaLen, 4, 4096), 0);
+  ASSERT_EQ(reg(hw::GenericEndpoint::kRegDmaGo, 4, 1), 0);
+  EXPECT_EQ(rd32(hw::GenericEndpoint::kRegDmaStatus), 0u);  // the whole file is there
+  ASSERT_EQ(ftruncate(mem.get(), 4096), 0);
+  ASSERT_EQ(reg(hw::GenericEndpoint::kRegDmaGo, 4, 1), 0);  // writes past the new end
+  EXPECT_EQ(rd32(hw::GenericEndpoint::kRegDmaStatus), uint32_t{EFAULT});
+  ASSERT_EQ(reg(hw::GenericEndpoint::kRegDmaDst, 8, 0x100000), 0);
+  ASSERT_EQ(reg(hw::GenericEndpoint::kRegDmaSrc, 8, 0x100000 + (1 << 20)), 0);
+  ASSERT_EQ(reg(hw::GenericEndpoint::kRegDmaGo, 4, 1), 0);  // reads past it
+  EXPECT_EQ(rd32(hw::GenericEndpoint::kRegDmaStatus), uint32_t{EFAULT});
+  EXPECT_EQ(kill(d_->pid(), 0), 0) << "the daemon died";
+  EXPECT_TRUE(r.alive());
+  // Another device is served as before.
+  auto other = client::Client::connect(vf());
+  ASSERT_TRUE(other) << errno_name(other.error().code);
+  EXPECT_TRUE((*other)->get_info());
+
+  // The BAR mmap fd we hand out cannot be shrunk by its receiver.
+  RegionInfoMsg q{64, 0, 2, 0, 0, 0};
+  Message m;
+  ASSERT_EQ(r.call(kDeviceGetRegionInfo, b(q), {}, &m), 0);
+  ASSERT_EQ(m.fds.size(), 1u);
+  EXPECT_NE(ftruncate(m.fds[0].get(), 0), 0);
+  EXPECT_EQ(errno, EPERM);
+  EXPECT_NE(fcntl(m.fds[0].get(), F_GET_SEALS) & F_SEAL_SHRINK, 0);
 }
 
 TEST_F(Protocol, FdsWhereNoneAreExpectedAreClosed) {

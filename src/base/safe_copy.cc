@@ -1,0 +1,58 @@
+#include "base/safe_copy.h"
+
+#include <setjmp.h>
+#include <signal.h>
+
+#include <cstring>
+#include <mutex>
+
+namespace uvfio {
+
+namespace {
+
+thread_local sigjmp_buf* t_jump = nullptr;  // set while this thread copies
+struct sigaction g_previous;
+
+void on_sigbus(int sig, siginfo_t* info, void* ctx) {
+  if (sigjmp_buf* j = t_jump) {
+    t_jump = nullptr;
+    siglongjmp(*j, 1);
+  }
+  // Not ours: the previous handler, or the default action (the fault
+  // repeats when we return and the process dies as it would have).
+  if (g_previous.sa_flags & SA_SIGINFO) {
+    if (g_previous.sa_sigaction) return g_previous.sa_sigaction(sig, info, ctx);
+  } else if (g_previous.sa_handler != SIG_DFL && g_previous.sa_handler != SIG_IGN) {
+    return g_previous.sa_handler(sig);
+  }
+  signal(SIGBUS, SIG_DFL);
+}
+
+void install() {
+  struct sigaction sa {};
+  sa.sa_sigaction = on_sigbus;
+  sa.sa_flags = SA_SIGINFO | SA_NODEFER;
+  sigemptyset(&sa.sa_mask);
+  sigaction(SIGBUS, &sa, &g_previous);
+}
+
+// Kept out of line and free of anything with a destructor: the jump back
+// skips nothing but this frame's own state.
+__attribute__((noinline)) bool copy_guarded(void* dst, const void* src, size_t n) {
+  sigjmp_buf jump;
+  if (sigsetjmp(jump, 0) != 0) return false;  // came back from the handler
+  t_jump = &jump;
+  std::memcpy(dst, src, n);
+  t_jump = nullptr;
+  return true;
+}
+
+}  // namespace
+
+bool safe_memcpy(void* dst, const void* src, size_t n) {
+  static std::once_flag once;
+  std::call_once(once, install);
+  return copy_guarded(dst, src, n);
+}
+
+}  // namespace uvfio

@@ -3,6 +3,7 @@
 // unmounted, sockets removed, every device unbound and removed).
 #include <signal.h>
 #include <sys/mount.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 
 #include <CLI/CLI.hpp>
@@ -11,6 +12,7 @@
 
 #include "base/log.h"
 #include "base/rundir.h"
+#include "daemon/rundir.h"
 #include "daemon/system.h"
 #include "daemon/topology.h"
 #include "sysfs/control.h"
@@ -22,15 +24,22 @@ using namespace uvfio;
 
 namespace {
 
-int mkdir_p(const std::string& path, mode_t mode) {
-  std::string cur;
-  for (size_t i = 0; i <= path.size(); ++i) {
-    if (i == path.size() || path[i] == '/') {
-      if (!cur.empty() && ::mkdir(cur.c_str(), mode) < 0 && errno != EEXIST) return -1;
-    }
-    if (i < path.size()) cur += path[i];
+// Each VFIO device holds a few fds (its socket, BAR memfds) and each client
+// more (its socket, eventfds, DMA map fds): take the hard limit, and say
+// what it allows.
+void raise_fd_limit() {
+  rlimit rl{};
+  if (getrlimit(RLIMIT_NOFILE, &rl) != 0) return;
+  rlim_t was = rl.rlim_cur;
+  if (rl.rlim_cur < rl.rlim_max) {
+    rl.rlim_cur = rl.rlim_max;
+    if (setrlimit(RLIMIT_NOFILE, &rl) != 0) (void)getrlimit(RLIMIT_NOFILE, &rl);
   }
-  return 0;
+  constexpr rlim_t kPerDevice = 8, kReserve = 64;
+  rlim_t room = rl.rlim_cur > kReserve ? (rl.rlim_cur - kReserve) / kPerDevice : 0;
+  log::info("uvfiod", "file descriptors: limit {} (was {}): room for about {} VFIO devices with clients",
+            static_cast<unsigned long long>(rl.rlim_cur), static_cast<unsigned long long>(was),
+            static_cast<unsigned long long>(room));
 }
 
 }  // namespace
@@ -86,10 +95,20 @@ int main(int argc, char** argv) {
   pthread_sigmask(SIG_BLOCK, &sigs, nullptr);
   signal(SIGPIPE, SIG_IGN);
 
-  if (mkdir_p(rundir, 0700) < 0) {
-    std::fprintf(stderr, "uvfiod: cannot create %s: %s\n", rundir.c_str(), std::strerror(errno));
+  // The run directory is ours alone: a second daemon, a symlink or a
+  // directory someone else owns or can write is refused before anything is
+  // created in it.
+  auto rd = daemon::RunDir::claim(rundir);
+  if (!rd) {
+    std::fprintf(stderr, "uvfiod: %s\n", rd.error().message.c_str());
     return 1;
   }
+  auto vudir = rd->subdir("vfio-user", 0700);
+  if (!vudir) {
+    std::fprintf(stderr, "uvfiod: %s\n", vudir.error().message.c_str());
+    return 1;
+  }
+  raise_fd_limit();
 
   auto sys = daemon::System::create(spec, opts);
   if (!sys) {
@@ -102,7 +121,7 @@ int main(int argc, char** argv) {
   vfio_user::ServerOptions vopts;
   vopts.busy_poll = busy_poll;
   vopts.dma_layout = *vfio_user::parse_dma_layout(dma_layout);  // checked by CLI11 above
-  auto vu = vfio_user::Server::start((*sys)->vfio_registry(), rundir + "/vfio-user", vopts);
+  auto vu = vfio_user::Server::start((*sys)->vfio_registry(), *vudir, vopts);
   if (!vu) {
     std::fprintf(stderr, "uvfiod: vfio-user: %s\n", to_string(vu.error()).c_str());
     return 1;
@@ -112,7 +131,13 @@ int main(int argc, char** argv) {
   std::string mnt = rundir + "/sys";
   if (!no_fuse) {
     struct stat st;
-    if (stat(mnt.c_str(), &st) < 0 && errno == ENOTCONN) umount2(mnt.c_str(), MNT_DETACH);  // a dead daemon's mount
+    // A dead daemon's mount (we hold the lock: no live one can be there).
+    if (lstat(mnt.c_str(), &st) < 0 && errno == ENOTCONN) umount2(mnt.c_str(), MNT_DETACH | UMOUNT_NOFOLLOW);
+    auto sysdir = rd->subdir("sys", 0755);
+    if (!sysdir) {
+      std::fprintf(stderr, "uvfiod: %s\n", sysdir.error().message.c_str());
+      return 1;
+    }
     auto m = sysfs::FuseMount::mount(tree, mnt);
     if (m) {
       fuse = std::move(*m);

@@ -56,6 +56,7 @@ Server::~Server() {
   }
   for (auto& ep : all) {
     ep->stopping = true;
+    ::unlink(ep->path.c_str());  // no socket file outlives the daemon
     uint64_t one = 1;
     (void)!::write(ep->wake.get(), &one, sizeof(one));
     std::lock_guard lk(ep->mu);

@@ -343,6 +343,63 @@ TEST(DaemonLifecycle, CleanShutdownOnSigtermAndSigint) {
   }
 }
 
+// The run directory is the daemon's alone: a second daemon on it exits with
+// a clear message while the first keeps serving; a directory that is a
+// symlink, owned by someone else or writable by others is refused; no
+// socket file is left behind at exit.
+TEST(DaemonLifecycle, RunDirectoryOnlyTheDaemonOwns) {
+  Daemon first({"--no-fuse"});
+  ASSERT_TRUE(first.wait_ready()) << first.log();
+  {
+    std::string dir = make_tmpdir("second");
+    std::string log = dir + "/log";
+    auto r = sh(std::string(UVFIOD_PATH) + " --no-fuse --rundir " + first.rundir() + " 2>" + log);
+    EXPECT_EQ(r.status, 1);
+    std::string msg = slurp(log);
+    EXPECT_NE(msg.find(first.rundir() + " is in use by another uvfiod (pid " + std::to_string(first.pid()) + ")"),
+              std::string::npos)
+        << msg;
+    sh("rm -rf " + dir);
+  }
+  // The first still serves, its sockets intact.
+  EXPECT_EQ(sh(first.ctl("cat bus/pci/devices/0000:07:00.0/vendor")).out, "0x15b3\n");
+  EXPECT_TRUE(can_connect(first.rundir() + "/vfio-user/0000:08:00.0.sock"));
+  std::string run = first.rundir();
+  EXPECT_EQ(first.stop(), 0) << first.log();
+  EXPECT_EQ(sh("ls " + run + "/vfio-user 2>/dev/null; ls " + run).out, "uvfiod.lock\n") << "sockets left behind";
+
+  std::string base = make_tmpdir("rundirs");
+  auto refused = [&](const std::string& rundir) {
+    auto r = sh(std::string(UVFIOD_PATH) + " --no-fuse --rundir " + rundir);
+    return std::make_pair(r.status, r.err);
+  };
+  // A symlink to a directory of ours.
+  sh("mkdir -m 700 " + base + "/real && ln -s " + base + "/real " + base + "/link");
+  auto [st1, err1] = refused(base + "/link");
+  EXPECT_EQ(st1, 1);
+  EXPECT_NE(err1.find("is a symbolic link: refusing to use it"), std::string::npos) << err1;
+  // Writable by others.
+  sh("mkdir -m 777 " + base + "/open");
+  auto [st2, err2] = refused(base + "/open");
+  EXPECT_EQ(st2, 1);
+  EXPECT_NE(err2.find("is writable by group or others"), std::string::npos) << err2;
+  // Owned by another user (nobody; only root can give it away).
+  if (geteuid() == 0) {
+    sh("mkdir -m 700 " + base + "/theirs && chown nobody " + base + "/theirs");
+    auto [st3, err3] = refused(base + "/theirs");
+    EXPECT_EQ(st3, 1);
+    EXPECT_NE(err3.find("is owned by another user"), std::string::npos) << err3;
+  }
+  // A subdirectory planted as a symlink (here by us, into a place we own).
+  sh("mkdir -m 700 " + base + "/ok && mkdir -m 700 " + base + "/elsewhere && ln -s " + base + "/elsewhere " + base +
+     "/ok/vfio-user");
+  auto [st4, err4] = refused(base + "/ok");
+  EXPECT_EQ(st4, 1);
+  EXPECT_NE(err4.find("/ok/vfio-user is a symbolic link"), std::string::npos) << err4;
+  EXPECT_EQ(sh("ls " + base + "/elsewhere").out, "") << "followed the planted link";
+  sh("rm -rf " + base);
+}
+
 TEST(DaemonLifecycle, BadConfigIsRefusedAndNothingStarts) {
   std::string dir = make_tmpdir("cfg");
   std::string cfg = dir + "/topo.toml";

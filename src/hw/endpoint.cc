@@ -46,7 +46,10 @@ Result<std::unique_ptr<GenericEndpoint>> GenericEndpoint::create(const EndpointP
   return e;
 }
 
+GenericEndpoint::~GenericEndpoint() { stop_dma(); }
+
 void GenericEndpoint::on_reset() {
+  stop_dma();
   BarMemory* m = bar_memory(0);
   std::memset(m->data(), 0, m->size());
   (void)m->store(kRegId, 4, kIdValue);
@@ -105,23 +108,55 @@ void GenericEndpoint::reg_write(const RegDef& r, uint64_t value, uint64_t mask) 
   }
 }
 
-// A bus-mastering copy SRC -> DST through the IOMMU domain: the device's DMA.
 void GenericEndpoint::dma_go() {
+  std::lock_guard lk(dma_mu_);
   BarMemory* m = bar_memory(0);
-  uint64_t src = *m->load(kRegDmaSrc, 8), dst = *m->load(kRegDmaDst, 8);
-  uint32_t len = static_cast<uint32_t>(*m->load(kRegDmaLen, 4));
-  int err = 0;
-  if (!(config().get(kCommand) & PCI_COMMAND_MASTER)) err = EPERM;
-  else if (len > (1u << 20)) err = EINVAL;
-  else if (!iommu()) err = EFAULT;
-  if (!err) {
-    std::vector<uint8_t> buf(len);
-    auto r = iommu()->read(src, buf);
-    if (r) r = iommu()->write(dst, buf);
-    if (!r) err = r.error().code;
+  if (dma_pending_ || *m->load(kRegDmaStatus, 4) == kDmaBusy) return;  // a doorbell while busy is ignored
+  (void)m->store(kRegDmaStatus, 4, kDmaBusy);
+  dma_pending_ = true;
+  dma_stop_ = false;
+  if (!dma_thread_.joinable()) dma_thread_ = std::thread([this] { dma_thread(); });
+  dma_cv_.notify_all();
+}
+
+void GenericEndpoint::stop_dma() {
+  {
+    std::lock_guard lk(dma_mu_);
+    dma_stop_ = true;
+    dma_cv_.notify_all();
   }
-  (void)m->store(kRegDmaStatus, 4, static_cast<uint32_t>(err));
-  if (!err) (void)m->store(kRegDmaCount, 4, *m->load(kRegDmaCount, 4) + 1);
+  if (dma_thread_.joinable()) dma_thread_.join();
+  std::lock_guard lk(dma_mu_);
+  dma_pending_ = false;
+}
+
+// A bus-mastering copy SRC -> DST through the IOMMU domain: the device's DMA.
+void GenericEndpoint::dma_thread() {
+  BarMemory* m = bar_memory(0);
+  for (;;) {
+    {
+      std::unique_lock lk(dma_mu_);
+      dma_cv_.wait(lk, [&] { return dma_pending_ || dma_stop_; });
+      if (dma_stop_) return;
+    }
+    uint64_t src = *m->load(kRegDmaSrc, 8), dst = *m->load(kRegDmaDst, 8);
+    uint32_t len = static_cast<uint32_t>(*m->load(kRegDmaLen, 4));
+    int err = 0;
+    IommuDomain* dom = iommu();
+    if (!(config().get(kCommand) & PCI_COMMAND_MASTER)) err = EPERM;
+    else if (len > (1u << 20)) err = EINVAL;
+    else if (!dom) err = EFAULT;
+    if (!err) {
+      std::vector<uint8_t> buf(len);
+      auto r = dom->read(src, buf);
+      if (r) r = dom->write(dst, buf);
+      if (!r) err = r.error().code;
+    }
+    std::lock_guard lk(dma_mu_);
+    if (!err) (void)m->store(kRegDmaCount, 4, *m->load(kRegDmaCount, 4) + 1);
+    (void)m->store(kRegDmaStatus, 4, static_cast<uint32_t>(err));
+    dma_pending_ = false;
+  }
 }
 
 }  // namespace uvfio::hw

@@ -8,13 +8,17 @@
 //   0x08 IRQ     WO  raise vector N in the enabled mode (INTx: assert)
 //   0x0c INTX    WO  0 deasserts INTx
 //   0x10 DMA_SRC RW  IOVA (64-bit)     0x18 DMA_DST RW  IOVA (64-bit)
-//   0x20 DMA_LEN RW  bytes (<= 1 MiB)  0x24 DMA_GO  WO  copy SRC->DST now
-//   0x28 DMA_STATUS RO  0 ok, else the errno of the failed DMA
+//   0x20 DMA_LEN RW  bytes (<= 1 MiB)  0x24 DMA_GO  WO  start copying SRC->DST
+//   0x28 DMA_STATUS RO  0xffffffff while the copy runs, then 0 or the
+//                       errno of the failed DMA
 //   0x2c DMA_COUNT  RO  completed copies
 // Everything else in BAR0 is plain memory.
 #pragma once
 
+#include <condition_variable>
 #include <memory>
+#include <mutex>
+#include <thread>
 
 #include "base/result.h"
 #include "hw/function.h"
@@ -43,6 +47,8 @@ class GenericEndpoint : public Function, private RegisterHandler {
                             kRegDmaSrc = 0x10, kRegDmaDst = 0x18, kRegDmaLen = 0x20, kRegDmaGo = 0x24,
                             kRegDmaStatus = 0x28, kRegDmaCount = 0x2c;
   static constexpr uint32_t kIdValue = 0x69667675;
+  static constexpr uint32_t kDmaBusy = 0xffffffff;  // DMA_STATUS while a copy runs
+  ~GenericEndpoint() override;
 
   const RegisterBlock* registers(unsigned bar) const override;
 
@@ -56,7 +62,15 @@ class GenericEndpoint : public Function, private RegisterHandler {
   static const RegisterBlock& registers_block();
   uint64_t reg_read(const RegDef& r) override;
   void reg_write(const RegDef& r, uint64_t value, uint64_t mask) override;
+  // DMA_GO is a posted write, as on hardware: the copy runs on the device's
+  // DMA thread (started at the first DMA_GO), never in the writer's thread.
   void dma_go();
+  void dma_thread();
+  void stop_dma();
+  std::mutex dma_mu_;
+  std::condition_variable dma_cv_;
+  bool dma_pending_ = false, dma_stop_ = false;  // guarded by dma_mu_
+  std::thread dma_thread_;
 };
 
 }  // namespace uvfio::hw

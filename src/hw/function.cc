@@ -1,5 +1,7 @@
 #include "hw/function.h"
 
+#include "hw/iommu.h"
+
 #include "hw/fabric.h"
 
 namespace uvfio::hw {
@@ -149,6 +151,10 @@ void Function::irq_config_written(uint16_t off, unsigned width) {
 
 void Function::function_level_reset() {
   ++flr_count_;
+  // FLR discards the function's outstanding requests: DMA waiting on a
+  // client is cancelled, so the model's engines stop at once.
+  IommuDomain* dom = iommu_.load();
+  if (dom) dom->block_remote(true);
   before_reset();
   cfg_ = power_on_;
   {
@@ -159,6 +165,7 @@ void Function::function_level_reset() {
     intx_level_ = false;
   }
   on_reset();
+  if (dom) dom->block_remote(false);
 }
 
 Result<uint64_t> Function::bar_read(unsigned bar, uint64_t off, unsigned width) {

@@ -107,8 +107,8 @@ class Function {
   // ---- DMA --------------------------------------------------------------
   // The IOMMU domain this function's DMA goes through (set by the platform
   // or the driver that owns it; nullptr: DMA fails with EFAULT).
-  void set_iommu(IommuDomain* d) { iommu_ = d; }
-  IommuDomain* iommu() const { return iommu_; }
+  void set_iommu(IommuDomain* d) { iommu_.store(d); }
+  IommuDomain* iommu() const { return iommu_.load(); }
 
   // Function Level Reset: config space back to power-on values, model state
   // reset (on_reset()). Reachable through PCIe Device Control too.
@@ -181,7 +181,7 @@ class Function {
   uint32_t msix_table_off_ = 0, msix_pba_off_ = 0;
   bool intx_level_ = false;  // guarded by irq_mu_
   IrqSink* sink_ = nullptr;  // guarded by irq_mu_
-  IommuDomain* iommu_ = nullptr;  // outlives its setting
+  std::atomic<IommuDomain*> iommu_{nullptr};  // outlives its setting; device threads read it
   std::atomic<unsigned> flr_count_{0};
   uint16_t next_cap_ = PCI_STD_HEADER_SIZEOF;
   uint16_t last_cap_next_ = PCI_CAPABILITY_LIST;  // where the last "next" pointer lives

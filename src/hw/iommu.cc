@@ -72,6 +72,16 @@ void IommuDomain::set_remote(std::shared_ptr<RemoteDma> r) {
   remote_ = std::move(r);
 }
 
+void IommuDomain::block_remote(bool on) {
+  std::shared_ptr<RemoteDma> peer;
+  {
+    std::unique_lock lk(mu_);
+    remote_blocked_ += on ? 1 : -1;
+    if (on) peer = remote_;
+  }
+  if (peer) peer->cancel();
+}
+
 void IommuDomain::release(Map& m) {
   if (m.owned) munmap(m.host, m.size);
 }
@@ -144,6 +154,7 @@ Result<void> IommuDomain::read(uint64_t iova, std::span<uint8_t> out) const {
     }));
     TRY(err);
     if (remote.empty()) return ok();
+    if (remote_blocked_) return Error(ECANCELED, "function reset in progress");
     peer = remote_;
   }
   for (const RemoteSeg& r : remote) TRY(peer->read(r.iova, out.subspan(r.at, r.n)));
@@ -169,6 +180,7 @@ Result<void> IommuDomain::write(uint64_t iova, std::span<const uint8_t> in) {
       if (observer_) observer_(iova, in.size());
       return ok();
     }
+    if (remote_blocked_) return Error(ECANCELED, "function reset in progress");
     peer = remote_;
   }
   for (const RemoteSeg& r : remote) TRY(peer->write(r.iova, in.subspan(r.at, r.n)));

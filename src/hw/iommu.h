@@ -64,10 +64,18 @@ class IommuDomain {
     virtual ~RemoteDma() = default;
     virtual Result<void> read(uint64_t iova, std::span<uint8_t> out) = 0;
     virtual Result<void> write(uint64_t iova, std::span<const uint8_t> in) = 0;
+    // Fails every DMA waiting on the peer now with ECANCELED (their late
+    // answers are dropped).
+    virtual void cancel() = 0;
   };
   // Shared: a DMA in flight keeps the remote it started with alive after
   // set_remote(nullptr) (which then fails fast: the client is gone).
   void set_remote(std::shared_ptr<RemoteDma> r);
+
+  // While held (a function reset in progress: PCIe FLR discards the
+  // function's outstanding requests), remote DMA fails at once with
+  // ECANCELED and what was waiting on the peer is cancelled.
+  void block_remote(bool on);
 
   // Called with (iova, len) after every successful DMA write: dirty tracking.
   using WriteObserver = std::function<void(uint64_t, uint64_t)>;
@@ -91,6 +99,7 @@ class IommuDomain {
   size_t max_maps_ = 65535;
   WriteObserver observer_;  // guarded by mu_
   std::shared_ptr<RemoteDma> remote_;  // guarded by mu_
+  int remote_blocked_ = 0;              // guarded by mu_
 };
 
 }  // namespace uvfio::hw

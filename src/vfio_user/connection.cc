@@ -56,8 +56,18 @@ std::optional<DmaLayout> Connection::layout() const {
   return layout_;
 }
 
+void Connection::cancel() {
+  std::lock_guard lk(mu_);
+  for (uint16_t id : waiting_) cancelled_.insert(id);
+  cv_.notify_all();
+}
+
 bool Connection::deliver_reply(Message& m) {
   std::lock_guard lk(mu_);
+  if (cancelled_.erase(m.hdr.msg_id)) {
+    waiting_.erase(m.hdr.msg_id);
+    return true;  // the answer to a cancelled DMA: dropped
+  }
   if (!waiting_.count(m.hdr.msg_id)) return false;
   replies_[m.hdr.msg_id] = std::move(m);
   cv_.notify_all();
@@ -119,6 +129,7 @@ Result<Message> Connection::transact(uint16_t cmd, std::span<const uint8_t> payl
           waiting_.erase(id);
           break;
         }
+        if (cancelled_.count(id)) return Error(ECANCELED, "DMA cancelled (function reset)");
       }
       if (auto r = pump_once(); !r) {
         std::lock_guard wl(mu_);
@@ -128,9 +139,14 @@ Result<Message> Connection::transact(uint16_t cmd, std::span<const uint8_t> payl
     }
   } else {
     std::unique_lock lk(mu_);
-    bool got = cv_.wait_for(lk, kReplyTimeout, [&] { return closed_ || replies_.count(id); });
+    bool got = cv_.wait_for(lk, kReplyTimeout, [&] { return closed_ || replies_.count(id) || cancelled_.count(id); });
+    if (!replies_.count(id) && cancelled_.count(id)) return Error(ECANCELED, "DMA cancelled (function reset)");
     waiting_.erase(id);
-    if (!replies_.count(id)) return Error(got ? ECONNRESET : ETIMEDOUT, "no DMA reply");
+    if (!replies_.count(id)) {
+      // Timed out: a late answer is dropped rather than taken for a request.
+      if (!got) cancelled_.insert(id);
+      return Error(got ? ECONNRESET : ETIMEDOUT, "no DMA reply");
+    }
     reply = std::move(replies_[id]);
     replies_.erase(id);
   }

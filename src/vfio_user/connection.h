@@ -57,6 +57,9 @@ class Connection : public hw::IommuDomain::RemoteDma {
   // a wrong-sized or error reply fails this DMA only (EIO / the client's errno).
   Result<void> read(uint64_t iova, std::span<uint8_t> out) override;
   Result<void> write(uint64_t iova, std::span<const uint8_t> in) override;
+  // Every DMA waiting on the client fails with ECANCELED; their replies,
+  // if they come, are dropped.
+  void cancel() override;
 
   // The layout in use (nullopt until auto mode has decided).
   std::optional<DmaLayout> layout() const;
@@ -88,6 +91,7 @@ class Connection : public hw::IommuDomain::RemoteDma {
   std::condition_variable cv_;
   std::set<uint16_t> waiting_;          // guarded by mu_
   std::map<uint16_t, Message> replies_;  // guarded by mu_
+  std::set<uint16_t> cancelled_;         // guarded by mu_: ids whose late replies are dropped
   std::deque<Message> queued_;           // serving thread only
   bool closed_ = false;                  // guarded by mu_
   uint16_t next_id_ = 0;                 // guarded by send_mu_

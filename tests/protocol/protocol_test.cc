@@ -206,10 +206,13 @@ TEST_F(Protocol, ClientMemoryCannotFaultTheDaemon) {
     return r.call(kRegionWrite, region_access(0, off, w, d));
   };
   auto rd32 = [&](uint32_t off) {
-    Message m;
-    EXPECT_EQ(r.call(kRegionRead, region_access(0, off, 4), {}, &m), 0);
-    uint32_t v = 0;
-    if (m.payload.size() == 20) std::memcpy(&v, m.payload.data() + 16, 4);
+    uint32_t v = hw::GenericEndpoint::kDmaBusy;  // DMA_GO is posted: wait for the copy's end
+    for (int i = 0; i < 1000 && v == hw::GenericEndpoint::kDmaBusy; ++i) {
+      Message m;
+      EXPECT_EQ(r.call(kRegionRead, region_access(0, off, 4), {}, &m), 0);
+      if (m.payload.size() == 20) std::memcpy(&v, m.payload.data() + 16, 4);
+      if (v == hw::GenericEndpoint::kDmaBusy) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    }
     return v;
   };
   ASSERT_EQ(r.call(kRegionWrite, region_access(VFIO_PCI_CONFIG_REGION_INDEX, PCI_COMMAND, 2, {0x06, 0})), 0);

@@ -15,7 +15,8 @@
 
 #include "base/log.h"
 #include "daemon/system.h"
-#include "hw/mlx5/mlx5.h"
+#include "hw/mlx5/pf.h"
+#include "hw/mlx5/vf.h"
 
 using namespace uvfio;
 using namespace hw::mlx5;

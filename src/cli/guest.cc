@@ -34,7 +34,9 @@
 #include "base/result.h"
 #include "base/unique_fd.h"
 #include "client/client.h"
-#include "hw/mlx5/mlx5.h"
+#include <linux/pci_regs.h>
+
+#include "hw/mlx5/mlx5_ifc.h"
 
 namespace uvfio {
 namespace {

@@ -5,7 +5,7 @@
 #include "base/log.h"
 #include "hw/bridge.h"
 #include "hw/endpoint.h"
-#include "hw/mlx5/mlx5.h"
+#include "hw/mlx5/pf.h"
 
 namespace uvfio::daemon {
 

@@ -189,4 +189,51 @@ Result<void> IommuDomain::write(uint64_t iova, std::span<const uint8_t> in) {
   return ok();
 }
 
+namespace {
+constexpr uint64_t kMaxBulk = 64 << 20;
+}  // namespace
+
+Result<size_t> IommuDomain::produce(uint64_t iova, uint64_t len, const ProduceFn& fn) {
+  if (len > kMaxBulk) return Error(EINVAL, "bulk DMA too large");
+  {
+    std::shared_lock lk(mu_);
+    auto it = maps_.upper_bound(iova);
+    if (it != maps_.begin()) {
+      --it;
+      const Map& m = it->second;
+      if (m.host && !m.owned && iova + len >= iova && iova + len <= it->first + m.size) {
+        if (!(m.prot & kDmaWrite)) return Error(EPERM, "DMA not permitted by the mapping");
+        size_t n = TRY(fn(std::span<uint8_t>(m.host + (iova - it->first), len)));
+        if (n > len) return Error(EIO, "produced past the buffer");
+        if (n && observer_) observer_(iova, n);
+        return n;
+      }
+    }
+  }
+  std::vector<uint8_t> bounce(len);
+  size_t n = TRY(fn(bounce));
+  if (n > len) return Error(EIO, "produced past the buffer");
+  TRY(write(iova, std::span<const uint8_t>(bounce.data(), n)));
+  return n;
+}
+
+Result<void> IommuDomain::consume(uint64_t iova, uint64_t len, const ConsumeFn& fn) {
+  if (len > kMaxBulk) return Error(EINVAL, "bulk DMA too large");
+  {
+    std::shared_lock lk(mu_);
+    auto it = maps_.upper_bound(iova);
+    if (it != maps_.begin()) {
+      --it;
+      const Map& m = it->second;
+      if (m.host && !m.owned && iova + len >= iova && iova + len <= it->first + m.size) {
+        if (!(m.prot & kDmaRead)) return Error(EPERM, "DMA not permitted by the mapping");
+        return fn(std::span<const uint8_t>(m.host + (iova - it->first), len));
+      }
+    }
+  }
+  std::vector<uint8_t> bounce(len);
+  TRY(read(iova, bounce));
+  return fn(bounce);
+}
+
 }  // namespace uvfio::hw

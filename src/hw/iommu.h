@@ -57,6 +57,16 @@ class IommuDomain {
   // DMA on behalf of the device.
   Result<void> read(uint64_t iova, std::span<uint8_t> out) const;
   Result<void> write(uint64_t iova, std::span<const uint8_t> in);
+  // DMA without a staging copy, for a device producing or consuming data in
+  // bulk (firmware writing an image chunk): when [iova, iova+len) is one map
+  // of host memory the domain's owner lent (map_host), `fn` works on it in
+  // place; otherwise on a bounce buffer that is DMA-written (produce) or
+  // DMA-read (consume) as any other DMA. produce's `fn` returns how many
+  // bytes it wrote from the start; EINVAL above 64 MiB.
+  using ProduceFn = std::function<Result<size_t>(std::span<uint8_t>)>;
+  using ConsumeFn = std::function<Result<void>(std::span<const uint8_t>)>;
+  Result<size_t> produce(uint64_t iova, uint64_t len, const ProduceFn& fn);
+  Result<void> consume(uint64_t iova, uint64_t len, const ConsumeFn& fn);
 
   // Carries DMA to remote maps (the vfio-user session: DMA_READ/DMA_WRITE).
   class RemoteDma {

@@ -3,7 +3,7 @@
 #include <cstring>
 
 #include "base/log.h"
-#include "hw/mlx5/mlx5.h"
+#include "hw/mlx5/mlx5_ifc.h"
 
 namespace uvfio::drivers::mlx5 {
 
@@ -52,25 +52,22 @@ Result<void> VfioAuxDevice::resume(uint16_t op_mod) {
   return ok();
 }
 
-Result<std::vector<uint8_t>> VfioAuxDevice::save_state(bool incremental) {
+Result<VfioAuxDevice::SaveChunk> VfioAuxDevice::save_chunk(bool start, bool incremental, std::span<uint8_t> out) {
   uint16_t fn = TRY(query_vf_function_id());
-  uint32_t flags = incremental ? hw::mlx5::kFwIncremental : 0;
-  uint64_t need = TRY(query_state_size(incremental));
-  for (int attempt = 0; attempt < 4; ++attempt) {
-    std::vector<uint8_t> img;
-    // Room for the device changing a little between QUERY and SAVE.
-    auto r = core_->exec(mailbox(FwCmd::kSaveVhcaState, fn, 0, flags), {}, &img, need + need / 8 + 65536);
-    if (r) return img;
-    if (r.error().code != ENOSPC) return r.error();
-    need = TRY(query_state_size(incremental));
-  }
-  return Error(ENOSPC, "VF state keeps growing");
+  if (out.size() > kStateChunk) out = out.first(kStateChunk);
+  uint32_t flags = (incremental ? hw::mlx5::kFwIncremental : 0) | (start ? hw::mlx5::kFwStart : 0);
+  FwMailbox in = mailbox(FwCmd::kSaveVhcaState, fn, 0, flags);
+  in.buf_len = out.size();
+  FwMailbox r = TRY(core_->exec(in, {}, out));
+  if (r.out0 > out.size()) return Error(EIO, "firmware wrote past the buffer");
+  return SaveChunk{static_cast<size_t>(r.out0), r.out1};
 }
 
-Result<void> VfioAuxDevice::load_state(std::span<const uint8_t> image) {
+Result<bool> VfioAuxDevice::load_chunk(std::span<const uint8_t> chunk, bool first) {
   uint16_t fn = TRY(query_vf_function_id());
-  TRY(core_->exec(mailbox(FwCmd::kLoadVhcaState, fn), image));
-  return ok();
+  if (chunk.empty() || chunk.size() > kStateChunk) return Error(EINVAL, "state chunk size");
+  FwMailbox r = TRY(core_->exec(mailbox(FwCmd::kLoadVhcaState, fn, 0, first ? hw::mlx5::kFwStart : 0), chunk));
+  return r.out0 == 1;
 }
 
 Result<void> VfioAuxDevice::tracker_create(uint64_t page_size, const std::vector<std::pair<uint64_t, uint64_t>>& ranges) {
@@ -94,8 +91,9 @@ Result<std::vector<uint64_t>> VfioAuxDevice::tracker_report(uint64_t iova, uint6
     FwMailbox m = mailbox(FwCmd::kReportPageTracker, fn);
     m.arg0 = iova;
     m.arg1 = length;
-    std::vector<uint8_t> raw;
-    FwMailbox out = TRY(core_->exec(m, {}, &raw, 64 << 10));
+    std::vector<uint8_t> raw(64 << 10);
+    m.buf_len = raw.size();
+    FwMailbox out = TRY(core_->exec(m, {}, raw));
     for (uint64_t i = 0; i < out.out0 && (i + 1) * 8 <= raw.size(); ++i) {
       uint64_t a;
       std::memcpy(&a, raw.data() + 8 * i, 8);
@@ -117,39 +115,109 @@ Result<void> VfioAuxDevice::add_attributes(driver::Tree& t, driver::Dir* dir) {
                                            [b]() -> Result<std::string> { return b.str() + "\n"; }, nullptr});
 }
 
-CoreDev::CoreDev(PciDevice& pf, bus::auxiliary::AuxiliaryBus& aux) : pf_(pf), aux_(aux) {
-  (void)dma_.map_host(kMailboxIova, mailbox_.size(), mailbox_.data(), hw::kDmaRead | hw::kDmaWrite);
+CoreDev::CoreDev(PciDevice& pf, bus::auxiliary::AuxiliaryBus& aux) : pf_(pf), aux_(aux) {}
+
+Result<std::unique_ptr<CoreDev>> CoreDev::create(PciDevice& pf, bus::auxiliary::AuxiliaryBus& aux) {
+  std::unique_ptr<CoreDev> c(new CoreDev(pf, aux));
+  TRY(c->init());
+  return c;
+}
+
+// The command queue: DMA memory allocated and touched once (no first-touch
+// faults on the command path), CMDQ_BASE, and one MSI-X vector per slot
+// (message data = the slot), as a driver's request_irq for its command EQ.
+Result<void> CoreDev::init() {
+  using namespace hw::mlx5;
+  slot_mem_.assign(kCmdSlots * kSlotBuffer, 0);
+  TRY(dma_.map_host(kQueueIova, queue_mem_.size(), queue_mem_.data(), hw::kDmaRead | hw::kDmaWrite));
+  TRY(dma_.map_host(kSlotIova, slot_mem_.size(), slot_mem_.data(), hw::kDmaRead | hw::kDmaWrite));
   pf_.hw().set_iommu(&dma_);
-}
-
-Result<void> CoreDev::ensure_buffer(uint64_t size) {
-  size = (size + 4095) & ~uint64_t{4095};
-  if (buffer_.size() >= size) return ok();
-  if (!buffer_.empty()) (void)dma_.unmap(kBufferIova, buffer_.size());
-  buffer_.assign(size, 0);
-  return dma_.map_host(kBufferIova, buffer_.size(), buffer_.data(), hw::kDmaRead | hw::kDmaWrite);
-}
-
-Result<FwMailbox> CoreDev::exec(FwMailbox in, std::span<const uint8_t> data, std::vector<uint8_t>* out_data,
-                                uint64_t buf_len) {
-  std::lock_guard lk(cmd_mu_);
-  uint64_t len = std::max<uint64_t>(data.size(), buf_len);
-  if (len) {
-    TRY(ensure_buffer(len));
-    if (!data.empty()) std::memcpy(buffer_.data(), data.data(), data.size());
-    in.buf_iova = kBufferIova;
-    in.buf_len = data.empty() ? buf_len : data.size();
+  uint16_t msix = pf_.find_capability(PCI_CAP_ID_MSIX);
+  if (!msix) return Error(ENODEV, "PF without MSI-X");
+  uint32_t table = pf_.config_read(msix + PCI_MSIX_TABLE, 4);
+  unsigned bir = table & PCI_MSIX_TABLE_BIR;
+  uint64_t toff = table & PCI_MSIX_TABLE_OFFSET;
+  for (unsigned i = 0; i < kCmdSlots; ++i) {
+    uint64_t e = toff + uint64_t{i} * PCI_MSIX_ENTRY_SIZE;
+    TRY(pf_.hw().mmio_write(bir, e + PCI_MSIX_ENTRY_LOWER_ADDR, 4, 0xfee00000));
+    TRY(pf_.hw().mmio_write(bir, e + PCI_MSIX_ENTRY_UPPER_ADDR, 4, 0));
+    TRY(pf_.hw().mmio_write(bir, e + PCI_MSIX_ENTRY_DATA, 4, i));
+    TRY(pf_.hw().mmio_write(bir, e + PCI_MSIX_ENTRY_VECTOR_CTRL, 4, 0));  // unmasked
   }
-  std::memcpy(mailbox_.data(), &in, sizeof(in));
-  TRY(pf_.hw().mmio_write(0, hw::mlx5::pfreg::kCmdMailbox, 8, kMailboxIova));
-  TRY(pf_.hw().mmio_write(0, hw::mlx5::pfreg::kCmdDoorbell, 4, 1));
-  uint32_t status = static_cast<uint32_t>(TRY(pf_.hw().mmio_read(0, hw::mlx5::pfreg::kCmdStatus, 4)));
-  if (!(status & hw::mlx5::pfreg::kStatusDone)) return Error(EIO, "firmware did not complete the command");
-  if (status >> 8) return Error(static_cast<int>(status >> 8), "firmware command failed");
-  FwMailbox out;
-  std::memcpy(&out, mailbox_.data(), sizeof(out));
-  if (out_data) out_data->assign(buffer_.begin(), buffer_.begin() + static_cast<long>(std::min<uint64_t>(out.out0 * (in.opcode == static_cast<uint16_t>(FwCmd::kReportPageTracker) ? 8 : 1), buffer_.size())));
-  return out;
+  pf_.hw().set_irq_sink(this);
+  uint16_t ctl = static_cast<uint16_t>(pf_.config_read(msix + PCI_MSIX_FLAGS, 2));
+  pf_.config_write(msix + PCI_MSIX_FLAGS, 2, (ctl | PCI_MSIX_FLAGS_ENABLE) & ~PCI_MSIX_FLAGS_MASKALL);
+  irq_ready_ = true;
+  TRY(pf_.hw().mmio_write(0, pfreg::kCmdqBase, 8, kQueueIova));
+  if (pf_.hw().mmio_read(0, pfreg::kCmdqSlots, 4).value_or(0) < kCmdSlots) return Error(ENODEV, "PF firmware has fewer command slots");
+  return ok();
+}
+
+void CoreDev::msi(uint64_t, uint32_t data) {
+  if (data >= hw::mlx5::kCmdSlots) return;
+  std::lock_guard lk(done_mu_);
+  done_ |= 1u << data;
+  done_cv_.notify_all();
+}
+
+unsigned CoreDev::acquire_slot() {
+  std::unique_lock lk(slot_mu_);
+  const uint32_t all = (1u << hw::mlx5::kCmdSlots) - 1;
+  slot_cv_.wait(lk, [&] { return (busy_ & all) != all; });
+  unsigned s = static_cast<unsigned>(__builtin_ctz(~busy_ & all));
+  busy_ |= 1u << s;
+  return s;
+}
+
+void CoreDev::release_slot(unsigned slot) {
+  std::lock_guard lk(slot_mu_);
+  busy_ &= ~(1u << slot);
+  slot_cv_.notify_one();
+}
+
+Result<FwMailbox> CoreDev::exec(FwMailbox in, std::span<const uint8_t> data, std::span<uint8_t> out) {
+  using namespace hw::mlx5;
+  uint64_t len = std::max<uint64_t>(data.size(), out.size());
+  if (len > kSlotBuffer) return Error(EINVAL, "command data larger than a slot buffer");
+  unsigned slot = acquire_slot();
+  uint8_t* buf = slot_mem_.data() + slot * kSlotBuffer;
+  if (!data.empty()) std::memcpy(buf, data.data(), data.size());
+  if (len) {
+    in.buf_iova = kSlotIova + uint64_t{slot} * kSlotBuffer;
+    if (!in.buf_len) in.buf_len = len;
+  }
+  CmdEntry e{};
+  e.mb = in;
+  e.owner = kOwnerFirmware;
+  {
+    std::lock_guard lk(done_mu_);
+    done_ &= ~(1u << slot);
+  }
+  std::memcpy(queue_mem_.data() + slot * kCmdEntrySize, &e, sizeof(e));
+  if (auto r = pf_.hw().mmio_write(0, pfreg::kCmdqDoorbell, 4, 1u << slot); !r) {
+    release_slot(slot);
+    return r.error();
+  }
+  {
+    std::unique_lock lk(done_mu_);
+    if (!done_cv_.wait_for(lk, kCommandTimeout, [&] { return done_ & (1u << slot); })) {
+      // The slot stays taken: the firmware may still write it.
+      log::error(pf_.name(), "mlx5_core: firmware command {} timed out in slot {}", unsigned{in.opcode}, slot);
+      return Error(EIO, "firmware did not complete the command");
+    }
+  }
+  std::memcpy(&e, queue_mem_.data() + slot * kCmdEntrySize, sizeof(e));
+  if (!out.empty()) {
+    // Only what the firmware says it wrote.
+    uint64_t valid = out.size();
+    if (in.opcode == static_cast<uint16_t>(FwCmd::kSaveVhcaState)) valid = e.mb.out0;
+    if (in.opcode == static_cast<uint16_t>(FwCmd::kReportPageTracker)) valid = e.mb.out0 * 8;
+    std::memcpy(out.data(), buf, std::min<uint64_t>(valid, out.size()));
+  }
+  release_slot(slot);
+  if (e.owner != kOwnerDriver) return Error(EIO, "firmware did not complete the command");
+  if (e.mb.status) return Error(static_cast<int>(e.mb.status), "firmware command failed");
+  return e.mb;
 }
 
 CoreDev::~CoreDev() {
@@ -157,6 +225,13 @@ CoreDev::~CoreDev() {
   // a PF that is tearing down.
   delete_aux_devices();
   if (pf_.sriov_num_vfs()) pf_.pci_bus().disable_sriov(pf_);
+  if (irq_ready_) {
+    if (uint16_t msix = pf_.find_capability(PCI_CAP_ID_MSIX)) {
+      uint16_t ctl = static_cast<uint16_t>(pf_.config_read(msix + PCI_MSIX_FLAGS, 2));
+      pf_.config_write(msix + PCI_MSIX_FLAGS, 2, ctl & ~PCI_MSIX_FLAGS_ENABLE);
+    }
+  }
+  pf_.hw().set_irq_sink(nullptr);
   pf_.disable_device();
   pf_.hw().set_iommu(nullptr);
   log::info(pf_.name(), "mlx5_core: removed");
@@ -200,8 +275,13 @@ Result<std::unique_ptr<driver::Binding>> Mlx5CoreDriver::probe(PciDevice& dev, c
   // as the VFs' owners would not be ours.
   if (dev.sriov_num_vfs()) return Error(EBUSY, "VFs already enabled");
   dev.enable_device();
+  auto core = CoreDev::create(dev, aux_);
+  if (!core) {
+    dev.disable_device();
+    return core.error();
+  }
   log::info(dev.name(), "mlx5_core: probed, {} VFs supported", dev.sriov_total_vfs());
-  return std::unique_ptr<driver::Binding>(std::make_unique<CoreDev>(dev, aux_));
+  return std::unique_ptr<driver::Binding>(std::move(*core));
 }
 
 Result<int> Mlx5CoreDriver::sriov_configure(PciDevice& pf, int num_vfs) {

@@ -10,6 +10,7 @@
 // mlx5_core and mlx5_vfio_pci know.
 #pragma once
 
+#include <condition_variable>
 #include <memory>
 #include <mutex>
 #include <span>
@@ -19,8 +20,9 @@
 #include "base/result.h"
 #include "bus/auxiliary/auxiliary.h"
 #include "bus/pci/pci.h"
+#include "hw/function.h"
 #include "hw/iommu.h"
-#include "hw/mlx5/mlx5.h"
+#include "hw/mlx5/mlx5_ifc.h"
 
 namespace uvfio::drivers::mlx5 {
 
@@ -39,19 +41,30 @@ class VfioAuxDevice : public bus::auxiliary::AuxiliaryDevice {
   uint16_t vf_index() const { return vf_index_; }
 
   // PF services for the VF (valid while this device is registered; callers
-  // hold the driver core lock or their own link lock). ENOTCONN if the PF no
-  // longer has this VF enabled. Each is one firmware command through the
-  // PF's command interface (docs/devices/mlx5-pf.md).
+  // hold their own link lock). ENOTCONN if the PF no longer has this VF
+  // enabled. Each is one firmware command in a command-queue slot of the PF
+  // (docs/devices/mlx5-pf.md); commands for different VFs run in parallel.
   Result<uint16_t> query_vf_function_id() const;
   Result<uint64_t> query_state_size(bool incremental);
   Result<void> suspend(uint16_t op_mod);
   Result<void> resume(uint16_t op_mod);
-  Result<std::vector<uint8_t>> save_state(bool incremental);
-  Result<void> load_state(std::span<const uint8_t> image);
+  // The next chunk of the VF's state image into `out` (at most
+  // kStateChunk bytes); `start` begins a new image (full or incremental).
+  struct SaveChunk {
+    size_t bytes = 0;
+    uint64_t remaining = 0;  // of the image; 0: it is complete
+  };
+  Result<SaveChunk> save_chunk(bool start, bool incremental, std::span<uint8_t> out);
+  // One chunk of an image as save_chunk() cut it; true when the image is
+  // complete and applied.
+  Result<bool> load_chunk(std::span<const uint8_t> chunk, bool first);
   Result<void> tracker_create(uint64_t page_size, const std::vector<std::pair<uint64_t, uint64_t>>& ranges);
   // Every dirty page address in [iova, iova+length), reported and cleared.
   Result<std::vector<uint64_t>> tracker_report(uint64_t iova, uint64_t length);
   Result<void> tracker_destroy();
+
+  // The largest state chunk one command moves (a command slot's buffer).
+  static constexpr size_t kStateChunk = 1 << 20;
 
   Result<void> add_attributes(driver::Tree& t, driver::Dir* dir) override;
 
@@ -63,17 +76,23 @@ class VfioAuxDevice : public bus::auxiliary::AuxiliaryDevice {
 };
 
 // Per-PF state of mlx5_core (its drvdata). Destroying it is remove().
-class CoreDev : public driver::Binding {
+//
+// The PF's command queue: kCmdSlots entries and a 1 MiB data buffer per slot
+// in the driver's DMA memory (allocated and touched once, at probe); each
+// slot completes on its own MSI-X vector, which wakes the thread waiting
+// for it. A command takes a free slot, so commands for different VFs run
+// side by side; no lock is held while one waits for the firmware.
+class CoreDev : public driver::Binding, private hw::IrqSink {
  public:
-  CoreDev(bus::pci::PciDevice& pf, bus::auxiliary::AuxiliaryBus& aux);
+  // Sets up the command queue and its interrupts.
+  static Result<std::unique_ptr<CoreDev>> create(bus::pci::PciDevice& pf, bus::auxiliary::AuxiliaryBus& aux);
   ~CoreDev() override;
 
-  // One firmware command: mailbox in the driver's DMA memory, doorbell,
-  // status. The firmware's errno comes back as the Error. `data` (if any) is
-  // placed in the DMA buffer first; the buffer's contents after the command
-  // are returned in `out_data` up to out0 bytes when asked.
+  // One firmware command: `data` (if any) is placed in the slot's buffer
+  // first; afterwards `out` receives the buffer's first out.size() bytes.
+  // The firmware's errno comes back as the Error; EIO if it never answers.
   Result<hw::mlx5::FwMailbox> exec(hw::mlx5::FwMailbox in, std::span<const uint8_t> data = {},
-                                   std::vector<uint8_t>* out_data = nullptr, uint64_t buf_len = 0);
+                                   std::span<uint8_t> out = {});
 
   bus::pci::PciDevice& pf() const { return pf_; }
   // sriov_configure(): 0 disables (aux devices first), N enables N VFs and
@@ -82,19 +101,35 @@ class CoreDev : public driver::Binding {
   const std::vector<std::unique_ptr<VfioAuxDevice>>& aux_devices() const { return aux_devs_; }
   bool vf_enabled(uint16_t index) const { return index < pf_.sriov_num_vfs(); }
 
+  static constexpr size_t kSlotBuffer = VfioAuxDevice::kStateChunk;
+  static constexpr auto kCommandTimeout = std::chrono::seconds(60);
+
  private:
+  CoreDev(bus::pci::PciDevice& pf, bus::auxiliary::AuxiliaryBus& aux);
+  Result<void> init();
   void delete_aux_devices();
-  Result<void> ensure_buffer(uint64_t size);
+  unsigned acquire_slot();
+  void release_slot(unsigned slot);
+  // hw::IrqSink: the PF's MSI-X messages (data = the slot).
+  void msi(uint64_t address, uint32_t data) override;
+  void intx(bool) override {}
 
   bus::pci::PciDevice& pf_;
   bus::auxiliary::AuxiliaryBus& aux_;
   std::vector<std::unique_ptr<VfioAuxDevice>> aux_devs_;
-  // The driver's DMA memory as the PF sees it (the DMA API's job on a host).
-  std::mutex cmd_mu_;  // one firmware command at a time
+  // The driver's DMA memory as the PF sees it (the DMA API's job on a host):
+  // the queue's page, then the slots' buffers.
   hw::IommuDomain dma_;
-  std::vector<uint8_t> mailbox_ = std::vector<uint8_t>(4096);
-  std::vector<uint8_t> buffer_;  // guarded by cmd_mu_
-  static constexpr uint64_t kMailboxIova = 0x1000, kBufferIova = 0x100000;
+  std::vector<uint8_t> queue_mem_ = std::vector<uint8_t>(4096);
+  std::vector<uint8_t> slot_mem_;
+  static constexpr uint64_t kQueueIova = 0x1000, kSlotIova = 0x100000;
+  std::mutex slot_mu_;
+  std::condition_variable slot_cv_;
+  uint32_t busy_ = 0;  // slots in use; guarded by slot_mu_
+  std::mutex done_mu_;
+  std::condition_variable done_cv_;
+  uint32_t done_ = 0;  // slots the firmware has answered; guarded by done_mu_
+  bool irq_ready_ = false;
 };
 
 class Mlx5CoreDriver : public bus::pci::PciDriver {

@@ -2,13 +2,20 @@
 
 #include <cstring>
 
+#include "base/crc32c.h"
 #include "drivers/mlx5_vfio_pci/mlx5_vfio_pci.h"
-#include "hw/mlx5/mlx5.h"
 
 namespace uvfio::drivers::mlx5_vfio_pci {
 
+namespace {
+constexpr size_t kChunk = mlx5::VfioAuxDevice::kStateChunk;
+constexpr uint64_t kSmallRecord = 4096;  // every record but FW_DATA is tiny
+}  // namespace
+
+uint64_t max_record_payload() { return kChunk; }
+
 void put_record(std::vector<uint8_t>& out, RecordTag tag, std::span<const uint8_t> payload, uint32_t flags) {
-  RecordHeader h{payload.size(), flags, static_cast<uint32_t>(tag), hw::mlx5::crc32c(0, payload.data(), payload.size()), 0};
+  RecordHeader h{payload.size(), flags, static_cast<uint32_t>(tag), crc32c(0, payload.data(), payload.size()), 0};
   size_t at = out.size();
   out.resize(at + sizeof(h) + payload.size());
   std::memcpy(out.data() + at, &h, sizeof(h));
@@ -20,93 +27,107 @@ void put_record(std::vector<uint8_t>& out, RecordTag tag, std::span<const uint8_
 SaveFile::SaveFile(std::shared_ptr<PfLink> pf, uint16_t vf_device, uint64_t device_memory)
     : pf_(std::move(pf)), vf_device_(vf_device), device_memory_(device_memory) {}
 
-void SaveFile::push(std::vector<uint8_t> chunk) {
-  if (chunk.empty()) return;
-  queued_ += chunk.size();
-  queue_.push_back(std::move(chunk));
-}
-
-Result<void> SaveFile::enqueue_image(bool incremental) {
-  auto img = TRY(pf_->call([&](mlx5::VfioAuxDevice& a) { return a.save_state(incremental); }));
-  // The record header, then the image itself (no copy of the image).
-  RecordHeader h{img.size(), 0, static_cast<uint32_t>(RecordTag::kFwData), hw::mlx5::crc32c(0, img.data(), img.size()), 0};
-  std::vector<uint8_t> head(sizeof(h));
-  std::memcpy(head.data(), &h, sizeof(h));
-  push(std::move(head));
-  push(std::move(img));
-  if (!incremental) took_full_ = true;
-  return ok();
-}
-
 Result<void> SaveFile::start(bool precopy) {
   std::lock_guard lk(mu_);
   precopy_ = precopy;
-  std::vector<uint8_t> head;
+  rec_.reserve(sizeof(RecordHeader) + kChunk);
+  rec_.clear();
   StreamHeader sh{kStreamMagic, kStreamVersion, vf_device_, device_memory_};
-  put_record(head, RecordTag::kStreamHeader, std::span<const uint8_t>(reinterpret_cast<uint8_t*>(&sh), sizeof(sh)));
+  put_record(rec_, RecordTag::kStreamHeader, std::span<const uint8_t>(reinterpret_cast<uint8_t*>(&sh), sizeof(sh)));
   uint64_t size = TRY(pf_->call([](mlx5::VfioAuxDevice& a) { return a.query_state_size(false); }));
-  put_record(head, RecordTag::kStopCopySize, std::span<const uint8_t>(reinterpret_cast<uint8_t*>(&size), 8),
+  put_record(rec_, RecordTag::kStopCopySize, std::span<const uint8_t>(reinterpret_cast<uint8_t*>(&size), 8),
              kRecordOptional);
-  push(std::move(head));
-  TRY(enqueue_image(false));
-  if (precopy) {
-    initial_left_ = queued_;
-  } else {
-    std::vector<uint8_t> end;
-    put_record(end, RecordTag::kEnd, {});
-    push(std::move(end));
-    final_ = true;
-  }
+  rec_len_ = rec_.size();
+  rec_off_ = 0;
+  // Without pre-copy the device is stopped already: the full image is the
+  // final one.
+  final_wanted_ = !precopy;
+  final_started_ = !precopy;
   return ok();
 }
 
 Result<void> SaveFile::finish() {
   std::lock_guard lk(mu_);
   if (dead_) return Error(ENODEV, "session ended");
-  // Quiesced now: the last image is exact.
-  TRY(enqueue_image(took_full_));
-  std::vector<uint8_t> end;
-  put_record(end, RecordTag::kEnd, {});
-  push(std::move(end));
-  final_ = true;
+  final_wanted_ = true;  // after the image in flight: the last one, then END
   precopy_ = false;
-  initial_left_ = 0;
   return ok();
 }
 
 void SaveFile::end_session() {
   std::lock_guard lk(mu_);
   dead_ = true;
-  queue_.clear();
-  queued_ = 0;
-  front_off_ = 0;
+  rec_len_ = rec_off_ = 0;
+  rec_.clear();
+  rec_.shrink_to_fit();
+}
+
+// One firmware chunk as one FW_DATA record, read straight into rec_.
+Result<void> SaveFile::frame_chunk_locked(bool start, bool incremental) {
+  rec_.resize(sizeof(RecordHeader) + kChunk);
+  std::span<uint8_t> body(rec_.data() + sizeof(RecordHeader), kChunk);
+  auto c = TRY(pf_->call([&](mlx5::VfioAuxDevice& a) { return a.save_chunk(start, incremental, body); }));
+  RecordHeader h{c.bytes, start ? kRecordFirst : 0u, static_cast<uint32_t>(RecordTag::kFwData),
+                 crc32c(0, body.data(), c.bytes), 0};
+  std::memcpy(rec_.data(), &h, sizeof(h));
+  rec_len_ = sizeof(h) + c.bytes;
+  rec_off_ = 0;
+  image_left_ = c.remaining;
+  image_open_ = c.remaining != 0;
+  return ok();
+}
+
+Result<bool> SaveFile::next_record_locked() {
+  if (image_open_) {  // the image in flight goes on
+    TRY(frame_chunk_locked(false, false));
+    if (!image_open_) image_initial_ = false;
+    return true;
+  }
+  if (!took_full_) {
+    took_full_ = true;
+    image_initial_ = true;
+    TRY(frame_chunk_locked(true, false));
+    if (!image_open_) image_initial_ = false;
+    return true;
+  }
+  if (final_wanted_ && !final_started_) {
+    final_started_ = true;  // suspended now: this image is exact
+    TRY(frame_chunk_locked(true, true));
+    return true;
+  }
+  if (final_started_) {
+    if (end_queued_) return false;  // the end of the stream
+    end_queued_ = true;
+    rec_.clear();
+    put_record(rec_, RecordTag::kEnd, {});
+    rec_len_ = rec_.size();
+    rec_off_ = 0;
+    return true;
+  }
+  // Pre-copy: a new incremental image if the VF has more than its registers
+  // to say since the last one.
+  uint64_t pending = TRY(pf_->call([](mlx5::VfioAuxDevice& a) { return a.query_state_size(true); }));
+  if (pending <= 4096) return false;
+  TRY(frame_chunk_locked(true, true));
+  return true;
 }
 
 Result<size_t> SaveFile::read(std::span<uint8_t> out) {
   std::lock_guard lk(mu_);
   if (dead_) return Error(ENODEV, "session ended");
-  if (queue_.empty() && precopy_) {
-    // Anything new since the last image? Then take the next one now.
-    uint64_t pending = TRY(pf_->call([](mlx5::VfioAuxDevice& a) { return a.query_state_size(true); }));
-    if (pending > 4096) TRY(enqueue_image(true));
-    if (queue_.empty()) return Error(ENOMSG, "no data for now");
-  }
-  if (queue_.empty()) return size_t{0};  // end of stream (STOP_COPY)
   size_t n = 0;
-  while (n < out.size() && !queue_.empty()) {
-    std::vector<uint8_t>& c = queue_.front();
-    size_t take = std::min(out.size() - n, c.size() - front_off_);
-    std::memcpy(out.data() + n, c.data() + front_off_, take);
-    n += take;
-    front_off_ += take;
-    if (front_off_ == c.size()) {
-      queue_.pop_front();
-      front_off_ = 0;
+  while (n < out.size()) {
+    if (rec_off_ == rec_len_) {
+      bool more = TRY(next_record_locked());
+      if (!more) break;
     }
+    size_t take = std::min(out.size() - n, rec_len_ - rec_off_);
+    std::memcpy(out.data() + n, rec_.data() + rec_off_, take);
+    n += take;
+    rec_off_ += take;
   }
-  queued_ -= n;
-  initial_left_ = initial_left_ > n ? initial_left_ - n : 0;
-  return n;
+  if (n == 0 && precopy_ && !end_queued_) return Error(ENOMSG, "no data for now");
+  return n;  // 0: the end of the stream
 }
 
 Result<vfio_precopy_info> SaveFile::precopy_info() {
@@ -114,10 +135,19 @@ Result<vfio_precopy_info> SaveFile::precopy_info() {
   if (dead_ || !precopy_) return Error(EINVAL, "not in PRE_COPY");
   vfio_precopy_info i{};
   i.argsz = sizeof(i);
-  i.initial_bytes = initial_left_;
-  uint64_t queued_dirty = queued_ - std::min<uint64_t>(queued_, initial_left_);
-  uint64_t pending = TRY(pf_->call([](mlx5::VfioAuxDevice& a) { return a.query_state_size(true); }));
-  i.dirty_bytes = queued_dirty + (pending > 4096 ? pending : 0);
+  uint64_t buffered = rec_len_ - rec_off_;
+  if (!took_full_) {
+    i.initial_bytes = buffered + TRY(pf_->call([](mlx5::VfioAuxDevice& a) { return a.query_state_size(false); }));
+  } else if (image_initial_) {
+    i.initial_bytes = buffered + image_left_;
+  } else {
+    uint64_t ahead = image_open_ ? image_left_ : 0;
+    if (!image_open_) {
+      uint64_t pending = TRY(pf_->call([](mlx5::VfioAuxDevice& a) { return a.query_state_size(true); }));
+      if (pending > 4096) ahead = pending;
+    }
+    i.dirty_bytes = buffered + ahead;
+  }
   return i;
 }
 
@@ -126,43 +156,39 @@ Result<vfio_precopy_info> SaveFile::precopy_info() {
 ResumeFile::ResumeFile(std::shared_ptr<PfLink> pf, uint16_t vf_device, uint64_t device_memory)
     : pf_(std::move(pf)), vf_device_(vf_device), device_memory_(device_memory) {}
 
-Result<void> ResumeFile::consume() {
-  size_t at = 0;
-  while (pending_.size() - at >= sizeof(RecordHeader)) {
-    RecordHeader h;
-    std::memcpy(&h, pending_.data() + at, sizeof(h));
-    if (h.size > (uint64_t{1} << 36)) return Error(ENOMEM, "record larger than the device can load");
-    if (pending_.size() - at - sizeof(h) < h.size) break;  // wait for the rest
-    std::span<const uint8_t> payload(pending_.data() + at + sizeof(h), h.size);
-    if (hw::mlx5::crc32c(0, payload.data(), payload.size()) != h.crc) return Error(EINVAL, "record checksum mismatch");
-    if (ended_) return Error(EINVAL, "data after END");
-    auto tag = static_cast<RecordTag>(h.tag);
-    if (!header_seen_ && tag != RecordTag::kStreamHeader) return Error(EINVAL, "stream without a header");
-    switch (tag) {
-      case RecordTag::kStreamHeader: {
-        StreamHeader sh;
-        if (header_seen_ || payload.size() != sizeof(sh)) return Error(EINVAL, "bad stream header");
-        std::memcpy(&sh, payload.data(), sizeof(sh));
-        if (sh.magic != kStreamMagic || sh.version != kStreamVersion) return Error(EINVAL, "not a uvfio mlx5 stream");
-        if (sh.vf_device != vf_device_ || sh.device_memory != device_memory_)
-          return Error(EINVAL, "stream of another kind of device");
-        header_seen_ = true;
-        break;
-      }
-      case RecordTag::kFwData:
-        TRY(pf_->call([&](mlx5::VfioAuxDevice& a) { return a.load_state(payload); }));
-        break;
-      case RecordTag::kStopCopySize:
-        break;  // a hint: nothing to pre-allocate here
-      case RecordTag::kEnd:
-        ended_ = true;
-        break;
-      default:
-        if (!(h.flags & kRecordOptional)) return Error(EOPNOTSUPP, "unknown mandatory record");
+Result<void> ResumeFile::consume_record() {
+  std::span<const uint8_t> payload(payload_.data(), payload_.size());
+  if (crc32c(0, payload.data(), payload.size()) != hdr_.crc) return Error(EINVAL, "record checksum mismatch");
+  if (ended_) return Error(EINVAL, "data after END");
+  auto tag = static_cast<RecordTag>(hdr_.tag);
+  if (!header_seen_ && tag != RecordTag::kStreamHeader) return Error(EINVAL, "stream without a header");
+  switch (tag) {
+    case RecordTag::kStreamHeader: {
+      StreamHeader sh;
+      if (header_seen_ || payload.size() != sizeof(sh)) return Error(EINVAL, "bad stream header");
+      std::memcpy(&sh, payload.data(), sizeof(sh));
+      if (sh.magic != kStreamMagic || sh.version != kStreamVersion) return Error(EINVAL, "not a uvfio mlx5 stream");
+      if (sh.vf_device != vf_device_ || sh.device_memory != device_memory_)
+        return Error(EINVAL, "stream of another kind of device");
+      header_seen_ = true;
+      break;
     }
-    at += sizeof(h) + h.size;
+    case RecordTag::kFwData: {
+      bool first = hdr_.flags & kRecordFirst;
+      if (!first && !image_open_) return Error(EINVAL, "image chunk without its start");
+      bool done = TRY(pf_->call([&](mlx5::VfioAuxDevice& a) { return a.load_chunk(payload, first); }));
+      image_open_ = !done;
+      break;
+    }
+    case RecordTag::kStopCopySize:
+      break;  // a hint: nothing to pre-allocate here
+    case RecordTag::kEnd:
+      if (image_open_) return Error(EINVAL, "END inside an image");
+      ended_ = true;
+      break;
+    default:
+      if (!(hdr_.flags & kRecordOptional)) return Error(EOPNOTSUPP, "unknown mandatory record");
   }
-  pending_.erase(pending_.begin(), pending_.begin() + static_cast<long>(at));
   return ok();
 }
 
@@ -170,10 +196,34 @@ Result<size_t> ResumeFile::write(std::span<const uint8_t> in) {
   std::lock_guard lk(mu_);
   if (dead_) return Error(ENODEV, "session ended");
   if (error_) return Error(error_, "stream already failed");
-  pending_.insert(pending_.end(), in.begin(), in.end());
-  if (auto r = consume(); !r) {
-    error_ = r.error().code;  // errors poison the stream
-    return r.error();
+  size_t taken = 0;
+  auto fail = [&](Error e) -> Result<size_t> {
+    error_ = e.code;  // errors poison the stream
+    payload_.clear();
+    payload_.shrink_to_fit();
+    return e;
+  };
+  while (taken < in.size()) {
+    if (hdr_got_ < sizeof(hdr_)) {
+      size_t n = std::min(sizeof(hdr_) - hdr_got_, in.size() - taken);
+      std::memcpy(reinterpret_cast<uint8_t*>(&hdr_) + hdr_got_, in.data() + taken, n);
+      hdr_got_ += n;
+      taken += n;
+      if (hdr_got_ < sizeof(hdr_)) break;
+      // The size is checked before anything is allocated for it.
+      uint64_t limit = hdr_.tag == static_cast<uint32_t>(RecordTag::kFwData) ? max_record_payload() : kSmallRecord;
+      if (hdr_.size > limit) return fail(Error(EINVAL, "record larger than the device's chunks"));
+      payload_.clear();
+      payload_.reserve(hdr_.size);
+    }
+    size_t n = std::min<size_t>(hdr_.size - payload_.size(), in.size() - taken);
+    payload_.insert(payload_.end(), in.begin() + static_cast<long>(taken), in.begin() + static_cast<long>(taken + n));
+    taken += n;
+    if (payload_.size() == hdr_.size) {
+      if (auto r = consume_record(); !r) return fail(r.error());
+      hdr_got_ = 0;
+      payload_.clear();
+    }
   }
   return in.size();
 }
@@ -181,14 +231,15 @@ Result<size_t> ResumeFile::write(std::span<const uint8_t> in) {
 Result<void> ResumeFile::complete() {
   std::lock_guard lk(mu_);
   if (error_) return Error(error_, "stream failed");
-  if (!ended_ || !pending_.empty()) return Error(EINVAL, "stream incomplete");
+  if (!ended_ || hdr_got_ != 0) return Error(EINVAL, "stream incomplete");
   return ok();
 }
 
 void ResumeFile::end_session() {
   std::lock_guard lk(mu_);
   dead_ = true;
-  pending_.clear();
+  payload_.clear();
+  payload_.shrink_to_fit();
 }
 
 }  // namespace uvfio::drivers::mlx5_vfio_pci

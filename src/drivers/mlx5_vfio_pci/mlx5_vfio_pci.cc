@@ -2,7 +2,7 @@
 
 #include "base/log.h"
 #include "vfio/uapi.h"
-#include "hw/mlx5/mlx5.h"
+#include "hw/mlx5/mlx5_ifc.h"
 
 namespace uvfio::drivers::mlx5_vfio_pci {
 

@@ -5,7 +5,8 @@
 #include "hw/bridge.h"
 #include "hw/capabilities.h"
 #include "hw/endpoint.h"
-#include "hw/mlx5/mlx5.h"
+#include "hw/mlx5/pf.h"
+#include "hw/mlx5/vf.h"
 
 namespace uvfio::hw {
 namespace {

@@ -1,13 +1,17 @@
 // The mlx5 VF model's work queue: descriptors executed on the device's own
 // thread through its IOMMU domain, completions and MSI-X, errors contained.
+#include <sys/stat.h>
+
 #include <gtest/gtest.h>
 
 #include <cstring>
 #include <set>
 
+#include "base/crc32c.h"
 #include "hw/fabric.h"
 #include "hw/iommu.h"
-#include "hw/mlx5/mlx5.h"
+#include "hw/mlx5/pf.h"
+#include "hw/mlx5/vf.h"
 
 namespace uvfio::hw::mlx5 {
 namespace {
@@ -189,8 +193,8 @@ TEST_F(VfFixture, BusMasterOffAndFlr) {
 }
 
 TEST(Crc32cTest, KnownValue) {
-  EXPECT_EQ(crc32c(0, reinterpret_cast<const uint8_t*>("123456789"), 9), 0xe3069283u);
-  EXPECT_EQ(crc32c(0, nullptr, 0), 0u);
+  EXPECT_EQ(uvfio::crc32c(0, reinterpret_cast<const uint8_t*>("123456789"), 9), 0xe3069283u);
+  EXPECT_EQ(uvfio::crc32c(0, nullptr, 0), 0u);
 }
 
 }  // namespace
@@ -219,16 +223,54 @@ struct Dest {
   ~Dest() { vf->set_iommu(nullptr); }
 };
 
+// An image as the firmware takes it: chunks of whole records.
+using Image = std::vector<std::vector<uint8_t>>;
+Image save_image(Vf& vf, Vf::SaveMode mode, size_t chunk = 64 << 10, uint64_t* announced = nullptr) {
+  Image img;
+  auto size = vf.save_begin(mode);
+  EXPECT_TRUE(size);
+  if (announced) *announced = size.value_or(0);
+  for (int guard = 0; guard < 100000; ++guard) {
+    std::vector<uint8_t> c(chunk);
+    auto r = vf.save_next(c);
+    EXPECT_TRUE(r);
+    if (!r) break;
+    c.resize(r->bytes);
+    img.push_back(std::move(c));
+    if (r->remaining == 0) break;
+  }
+  return img;
+}
+size_t total(const Image& img) {
+  size_t n = 0;
+  for (auto& c : img) n += c.size();
+  return n;
+}
+Result<void> load_image(Vf& vf, const Image& img) {
+  for (size_t i = 0; i < img.size(); ++i) {
+    bool done = TRY(vf.load_chunk(img[i], i == 0));
+    if (done != (i + 1 == img.size())) return Error(EPROTO, "image ended in the wrong chunk");
+  }
+  return ok();
+}
+
 TEST_F(VfFixture, FullImageCarriesRegistersAndDeviceMemory) {
-  std::memset(vf->bar_memory(2)->data() + 8192, 0x42, 4096);
+  for (int p : {2, 3, 90, 200}) std::memset(vf->bar_memory(2)->data() + p * 4096, 0x42 + p, 4096);
   w(vfreg::kScratch, 0x1234);
   post(VfOp::kFill, 16, 9, kData, 1);
   ring();
   vf->quiesce();
-  auto img = *vf->save_state(Vf::SaveMode::kFull);
-  EXPECT_EQ(img.size(), vf->pending_state_bytes(Vf::SaveMode::kFull));
+  uint64_t pending = vf->pending_state_bytes(Vf::SaveMode::kFull), announced = 0;
+  auto img = save_image(*vf, Vf::SaveMode::kFull, kFwMinChunk, &announced);
+  EXPECT_EQ(total(img), announced);
+  EXPECT_EQ(total(img), pending);
+  EXPECT_GT(img.size(), 2u);
+  for (auto& c : img) EXPECT_LE(c.size(), size_t{kFwMinChunk});
+  // Sparse: only the pages written travel whole, the rest as zero pages.
+  EXPECT_EQ(total(img), size_t{32 + 336 + 4 * 4100 + (256 - 4) * 4 + 4});
   Dest d(mem);
-  ASSERT_TRUE(d.vf->load_state(img));
+  std::memset(d.vf->bar_memory(2)->data(), 0x77, 1 << 20);  // stale contents are replaced, zeros too
+  ASSERT_TRUE(load_image(*d.vf, img));
   EXPECT_EQ(*d.vf->mmio_read(0, vfreg::kScratch, 4), 0x1234u);
   EXPECT_EQ(*d.vf->mmio_read(0, vfreg::kSqHead, 4), 1u);
   EXPECT_EQ(*d.vf->mmio_read(0, vfreg::kCountDone, 8), 1u);
@@ -242,44 +284,93 @@ TEST_F(VfFixture, FullImageCarriesRegistersAndDeviceMemory) {
 }
 
 TEST_F(VfFixture, IncrementalImagesSeeDeviceAndMmapWrites) {
-  (void)vf->save_state(Vf::SaveMode::kFull);
-  EXPECT_LT(vf->pending_state_bytes(Vf::SaveMode::kIncremental), 4096u);  // registers only: no page changed
+  (void)save_image(*vf, Vf::SaveMode::kFull);
+  uint64_t header = vf->pending_state_bytes(Vf::SaveMode::kIncremental);
+  EXPECT_LT(header, 4096u);  // registers only: no page changed
   // Two pages written by the device (TO_DEVICE), one through "the mmap".
   for (int i = 0; i < 8192; ++i) mem[kData + i] = 1;
   post(VfOp::kToDevice, 8192, kData, 4 * 4096, 1);
   ring();
   vf->bar_memory(2)->data()[100 * 4096 + 5] ^= 0xff;
-  uint64_t header = vf->pending_state_bytes(Vf::SaveMode::kIncremental) - 3 * (4 + 4096);
-  auto inc = *vf->save_state(Vf::SaveMode::kIncremental);
-  EXPECT_EQ(inc.size(), header + 3 * (4 + 4096));
+  EXPECT_EQ(vf->pending_state_bytes(Vf::SaveMode::kIncremental), header + 3 * (4 + 4096));
+  auto inc = save_image(*vf, Vf::SaveMode::kIncremental);
+  EXPECT_EQ(total(inc), header + 3 * (4 + 4096));
   EXPECT_EQ(vf->pending_state_bytes(Vf::SaveMode::kIncremental), header);  // nothing new since
   // Full then incremental onto a destination gives the same memory.
   Dest d(mem);
   Vf& src = *vf;
-  (void)d;
-  auto full = *src.save_state(Vf::SaveMode::kFull);
-  ASSERT_TRUE(d.vf->load_state(full));
+  ASSERT_TRUE(load_image(*d.vf, save_image(src, Vf::SaveMode::kFull)));
   src.bar_memory(2)->data()[7] = 0x77;
-  ASSERT_TRUE(d.vf->load_state(*src.save_state(Vf::SaveMode::kIncremental)));
+  ASSERT_TRUE(load_image(*d.vf, save_image(src, Vf::SaveMode::kIncremental)));
+  EXPECT_EQ(std::memcmp(d.vf->bar_memory(2)->data(), src.bar_memory(2)->data(), 1 << 20), 0);
+  // A page written back to all zeros goes as a zero page, and the
+  // destination's copy becomes zeros too.
+  std::memset(src.bar_memory(2)->data() + 100 * 4096, 0, 4096);
+  auto z = save_image(src, Vf::SaveMode::kIncremental);
+  EXPECT_EQ(total(z), header + 4);
+  ASSERT_TRUE(load_image(*d.vf, z));
   EXPECT_EQ(std::memcmp(d.vf->bar_memory(2)->data(), src.bar_memory(2)->data(), 1 << 20), 0);
 }
 
-TEST_F(VfFixture, BadImagesAreRefusedWhole) {
-  auto img = *vf->save_state(Vf::SaveMode::kFull);
+TEST_F(VfFixture, AnImageAbandonedHalfWayMakesTheNextOneFull) {
+  std::memset(vf->bar_memory(2)->data(), 0x11, 64 << 10);  // 16 data pages
+  (void)save_image(*vf, Vf::SaveMode::kFull);
+  std::memset(vf->bar_memory(2)->data(), 0x22, 64 << 10);
+  ASSERT_TRUE(vf->save_begin(Vf::SaveMode::kIncremental));
+  std::vector<uint8_t> c(kFwMinChunk);
+  ASSERT_TRUE(vf->save_next(c));  // one page sent, then the session is gone
+  uint64_t size = 0;
+  auto next = save_image(*vf, Vf::SaveMode::kIncremental, 64 << 10, &size);
+  EXPECT_EQ(size, vf->pending_state_bytes(Vf::SaveMode::kFull)) << "not a full image";
+  EXPECT_EQ(vf->save_next(c).error().code, EINVAL);  // none in progress now
+  std::vector<uint8_t> small(100);
+  ASSERT_TRUE(vf->save_begin(Vf::SaveMode::kFull));
+  EXPECT_EQ(vf->save_next(small).error().code, EINVAL);  // below the minimum chunk
+}
+
+TEST_F(VfFixture, BadImagesAreRefused) {
+  for (int p : {12, 100, 200}) std::memset(vf->bar_memory(2)->data() + p * 4096, 0x33, 4096);
+  auto img = save_image(*vf, Vf::SaveMode::kFull, kFwMinChunk);
+  ASSERT_GT(img.size(), 2u);
   Dest d(mem);
   std::memset(d.vf->bar_memory(2)->data(), 0x5a, 4096);
   auto bad = img;
-  bad[0] ^= 1;  // magic
-  EXPECT_EQ(d.vf->load_state(bad).error().code, EINVAL);
+  bad[0][0] ^= 1;  // magic: refused before anything is applied
+  EXPECT_EQ(load_image(*d.vf, bad).error().code, EINVAL);
+  EXPECT_EQ(d.vf->bar_memory(2)->data()[0], 0x5a);
+  EXPECT_EQ(d.vf->load_chunk(std::span<const uint8_t>(img[0].data(), 10), true).error().code, EINVAL);
+  EXPECT_EQ(d.vf->load_chunk(img[1], false).error().code, EINVAL);  // no image started
   bad = img;
-  bad.pop_back();  // truncated
-  EXPECT_EQ(d.vf->load_state(bad).error().code, EINVAL);
+  bad.back().pop_back();  // truncated terminator
+  EXPECT_EQ(load_image(*d.vf, bad).error().code, EINVAL);
   bad = img;
-  uint32_t huge = 0xffffff;
-  std::memcpy(bad.data() + bad.size() - 4096 - 4, &huge, 4);  // last page index out of range
-  EXPECT_EQ(d.vf->load_state(bad).error().code, EINVAL);
-  EXPECT_EQ(d.vf->load_state(std::span<const uint8_t>(img.data(), 10)).error().code, EINVAL);
-  EXPECT_EQ(d.vf->bar_memory(2)->data()[0], 0x5a);  // nothing applied
+  uint32_t huge = 0x7fffff;  // a page index out of range, in a later chunk
+  std::memcpy(bad[1].data(), &huge, 4);
+  EXPECT_EQ(load_image(*d.vf, bad).error().code, EINVAL);
+  bad = img;
+  bad[1].resize(bad[1].size() - 10);  // a partial record
+  EXPECT_EQ(load_image(*d.vf, bad).error().code, EINVAL);
+  ASSERT_TRUE(load_image(*d.vf, img));  // and the good one still loads
+  EXPECT_EQ(std::memcmp(d.vf->bar_memory(2)->data(), vf->bar_memory(2)->data(), 1 << 20), 0);
+}
+
+// Device memory nobody wrote is never touched by an image: a large device
+// costs lseeks, not memory.
+TEST(VfImage, UntouchedDeviceMemoryStaysUnallocated) {
+  Fabric fabric;
+  auto p = Pf::create(PfParams{1, 0x100, 1, uint64_t{1} << 30, 0});  // 1 GiB of device memory
+  Pf* pf = static_cast<Pf*>(*fabric.attach(std::move(*p), Bdf(0, 7, 0, 0)));
+  uint16_t pos = pf->find_ext_capability(PCI_EXT_CAP_ID_SRIOV);
+  pf->config_write(pos + PCI_SRIOV_NUM_VF, 2, 1);
+  pf->config_write(pos + PCI_SRIOV_CTRL, 2, PCI_SRIOV_CTRL_VFE);
+  Vf* vf = static_cast<Vf*>(fabric.find(Bdf(0, 8, 0, 0)));
+  ASSERT_NE(vf, nullptr);
+  std::memset(vf->bar_memory(2)->data() + (512 << 20), 0x44, 8192);
+  auto img = save_image(*vf, Vf::SaveMode::kFull, 1 << 20);
+  EXPECT_LE(total(img), size_t{(1 << 30) / 4096 * 4 + 2 * 4100 + 1024});
+  struct stat st;
+  ASSERT_EQ(fstat(vf->bar_memory(2)->fd(), &st), 0);
+  EXPECT_LE(st.st_blocks * 512, 64 << 10) << "the image allocated device memory";
 }
 
 TEST_F(VfFixture, QueueMovesWithNothingLostOrDoneTwice) {
@@ -287,9 +378,9 @@ TEST_F(VfFixture, QueueMovesWithNothingLostOrDoneTwice) {
   w(vfreg::kSqTail, tail);  // the source starts on them...
   vf->quiesce();            // ...and stops wherever it got to
   uint32_t done_here = static_cast<uint32_t>(r(vfreg::kSqHead));
-  auto img = *vf->save_state(Vf::SaveMode::kFull);
+  auto img = save_image(*vf, Vf::SaveMode::kFull);
   Dest d(mem);
-  ASSERT_TRUE(d.vf->load_state(img));
+  ASSERT_TRUE(load_image(*d.vf, img));
   ASSERT_TRUE(d.vf->wait_idle(std::chrono::seconds(5)));
   EXPECT_EQ(*d.vf->mmio_read(0, vfreg::kSqHead, 4), 15u);
   EXPECT_EQ(*d.vf->mmio_read(0, vfreg::kCqTail, 4), 15u);

@@ -12,7 +12,8 @@
 #include "hw/bar.h"
 #include "hw/endpoint.h"
 #include "hw/fabric.h"
-#include "hw/mlx5/mlx5.h"
+#include "hw/mlx5/pf.h"
+#include "hw/mlx5/vf.h"
 #include "hw/regs.h"
 
 namespace uvfio::hw {

@@ -3,7 +3,8 @@
 #include <gtest/gtest.h>
 
 #include "hw/fabric.h"
-#include "hw/mlx5/mlx5.h"
+#include "hw/mlx5/pf.h"
+#include "hw/mlx5/vf.h"
 
 namespace uvfio::hw {
 namespace {

@@ -1,0 +1,310 @@
+// The mlx5 VF model: identity, registers, the work queue engine.
+// State images are in vf_state.cc.
+#include "hw/mlx5/vf.h"
+
+#include <cstring>
+
+#include "base/crc32c.h"
+#include "hw/capabilities.h"
+#include "hw/iommu.h"
+#include "hw/mlx5/pf.h"
+#include "hw/sriov.h"
+
+namespace uvfio::hw::mlx5 {
+
+Vf::Vf(Pf& pf, uint16_t index) : Function("mlx5-vf"), index_(index) { set_physfn(&pf); }
+
+Result<std::unique_ptr<Vf>> Vf::create(Pf& pf, uint16_t index) {
+  std::unique_ptr<Vf> vf(new Vf(pf, index));
+  ConfigSpace& c = vf->config();
+  // A VF's Vendor and Device ID registers read 0xffff (SR-IOV 1.1 §3.4.1.1);
+  // software takes them from the PF and its SR-IOV capability.
+  vf->set_ids(FunctionIds{0xffff, 0xffff, kClassEthernet, 0, kVendorMellanox, 0x0001});
+  c.set_rw(PCI_COMMAND, 2, PCI_COMMAND_MASTER | PCI_COMMAND_SERR | PCI_COMMAND_INTX_DISABLE);
+  c.set_rw1c(PCI_STATUS, 2, PCI_STATUS_SIG_SYSTEM_ERROR | PCI_STATUS_REC_MASTER_ABORT);
+  const SriovParams& sp = pf.sriov().params();
+  for (unsigned i = 0; i < kNumBars; ++i) TRY(vf->define_bar(i, sp.vf_bars[i]));
+  PcieParams pp;
+  pp.flr = true;
+  TRY(add_pcie_cap(*vf, pp));
+  TRY(add_msix_cap(*vf, MsixParams{kVfMsixVectors, 0, kMsixTableOffset, 0, kMsixPbaOffset}));
+  vf->finish_build();
+  return vf;
+}
+
+Vf::~Vf() { stop_engine(); }
+
+void Vf::start_engine() {
+  std::lock_guard lk(mu_);
+  if (thread_.joinable()) return;
+  stop_ = false;
+  thread_ = std::thread([this] { engine(); });
+}
+
+void Vf::stop_engine() {
+  std::thread t;
+  {
+    std::lock_guard lk(mu_);
+    stop_ = true;
+    cv_.notify_all();
+    t = std::move(thread_);
+  }
+  if (t.joinable()) t.join();
+}
+
+bool Vf::runnable_locked() const {
+  return (ctrl_ & vfreg::kCtrlEnable) && !(status_ & vfreg::kStatusError) && !quiesce_ && sq_head_ != sq_tail_ &&
+         cq_tail_ - cq_head_ < cq_size_;
+}
+
+void Vf::on_reset() {
+  stop_engine();
+  {
+    std::lock_guard lk(mu_);
+    sq_base_ = cq_base_ = 0;
+    sq_size_ = sq_tail_ = sq_head_ = cq_size_ = cq_tail_ = cq_head_ = 0;
+    ctrl_ = irq_vector_ = irq_ctrl_ = 0;
+    status_ = vfreg::kStatusReady;
+    done_ = errors_ = bytes_ = 0;
+    quiesce_ = busy_ = false;
+    BarMemory* regs = bar_memory(0);
+    std::memset(regs->data(), 0, regs->size());
+  }
+  // An image being saved or loaded ends with the function.
+  std::lock_guard ik(img_mu_);
+  if (save_.active) page_hash_.clear();
+  save_ = Save{};
+  load_ = Load{};
+}
+
+void Vf::quiesce() {
+  std::unique_lock lk(mu_);
+  quiesce_ = true;
+  cv_.wait(lk, [&] { return !busy_; });
+}
+
+void Vf::resume() {
+  std::lock_guard lk(mu_);
+  quiesce_ = false;
+  cv_.notify_all();
+}
+
+bool Vf::quiesced() const {
+  std::lock_guard lk(mu_);
+  return quiesce_ && !busy_;
+}
+
+bool Vf::wait_idle(std::chrono::milliseconds timeout) {
+  std::unique_lock lk(mu_);
+  return cv_.wait_for(lk, timeout, [&] { return !busy_ && !runnable_locked(); });
+}
+
+// ---- Registers ------------------------------------------------------------------
+
+// BAR0's register block (docs/devices/mlx5-vf.md). SCRATCH and the gaps
+// are plain memory.
+const RegisterBlock& Vf::registers_block() {
+  using enum RegAccess;
+  static const RegisterBlock b({
+      {vfreg::kId, 4, kRO, "ID"},
+      {vfreg::kVersion, 4, kRO, "VERSION"},
+      {vfreg::kStatus, 4, kRO, "STATUS"},
+      {vfreg::kSqBase, 8, kRW, "SQ_BASE"},
+      {vfreg::kSqSize, 4, kRW, "SQ_SIZE"},
+      {vfreg::kSqTail, 4, kRW, "SQ_TAIL"},
+      {vfreg::kSqHead, 4, kRO, "SQ_HEAD"},
+      {vfreg::kCqBase, 8, kRW, "CQ_BASE"},
+      {vfreg::kCqSize, 4, kRW, "CQ_SIZE"},
+      {vfreg::kCqTail, 4, kRO, "CQ_TAIL"},
+      {vfreg::kCqHead, 4, kRW, "CQ_HEAD"},
+      // ENABLE has a precondition (valid ring sizes), so it is not a storage
+      // bit: rw_mask 0 (mlx5_vf_test covers it).
+      {vfreg::kCtrl, 4, kRW, "CTRL", 0},
+      {vfreg::kIrqVector, 4, kRW, "IRQ_VECTOR"},
+      {vfreg::kIrqCtrl, 4, kRW, "IRQ_CTRL", 1},
+      {vfreg::kCountDone, 8, kRO, "COUNT_DONE"},
+      {vfreg::kCountErr, 8, kRO, "COUNT_ERR"},
+      {vfreg::kBytes, 8, kRO, "BYTES"},
+  });
+  return b;
+}
+
+const RegisterBlock* Vf::registers(unsigned bar) const { return bar == 0 ? &registers_block() : nullptr; }
+
+Result<uint64_t> Vf::bar_read(unsigned bar, uint64_t off, unsigned width) {
+  if (bar != 0 || !registers_block().covers(off, width)) return Function::bar_read(bar, off, width);
+  return registers_block().read(off, width, *this, bar_memory(0));
+}
+
+Result<void> Vf::bar_write(unsigned bar, uint64_t off, unsigned width, uint64_t value) {
+  if (bar != 0 || !registers_block().covers(off, width)) return Function::bar_write(bar, off, width, value);
+  TRY(registers_block().write(off, width, value, *this, bar_memory(0)));
+  if (start_pending_.exchange(false)) start_engine();
+  return ok();
+}
+
+uint64_t Vf::reg_read(const RegDef& r) {
+  std::lock_guard lk(mu_);
+  switch (r.offset) {
+    case vfreg::kId: return vfreg::kIdValue;
+    case vfreg::kVersion: return 1;
+    case vfreg::kStatus:
+      return status_ | ((ctrl_ & vfreg::kCtrlEnable) ? vfreg::kStatusQueueOn : 0) |
+             ((quiesce_ && !busy_) ? vfreg::kStatusQuiesced : 0);
+    case vfreg::kSqBase: return sq_base_;
+    case vfreg::kSqSize: return sq_size_;
+    case vfreg::kSqTail: return sq_tail_;
+    case vfreg::kSqHead: return sq_head_;
+    case vfreg::kCqBase: return cq_base_;
+    case vfreg::kCqSize: return cq_size_;
+    case vfreg::kCqTail: return cq_tail_;
+    case vfreg::kCqHead: return cq_head_;
+    case vfreg::kCtrl: return ctrl_;
+    case vfreg::kIrqVector: return irq_vector_;
+    case vfreg::kIrqCtrl: return irq_ctrl_;
+    case vfreg::kCountDone: return done_;
+    case vfreg::kCountErr: return errors_;
+    case vfreg::kBytes: return bytes_;
+  }
+  return 0;
+}
+
+void Vf::reg_write(const RegDef& r, uint64_t value, uint64_t mask) {
+  std::lock_guard lk(mu_);
+  auto m32 = [&](uint32_t old) { return static_cast<uint32_t>(merge(old, value, mask)); };
+  switch (r.offset) {
+    case vfreg::kSqBase: sq_base_ = merge(sq_base_, value, mask); break;
+    case vfreg::kCqBase: cq_base_ = merge(cq_base_, value, mask); break;
+    case vfreg::kSqSize:
+      if (!(ctrl_ & vfreg::kCtrlEnable)) sq_size_ = m32(sq_size_);
+      break;
+    case vfreg::kCqSize:
+      if (!(ctrl_ & vfreg::kCtrlEnable)) cq_size_ = m32(cq_size_);
+      break;
+    case vfreg::kSqTail: sq_tail_ = m32(sq_tail_); break;  // the doorbell
+    case vfreg::kCqHead: cq_head_ = m32(cq_head_); break;
+    case vfreg::kIrqVector: irq_vector_ = m32(irq_vector_); break;
+    case vfreg::kIrqCtrl: irq_ctrl_ = m32(irq_ctrl_) & 1; break;
+    case vfreg::kCtrl: {
+      bool on = m32(ctrl_) & vfreg::kCtrlEnable;
+      if (on && !(ctrl_ & vfreg::kCtrlEnable)) {
+        // Enabling checks the rings: sizes are powers of two within range.
+        auto ok_size = [](uint32_t n) { return n && !(n & (n - 1)) && n <= vfreg::kMaxRing; };
+        if (!ok_size(sq_size_) || !ok_size(cq_size_)) {
+          status_ |= vfreg::kStatusError;
+          break;
+        }
+        status_ &= ~vfreg::kStatusError;
+        sq_head_ = sq_tail_ = cq_tail_ = cq_head_ = 0;
+        ctrl_ |= vfreg::kCtrlEnable;
+        start_pending_ = true;
+      } else if (!on) {
+        ctrl_ &= ~vfreg::kCtrlEnable;
+      }
+      break;
+    }
+  }
+  cv_.notify_all();
+}
+
+// ---- The work queue -------------------------------------------------------------------
+
+VfCompletion Vf::execute(const VfDescriptor& d) {
+  VfCompletion c{d.cookie, 0, 0};
+  IommuDomain* dom = iommu();
+  BarMemory* dm = bar_memory(2);
+  auto fail = [&](int e) {
+    c.status = static_cast<uint32_t>(e);
+    return c;
+  };
+  if (!dom) return fail(EFAULT);
+  if (!(config().get(kCommand) & PCI_COMMAND_MASTER)) return fail(EPERM);
+  if (d.length > vfreg::kMaxLength) return fail(EINVAL);
+  std::vector<uint8_t> buf(d.length);
+  auto dev_range_ok = [&](uint64_t off) { return dm && off <= dm->size() && dm->size() - off >= d.length; };
+  switch (static_cast<VfOp>(d.opcode)) {
+    case VfOp::kCopy:
+      if (auto r = dom->read(d.src, buf); !r) return fail(r.error().code);
+      if (auto r = dom->write(d.dst, buf); !r) return fail(r.error().code);
+      break;
+    case VfOp::kToDevice:
+      if (!dev_range_ok(d.dst)) return fail(EINVAL);
+      if (auto r = dom->read(d.src, buf); !r) return fail(r.error().code);
+      std::memcpy(dm->data() + d.dst, buf.data(), d.length);
+      break;
+    case VfOp::kFromDevice:
+      if (!dev_range_ok(d.src)) return fail(EINVAL);
+      std::memcpy(buf.data(), dm->data() + d.src, d.length);
+      if (auto r = dom->write(d.dst, buf); !r) return fail(r.error().code);
+      break;
+    case VfOp::kFill:
+      std::memset(buf.data(), static_cast<int>(d.src & 0xff), d.length);
+      if (auto r = dom->write(d.dst, buf); !r) return fail(r.error().code);
+      break;
+    case VfOp::kCrc32c:
+      if (auto r = dom->read(d.src, buf); !r) return fail(r.error().code);
+      c.result = crc32c(0, buf.data(), buf.size());
+      break;
+    default:
+      return fail(EOPNOTSUPP);
+  }
+  return c;
+}
+
+// The engine thread: fetch, execute, complete, interrupt; one descriptor at
+// a time, never past a full completion ring.
+void Vf::engine() {
+  std::unique_lock lk(mu_);
+  for (;;) {
+    cv_.wait(lk, [&] { return stop_ || runnable_locked(); });
+    if (stop_) return;
+    bool raised = false;
+    while (runnable_locked() && !stop_) {
+      uint64_t sq = sq_base_ + uint64_t{sq_head_ % sq_size_} * sizeof(VfDescriptor);
+      uint64_t cq = cq_base_ + uint64_t{cq_tail_ % cq_size_} * sizeof(VfCompletion);
+      busy_ = true;
+      lk.unlock();
+      VfDescriptor d{};
+      IommuDomain* dom = iommu();
+      bool fetched = dom && (config().get(kCommand) & PCI_COMMAND_MASTER) &&
+                     dom->read(sq, std::span<uint8_t>(reinterpret_cast<uint8_t*>(&d), sizeof(d)));
+      VfCompletion c{};
+      bool posted = false;
+      if (fetched) {
+        c = execute(d);
+        posted = static_cast<bool>(dom->write(cq, std::span<const uint8_t>(reinterpret_cast<uint8_t*>(&c), sizeof(c))));
+      }
+      lk.lock();
+      busy_ = false;
+      if (!fetched || !posted) {
+        // The rings themselves are unreachable: the queue stops in error.
+        status_ |= vfreg::kStatusError;
+        ++errors_;
+        cv_.notify_all();
+        break;
+      }
+      ++sq_head_;
+      ++cq_tail_;
+      if (c.status) ++errors_;
+      else {
+        ++done_;
+        bytes_ += d.length;
+      }
+      raised = true;
+      cv_.notify_all();  // quiesce() and wait_idle() wait on this
+    }
+    if (raised && (irq_ctrl_ & 1)) {
+      // Still busy until the interrupt is out: wait_idle() means "done and
+      // signalled".
+      unsigned v = irq_vector_;
+      busy_ = true;
+      lk.unlock();
+      raise_irq(v);
+      lk.lock();
+      busy_ = false;
+      cv_.notify_all();
+    }
+  }
+}
+
+}  // namespace uvfio::hw::mlx5

@@ -1,0 +1,346 @@
+// The mlx5 VF's state images, saved and loaded in chunks of whole records
+// (docs/devices/mlx5-vf.md, "State image"):
+//   header (32)  u64 magic "MLX5VFST", u32 version 2, u32 flags (bit0
+//                incremental), u64 device-memory size, u64 0
+//   registers (336)
+//   page records u32 index, 4096 bytes — every page, or the changed ones;
+//                a page of zeros is the index alone, with bit 31 set
+//   terminator   u32 0xffffffff
+// The header and registers open the first chunk; every chunk holds whole
+// records; the terminator closes the last.
+#include <fcntl.h>
+#include <linux/falloc.h>
+#include <unistd.h>
+
+#include <cstring>
+
+#include "hw/mlx5/vf.h"
+
+namespace uvfio::hw::mlx5 {
+
+namespace {
+
+constexpr uint64_t kImageMagic = 0x5453465635584c4dull;  // "MLX5VFST"
+constexpr uint32_t kImageVersion = 2;
+constexpr uint32_t kPage = 4096;
+constexpr uint32_t kRecord = 4 + kPage;
+constexpr uint32_t kTerminator = 0xffffffff;
+constexpr uint32_t kZeroPage = 0x80000000;  // index flag: a page of zeros, no data follows
+
+struct __attribute__((packed)) ImageHeader {
+  uint64_t magic;
+  uint32_t version;
+  uint32_t flags;  // bit0: incremental
+  uint64_t device_memory;
+  uint64_t rsvd;
+};
+static_assert(sizeof(ImageHeader) == 32);
+
+struct __attribute__((packed)) ImageRegs {
+  uint64_t sq_base, cq_base;
+  uint32_t sq_size, sq_tail, sq_head, cq_size, cq_tail, cq_head;
+  uint32_t ctrl, irq_vector, irq_ctrl, status;
+  uint64_t done, errors, bytes;
+  uint8_t scratch[0x100];  // plain BAR0 memory below the register block's end
+};
+static_assert(sizeof(ImageRegs) == 336);
+
+constexpr uint64_t kPrefix = sizeof(ImageHeader) + sizeof(ImageRegs);
+
+// A page of device memory as it is now. Running pre-copy reads race with the
+// VF's engine (and with clients writing through their mmap) by design, as a
+// real device's firmware reading its memory does; the quiesced final image
+// is what makes the copy exact. Each page is hashed from the copy that is
+// sent, so a recorded hash always describes what the destination holds.
+// Volatile word loads (never a torn word, never turned into a memcpy call),
+// not instrumented by TSan: this race is the model.
+__attribute__((no_sanitize("thread"), noinline)) void snapshot_device_page(uint8_t* dst, const uint8_t* src) {
+  const volatile uint64_t* s = reinterpret_cast<const volatile uint64_t*>(src);
+  uint64_t* d = reinterpret_cast<uint64_t*>(dst);
+  for (unsigned i = 0; i < kPage / 8; ++i) d[i] = s[i];
+}
+
+uint64_t page_hash(const uint8_t* p) {
+  // FNV-1a over 64-bit words in four interleaved lanes (so the multiplies
+  // pipeline), folded at the end: a change detector, not a cryptographic
+  // hash.
+  uint64_t h[4] = {1469598103934665603ull, 1469598103934665603ull ^ 1, 1469598103934665603ull ^ 2,
+                   1469598103934665603ull ^ 3};
+  for (uint32_t i = 0; i < kPage; i += 32) {
+    for (int l = 0; l < 4; ++l) {
+      uint64_t w;
+      std::memcpy(&w, p + i + 8 * l, 8);
+      h[l] = (h[l] ^ w) * 1099511628211ull;
+    }
+  }
+  uint64_t r = h[0];
+  for (int l = 1; l < 4; ++l) r = (r ^ h[l]) * 1099511628211ull;
+  return r;
+}
+
+bool test_bit(const std::vector<uint64_t>& b, uint64_t i) { return (b[i / 64] >> (i % 64)) & 1; }
+
+const uint64_t kZeroHash = [] {
+  alignas(8) static const uint8_t zero[kPage] = {};
+  return page_hash(zero);
+}();
+
+// Device memory page by page, in increasing order, knowing which pages are
+// holes of its memfd (never written: zeros, and reading them through the
+// mapping would allocate them). A pass over 64 GiB of mostly untouched
+// device memory costs a few lseeks, not 64 GiB of RAM.
+class PageWalker {
+ public:
+  PageWalker(int fd, uint64_t size) : fd_(fd), size_(size) {}
+  bool is_data(uint64_t page) {
+    uint64_t off = page * kPage;
+    // Known: [from_, start_) is a hole, [start_, end_) is data.
+    if (off < from_ || off >= end_) {
+      from_ = off;
+      off_t d = lseek(fd_, static_cast<off_t>(off), SEEK_DATA);
+      if (d < 0) {  // ENXIO: no data from here on; other errors: take it all as data
+        start_ = errno == ENXIO ? size_ : off;
+        end_ = size_;
+      } else {
+        start_ = static_cast<uint64_t>(d);
+        off_t h = lseek(fd_, d, SEEK_HOLE);
+        end_ = h < 0 ? size_ : static_cast<uint64_t>(h);
+      }
+      if (start_ >= size_) end_ = size_ + 1;  // all hole to the end
+    }
+    return off >= start_ && off < end_ && start_ < size_;
+  }
+
+ private:
+  int fd_;
+  uint64_t size_;
+  uint64_t from_ = 1, start_ = 0, end_ = 0;
+};
+
+}  // namespace
+
+uint64_t Vf::scan_changed() {
+  BarMemory* dm = bar_memory(2);
+  uint64_t pages = dm->size() / kPage;
+  save_.changed.assign((pages + 63) / 64, 0);
+  uint64_t n = 0, bytes = 0;
+  alignas(8) uint8_t snap[kPage];
+  PageWalker walk(dm->fd(), dm->size());
+  for (uint64_t i = 0; i < pages; ++i) {
+    bool data = walk.is_data(i);
+    uint64_t h = kZeroHash;
+    if (data) {
+      snapshot_device_page(snap, dm->data() + i * kPage);
+      h = page_hash(snap);
+    }
+    if (page_hash_[i] != h) {
+      save_.changed[i / 64] |= uint64_t{1} << (i % 64);
+      ++n;
+      bytes += h == kZeroHash ? 4 : kRecord;
+    }
+  }
+  save_.bytes_left = bytes;
+  return n;
+}
+
+uint64_t Vf::pending_state_bytes(SaveMode mode) {
+  std::lock_guard lk(img_mu_);
+  BarMemory* dm = bar_memory(2);
+  uint64_t pages = dm->size() / kPage;
+  bool full = mode == SaveMode::kFull || page_hash_.size() != pages;
+  uint64_t bytes = 0;
+  alignas(8) uint8_t snap[kPage];
+  PageWalker walk(dm->fd(), dm->size());
+  for (uint64_t i = 0; i < pages; ++i) {
+    bool data = walk.is_data(i);
+    if (full) {
+      bytes += data ? kRecord : 4;
+      continue;
+    }
+    uint64_t h = kZeroHash;
+    if (data) {
+      snapshot_device_page(snap, dm->data() + i * kPage);
+      h = page_hash(snap);
+    }
+    if (page_hash_[i] != h) bytes += h == kZeroHash ? 4 : kRecord;
+  }
+  return kPrefix + bytes + 4;
+}
+
+Result<uint64_t> Vf::save_begin(SaveMode mode) {
+  std::lock_guard lk(img_mu_);
+  BarMemory* dm = bar_memory(2);
+  uint64_t pages = dm->size() / kPage;
+  // An image abandoned half-way leaves hashes of pages the destination may
+  // never have received: start over with a full image.
+  if (save_.active) page_hash_.clear();
+  save_ = Save{};
+  save_.full = mode == SaveMode::kFull || page_hash_.size() != pages;
+  ImageRegs regs{};
+  {
+    std::lock_guard ml(mu_);
+    regs = ImageRegs{sq_base_, cq_base_, sq_size_, sq_tail_, sq_head_, cq_size_, cq_tail_, cq_head_, ctrl_,
+                     irq_vector_, irq_ctrl_, status_, done_, errors_, bytes_, {}};
+    std::memcpy(regs.scratch, bar_memory(0)->data(), sizeof(regs.scratch));
+  }
+  save_.regs.resize(sizeof(regs));
+  std::memcpy(save_.regs.data(), &regs, sizeof(regs));
+  if (save_.full) {
+    page_hash_.assign(pages, 0);
+    save_.pages_left = pages;
+    uint64_t bytes = 0;
+    PageWalker walk(dm->fd(), dm->size());
+    for (uint64_t i = 0; i < pages; ++i) bytes += walk.is_data(i) ? kRecord : 4;
+    save_.bytes_left = bytes;
+  } else {
+    save_.pages_left = scan_changed();
+  }
+  save_.active = true;
+  return kPrefix + save_.bytes_left + 4;
+}
+
+Result<Vf::Chunk> Vf::save_next(std::span<uint8_t> out) {
+  std::lock_guard lk(img_mu_);
+  if (!save_.active) return Error(EINVAL, "no image in progress");
+  if (out.size() < kFwMinChunk) return Error(EINVAL, "chunk buffer below the minimum");
+  BarMemory* dm = bar_memory(2);
+  uint64_t pages = dm->size() / kPage;
+  size_t pos = 0;
+  if (!save_.header_done) {
+    ImageHeader h{kImageMagic, kImageVersion, save_.full ? 0u : 1u, dm->size(), 0};
+    std::memcpy(out.data(), &h, sizeof(h));
+    std::memcpy(out.data() + sizeof(h), save_.regs.data(), save_.regs.size());
+    pos = kPrefix;
+    save_.header_done = true;
+  }
+  // One pass per page: copied straight into the caller's buffer, hashed
+  // there; a hole (or a page found all zero) goes as its index alone.
+  PageWalker walk(dm->fd(), dm->size());
+  while (save_.next_page < pages && pos + kRecord <= out.size()) {
+    uint64_t i = save_.next_page++;
+    if (!save_.full && !test_bit(save_.changed, i)) continue;
+    uint32_t idx = static_cast<uint32_t>(i);
+    uint64_t h = kZeroHash;
+    if (walk.is_data(i)) {
+      snapshot_device_page(out.data() + pos + 4, dm->data() + i * kPage);
+      h = page_hash(out.data() + pos + 4);
+    }
+    page_hash_[i] = h;
+    if (h == kZeroHash) {
+      idx |= kZeroPage;
+      std::memcpy(out.data() + pos, &idx, 4);
+      pos += 4;
+      save_.bytes_left -= std::min<uint64_t>(save_.bytes_left, 4);
+    } else {
+      std::memcpy(out.data() + pos, &idx, 4);
+      pos += kRecord;
+      save_.bytes_left -= std::min<uint64_t>(save_.bytes_left, kRecord);
+    }
+    --save_.pages_left;
+  }
+  if (save_.pages_left == 0) save_.next_page = pages;  // nothing more to send: the end fits now
+  if (save_.next_page == pages && pos + 4 <= out.size()) {
+    std::memcpy(out.data() + pos, &kTerminator, 4);
+    pos += 4;
+    save_ = Save{};  // complete: the hashes stand for what was sent
+    return Chunk{pos, 0};
+  }
+  // Pages may have changed kind since the size was counted: never say 0
+  // while the image is open.
+  return Chunk{pos, std::max<uint64_t>(save_.bytes_left + 4, 4)};
+}
+
+Result<bool> Vf::load_chunk(std::span<const uint8_t> chunk, bool first) {
+  std::lock_guard lk(img_mu_);
+  BarMemory* dm = bar_memory(2);
+  uint64_t pages = dm->size() / kPage;
+  auto fail = [&](const char* why) -> Result<bool> {
+    load_ = Load{};
+    return Error(EINVAL, why);
+  };
+  size_t pos = 0;
+  if (first) {
+    load_ = Load{};
+    if (chunk.size() < kPrefix) return fail("short VF image");
+    ImageHeader h;
+    std::memcpy(&h, chunk.data(), sizeof(h));
+    if (h.magic != kImageMagic || h.version != kImageVersion) return fail("not a VF image");
+    if (h.device_memory != dm->size()) return fail("VF image for another device-memory size");
+    ImageRegs regs;
+    std::memcpy(&regs, chunk.data() + sizeof(h), sizeof(regs));
+    auto ring_ok = [](uint32_t n) { return n == 0 || (!(n & (n - 1)) && n <= vfreg::kMaxRing); };
+    if (!ring_ok(regs.sq_size) || !ring_ok(regs.cq_size)) return fail("VF image with bad ring sizes");
+    load_.regs.assign(chunk.begin() + sizeof(h), chunk.begin() + kPrefix);
+    pos = kPrefix;
+  } else if (!load_.active) {
+    return Error(EINVAL, "no image being loaded");
+  }
+  // Validate the chunk's records before applying any of them.
+  bool last = false;
+  for (size_t at = pos; at < chunk.size();) {
+    if (chunk.size() - at < 4) return fail("partial record");
+    uint32_t idx;
+    std::memcpy(&idx, chunk.data() + at, 4);
+    if (idx == kTerminator) {
+      if (at + 4 != chunk.size()) return fail("data after the image's end");
+      last = true;
+      break;
+    }
+    if ((idx & ~kZeroPage) >= pages) return fail("VF image page out of range");
+    if (idx & kZeroPage) {
+      at += 4;
+      continue;
+    }
+    if (chunk.size() - at < kRecord) return fail("partial record");
+    at += kRecord;
+  }
+  if (first) {
+    stop_engine();  // the device is stopped while its memory is replaced
+    load_.active = true;
+  }
+  for (size_t at = pos; at + 4 <= chunk.size();) {
+    uint32_t idx;
+    std::memcpy(&idx, chunk.data() + at, 4);
+    if (idx == kTerminator) break;
+    if (idx & kZeroPage) {
+      // A page of zeros: made a hole again (no memory), or zeroed.
+      uint64_t off = uint64_t{idx & ~kZeroPage} * kPage;
+      if (fallocate(dm->fd(), FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, static_cast<off_t>(off), kPage) != 0)
+        std::memset(dm->data() + off, 0, kPage);
+      at += 4;
+      continue;
+    }
+    std::memcpy(dm->data() + uint64_t{idx} * kPage, chunk.data() + at + 4, kPage);
+    at += kRecord;
+  }
+  if (!last) return false;
+  ImageRegs regs;
+  std::memcpy(&regs, load_.regs.data(), sizeof(regs));
+  std::memcpy(bar_memory(0)->data(), regs.scratch, sizeof(regs.scratch));
+  bool run;
+  {
+    std::lock_guard ml(mu_);
+    sq_base_ = regs.sq_base;
+    cq_base_ = regs.cq_base;
+    sq_size_ = regs.sq_size;
+    sq_tail_ = regs.sq_tail;
+    sq_head_ = regs.sq_head;
+    cq_size_ = regs.cq_size;
+    cq_tail_ = regs.cq_tail;
+    cq_head_ = regs.cq_head;
+    ctrl_ = regs.ctrl;
+    irq_vector_ = regs.irq_vector;
+    irq_ctrl_ = regs.irq_ctrl;
+    status_ = regs.status;
+    done_ = regs.done;
+    errors_ = regs.errors;
+    bytes_ = regs.bytes;
+    run = ctrl_ & vfreg::kCtrlEnable;
+  }
+  load_ = Load{};
+  page_hash_.clear();  // this device's next image is a full one
+  if (run) start_engine();
+  return true;
+}
+
+}  // namespace uvfio::hw::mlx5

@@ -102,10 +102,27 @@ class Vf : public Function, private RegisterHandler {
   std::atomic<bool> start_pending_{false};  // CTRL.ENABLE set: start the engine after the write
   std::thread thread_;
 
+  // The hash of every device-memory page as of the last image sent, in
+  // blocks of 512 pages allocated only where a page was not zeros: a large,
+  // mostly untouched device costs a pointer per 2 MiB.
+  class PageHashes {
+   public:
+    void reset(uint64_t pages);  // all zero pages, valid
+    void clear() { blocks_.clear(), valid_ = false; }
+    bool valid() const { return valid_; }
+    uint64_t get(uint64_t page) const;
+    void set(uint64_t page, uint64_t hash);
+
+   private:
+    static constexpr uint64_t kBlock = 512;
+    std::vector<std::unique_ptr<uint64_t[]>> blocks_;
+    bool valid_ = false;
+  };
+
   // Image state: one save and one load at a time (the firmware serializes
   // commands per function); guarded by img_mu_.
   std::mutex img_mu_;
-  std::vector<uint64_t> page_hash_;  // device memory as of the last image sent; empty: none yet
+  PageHashes page_hash_;  // not valid: no image sent yet (the next one is full)
   struct Save {
     bool active = false, header_done = false, trailer_done = false, full = true;
     uint64_t next_page = 0, pages_left = 0, bytes_left = 0;

@@ -119,6 +119,27 @@ class PageWalker {
 
 }  // namespace
 
+void Vf::PageHashes::reset(uint64_t pages) {
+  blocks_.clear();
+  blocks_.resize((pages + kBlock - 1) / kBlock);
+  valid_ = true;
+}
+
+uint64_t Vf::PageHashes::get(uint64_t page) const {
+  const auto& b = blocks_[page / kBlock];
+  return b ? b[page % kBlock] : kZeroHash;
+}
+
+void Vf::PageHashes::set(uint64_t page, uint64_t hash) {
+  auto& b = blocks_[page / kBlock];
+  if (!b) {
+    if (hash == kZeroHash) return;
+    b = std::make_unique<uint64_t[]>(kBlock);
+    for (uint64_t i = 0; i < kBlock; ++i) b[i] = kZeroHash;
+  }
+  b[page % kBlock] = hash;
+}
+
 uint64_t Vf::scan_changed() {
   BarMemory* dm = bar_memory(2);
   uint64_t pages = dm->size() / kPage;
@@ -133,7 +154,7 @@ uint64_t Vf::scan_changed() {
       snapshot_device_page(snap, dm->data() + i * kPage);
       h = page_hash(snap);
     }
-    if (page_hash_[i] != h) {
+    if (page_hash_.get(i) != h) {
       save_.changed[i / 64] |= uint64_t{1} << (i % 64);
       ++n;
       bytes += h == kZeroHash ? 4 : kRecord;
@@ -147,7 +168,7 @@ uint64_t Vf::pending_state_bytes(SaveMode mode) {
   std::lock_guard lk(img_mu_);
   BarMemory* dm = bar_memory(2);
   uint64_t pages = dm->size() / kPage;
-  bool full = mode == SaveMode::kFull || page_hash_.size() != pages;
+  bool full = mode == SaveMode::kFull || !page_hash_.valid();
   uint64_t bytes = 0;
   alignas(8) uint8_t snap[kPage];
   PageWalker walk(dm->fd(), dm->size());
@@ -162,7 +183,7 @@ uint64_t Vf::pending_state_bytes(SaveMode mode) {
       snapshot_device_page(snap, dm->data() + i * kPage);
       h = page_hash(snap);
     }
-    if (page_hash_[i] != h) bytes += h == kZeroHash ? 4 : kRecord;
+    if (page_hash_.get(i) != h) bytes += h == kZeroHash ? 4 : kRecord;
   }
   return kPrefix + bytes + 4;
 }
@@ -175,7 +196,7 @@ Result<uint64_t> Vf::save_begin(SaveMode mode) {
   // never have received: start over with a full image.
   if (save_.active) page_hash_.clear();
   save_ = Save{};
-  save_.full = mode == SaveMode::kFull || page_hash_.size() != pages;
+  save_.full = mode == SaveMode::kFull || !page_hash_.valid();
   ImageRegs regs{};
   {
     std::lock_guard ml(mu_);
@@ -186,7 +207,7 @@ Result<uint64_t> Vf::save_begin(SaveMode mode) {
   save_.regs.resize(sizeof(regs));
   std::memcpy(save_.regs.data(), &regs, sizeof(regs));
   if (save_.full) {
-    page_hash_.assign(pages, 0);
+    page_hash_.reset(pages);
     save_.pages_left = pages;
     uint64_t bytes = 0;
     PageWalker walk(dm->fd(), dm->size());
@@ -225,7 +246,7 @@ Result<Vf::Chunk> Vf::save_next(std::span<uint8_t> out) {
       snapshot_device_page(out.data() + pos + 4, dm->data() + i * kPage);
       h = page_hash(out.data() + pos + 4);
     }
-    page_hash_[i] = h;
+    page_hash_.set(i, h);
     if (h == kZeroHash) {
       idx |= kZeroPage;
       std::memcpy(out.data() + pos, &idx, 4);

@@ -55,9 +55,11 @@ constexpr uint64_t kPrefix = sizeof(ImageHeader) + sizeof(ImageRegs);
 // Volatile word loads (never a torn word, never turned into a memcpy call),
 // not instrumented by TSan: this race is the model.
 __attribute__((no_sanitize("thread"), noinline)) void snapshot_device_page(uint8_t* dst, const uint8_t* src) {
-  const volatile uint64_t* s = reinterpret_cast<const volatile uint64_t*>(src);
-  uint64_t* d = reinterpret_cast<uint64_t*>(dst);
-  for (unsigned i = 0; i < kPage / 8; ++i) d[i] = s[i];
+  const volatile uint64_t* s = reinterpret_cast<const volatile uint64_t*>(src);  // device memory: page aligned
+  for (unsigned i = 0; i < kPage / 8; ++i) {
+    uint64_t w = s[i];
+    std::memcpy(dst + 8 * i, &w, 8);  // the record's data follows a 4-byte index: unaligned
+  }
 }
 
 uint64_t page_hash(const uint8_t* p) {

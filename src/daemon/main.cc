@@ -62,8 +62,16 @@ int main(int argc, char** argv) {
       ->check(CLI::IsMember({"auto", "spec", "qemu"}))
       ->capture_default_str();
   app.add_flag("--busy-poll", busy_poll,
-               "vfio-user serving threads spin on their socket instead of sleeping: lower latency, "
-               "one CPU busy per connected client");
+               "vfio-user reactor threads spin on epoll instead of sleeping: lower latency, one CPU "
+               "busy per reactor");
+  unsigned reactors = 0;
+  app.add_option("--reactors", reactors, "vfio-user reactor threads (0: one per core)")->capture_default_str();
+  unsigned client_timeout_ms = 10000;
+  app.add_option("--client-timeout-ms", client_timeout_ms,
+                 "Drop a vfio-user client that sends no VERSION, stops mid-message or leaves its "
+                 "replies unread for this long")
+      ->check(CLI::Range(100u, 3600000u))
+      ->capture_default_str();
   app.add_flag("--vfio-pci-enable-sriov", opts.vfio_pci_enable_sriov,
                "Let vfio_pci enable SR-IOV on PFs it drives (the vfio-pci module's enable_sriov)");
   CLI11_PARSE(app, argc, argv);
@@ -120,6 +128,8 @@ int main(int argc, char** argv) {
   // Every VFIO device on its own vfio-user socket.
   vfio_user::ServerOptions vopts;
   vopts.busy_poll = busy_poll;
+  vopts.reactors = reactors;
+  vopts.client_timeout = std::chrono::milliseconds(client_timeout_ms);
   vopts.dma_layout = *vfio_user::parse_dma_layout(dma_layout);  // checked by CLI11 above
   auto vu = vfio_user::Server::start((*sys)->vfio_registry(), *vudir, vopts);
   if (!vu) {

@@ -2,6 +2,8 @@
 
 #include <fmt/format.h>
 
+#include "base/log.h"
+
 namespace uvfio::vfio {
 
 Result<void> Registry::register_device(Device& dev, driver::Device& parent) {
@@ -25,8 +27,26 @@ Result<void> Registry::register_device(Device& dev, driver::Device& parent) {
                                              nullptr});
     }
   }
-  for (auto* l : ls) l->device_added(dev, parent);
+  for (size_t i = 0; i < ls.size(); ++i) {
+    if (auto r = ls[i]->device_added(dev, parent); !r) {
+      for (size_t j = 0; j < i; ++j) ls[j]->device_removing(dev);
+      remove_dir({minor, &parent});
+      std::lock_guard lk(mu_);
+      devs_.erase(&dev);
+      return r.error();
+    }
+  }
   return ok();
+}
+
+void Registry::remove_dir(const Entry& e) {
+  std::lock_guard ck(core_.lock());
+  if (driver::Dir* d = e.parent->dir()) {
+    if (auto* vd = d->child("vfio-dev")) {
+      core_.tree().remove(static_cast<driver::Dir*>(vd), fmt::format("vfio{}", e.minor));
+      if (static_cast<driver::Dir*>(vd)->children().empty()) core_.tree().remove(d, "vfio-dev");
+    }
+  }
 }
 
 void Registry::unregister_device(Device& dev) {
@@ -42,15 +62,7 @@ void Registry::unregister_device(Device& dev) {
   for (auto* l : ls) l->device_removing(dev);
   // The cooperative unbind: ask (REQ), wait for the user to close.
   dev.wait_released(request_interval_);
-  {
-    std::lock_guard ck(core_.lock());
-    if (driver::Dir* d = e.parent->dir()) {
-      if (auto* vd = d->child("vfio-dev")) {
-        core_.tree().remove(static_cast<driver::Dir*>(vd), fmt::format("vfio{}", e.minor));
-        if (static_cast<driver::Dir*>(vd)->children().empty()) core_.tree().remove(d, "vfio-dev");
-      }
-    }
-  }
+  remove_dir(e);
   std::lock_guard lk(mu_);
   devs_.erase(&dev);
 }
@@ -68,7 +80,11 @@ void Registry::subscribe(RegistryListener* l) {
     listeners_.push_back(l);
     for (auto& [d, e] : devs_) existing.emplace_back(d, e.parent);
   }
-  for (auto& [d, p] : existing) l->device_added(*d, *p);
+  for (auto& [d, p] : existing) {
+    if (auto r = l->device_added(*d, *p); !r) {
+      log::error(d->name(), "vfio device not served: {}", to_string(r.error()));
+    }
+  }
 }
 
 Result<void> Registry::add_attribute(Device& dev, driver::Attribute a) {

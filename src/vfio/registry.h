@@ -18,8 +18,11 @@ namespace uvfio::vfio {
 class RegistryListener {
  public:
   virtual ~RegistryListener() = default;
-  // `dev` is usable until device_removing() returns for it.
-  virtual void device_added(Device& dev, driver::Device& parent) = 0;
+  // `dev` is usable until device_removing() returns for it. A failure (the
+  // frontend cannot serve the device: no socket, ...) fails the
+  // registration with its errno, after the listeners that took the device
+  // have been told of its removal.
+  virtual Result<void> device_added(Device& dev, driver::Device& parent) = 0;
   // Stop accepting new users of `dev`; the current one is asked to leave.
   virtual void device_removing(Device& dev) = 0;
 };
@@ -31,7 +34,8 @@ class Registry {
 
   // vfio_register_group_dev(): numbers the device, adds
   // <parent>/vfio-dev/vfio<N>, tells listeners. Runs under the core lock
-  // (from a driver's probe()).
+  // (from a driver's probe()). Fails, leaving nothing behind, if a listener
+  // cannot take the device.
   Result<void> register_device(Device& dev, driver::Device& parent);
   // vfio_unregister_group_dev(): tells listeners, then blocks until the user
   // has closed the device, signalling REQ every `request_interval`.
@@ -39,7 +43,8 @@ class Registry {
 
   void add_listener(RegistryListener* l);
   // Adds `l` and tells it of every device already registered, atomically
-  // with respect to registrations.
+  // with respect to registrations. A device it cannot take is logged and
+  // left without it (the device is bound already).
   void subscribe(RegistryListener* l);
   // An attribute in <parent>/vfio-dev/vfio<N>/ (core lock held by the caller
   // or taken here).
@@ -59,6 +64,7 @@ class Registry {
   std::map<Device*, Entry> devs_;  // guarded by mu_
   std::vector<RegistryListener*> listeners_;  // guarded by mu_
   int next_minor_ = 0;
+  void remove_dir(const Entry& e);
   std::chrono::milliseconds request_interval_{10000};  // the kernel's 10 s
 };
 

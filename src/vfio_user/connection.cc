@@ -1,12 +1,20 @@
 #include "vfio_user/connection.h"
 
+#include <fcntl.h>
 #include <sys/socket.h>
+#include <unistd.h>
 
 #include <cstring>
 
 #include "base/log.h"
 
 namespace uvfio::vfio_user {
+
+namespace {
+thread_local bool t_reactor = false;
+}  // namespace
+
+void Connection::set_reactor_thread(bool on) { t_reactor = on; }
 
 const char* to_string(DmaLayoutMode m) {
   switch (m) {
@@ -24,25 +32,132 @@ Result<DmaLayoutMode> parse_dma_layout(std::string_view s) {
   return Error(EINVAL, "DMA layout: auto, spec or qemu");
 }
 
-Connection::Connection(UniqueFd sock, bool busy_poll, DmaLayoutMode layout, std::string name)
-    : sock_(std::move(sock)),
-      spin_(busy_poll),
-      name_(std::move(name)),
-      mode_(layout),
-      reader_(sock_.get()),
-      serving_thread_(std::this_thread::get_id()) {
+Connection::Connection(UniqueFd sock, DmaLayoutMode layout, std::string name, std::function<void()> kick)
+    : sock_(std::move(sock)), name_(std::move(name)), mode_(layout), kick_(std::move(kick)), reader_(sock_.get()) {
+  int fl = fcntl(sock_.get(), F_GETFL);
+  if (fl >= 0) fcntl(sock_.get(), F_SETFL, fl | O_NONBLOCK);
   if (mode_ == DmaLayoutMode::kSpec) layout_ = DmaLayout::kSpec;
   if (mode_ == DmaLayoutMode::kQemu) layout_ = DmaLayout::kQemu;
+  out_progress_ = std::chrono::steady_clock::now();
 }
 
-Result<void> Connection::send(const Header& h, std::span<const uint8_t> payload, std::span<const int> fds) {
-  std::lock_guard lk(send_mu_);
-  return send_message(sock_.get(), h, payload, fds);
+// ---- Output ------------------------------------------------------------------------
+
+namespace {
+
+// One non-blocking sendmsg of bytes [off, ...) of a message, with its fds if
+// nothing of it has gone yet. Bytes sent, or -1 with errno.
+ssize_t send_part(int sock, std::span<const uint8_t> a, std::span<const uint8_t> b, size_t off,
+                  std::span<const int> fds) {
+  iovec iov[2];
+  int n = 0;
+  if (off < a.size()) {
+    iov[n++] = {const_cast<uint8_t*>(a.data()) + off, a.size() - off};
+    if (!b.empty()) iov[n++] = {const_cast<uint8_t*>(b.data()), b.size()};
+  } else {
+    size_t boff = off - a.size();
+    iov[n++] = {const_cast<uint8_t*>(b.data()) + boff, b.size() - boff};
+  }
+  msghdr mh{};
+  mh.msg_iov = iov;
+  mh.msg_iovlen = static_cast<size_t>(n);
+  alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int) * kMaxMsgFds)];
+  if (off == 0 && !fds.empty()) {
+    mh.msg_control = control;
+    mh.msg_controllen = CMSG_SPACE(sizeof(int) * fds.size());
+    cmsghdr* c = CMSG_FIRSTHDR(&mh);
+    c->cmsg_level = SOL_SOCKET;
+    c->cmsg_type = SCM_RIGHTS;
+    c->cmsg_len = CMSG_LEN(sizeof(int) * fds.size());
+    std::memcpy(CMSG_DATA(c), fds.data(), sizeof(int) * fds.size());
+  }
+  ssize_t r;
+  do {
+    r = sendmsg(sock, &mh, MSG_DONTWAIT | MSG_NOSIGNAL);
+  } while (r < 0 && errno == EINTR);
+  return r;
+}
+
+bool would_block(int e) { return e == EAGAIN || e == EWOULDBLOCK; }
+
+}  // namespace
+
+Result<void> Connection::send(const Header& hdr, std::span<const uint8_t> payload, std::span<const int> fds) {
+  if (fds.size() > kMaxMsgFds) return Error(EINVAL, "too many fds for one message");
+  Header h = hdr;
+  h.msg_size = static_cast<uint32_t>(sizeof(Header) + payload.size());
+  std::span<const uint8_t> head(reinterpret_cast<const uint8_t*>(&h), sizeof(h));
+  bool pending;
+  {
+    std::lock_guard lk(send_mu_);
+    size_t total = h.msg_size, sent = 0;
+    if (out_.empty()) {
+      // The common case: the whole message goes now, nothing is copied.
+      ssize_t n = send_part(sock_.get(), head, payload, 0, fds);
+      if (n < 0 && !would_block(errno)) return Error(errno, "sendmsg");
+      sent = n < 0 ? 0 : static_cast<size_t>(n);
+      if (sent == total) {
+        out_progress_ = std::chrono::steady_clock::now();
+        return ok();
+      }
+    }
+    if (out_bytes_ + (total - sent) > kMaxOutput) return Error(ENOBUFS, "the client does not read its replies");
+    Out o;
+    o.bytes.resize(total);
+    std::memcpy(o.bytes.data(), &h, sizeof(h));
+    if (!payload.empty()) std::memcpy(o.bytes.data() + sizeof(h), payload.data(), payload.size());
+    o.off = sent;
+    if (sent == 0)
+      for (int fd : fds) o.fds.emplace_back(fcntl(fd, F_DUPFD_CLOEXEC, 0));
+    out_bytes_ += total - sent;
+    out_.push_back(std::move(o));
+    pending = true;
+  }
+  if (pending && kick_) kick_();  // the reactor sends the rest when the socket takes it
+  return ok();
 }
 
 Result<void> Connection::send_error(const Header& request, int err) {
+  Header h{};
+  h.msg_id = request.msg_id;
+  h.command = request.command;
+  h.flags = kTypeReply | kFlagError;
+  h.error_no = static_cast<uint32_t>(err);
+  return send(h, {});
+}
+
+Result<void> Connection::flush_locked() {
+  while (!out_.empty()) {
+    Out& o = out_.front();
+    std::vector<int> fds;
+    for (auto& f : o.fds) fds.push_back(f.get());
+    ssize_t n = send_part(sock_.get(), o.bytes, {}, o.off, fds);
+    if (n < 0) {
+      if (would_block(errno)) return ok();
+      return Error(errno, "sendmsg");
+    }
+    out_progress_ = std::chrono::steady_clock::now();
+    o.off += static_cast<size_t>(n);
+    out_bytes_ -= static_cast<size_t>(n);
+    if (o.off > 0) o.fds.clear();  // they went with the first byte
+    if (o.off == o.bytes.size()) out_.pop_front();
+  }
+  return ok();
+}
+
+Result<void> Connection::flush() {
   std::lock_guard lk(send_mu_);
-  return vfio_user::send_error(sock_.get(), request, err);
+  return flush_locked();
+}
+
+size_t Connection::output_bytes() const {
+  std::lock_guard lk(send_mu_);
+  return out_bytes_;
+}
+
+std::chrono::steady_clock::time_point Connection::output_progress() const {
+  std::lock_guard lk(send_mu_);
+  return out_bytes_ ? out_progress_ : std::chrono::steady_clock::now();
 }
 
 void Connection::close() {
@@ -51,16 +166,7 @@ void Connection::close() {
   cv_.notify_all();
 }
 
-std::optional<DmaLayout> Connection::layout() const {
-  std::lock_guard lk(layout_mu_);
-  return layout_;
-}
-
-void Connection::cancel() {
-  std::lock_guard lk(mu_);
-  for (uint16_t id : waiting_) cancelled_.insert(id);
-  cv_.notify_all();
-}
+// ---- Input (the reactor) -----------------------------------------------------------
 
 bool Connection::deliver_reply(Message& m) {
   std::lock_guard lk(mu_);
@@ -74,70 +180,49 @@ bool Connection::deliver_reply(Message& m) {
   return true;
 }
 
-Result<void> Connection::pump_once() {
-  Message m;
-  TRY(reader_.next_into(m, spin_));
-  if ((m.hdr.flags & kFlagsTypeMask) == kTypeReply && deliver_reply(m)) return ok();
-  queued_.push_back(std::move(m));  // handled in order once the DMA is done
-  return ok();
-}
-
-Result<void> Connection::next_request(Message& m) {
+Result<bool> Connection::next_request(Message& m) {
   for (;;) {
-    if (!queued_.empty()) {
-      m = std::move(queued_.front());
-      queued_.pop_front();
-      return ok();
-    }
-    TRY(reader_.next_into(m, spin_));
-    if ((m.hdr.flags & kFlagsTypeMask) == kTypeReply && deliver_reply(m)) {
-      m = Message{};
-      continue;
-    }
+    if (!TRY(reader_.try_next_into(m))) return false;
+    if ((m.hdr.flags & kFlagsTypeMask) == kTypeReply && deliver_reply(m)) continue;
     // A request — or a reply nobody asked for, which the session refuses.
-    return ok();
+    return true;
   }
 }
 
+// ---- Server-initiated requests (device threads) --------------------------------------
+
+void Connection::cancel() {
+  std::lock_guard lk(mu_);
+  for (uint16_t id : waiting_) cancelled_.insert(id);
+  cv_.notify_all();
+}
+
+std::optional<DmaLayout> Connection::layout() const {
+  std::lock_guard lk(layout_mu_);
+  return layout_;
+}
+
 Result<Message> Connection::transact(uint16_t cmd, std::span<const uint8_t> payload, bool probe) {
+  // The reactor reads the answers: waiting on it from itself never ends.
+  if (t_reactor) return Error(EDEADLK, "device DMA from the reactor thread");
   uint16_t id;
   {
     std::lock_guard lk(send_mu_);
     id = next_id_++;
-    {
-      std::lock_guard wl(mu_);
-      if (closed_) return Error(ECONNRESET, "client gone");
-      waiting_.insert(id);
-    }
-    Header h{id, cmd, 0, kTypeCommand, 0};
-    if (auto r = send_message(sock_.get(), h, payload); !r) {
-      std::lock_guard wl(mu_);
-      waiting_.erase(id);
-      return r.error();
-    }
+  }
+  {
+    std::lock_guard lk(mu_);
+    if (closed_) return Error(ECONNRESET, "client gone");
+    waiting_.insert(id);
+  }
+  Header h{id, cmd, 0, kTypeCommand, 0};
+  if (auto r = send(h, payload); !r) {
+    std::lock_guard lk(mu_);
+    waiting_.erase(id);
+    return r.error();
   }
   Message reply;
-  if (std::this_thread::get_id() == serving_thread_) {
-    // DMA from inside a request (the device acts synchronously): read the
-    // stream ourselves, keeping the client's requests for later.
-    for (;;) {
-      {
-        std::lock_guard wl(mu_);
-        if (auto it = replies_.find(id); it != replies_.end()) {
-          reply = std::move(it->second);
-          replies_.erase(it);
-          waiting_.erase(id);
-          break;
-        }
-        if (cancelled_.count(id)) return Error(ECANCELED, "DMA cancelled (function reset)");
-      }
-      if (auto r = pump_once(); !r) {
-        std::lock_guard wl(mu_);
-        waiting_.erase(id);
-        return r.error();
-      }
-    }
-  } else {
+  {
     std::unique_lock lk(mu_);
     bool got = cv_.wait_for(lk, kReplyTimeout, [&] { return closed_ || replies_.count(id) || cancelled_.count(id); });
     if (!replies_.count(id) && cancelled_.count(id)) return Error(ECANCELED, "DMA cancelled (function reset)");
@@ -167,16 +252,10 @@ Result<DmaLayout> Connection::decide_layout(uint64_t iova, uint64_t len) {
   for (;;) {
     if (layout_) return *layout_;
     if (!probing_) break;
-    // Another thread's probe is in flight: wait for its answer. The serving
-    // thread must keep reading the stream meanwhile (the answer comes
-    // through it), so it pumps instead of sleeping.
-    if (std::this_thread::get_id() == serving_thread_) {
-      lk.unlock();
-      TRY(pump_once());
-      lk.lock();
-    } else if (!layout_cv_.wait_for(lk, 2 * kReplyTimeout, [&] { return layout_ || !probing_; })) {
+    // Another thread's probe is in flight: wait for its answer (the reactor
+    // delivers it).
+    if (!layout_cv_.wait_for(lk, 2 * kReplyTimeout, [&] { return layout_ || !probing_; }))
       return Error(ETIMEDOUT, "DMA layout probe");
-    }
   }
   probing_ = true;
   lk.unlock();

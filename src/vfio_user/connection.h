@@ -1,9 +1,10 @@
-// One client connection as the server uses it: the serving thread reads the
-// client's requests from it; device DMA to maps without an fd goes back to
-// the client as DMA_READ/DMA_WRITE requests on the same socket (no twin
-// socket). Replies to those are picked out of the stream by id; a client
-// request that arrives while the serving thread itself waits for a DMA reply
-// is queued, so requests are still handled in order.
+// One client connection, as the event-driven server uses it: a non-blocking
+// socket, the reader of the client's messages (driven by the connection's
+// reactor thread), and an output queue any thread may add to without ever
+// blocking (what the socket does not take now is flushed when it is
+// writable). Device DMA to maps without an fd goes to the client as
+// DMA_READ/DMA_WRITE requests; the thread doing the DMA waits for the reply,
+// which the reactor picks out of the stream by id and hands over.
 //
 // Two wire layouts for DMA_READ/DMA_WRITE exist in the field (docs/
 // vfio-user.md, "QEMU's DMA layout"): the spec's (u64 address, u64 count,
@@ -14,14 +15,15 @@
 #pragma once
 
 #include <atomic>
+#include <chrono>
 #include <condition_variable>
 #include <deque>
+#include <functional>
 #include <map>
 #include <mutex>
 #include <optional>
 #include <set>
 #include <string>
-#include <thread>
 
 #include "hw/iommu.h"
 #include "vfio_user/message.h"
@@ -36,19 +38,38 @@ Result<DmaLayoutMode> parse_dma_layout(std::string_view s);
 
 class Connection : public hw::IommuDomain::RemoteDma {
  public:
-  // Owns `sock`; the constructing thread is the serving thread. `name`
-  // prefixes its log lines (the device).
-  Connection(UniqueFd sock, bool busy_poll, DmaLayoutMode layout, std::string name);
+  // Owns `sock` (made non-blocking). `name` prefixes its log lines (the
+  // device). `kick` asks the reactor to look at the connection again (output
+  // waiting for the socket); called from any thread, never with a lock held.
+  Connection(UniqueFd sock, DmaLayoutMode layout, std::string name, std::function<void()> kick);
 
   int fd() const { return sock_.get(); }
+  const std::string& name() const { return name_; }
   // From the client's VERSION: the largest count it takes in one DMA message.
   void set_client_max_xfer(uint32_t n) { max_xfer_ = n; }
 
-  // The next client request (serving thread only).
-  Result<void> next_request(Message& m);
-  // Any message to the client (replies, DMA requests), one at a time.
+  // ---- Reactor side ------------------------------------------------------
+  // The next complete message the socket has now (non-blocking); false if
+  // none. A reply to a DMA in flight is handed to its waiter and not
+  // returned. ECONNRESET at EOF, EPROTO for a stream that cannot be trusted.
+  Result<bool> next_request(Message& m);
+  // Part of a message is buffered (the client is mid-message).
+  bool mid_message() const { return reader_.buffered() > 0; }
+  // Bytes received so far (progress).
+  uint64_t received() const { return reader_.received(); }
+
+  // ---- Any thread ----------------------------------------------------------
+  // Queues a message to the client and sends what the socket takes now;
+  // never blocks. EPIPE/ECONNRESET once the client is gone; ENOBUFS if the
+  // client has left kMaxOutput bytes unread.
   Result<void> send(const Header& h, std::span<const uint8_t> payload, std::span<const int> fds = {});
   Result<void> send_error(const Header& request, int err);
+  // Sends what is queued, as far as the socket takes it (reactor, on
+  // EPOLLOUT).
+  Result<void> flush();
+  size_t output_bytes() const;
+  // When the output last made progress (or was empty).
+  std::chrono::steady_clock::time_point output_progress() const;
   // The client is gone: every DMA waiting on it, and every later one, fails
   // with ECONNRESET.
   void close();
@@ -65,6 +86,11 @@ class Connection : public hw::IommuDomain::RemoteDma {
   std::optional<DmaLayout> layout() const;
 
   static constexpr auto kReplyTimeout = std::chrono::seconds(5);
+  static constexpr size_t kMaxOutput = 8 << 20;
+
+  // Marks the calling thread as a reactor: DMA from it would wait on the
+  // very thread that must read the answer, so it fails with EDEADLK.
+  static void set_reactor_thread(bool on);
 
  private:
   // Sends a request, waits for its reply (an error reply becomes an Error).
@@ -73,32 +99,39 @@ class Connection : public hw::IommuDomain::RemoteDma {
   Result<Message> transact(uint16_t cmd, std::span<const uint8_t> payload, bool probe = false);
   // Hands a reply to the DMA waiting for it; false if nobody is.
   bool deliver_reply(Message& m);
-  // Serving thread only: reads one message, delivering replies and queueing
-  // requests for next_request().
-  Result<void> pump_once();
   // The layout, probing the client first in auto mode (a read of `iova`).
   Result<DmaLayout> decide_layout(uint64_t iova, uint64_t len);
+  Result<void> flush_locked();
 
   UniqueFd sock_;
-  bool spin_;
   std::string name_;
   DmaLayoutMode mode_;
+  std::function<void()> kick_;
   std::atomic<uint32_t> max_xfer_{kMaxDataXfer};
-  MessageReader reader_;  // the serving thread's
-  std::thread::id serving_thread_;
-  std::mutex send_mu_;
+  MessageReader reader_;  // the reactor's
+
+  struct Out {
+    std::vector<uint8_t> bytes;  // header and payload
+    std::vector<UniqueFd> fds;   // duplicates, sent with the first byte
+    size_t off = 0;
+  };
+  mutable std::mutex send_mu_;  // the output queue; never held while waiting
+  std::deque<Out> out_;         // guarded by send_mu_
+  size_t out_bytes_ = 0;        // guarded by send_mu_
+  std::chrono::steady_clock::time_point out_progress_{};  // guarded by send_mu_
+  uint16_t next_id_ = 0;        // guarded by send_mu_
+
   std::mutex mu_;
   std::condition_variable cv_;
-  std::set<uint16_t> waiting_;          // guarded by mu_
+  std::set<uint16_t> waiting_;           // guarded by mu_
   std::map<uint16_t, Message> replies_;  // guarded by mu_
   std::set<uint16_t> cancelled_;         // guarded by mu_: ids whose late replies are dropped
-  std::deque<Message> queued_;           // serving thread only
   bool closed_ = false;                  // guarded by mu_
-  uint16_t next_id_ = 0;                 // guarded by send_mu_
+
   mutable std::mutex layout_mu_;
   std::condition_variable layout_cv_;
-  std::optional<DmaLayout> layout_;      // guarded by layout_mu_
-  bool probing_ = false;                 // guarded by layout_mu_: a probe is in flight
+  std::optional<DmaLayout> layout_;  // guarded by layout_mu_
+  bool probing_ = false;             // guarded by layout_mu_: a probe is in flight
 };
 
 }  // namespace uvfio::vfio_user

@@ -125,7 +125,7 @@ Result<void> send_message(int sock, const Header& hdr, std::span<const uint8_t> 
   return ok();
 }
 
-Result<void> MessageReader::fill(bool spin) {
+Result<void> MessageReader::fill(bool spin, bool nonblock) {
   if (start_ > 0 && start_ == end_) start_ = end_ = 0;
   if (end_ == buf_.size()) {
     // Make room: move what is left to the front, or grow for a big message.
@@ -148,8 +148,8 @@ Result<void> MessageReader::fill(bool spin) {
   mh.msg_controllen = sizeof(control);
   ssize_t n;
   for (;;) {
-    n = recvmsg(sock_, &mh, MSG_CMSG_CLOEXEC | (spin ? MSG_DONTWAIT : 0));
-    if (n < 0 && (errno == EINTR || (spin && (errno == EAGAIN || errno == EWOULDBLOCK)))) continue;
+    n = recvmsg(sock_, &mh, MSG_CMSG_CLOEXEC | ((spin || nonblock) ? MSG_DONTWAIT : 0));
+    if (n < 0 && (errno == EINTR || (spin && !nonblock && (errno == EAGAIN || errno == EWOULDBLOCK)))) continue;
     break;
   }
   if (n < 0) return Error(errno, "recvmsg");
@@ -167,6 +167,7 @@ Result<void> MessageReader::fill(bool spin) {
   if (mh.msg_flags & MSG_CTRUNC) return Error(EMSGSIZE, "too many fds");
   size_t chunk_start = end_;
   end_ += static_cast<size_t>(n);
+  received_ += static_cast<uint64_t>(n);
   if (!fds.empty()) {
     // Find the last message header that starts inside this chunk.
     size_t at = start_, owner = SIZE_MAX;
@@ -192,12 +193,29 @@ Result<Message> MessageReader::next(bool spin) {
 }
 
 Result<void> MessageReader::next_into(Message& m, bool spin) {
-  m.fds.clear();
-  while (end_ - start_ < sizeof(Header)) TRY(fill(spin));
+  for (;;) {
+    if (TRY(take(m))) return ok();
+    TRY(fill(spin));
+  }
+}
+
+Result<bool> MessageReader::try_next_into(Message& m) {
+  if (TRY(take(m))) return true;
+  auto r = fill(false, true);
+  if (!r) {
+    if (r.error().code == EAGAIN || r.error().code == EWOULDBLOCK) return false;
+    return r.error();
+  }
+  return take(m);
+}
+
+Result<bool> MessageReader::take(Message& m) {
+  if (end_ - start_ < sizeof(Header)) return false;
   Header h;
   std::memcpy(&h, buf_.data() + start_, sizeof(h));
   if (h.msg_size < sizeof(Header) || h.msg_size > max_) return Error(EPROTO, "bad message size");
-  while (end_ - start_ < h.msg_size) TRY(fill(spin));
+  if (end_ - start_ < h.msg_size) return false;
+  m.fds.clear();
   m.hdr = h;
   m.payload.assign(buf_.begin() + static_cast<long>(start_ + sizeof(Header)), buf_.begin() + static_cast<long>(start_ + h.msg_size));
   if (pending_owner_ == start_) {
@@ -206,7 +224,7 @@ Result<void> MessageReader::next_into(Message& m, bool spin) {
     pending_owner_ = SIZE_MAX;
   }
   start_ += h.msg_size;
-  return ok();
+  return true;
 }
 
 Result<void> send_error(int sock, const Header& request, int err) {

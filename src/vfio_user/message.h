@@ -37,15 +37,23 @@ class MessageReader {
   Result<Message> next(bool spin = false);
   // The same, into `m` (its buffers reused: no allocation once warm).
   Result<void> next_into(Message& m, bool spin = false);
+  // Non-blocking: a message if one is complete after at most one recvmsg
+  // (MSG_DONTWAIT); false if not yet. ECONNRESET at EOF.
+  Result<bool> try_next_into(Message& m);
   // Bytes received but not yet returned as messages.
   size_t buffered() const { return end_ - start_; }
+  // Bytes received in all (progress, for a stall timeout).
+  uint64_t received() const { return received_; }
 
  private:
-  Result<void> fill(bool spin);
+  Result<void> fill(bool spin, bool nonblock = false);
+  // Takes the message at start_ if it is complete.
+  Result<bool> take(Message& m);
   int sock_;
   size_t max_;
   std::vector<uint8_t> buf_ = std::vector<uint8_t>(64 << 10);
   size_t start_ = 0, end_ = 0;
+  uint64_t received_ = 0;
   std::vector<UniqueFd> pending_fds_;   // came with the chunk being parsed
   size_t pending_owner_ = SIZE_MAX;     // buffer offset of the header they belong to
 };

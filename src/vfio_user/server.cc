@@ -1,14 +1,16 @@
 #include "vfio_user/server.h"
 
-#include <poll.h>
+#include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
 #include <unistd.h>
 
-#include <condition_variable>
 #include <cstring>
+#include <deque>
+#include <future>
+#include <unordered_map>
 
 #include "base/log.h"
 #include "vfio_user/connection.h"
@@ -17,252 +19,592 @@
 
 namespace uvfio::vfio_user {
 
-struct Server::Endpoint {
-  vfio::Device* dev;  // valid until the serving thread closes it (after removal)
-  std::string name;
-  std::string path;
-  UniqueFd listen;
-  UniqueFd wake;  // eventfd: wakes the acceptor on removal or shutdown
-  std::atomic<bool> removing{false};
-  std::atomic<bool> stopping{false};
-  std::mutex mu;
-  std::condition_variable cv;
-  UniqueFd pending;  // a client handed from the acceptor to the server; guarded by mu
-  int current = -1;  // the client being served; guarded by mu
-  std::thread acceptor;
-  std::thread server;
+namespace {
+
+constexpr size_t kMaxQueued = 64;             // requests read ahead per connection
+constexpr size_t kMaxQueuedBytes = 4 << 20;   // and their bytes
+constexpr unsigned kBudget = 16;              // requests per connection per round
+constexpr size_t kOutputHigh = 1 << 20;       // no new requests while this much output waits
+constexpr auto kScanEvery = std::chrono::milliseconds(100);
+
+using Clock = std::chrono::steady_clock;
+
+// Requests that may wait for the device (its reset joins engines, migration
+// arcs wait for firmware, an FLR through config space) run on the pool;
+// the rest are quick and run on the reactor.
+bool may_block(const Message& m) {
+  switch (m.hdr.command) {
+    case kVersion:  // opens the device
+    case kDeviceReset:
+    case kDeviceFeature:
+    case kMigDataRead:
+    case kMigDataWrite:
+    case kRegionWriteMulti:
+      return true;
+    case kRegionWrite: {
+      RegionAccessMsg a{};
+      if (m.payload.size() < sizeof(a)) return false;
+      std::memcpy(&a, m.payload.data(), sizeof(a));
+      return a.region == VFIO_PCI_CONFIG_REGION_INDEX;
+    }
+    default:
+      return false;
+  }
+}
+
+}  // namespace
+
+// One client connection's state. Owned by its reactor (and endpoint),
+// shared with the pool task running its request or its cleanup.
+struct Server::Client {
+  Endpoint* ep = nullptr;  // outlives its clients
+  uint64_t id = 0;                 // epoll tag
+  UniqueFd accepted;               // the socket until the connection takes it
+  std::shared_ptr<Connection> conn;
+  std::unique_ptr<Session> session;
+  std::deque<Message> queue;  // requests read, not yet run
+  size_t queued_bytes = 0;
+  bool busy = false;     // a request runs on the pool
+  bool dead = false;     // dropped: its cleanup follows its running request
+  bool in_runq = false;
+  std::atomic<bool> admitted{false};  // VERSION accepted (the device is open for it)
+  uint32_t events = 0;                // epoll interest now
+  uint64_t received = 0;              // bytes, as of last_input
+  Clock::time_point accepted_at, last_input;
 };
 
-Server::Server(vfio::Registry& r, std::string dir) : registry_(r), dir_(std::move(dir)) {}
+struct Server::Endpoint {
+  vfio::Device* dev;  // valid while registered, or while open (the registry waits for close)
+  std::string name, path;
+  UniqueFd listen;
+  uint64_t listen_id = 0;
+  std::shared_ptr<Client> client;  // the one being served
+  std::shared_ptr<Client> next;    // accepted while the last one was being cleaned up
+  // Shared with pool tasks (VERSION opening the device) and device_removing.
+  std::mutex mu;
+  bool removing = false;  // guarded by mu: no new open
+  bool opened = false;    // guarded by mu
+  bool closing = false;   // the device's close is on its way (reactor only)
+};
+
+class Server::Reactor {
+ public:
+  Reactor(Server& s, unsigned index) : s_(s), index_(index) {
+    epfd_ = UniqueFd(epoll_create1(EPOLL_CLOEXEC));
+    wake_ = UniqueFd(eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
+    epoll_event ev{};
+    ev.events = EPOLLIN;
+    ev.data.u64 = 0;  // the wake fd
+    epoll_ctl(epfd_.get(), EPOLL_CTL_ADD, wake_.get(), &ev);
+    thread_ = std::thread([this] { run(); });
+  }
+  ~Reactor() { stop(); }
+  // Drops every client, closes every device, and returns once the thread
+  // has ended (pool tasks it started may still be finishing).
+  void stop() {
+    if (!thread_.joinable()) return;
+    post([this] { shutdown(); });
+    thread_.join();
+  }
+  // The reactor whose thread calls this, or null.
+  static Reactor* current() { return current_; }
+  // Runs `fn` on the reactor thread.
+  void post(std::function<void()> fn) {
+    {
+      std::lock_guard lk(post_mu_);
+      posted_.push_back(std::move(fn));
+    }
+    uint64_t one = 1;
+    (void)!::write(wake_.get(), &one, sizeof(one));
+  }
+  void add(std::shared_ptr<Endpoint> ep) {
+    Endpoint* e = ep.get();
+    e->listen_id = next_id_++;
+    listeners_[e->listen_id] = e;
+    epoll_event ev{};
+    ev.events = EPOLLIN;
+    ev.data.u64 = e->listen_id;
+    epoll_ctl(epfd_.get(), EPOLL_CTL_ADD, e->listen.get(), &ev);
+    eps_[e->dev] = std::move(ep);
+    if (stopping_) retire(*e);  // added while the server stops
+  }
+  void remove(vfio::Device* dev) {
+    auto it = eps_.find(dev);
+    if (it == eps_.end()) return;
+    retire(*it->second);
+  }
+
+ private:
+  void run();
+  void shutdown();
+  void retire(Endpoint& ep);
+  void on_accept(Endpoint& ep);
+  void activate(Endpoint& ep, std::shared_ptr<Client> c);
+  void read_client(Client& c);
+  void service(const std::shared_ptr<Client>& c);
+  void schedule(const std::shared_ptr<Client>& c);
+  void interest(Client& c);
+  void run_request(const std::shared_ptr<Client>& c, Message m);
+  bool handle(Client& c, Message& m);  // true: close the connection
+  void drop(const std::shared_ptr<Client>& c, const char* why);
+  void start_cleanup(const std::shared_ptr<Client>& c);
+  void cleaned(Endpoint& ep, const std::shared_ptr<Client>& c);
+  void close_device(Endpoint& ep);
+  void scan_timeouts();
+
+  Server& s_;
+  unsigned index_;
+  UniqueFd epfd_, wake_;
+  std::thread thread_;
+  std::mutex post_mu_;
+  std::vector<std::function<void()>> posted_;  // guarded by post_mu_
+  // Reactor thread only:
+  std::map<vfio::Device*, std::shared_ptr<Endpoint>> eps_;
+  std::unordered_map<uint64_t, Endpoint*> listeners_;
+  std::unordered_map<uint64_t, std::shared_ptr<Client>> clients_;
+  std::deque<std::shared_ptr<Client>> runq_;
+  uint64_t next_id_ = 1;
+  bool stopping_ = false;
+  static thread_local Reactor* current_;
+  Clock::time_point last_scan_{};
+};
+
+// ---- The reactor loop -----------------------------------------------------------
+
+thread_local Server::Reactor* Server::Reactor::current_ = nullptr;
+
+void Server::Reactor::run() {
+  Connection::set_reactor_thread(true);
+  current_ = this;
+  epoll_event events[64];
+  for (;;) {
+    if (stopping_ && eps_.empty()) return;
+    int timeout = (!runq_.empty() || s_.opts_.busy_poll) ? 0 : static_cast<int>(kScanEvery.count());
+    int n = epoll_wait(epfd_.get(), events, 64, timeout);
+    if (n < 0 && errno != EINTR) {
+      log::error("uvfiod", "vfio-user reactor {}: epoll_wait: {}", index_, std::strerror(errno));
+      return;
+    }
+    for (int i = 0; i < n; ++i) {
+      uint64_t id = events[i].data.u64;
+      uint32_t ev = events[i].events;
+      if (id == 0) {
+        uint64_t v;
+        (void)!::read(wake_.get(), &v, sizeof(v));
+        std::vector<std::function<void()>> work;
+        {
+          std::lock_guard lk(post_mu_);
+          work.swap(posted_);
+        }
+        for (auto& w : work) w();
+        continue;
+      }
+      if (auto l = listeners_.find(id); l != listeners_.end()) {
+        on_accept(*l->second);
+        continue;
+      }
+      auto c = clients_.find(id);
+      if (c == clients_.end()) continue;  // dropped earlier in this batch
+      std::shared_ptr<Client> cl = c->second;
+      if (ev & EPOLLOUT) {
+        if (auto r = cl->conn->flush(); !r) {
+          drop(cl, "cannot write to the client");
+          continue;
+        }
+      }
+      if (ev & (EPOLLIN | EPOLLHUP | EPOLLERR | EPOLLRDHUP)) read_client(*cl);
+      if (!cl->dead) schedule(cl);
+    }
+    // Fair rounds: each connection with requests gets a budget, then the next.
+    size_t round = runq_.size();
+    for (size_t i = 0; i < round && !runq_.empty(); ++i) {
+      auto c = std::move(runq_.front());
+      runq_.pop_front();
+      c->in_runq = false;
+      service(c);
+    }
+    if (Clock::now() - last_scan_ >= kScanEvery) scan_timeouts();
+  }
+}
+
+void Server::Reactor::shutdown() {
+  stopping_ = true;
+  std::vector<Endpoint*> all;
+  for (auto& [d, ep] : eps_) all.push_back(ep.get());
+  for (Endpoint* ep : all) retire(*ep);
+}
+
+// The socket goes now; the device is closed once no client holds it.
+void Server::Reactor::retire(Endpoint& ep) {
+  if (ep.listen) {
+    epoll_ctl(epfd_.get(), EPOLL_CTL_DEL, ep.listen.get(), nullptr);
+    listeners_.erase(ep.listen_id);
+    ::unlink(ep.path.c_str());
+    ep.listen.reset();
+  }
+  {
+    std::lock_guard lk(ep.mu);
+    ep.removing = true;
+  }
+  ep.next.reset();  // never served: its socket closes with it
+  if (stopping_ && ep.client && !ep.client->dead) drop(ep.client, "the server is stopping");
+  if (!ep.client) close_device(ep);
+}
+
+void Server::Reactor::close_device(Endpoint& ep) {
+  if (ep.closing) return;
+  bool opened;
+  {
+    std::lock_guard lk(ep.mu);
+    opened = ep.opened;
+  }
+  if (!opened) {
+    eps_.erase(ep.dev);  // never opened: nothing to wait for
+    return;
+  }
+  ep.closing = true;
+  vfio::Device* dev = ep.dev;
+  s_.pool_.submit([this, dev] {
+    dev->close();  // after this the registry may destroy the device
+    post([this, dev] { eps_.erase(dev); });
+  });
+}
+
+// ---- Clients -----------------------------------------------------------------------
+
+void Server::Reactor::on_accept(Endpoint& ep) {
+  for (;;) {
+    UniqueFd fd(accept4(ep.listen.get(), nullptr, nullptr, SOCK_CLOEXEC | SOCK_NONBLOCK));
+    if (!fd) return;  // EAGAIN (or an error: the next event tries again)
+    if (ep.client && !ep.client->dead) {
+      // A client that has just hung up may not be noticed yet.
+      char b;
+      ssize_t n = recv(ep.client->conn->fd(), &b, 1, MSG_PEEK | MSG_DONTWAIT);
+      if (n == 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK)) drop(ep.client, nullptr);
+    }
+    auto c = std::make_shared<Client>();
+    c->ep = &ep;
+    c->accepted = std::move(fd);
+    if (!ep.client) {
+      activate(ep, c);
+    } else if (ep.client->dead && !ep.next) {
+      ep.next = c;  // served once the last one's cleanup is done
+    } else {
+      // One client at a time: an EBUSY error (best effort, never waiting).
+      Header h{0, kVersion, sizeof(Header), kTypeReply | kFlagError, EBUSY};
+      (void)!::send(c->accepted.get(), &h, sizeof(h), MSG_DONTWAIT | MSG_NOSIGNAL);
+      log::warn(ep.name, "vfio-user: second client refused (device busy)");
+    }
+  }
+}
+
+void Server::Reactor::activate(Endpoint& ep, std::shared_ptr<Client> c) {
+  c->id = next_id_++;
+  c->accepted_at = c->last_input = Clock::now();
+  Client* raw = c.get();
+  // Output other threads leave queued (device DMA requests) makes the
+  // reactor watch for the socket taking it.
+  std::weak_ptr<Client> weak = c;
+  c->conn = std::make_shared<Connection>(std::move(c->accepted), s_.opts_.dma_layout, ep.name, [this, weak] {
+    post([this, weak] {
+      if (auto cl = weak.lock(); cl && !cl->dead) interest(*cl);
+    });
+  });
+  vfio::Device* dev = ep.dev;
+  Endpoint* epp = &ep;
+  c->session = std::make_unique<Session>(*dev, [epp, raw, dev](const Negotiated& n) -> Result<void> {
+    // Runs on the pool. The device is opened by its first client's VERSION
+    // (where a VF token is presented) and stays open across clients; each
+    // later client is checked as the kernel checks every open of a device
+    // fd (the match op).
+    std::lock_guard lk(epp->mu);
+    if (epp->removing) return Error(ENODEV, "device going away");
+    if (!epp->opened) {
+      if (auto r = dev->open(n.open); !r) {
+        log::warn(epp->name, "vfio-user: cannot open the device: {}", to_string(r.error()));
+        return r.error();
+      }
+      epp->opened = true;
+    } else if (auto r = dev->match(n.open); !r) {
+      log::warn(epp->name, "vfio-user: client refused: {}", to_string(r.error()));
+      return r.error();
+    }
+    raw->conn->set_client_max_xfer(n.client_max_xfer);
+    raw->admitted = true;
+    // Device DMA to maps without an fd goes to this client.
+    dev->iommu().set_remote(raw->conn);
+    return ok();
+  });
+  ep.client = c;
+  clients_[c->id] = c;
+  c->events = EPOLLIN | EPOLLRDHUP;
+  epoll_event ev{};
+  ev.events = c->events;
+  ev.data.u64 = c->id;
+  epoll_ctl(epfd_.get(), EPOLL_CTL_ADD, c->conn->fd(), &ev);
+  log::info(ep.name, "vfio-user: client connected");
+  read_client(*c);
+  if (!c->dead) schedule(c);
+}
+
+void Server::Reactor::read_client(Client& c) {
+  while (!c.dead && c.queue.size() < kMaxQueued && c.queued_bytes < kMaxQueuedBytes) {
+    Message m;
+    auto r = c.conn->next_request(m);
+    if (!r) {
+      auto it = clients_.find(c.id);
+      if (it != clients_.end()) {
+        auto keep = it->second;
+        drop(keep, r.error().code == ECONNRESET ? nullptr : "unreadable stream");
+      }
+      return;
+    }
+    if (!*r) break;
+    c.queued_bytes += m.payload.size();
+    c.queue.push_back(std::move(m));
+  }
+  if (c.conn->received() != c.received) {  // progress, even mid-message
+    c.received = c.conn->received();
+    c.last_input = Clock::now();
+  }
+}
+
+void Server::Reactor::schedule(const std::shared_ptr<Client>& c) {
+  if (c->dead || c->in_runq || c->busy || c->queue.empty()) {
+    if (!c->dead) interest(*c);
+    return;
+  }
+  c->in_runq = true;
+  runq_.push_back(c);
+}
+
+void Server::Reactor::interest(Client& c) {
+  uint32_t want = 0;
+  if (c.queue.size() < kMaxQueued && c.queued_bytes < kMaxQueuedBytes) want |= EPOLLIN | EPOLLRDHUP;
+  if (c.conn->output_bytes()) want |= EPOLLOUT;
+  if (want == c.events) return;
+  c.events = want;
+  epoll_event ev{};
+  ev.events = want;
+  ev.data.u64 = c.id;
+  epoll_ctl(epfd_.get(), EPOLL_CTL_MOD, c.conn->fd(), &ev);
+}
+
+void Server::Reactor::service(const std::shared_ptr<Client>& c) {
+  unsigned n = 0;
+  while (!c->dead && !c->busy && !c->queue.empty() && n < kBudget && c->conn->output_bytes() < kOutputHigh) {
+    Message m = std::move(c->queue.front());
+    c->queue.pop_front();
+    c->queued_bytes -= m.payload.size();
+    if (may_block(m)) {
+      run_request(c, std::move(m));
+      break;
+    }
+    ++n;
+    if (handle(*c, m)) {
+      drop(c, nullptr);
+      return;
+    }
+  }
+  if (c->dead) return;
+  // More read ahead while the queue was full.
+  read_client(*c);
+  if (c->dead) return;
+  if (!c->busy && !c->queue.empty() && c->conn->output_bytes() < kOutputHigh) {
+    c->in_runq = true;
+    runq_.push_back(c);
+  }
+  interest(*c);
+}
+
+// A request that may wait: on the pool, the connection's next requests held
+// back until it is done.
+void Server::Reactor::run_request(const std::shared_ptr<Client>& c, Message m) {
+  c->busy = true;
+  auto req = std::make_shared<Message>(std::move(m));  // std::function copies its callable
+  s_.pool_.submit([this, c, req] {
+    bool close = handle(*c, *req);
+    post([this, c, close] {
+      c->busy = false;
+      if (c->dead) return start_cleanup(c);  // dropped meanwhile: now its cleanup
+      if (close) return drop(c, nullptr);
+      schedule(c);
+    });
+  });
+}
+
+// One request through the session; the reply (or error) queued to the
+// client. True if the connection should close (the session said so, or the
+// client does not take our output).
+bool Server::Reactor::handle(Client& c, Message& m) {
+  thread_local Reply reply;  // reused: no allocation per request once warm
+  bool no_reply = m.hdr.flags & kFlagNoReply;
+  auto r = c.session->handle(m, reply);
+  if (!r) {
+    if (!no_reply || (m.hdr.flags & kFlagsTypeMask) != kTypeCommand) {
+      if (!c.conn->send_error(m.hdr, r.error().code)) return true;
+    }
+    return reply.close_after;
+  }
+  if (no_reply) return false;
+  Header h{m.hdr.msg_id, m.hdr.command, 0, kTypeReply, 0};
+  if (!c.conn->send(h, reply.payload, reply.fds)) return true;
+  return reply.close_after;
+}
+
+void Server::Reactor::drop(const std::shared_ptr<Client>& c, const char* why) {
+  if (c->dead) return;
+  c->dead = true;
+  if (why) log::warn(c->ep->name, "vfio-user: dropping client: {}", why);
+  epoll_ctl(epfd_.get(), EPOLL_CTL_DEL, c->conn->fd(), nullptr);
+  clients_.erase(c->id);
+  c->queue.clear();
+  c->queued_bytes = 0;
+  // The client is gone: DMA waiting on it fails, then nothing can reach it.
+  c->conn->close();
+  ::shutdown(c->conn->fd(), SHUT_RDWR);
+  if (!c->busy) start_cleanup(c);  // else after its running request
+}
+
+// Releases what the client set up, on the pool (a reset may wait), then
+// tells the endpoint.
+void Server::Reactor::start_cleanup(const std::shared_ptr<Client>& c) {
+  vfio::Device* dev = c->ep->dev;
+  s_.pool_.submit([this, c, dev] {
+    if (c->admitted) {
+      dev->iommu().set_remote(nullptr);
+      dev->release_user_resources();
+      // A client gone mid-migration leaves no half-saved or half-loaded
+      // device behind: as the kernel does when the fd holding a migration
+      // is closed, the device is reset and back in RUNNING.
+      if (vfio::MigState st = dev->mig_state(); st != vfio::MigState::kRunning) {
+        auto r = dev->reset();
+        log::warn(c->ep->name, "vfio-user: client left in migration state {}: device reset{}", vfio::to_string(st),
+                  r ? "" : " failed: " + to_string(r.error()));
+      }
+    }
+    log::info(c->ep->name, "vfio-user: client disconnected");
+    post([this, c] { cleaned(*c->ep, c); });
+  });
+}
+
+void Server::Reactor::cleaned(Endpoint& ep, const std::shared_ptr<Client>& c) {
+  if (ep.client == c) ep.client.reset();
+  bool removing;
+  {
+    std::lock_guard lk(ep.mu);
+    removing = ep.removing;
+  }
+  if (ep.next && !removing) {
+    auto n = std::move(ep.next);
+    ep.next.reset();
+    activate(ep, n);
+    return;
+  }
+  if (removing && !ep.client) close_device(ep);
+}
+
+void Server::Reactor::scan_timeouts() {
+  auto now = last_scan_ = Clock::now();
+  auto limit = s_.opts_.client_timeout;
+  std::vector<std::pair<std::shared_ptr<Client>, const char*>> late;
+  for (auto& [id, c] : clients_) {
+    if (c->dead) continue;
+    if (!c->admitted && !c->busy && now - c->accepted_at > limit) late.emplace_back(c, "no VERSION in time");
+    else if (c->conn->mid_message() && now - c->last_input > limit) late.emplace_back(c, "stalled mid-message");
+    else if (c->conn->output_bytes() && now - c->conn->output_progress() > limit)
+      late.emplace_back(c, "does not read its replies");
+  }
+  for (auto& [c, why] : late) drop(c, why);
+}
+
+// ---- Server ------------------------------------------------------------------------
+
+Server::Server(vfio::Registry& r, std::string dir, const ServerOptions& opts)
+    : registry_(r), dir_(std::move(dir)), opts_(opts) {}
 
 Result<std::unique_ptr<Server>> Server::start(vfio::Registry& registry, const std::string& dir,
                                              const ServerOptions& opts) {
   if (::mkdir(dir.c_str(), 0700) < 0 && errno != EEXIST) return Error(errno, "mkdir vfio-user dir");
-  std::unique_ptr<Server> s(new Server(registry, dir));
-  s->opts_ = opts;
+  std::unique_ptr<Server> s(new Server(registry, dir, opts));
+  unsigned n = opts.reactors ? opts.reactors : std::max(1u, std::thread::hardware_concurrency());
+  for (unsigned i = 0; i < n; ++i) s->reactors_.push_back(std::make_unique<Reactor>(*s, i));
   registry.subscribe(s.get());
   return s;
 }
 
 Server::~Server() {
   registry_.remove_listener(this);
-  std::vector<std::unique_ptr<Endpoint>> all;
-  {
-    std::lock_guard lk(mu_);
-    for (auto& [d, ep] : live_) all.push_back(std::move(ep));
-    live_.clear();
-    for (auto& ep : retired_) all.push_back(std::move(ep));
-    retired_.clear();
-  }
-  for (auto& ep : all) {
-    ep->stopping = true;
-    ::unlink(ep->path.c_str());  // no socket file outlives the daemon
-    uint64_t one = 1;
-    (void)!::write(ep->wake.get(), &one, sizeof(one));
-    std::lock_guard lk(ep->mu);
-    if (ep->current >= 0) shutdown(ep->current, SHUT_RDWR);  // unblocks its read
-    ep->cv.notify_all();
-  }
-  for (auto& ep : all) {
-    if (ep->acceptor.joinable()) ep->acceptor.join();
-    if (ep->server.joinable()) ep->server.join();
-  }
+  // Each reactor drops its clients, closes its devices and stops; then the
+  // pool finishes its last tasks (pool_ is destroyed before reactors_,
+  // which those tasks may still post to).
+  for (auto& r : reactors_) r->stop();
 }
 
-void Server::device_added(vfio::Device& dev, driver::Device&) {
+Result<void> Server::device_added(vfio::Device& dev, driver::Device&) {
   auto ep = std::make_unique<Endpoint>();
   ep->dev = &dev;
   ep->name = dev.name();
   ep->path = socket_path(dev.name());
-  ep->wake = UniqueFd(eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
   sockaddr_un a{};
   a.sun_family = AF_UNIX;
   if (ep->path.size() >= sizeof(a.sun_path)) {
     log::error(ep->name, "vfio-user: socket path too long: {}", ep->path);
-    return;
+    return Error(ENAMETOOLONG, "vfio-user socket path too long");
   }
   std::memcpy(a.sun_path, ep->path.data(), ep->path.size());
-  ep->listen = UniqueFd(socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  ep->listen = UniqueFd(socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0));
+  if (!ep->listen) {
+    int e = errno;
+    log::error(ep->name, "vfio-user: cannot create a socket: {}", std::strerror(e));
+    return Error(e, "vfio-user socket");
+  }
   ::unlink(ep->path.c_str());
   mode_t old = umask(0077);
   int rc = bind(ep->listen.get(), reinterpret_cast<sockaddr*>(&a), sizeof(a));
   umask(old);
-  if (rc < 0 || listen(ep->listen.get(), 4) < 0) {
-    log::error(ep->name, "vfio-user: cannot listen on {}: {}", ep->path, std::strerror(errno));
-    return;
+  if (rc < 0 || listen(ep->listen.get(), 16) < 0) {
+    int e = errno;
+    log::error(ep->name, "vfio-user: cannot listen on {}: {}", ep->path, std::strerror(e));
+    ::unlink(ep->path.c_str());
+    return Error(e, "vfio-user listen");
   }
   std::string path = ep->path;
   (void)registry_.add_attribute(dev, driver::Attribute{"vfio_user_socket", 0444,
                                                        [path]() -> Result<std::string> { return path + "\n"; },
                                                        nullptr});
   log::info(ep->name, "vfio-user: serving on {}", ep->path);
-  Endpoint* raw = ep.get();
+  Reactor* r;
   {
     std::lock_guard lk(mu_);
-    live_[&dev] = std::move(ep);
+    r = reactors_[next_++ % reactors_.size()].get();
+    owner_[&dev] = r;
   }
-  raw->server = std::thread([this, raw] { serve_loop(*raw); });
-  raw->acceptor = std::thread([this, raw] { accept_loop(*raw); });
+  std::shared_ptr<Endpoint> hold(std::move(ep));
+  r->post([r, hold] { r->add(hold); });
+  return ok();
 }
 
 void Server::device_removing(vfio::Device& dev) {
-  std::lock_guard lk(mu_);
-  auto it = live_.find(&dev);
-  if (it == live_.end()) return;
-  Endpoint& ep = *it->second;
-  ep.removing = true;
-  // The socket goes now; the thread closes the device when no client holds it.
-  ::unlink(ep.path.c_str());
-  uint64_t one = 1;
-  (void)!::write(ep.wake.get(), &one, sizeof(one));
+  Reactor* r;
   {
-    std::lock_guard el(ep.mu);
-    ep.cv.notify_all();
+    std::lock_guard lk(mu_);
+    auto it = owner_.find(&dev);
+    if (it == owner_.end()) return;
+    r = it->second;
+    owner_.erase(it);
   }
-  retired_.push_back(std::move(it->second));
-  live_.erase(it);  // its thread is joined at server shutdown
-}
-
-// The acceptor: hands a new client to the serving thread, or refuses it
-// while another is being served (EBUSY, as the reply to its first message if
-// it sends one at once).
-void Server::accept_loop(Endpoint& ep) {
-  for (;;) {
-    pollfd p[2] = {{ep.listen.get(), POLLIN, 0}, {ep.wake.get(), POLLIN, 0}};
-    if (poll(p, 2, -1) < 0) {
-      if (errno == EINTR) continue;
-      return;
-    }
-    if (ep.stopping || ep.removing) return;
-    if (p[1].revents) {
-      uint64_t v;
-      (void)!::read(ep.wake.get(), &v, sizeof(v));
-      continue;
-    }
-    UniqueFd c(accept4(ep.listen.get(), nullptr, nullptr, SOCK_CLOEXEC));
-    if (!c) continue;
-    std::unique_lock lk(ep.mu);
-    // A client handed over a moment ago is picked up by the serving thread
-    // at once: let it, so two quick connections are not mistaken for two
-    // clients at a time.
-    ep.cv.wait_for(lk, std::chrono::seconds(1), [&] { return !ep.pending || ep.stopping || ep.removing; });
-    if (ep.current >= 0 && !ep.pending) {
-      // A client that has just hung up may not be noticed yet: give the
-      // serving thread a moment if its socket shows EOF.
-      char b;
-      ssize_t n = recv(ep.current, &b, 1, MSG_PEEK | MSG_DONTWAIT);
-      if (n == 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK))
-        ep.cv.wait_for(lk, std::chrono::seconds(1), [&] { return ep.current < 0; });
-    }
-    if (ep.current < 0 && !ep.pending) {
-      ep.pending = std::move(c);
-      ep.cv.notify_all();
-      continue;
-    }
-    lk.unlock();
-    timeval tv{0, 200 * 1000};
-    setsockopt(c.get(), SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
-    Header h{0, kVersion, sizeof(Header), 0, 0};
-    if (auto first = recv_message(c.get(), 4096)) h = first->hdr;
-    (void)send_error(c.get(), h, EBUSY);
-    log::warn(ep.name, "vfio-user: second client refused (device busy)");
-  }
-}
-
-void Server::serve_loop(Endpoint& ep) {
-  bool opened = false;
-  for (;;) {
-    UniqueFd c;
-    {
-      std::unique_lock lk(ep.mu);
-      ep.cv.wait(lk, [&] { return ep.stopping || ep.removing || ep.pending; });
-      if (ep.stopping || (ep.removing && !ep.pending)) break;
-      c = std::move(ep.pending);
-      ep.current = c.get();
-      ep.cv.notify_all();  // the acceptor may wait for the hand-over
-    }
-    if (serve_client(ep, std::move(c), opened)) {
-      ep.dev->release_user_resources();
-      // A client gone mid-migration leaves no half-saved or half-loaded
-      // device behind: as the kernel does when the fd holding a migration
-      // is closed, the device is reset and back in RUNNING.
-      if (vfio::MigState s = ep.dev->mig_state(); s != vfio::MigState::kRunning) {
-        auto r = ep.dev->reset();
-        log::warn(ep.name, "vfio-user: client left in migration state {}: device reset{}", vfio::to_string(s),
-                  r ? "" : " failed: " + to_string(r.error()));
-      }
-      log::info(ep.name, "vfio-user: client disconnected");
-    }
-    std::lock_guard lk(ep.mu);
-    ep.cv.notify_all();  // ep.current was cleared by serve_client
-  }
-  if (opened) ep.dev->close();  // after this the device may be destroyed
-}
-
-// Serves one client; true if it got as far as using the device (VERSION
-// accepted), so what it set up must be released.
-bool Server::serve_client(Endpoint& ep, UniqueFd client, bool& opened) {
-  log::info(ep.name, "vfio-user: client connected");
-  bool admitted = false;
-  // The device is opened by its first client's VERSION (where a VF token is
-  // presented) and stays open across clients; each later client is checked
-  // as the kernel checks every open of a device fd (the match op).
-  // The connection owns the socket; a device DMA in flight may hold it a
-  // moment longer (it fails at once: the connection is closed).
-  auto conn = std::make_shared<Connection>(std::move(client), opts_.busy_poll, opts_.dma_layout, ep.name);
-  Session session(*ep.dev, [&](const Negotiated& n) -> Result<void> {
-    if (!opened) {
-      if (auto r = ep.dev->open(n.open); !r) {
-        log::warn(ep.name, "vfio-user: cannot open the device: {}", to_string(r.error()));
-        return r.error();
-      }
-      opened = true;
-    } else if (auto r = ep.dev->match(n.open); !r) {
-      log::warn(ep.name, "vfio-user: client refused: {}", to_string(r.error()));
-      return r.error();
-    }
-    conn->set_client_max_xfer(n.client_max_xfer);
-    admitted = true;
-    return ok();
+  // Returns once no new open can start (a VERSION in flight either opened
+  // the device already — the registry then waits for its close — or is
+  // refused), so the device may go as soon as it is not open.
+  if (Reactor::current() == r) return r->remove(&dev);
+  std::promise<void> marked;
+  auto done = marked.get_future();
+  r->post([r, &dev, &marked] {
+    r->remove(&dev);
+    marked.set_value();
   });
-  // Device DMA to maps without an fd goes to this client.
-  ep.dev->iommu().set_remote(conn);
-  serve_requests(ep, session, *conn);
-  // The client is gone: DMA waiting on it fails, then nothing can reach it.
-  conn->close();
-  ep.dev->iommu().set_remote(nullptr);
-  {
-    // Forget the fd before the connection (which may close it) goes.
-    std::lock_guard lk(ep.mu);
-    ep.current = -1;
-  }
-  return admitted;
-}
-
-void Server::serve_requests(Endpoint& ep, Session& session, Connection& conn) {
-  Message m;    // reused: no allocation per request once warm
-  Reply reply;  // likewise
-  for (;;) {
-    auto got = conn.next_request(m);
-    if (!got) {
-      if (got.error().code != ECONNRESET && !ep.stopping)
-        log::warn(ep.name, "vfio-user: dropping client: {}", to_string(got.error()));
-      return;
-    }
-    bool no_reply = m.hdr.flags & kFlagNoReply;
-    auto r = session.handle(m, reply);
-    if (!r) {
-      if (!no_reply || (m.hdr.flags & kFlagsTypeMask) != kTypeCommand) {
-        if (!conn.send_error(m.hdr, r.error().code)) return;
-      }
-      if (reply.close_after) return;
-      continue;
-    }
-    if (no_reply) continue;
-    Header h{m.hdr.msg_id, m.hdr.command, 0, kTypeReply, 0};
-    if (!conn.send(h, reply.payload, reply.fds)) return;
-    if (reply.close_after) return;
-  }
+  done.wait();
 }
 
 }  // namespace uvfio::vfio_user

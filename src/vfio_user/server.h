@@ -1,40 +1,59 @@
 // The vfio-user server: every registered VFIO device gets a socket
-// DIR/<dddd:bb:dd.f>.sock (mode 0600) served by its own thread, so a slow or
-// hostile client of one device never stalls another. One client per device
-// at a time; a second connection gets an EBUSY error message and is closed.
+// DIR/<dddd:bb:dd.f>.sock (mode 0600), and a fixed set of reactor threads
+// (one per core, epoll) serves all of them, whatever their number.
 //
-// The device is opened at its first client and stays open across clients:
-// on disconnect its DMA maps and eventfds are dropped and its state kept
-// (vfio-user "client disconnects"). When the device is unregistered the
-// socket goes away at once; a connected client is asked to leave through the
-// REQ irq (the registry's cooperative unbind) and the device is closed when
-// it does.
+// Each device belongs to one reactor, which accepts its client, reads its
+// messages (non-blocking, a buffer per connection), runs its quick requests
+// (register and config reads, region and IRQ info, DMA maps) in fair rounds
+// (a few requests per connection per round), and writes replies through the
+// connection's output queue. Requests that may wait — VERSION (opening the
+// device), DEVICE_RESET, DEVICE_FEATURE (migration arcs), MIG_DATA_*,
+// config-space writes (an FLR) — run on a TaskPool thread, one at a time per
+// connection, in order; meanwhile the reactor goes on reading that client's
+// socket (the device's DMA replies arrive there) and serving every other
+// device. A client stuck mid-message, slow to read its replies or silent
+// after connecting costs only its own device, and is dropped after
+// `client_timeout`.
+//
+// One client per device at a time; a second connection gets an EBUSY error
+// message and is closed. The device is opened at its first client's VERSION
+// and stays open across clients: on disconnect its DMA maps and eventfds are
+// dropped and its state kept (vfio-user "client disconnects"). When the
+// device is unregistered the socket goes at once; a connected client is
+// asked to leave through the REQ irq (the registry's cooperative unbind),
+// and the device is closed when it does. No thread is held per device.
 #pragma once
 
 #include <atomic>
+#include <chrono>
 #include <map>
 #include <memory>
 #include <mutex>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include "base/result.h"
+#include "base/task_pool.h"
 #include "base/unique_fd.h"
 #include "vfio/registry.h"
 
 namespace uvfio::vfio_user {
 
-class Session;
-class Connection;
 enum class DmaLayoutMode;
 
 struct ServerOptions {
-  // Serving threads spin on their socket instead of sleeping (lower
-  // latency, a core per connected device).
+  // Reactors spin on epoll instead of sleeping: lower latency, each reactor
+  // keeps a core busy.
   bool busy_poll = false;
   // DMA_READ/DMA_WRITE wire layout for every connection (auto: probed per
   // connection; docs/vfio-user.md).
   DmaLayoutMode dma_layout{};
+  // Reactor threads; 0: one per core.
+  unsigned reactors = 0;
+  // A client that has not sent VERSION, or stopped mid-message, or left its
+  // replies unread for this long is dropped.
+  std::chrono::milliseconds client_timeout{10000};
 };
 
 class Server : public vfio::RegistryListener {
@@ -42,27 +61,31 @@ class Server : public vfio::RegistryListener {
   // Serves every device of `registry` under `dir` (created if missing).
   static Result<std::unique_ptr<Server>> start(vfio::Registry& registry, const std::string& dir,
                                                const ServerOptions& opts = {});
+  // Drops every client, closes every device, joins the reactors.
   ~Server() override;
 
   std::string socket_path(const std::string& device_name) const { return dir_ + "/" + device_name + ".sock"; }
+  unsigned reactors() const { return static_cast<unsigned>(reactors_.size()); }
 
-  void device_added(vfio::Device& dev, driver::Device& parent) override;
+  // vfio::RegistryListener. device_added fails with the errno of a socket
+  // that cannot be created (EMFILE, ENAMETOOLONG, ...).
+  Result<void> device_added(vfio::Device& dev, driver::Device& parent) override;
   void device_removing(vfio::Device& dev) override;
 
  private:
+  class Reactor;
   struct Endpoint;
-  Server(vfio::Registry& r, std::string dir);
-  void accept_loop(Endpoint& ep);
-  void serve_loop(Endpoint& ep);
-  bool serve_client(Endpoint& ep, UniqueFd client, bool& opened);
-  void serve_requests(Endpoint& ep, Session& session, Connection& conn);
-  ServerOptions opts_;
+  struct Client;
+  Server(vfio::Registry& r, std::string dir, const ServerOptions& opts);
 
   vfio::Registry& registry_;
   std::string dir_;
+  ServerOptions opts_;
+  std::vector<std::unique_ptr<Reactor>> reactors_;
+  TaskPool pool_;  // after reactors_: destroyed (drained) first
   std::mutex mu_;
-  std::map<vfio::Device*, std::unique_ptr<Endpoint>> live_;  // guarded by mu_
-  std::vector<std::unique_ptr<Endpoint>> retired_;           // guarded by mu_: threads to join
+  std::map<vfio::Device*, Reactor*> owner_;  // guarded by mu_
+  unsigned next_ = 0;                        // guarded by mu_
 };
 
 }  // namespace uvfio::vfio_user

@@ -1,0 +1,157 @@
+// One misbehaving client costs only its own device: against a running
+// uvfiod (--client-timeout-ms 600), a client that never sends VERSION, one
+// that stops mid-message and one that never reads its replies are each
+// dropped after the timeout, while the other device answers at once the
+// whole time; the dropped device then takes a new client.
+#include <fcntl.h>
+#include <poll.h>
+
+#include <gtest/gtest.h>
+
+#include <chrono>
+#include <fstream>
+
+#include "e2e/harness.h"
+#include "protocol/raw.h"
+
+namespace uvfio::e2e {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+constexpr int kTimeoutMs = 600;
+
+class Isolation : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir = make_tmpdir("isolation");
+    std::ofstream(dir + "/topo.toml") << kEndpointAndVfTopology;
+    d = std::make_unique<Daemon>(std::vector<std::string>{"--config", dir + "/topo.toml", "--no-fuse",
+                                                          "--client-timeout-ms", std::to_string(kTimeoutMs)},
+                                 "isolation");
+    ASSERT_TRUE(d->wait_ready()) << d->log();
+    other = std::make_unique<Raw>(sock("0000:00:10.0"));
+    ASSERT_TRUE(other->connected());
+    other->version();
+  }
+  void TearDown() override {
+    other.reset();
+    EXPECT_EQ(d->stop(), 0) << d->log();
+    d.reset();
+    sh("rm -rf " + dir);
+  }
+  std::string sock(const std::string& bdf) { return d->rundir() + "/vfio-user/" + bdf + ".sock"; }
+
+  // Seconds until the server closes `r` (reading and discarding whatever
+  // it sends), while the other device is asked for its info every 50 ms,
+  // each answer expected within 1 s. -1 if still open after 10 s.
+  double closed_after(Raw& r, Clock::time_point since) {
+    std::vector<char> buf(1 << 16);
+    while (Clock::now() - since < std::chrono::seconds(10)) {
+      pollfd p{r.fd(), POLLIN, 0};
+      if (poll(&p, 1, 50) > 0) {
+        ssize_t n = recv(r.fd(), buf.data(), buf.size(), MSG_DONTWAIT);
+        if (n == 0 || (n < 0 && errno == ECONNRESET)) {
+          return std::chrono::duration<double>(Clock::now() - since).count();
+        }
+      }
+      auto t0 = Clock::now();
+      EXPECT_TRUE(other->alive());
+      EXPECT_LT(Clock::now() - t0, std::chrono::seconds(1)) << "the other device was held up";
+    }
+    return -1;
+  }
+  // The device takes a new client and answers it.
+  void serves_again(const std::string& bdf) {
+    Raw again(sock(bdf));
+    ASSERT_TRUE(again.connected());
+    again.version();
+    EXPECT_TRUE(again.alive());
+  }
+
+  std::string dir;
+  std::unique_ptr<Daemon> d;
+  std::unique_ptr<Raw> other;
+};
+
+TEST_F(Isolation, AClientThatNeverSendsVersionIsDropped) {
+  auto t0 = Clock::now();
+  Raw silent(sock("0000:00:03.0"));
+  ASSERT_TRUE(silent.connected());
+  double s = closed_after(silent, t0);
+  ASSERT_GE(s, 0) << "still connected after 10 s";
+  EXPECT_GE(s, kTimeoutMs / 1000.0 * 0.9);
+  EXPECT_NE(d->log().find("no VERSION in time"), std::string::npos) << d->log();
+  serves_again("0000:00:03.0");
+}
+
+TEST_F(Isolation, AClientStalledMidMessageIsDropped) {
+  Raw stalled(sock("0000:00:03.0"));
+  ASSERT_TRUE(stalled.connected());
+  stalled.version();
+  // Half a header, then nothing.
+  Header h{7, kDeviceGetInfo, sizeof(Header) + sizeof(DeviceInfoMsg), 0, 0};
+  stalled.send_bytes(&h, 8);
+  auto t0 = Clock::now();
+  double s = closed_after(stalled, t0);
+  ASSERT_GE(s, 0) << "still connected after 10 s";
+  EXPECT_GE(s, kTimeoutMs / 1000.0 * 0.9);
+  EXPECT_NE(d->log().find("stalled mid-message"), std::string::npos) << d->log();
+  serves_again("0000:00:03.0");
+}
+
+TEST_F(Isolation, AClientThatDoesNotReadItsRepliesIsDropped) {
+  Raw greedy(sock("0000:00:03.0"));
+  ASSERT_TRUE(greedy.connected());
+  greedy.version();
+  // Config-space reads of 256 bytes, sent as long as the socket takes them
+  // and never read: the server's output to this client stays stuck.
+  Header h{0, kRegionRead, sizeof(Header) + sizeof(RegionAccessMsg), 0, 0};
+  RegionAccessMsg a{0, VFIO_PCI_CONFIG_REGION_INDEX, 256};
+  std::vector<uint8_t> msg(h.msg_size);
+  size_t sent_msgs = 0;
+  bool full = false;
+  for (auto deadline = Clock::now() + std::chrono::seconds(2); Clock::now() < deadline;) {
+    h.msg_id = static_cast<uint16_t>(sent_msgs);
+    std::memcpy(msg.data(), &h, sizeof(h));
+    std::memcpy(msg.data() + sizeof(h), &a, sizeof(a));
+    ssize_t n = ::send(greedy.fd(), msg.data(), msg.size(), MSG_DONTWAIT | MSG_NOSIGNAL);
+    if (n < 0) {
+      full = errno == EAGAIN;  // the server stopped reading: its output is bounded
+      break;
+    }
+    ASSERT_EQ(n, static_cast<ssize_t>(msg.size())) << "partial send";
+    ++sent_msgs;
+  }
+  EXPECT_TRUE(full) << "the server kept taking requests (" << sent_msgs << ") it could not answer";
+  EXPECT_GT(sent_msgs, 64u);
+  // The other device is served the whole time; this client goes once its
+  // output has made no progress for the timeout.
+  auto t0 = Clock::now();
+  for (int i = 0; i < 20; ++i) {
+    auto t = Clock::now();
+    EXPECT_TRUE(other->alive());
+    EXPECT_LT(Clock::now() - t, std::chrono::seconds(1));
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  double s = closed_after(greedy, t0);
+  ASSERT_GE(s, 0) << "still connected after 10 s";
+  EXPECT_NE(d->log().find("does not read its replies"), std::string::npos) << d->log();
+  serves_again("0000:00:03.0");
+}
+
+TEST_F(Isolation, ASecondClientGetsEbusyAndTheFirstKeepsItsDevice) {
+  Raw first(sock("0000:00:03.0"));
+  ASSERT_TRUE(first.connected());
+  first.version();
+  Raw second(sock("0000:00:03.0"));
+  ASSERT_TRUE(second.connected());
+  auto r = recv_message(second.fd());
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->hdr.flags & (kFlagsTypeMask | kFlagError), kTypeReply | kFlagError);
+  EXPECT_EQ(r->hdr.error_no, static_cast<uint32_t>(EBUSY));
+  EXPECT_TRUE(second.closed_by_peer());
+  EXPECT_TRUE(first.alive());
+}
+
+}  // namespace
+}  // namespace uvfio::e2e

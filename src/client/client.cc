@@ -62,7 +62,14 @@ Result<Message> Client::call(uint16_t cmd, std::span<const uint8_t> payload, std
 Result<void> Client::call_into(uint16_t cmd, std::span<const uint8_t> payload, Message& m, std::span<const int> fds) {
   std::lock_guard lk(mu_);
   Header h{next_id_++, cmd, 0, kTypeCommand, 0};
-  TRY(send_message(sock_.get(), h, payload, fds));
+  if (auto sent = send_message(sock_.get(), h, payload, fds); !sent) {
+    // The server may have refused the connection (EBUSY, id 0) and closed
+    // it before our request got there: its reason is still ours to read.
+    if (sent.error().code == EPIPE && reader_.next_into(m, false) && m.hdr.msg_id == 0 &&
+        (m.hdr.flags & kFlagError) && m.hdr.error_no)
+      return Error(static_cast<int>(m.hdr.error_no), "connection refused by the server");
+    return sent.error();
+  }
   for (;;) {
     TRY(reader_.next_into(m, busy_poll_));
     if ((m.hdr.flags & kFlagsTypeMask) != kTypeReply) {

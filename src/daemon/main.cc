@@ -168,8 +168,11 @@ int main(int argc, char** argv) {
   while (sigwait(&sigs, &sig) != 0 || sig == SIGHUP) {
   }
   log::info("uvfiod", "signal {}: shutting down", sig);
+  // vfio-user first: its clients are dropped and its devices closed, which
+  // ends any unbind (or sriov_numvfs change) still waiting for a client, so
+  // the control socket's requests in progress can finish and be joined.
+  vu->reset();
   ctl->reset();
-  vu->reset();  // clients dropped, devices closed
   ::rmdir((rundir + "/vfio-user").c_str());
   if (fuse) {
     fuse.reset();

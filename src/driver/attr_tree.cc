@@ -33,7 +33,7 @@ Node* Dir::child(std::string_view name) const {
 Result<Dir*> Tree::mkdir(Dir* parent, std::string_view name) {
   if (name.empty() || name.find('/') != std::string_view::npos) return Error(EINVAL, "bad node name");
   if (parent->child(name)) return Error(EEXIST, "node exists");
-  auto d = std::make_unique<Dir>(std::string(name), parent);
+  auto d = std::make_shared<Dir>(std::string(name), parent);
   Dir* raw = d.get();
   parent->children_.emplace(std::string(name), std::move(d));
   return raw;
@@ -43,14 +43,14 @@ Result<void> Tree::add_file(Dir* dir, Attribute a) {
   if (a.name.empty() || a.name.find('/') != std::string::npos) return Error(EINVAL, "bad node name");
   if (dir->child(a.name)) return Error(EEXIST, "node exists");
   std::string name = a.name;
-  dir->children_.emplace(std::move(name), std::make_unique<File>(std::move(a), dir));
+  dir->children_.emplace(std::move(name), std::make_shared<File>(std::move(a), dir));
   return ok();
 }
 
 Result<void> Tree::add_link(Dir* dir, std::string_view name, std::string target_path) {
   if (name.empty() || name.find('/') != std::string_view::npos) return Error(EINVAL, "bad node name");
   if (dir->child(name)) return Error(EEXIST, "node exists");
-  dir->children_.emplace(std::string(name), std::make_unique<Link>(std::string(name), std::move(target_path), dir));
+  dir->children_.emplace(std::string(name), std::make_shared<Link>(std::string(name), std::move(target_path), dir));
   return ok();
 }
 
@@ -130,10 +130,29 @@ Result<std::vector<DirEntry>> Tree::list(std::string_view path) const {
   return out;
 }
 
+namespace {
+// The node `n` as its parent holds it: kept alive across a callback that
+// may release the tree lock.
+std::shared_ptr<Node> hold(Node* n) {
+  Dir* p = n->parent();
+  if (!p) return nullptr;
+  auto it = p->children().find(n->name());
+  return it == p->children().end() ? nullptr : it->second;
+}
+
+// The lock of the device `n` belongs to: its nearest device directory's.
+std::shared_ptr<DevLock> owner_lock(const Node* n) {
+  for (const Dir* d = n->parent(); d; d = d->parent())
+    if (d->devlock()) return d->devlock();
+  return nullptr;
+}
+}  // namespace
+
 Result<std::string> Tree::read(std::string_view path) const {
   std::lock_guard lk(mu_);
   Node* n = TRY(resolve(path, Follow::kYes));
   if (n->kind() == NodeKind::kDir) return Error(EISDIR, "is a directory");
+  auto keep = hold(n);
   const Attribute& a = static_cast<File*>(n)->attr();
   if (!a.show || !(a.mode & 0444)) return Error(EACCES, "attribute is write-only");
   return a.show();
@@ -141,11 +160,46 @@ Result<std::string> Tree::read(std::string_view path) const {
 
 Result<void> Tree::write(std::string_view path, std::string_view data) const {
   std::lock_guard lk(mu_);
-  Node* n = TRY(resolve(path, Follow::kYes));
-  if (n->kind() == NodeKind::kDir) return Error(EISDIR, "is a directory");
-  const Attribute& a = static_cast<File*>(n)->attr();
-  if (!a.store || !(a.mode & 0222)) return Error(EACCES, "attribute is read-only");
-  return a.store(data);
+  for (;;) {
+    Node* n = TRY(resolve(path, Follow::kYes));
+    if (n->kind() == NodeKind::kDir) return Error(EISDIR, "is a directory");
+    const Attribute& a = static_cast<File*>(n)->attr();
+    if (!a.store || !(a.mode & 0222)) return Error(EACCES, "attribute is read-only");
+    std::shared_ptr<DevLock> dl = owner_lock(n);
+    if (dl && dev_busy(*dl)) {
+      // Another thread binds, unbinds or removes this device: wait, then
+      // look the path up again (the device may be gone).
+      mu_.wait();
+      continue;
+    }
+    auto keep = hold(n);
+    if (dl) lock_dev(*dl);
+    auto r = a.store(data);
+    if (dl) unlock_dev(*dl);
+    return r;
+  }
+}
+
+bool Tree::dev_busy(const DevLock& l) const { return l.depth && l.owner != std::this_thread::get_id(); }
+
+void Tree::lock_dev(DevLock& l) const {
+  while (dev_busy(l)) mu_.wait();
+  l.owner = std::this_thread::get_id();
+  ++l.depth;
+}
+
+bool Tree::try_lock_dev(DevLock& l) const {
+  if (dev_busy(l)) return false;
+  l.owner = std::this_thread::get_id();
+  ++l.depth;
+  return true;
+}
+
+void Tree::unlock_dev(DevLock& l) const {
+  if (--l.depth == 0) {
+    l.owner = std::thread::id();
+    mu_.notify_all();
+  }
 }
 
 Result<std::string> Tree::readlink(std::string_view path) const {

@@ -6,9 +6,19 @@
 // to the link's directory, as sysfs prints them
 // ("../../../devices/pci0000:00/...").
 //
-// Locking: every method requires the tree's lock (the driver core's lock).
-// The path API (stat/list/read/write/readlink) takes it itself; attribute
-// callbacks therefore run with it held and may call back into the core.
+// Locking: every method requires the tree's lock (the driver core's
+// CoreMutex). The path API (stat/list/read/write/readlink) takes it itself;
+// attribute callbacks therefore run with it held and may call back into the
+// core. A callback that waits (an unbind waiting for a VFIO user) releases
+// it meanwhile (CoreMutex::unlocked); the node it runs for stays alive until
+// it returns, even if removed meanwhile.
+//
+// Device locks: a device's directory carries its DevLock (Linux's
+// device_lock()). Writing an attribute takes the lock of the device the
+// attribute belongs to (its nearest device directory) for the store, so a
+// store waits while another thread binds, unbinds or removes that device —
+// and only that device. Reads never wait for device locks: listing and
+// reading every other device, and this one, go on meanwhile.
 #pragma once
 
 #include <sys/types.h>
@@ -22,8 +32,17 @@
 #include <vector>
 
 #include "base/result.h"
+#include "driver/core_mutex.h"
 
 namespace uvfio::driver {
+
+// A device lock: held by one thread (recursively), waited for with the
+// CoreMutex released. Shared by the device and its directory so a store
+// that removed its own device can still let go of it.
+struct DevLock {
+  std::thread::id owner;  // guarded by the CoreMutex
+  unsigned depth = 0;     // guarded by the CoreMutex
+};
 
 struct Attribute {
   std::string name;
@@ -58,11 +77,16 @@ class Dir : public Node {
  public:
   Dir(std::string name, Dir* parent) : Node(NodeKind::kDir, std::move(name), parent) {}
   Node* child(std::string_view name) const;
-  const std::map<std::string, std::unique_ptr<Node>, std::less<>>& children() const { return children_; }
+  const std::map<std::string, std::shared_ptr<Node>, std::less<>>& children() const { return children_; }
+  // The lock of the device this directory is the directory of (null for
+  // other directories).
+  const std::shared_ptr<DevLock>& devlock() const { return devlock_; }
+  void set_devlock(std::shared_ptr<DevLock> l) { devlock_ = std::move(l); }
 
  private:
   friend class Tree;
-  std::map<std::string, std::unique_ptr<Node>, std::less<>> children_;
+  std::map<std::string, std::shared_ptr<Node>, std::less<>> children_;
+  std::shared_ptr<DevLock> devlock_;
 };
 
 class File : public Node {
@@ -97,9 +121,9 @@ struct DirEntry {
 
 class Tree {
  public:
-  explicit Tree(std::recursive_mutex& mu) : mu_(mu), root_("", nullptr) {}
+  explicit Tree(CoreMutex& mu) : mu_(mu), root_("", nullptr) {}
 
-  std::recursive_mutex& lock() const { return mu_; }
+  CoreMutex& lock() const { return mu_; }
   Dir* root() { return &root_; }
 
   // ---- Mutation (lock held). Names must be unique in their directory:
@@ -121,13 +145,20 @@ class Tree {
   Result<void> write(std::string_view path, std::string_view data) const;
   Result<std::string> readlink(std::string_view path) const;
 
+  // ---- Device locks (tree lock held). lock_dev waits, with the tree lock
+  // released, while another thread holds `l`; the caller keeps `l` alive.
+  bool dev_busy(const DevLock& l) const;  // held by another thread
+  void lock_dev(DevLock& l) const;
+  bool try_lock_dev(DevLock& l) const;
+  void unlock_dev(DevLock& l) const;
+
   // "../../x" for a link living in directory `from_dir` that points at `to`.
   static std::string relative_path(std::string_view from_dir, std::string_view to);
 
  private:
   enum class Follow { kNo, kYes };
   Result<Node*> resolve(std::string_view path, Follow last) const;
-  std::recursive_mutex& mu_;
+  CoreMutex& mu_;
   Dir root_;
 };
 

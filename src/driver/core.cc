@@ -38,9 +38,11 @@ Result<void> DriverCore::register_bus(Bus& bus) {
                                     return ok();
                                   }}));
   TRY(tree_.add_file(d, Attribute{"drivers_probe", 0200, nullptr, [this, b](std::string_view v) -> Result<void> {
-                                    Device* dev = find_device(*b, chomp(v));
+                                    Device* dev = lock_named(*b, chomp(v));
                                     if (!dev) return Error(ENODEV, "no such device");
-                                    return drivers_probe(*dev);
+                                    auto r = drivers_probe(*dev);
+                                    unlock_device(*dev);
+                                    return r;
                                   }}));
   TRY(tree_.add_file(d, Attribute{"uevent", 0200, nullptr, [](std::string_view) { return ok(); }}));
   bus.core_ = this;
@@ -82,15 +84,24 @@ Result<void> DriverCore::add_driver_dir(Bus& bus, Driver& drv) {
   Dir* drivers = tree_.find_dir(bus.dir_->path() + "/drivers");
   Dir* d = TRY(tree_.mkdir(drivers, drv.name()));
   Driver* dp = &drv;
+  // The device is found by name and locked (waiting for another thread's
+  // bind or unbind of it, with the core lock released), then looked up
+  // again: the driver's bus is checked after the wait too.
   TRY(tree_.add_file(d, Attribute{"bind", 0200, nullptr, [this, dp](std::string_view v) -> Result<void> {
-                                    Device* dev = find_device(*dp->bus(), chomp(v));
+                                    if (!dp->bus()) return Error(ENODEV, "driver unregistered");
+                                    Device* dev = lock_named(*dp->bus(), chomp(v));
                                     if (!dev) return Error(ENODEV, "no such device");
-                                    return bind(*dp, *dev);
+                                    auto r = dp->bus() ? bind(*dp, *dev) : Result<void>(Error(ENODEV, "driver unregistered"));
+                                    unlock_device(*dev);
+                                    return r;
                                   }}));
   TRY(tree_.add_file(d, Attribute{"unbind", 0200, nullptr, [this, dp](std::string_view v) -> Result<void> {
-                                    Device* dev = find_device(*dp->bus(), chomp(v));
+                                    if (!dp->bus()) return Error(ENODEV, "driver unregistered");
+                                    Device* dev = lock_named(*dp->bus(), chomp(v));
                                     if (!dev) return Error(ENODEV, "no such device");
-                                    return unbind(*dp, *dev);
+                                    auto r = unbind(*dp, *dev);
+                                    unlock_device(*dev);
+                                    return r;
                                   }}));
   TRY(tree_.add_file(d, Attribute{"uevent", 0200, nullptr, [](std::string_view) { return ok(); }}));
   drv.dir_ = d;
@@ -110,11 +121,14 @@ Result<void> DriverCore::register_driver(Bus& bus, Driver& drv) {
     return r.error();
   }
   if (bus.autoprobe_) {
-    // driver_attach(): offer the new driver every unbound device it matches.
+    // driver_attach(): offer the new driver every unbound device it
+    // matches, each under its device lock (the list is re-checked after
+    // every wait for one).
     auto devs = bus.devices_;
     for (Device* dev : devs) {
-      if (dev->driver_ || !dev->registered_ || !bus.match(*dev, drv)) continue;
-      (void)really_probe(*dev, drv);
+      if (!lock_if_present(bus, dev)) continue;
+      if (!dev->driver_ && dev->registered_ && drv.bus_ == &bus && bus.match(*dev, drv)) (void)really_probe(*dev, drv);
+      unlock_device(*dev);
     }
   }
   return ok();
@@ -124,9 +138,21 @@ void DriverCore::unregister_driver(Driver& drv) {
   std::lock_guard lk(mu_);
   Bus* bus = drv.bus_;
   if (!bus) return;
-  auto devs = bus->devices_;
-  for (auto it = devs.rbegin(); it != devs.rend(); ++it)
-    if ((*it)->driver_ == &drv) detach(**it);
+  // Unbind every device bound to it, last first, each under its device
+  // lock; the list is scanned again after each (a wait releases the core
+  // lock: devices may have come and gone).
+  for (;;) {
+    Device* target = nullptr;
+    for (auto it = bus->devices_.rbegin(); it != bus->devices_.rend(); ++it)
+      if ((*it)->driver_ == &drv) {
+        target = *it;
+        break;
+      }
+    if (!target) break;
+    if (!lock_if_present(*bus, target)) continue;
+    if (target->driver_ == &drv) detach(*target);
+    unlock_device(*target);
+  }
   if (drv.dir_) tree_.remove(drv.dir_->parent(), drv.name());
   std::erase(bus->drivers_, &drv);
   drv.bus_ = nullptr;
@@ -156,6 +182,7 @@ Result<void> DriverCore::device_add(Device& dev, Bus* bus) {
   if (bus && find_device(*bus, dev.name())) return Error(EEXIST, "device name in use on bus");
   Dir* parent_dir = dev.parent_ ? dev.parent_->dir_ : devices_dir_;
   dev.dir_ = TRY(tree_.mkdir(parent_dir, dev.name()));
+  dev.dir_->set_devlock(dev.lock_);
   dev.bus_ = bus;
   dev.registered_ = true;
   if (dev.parent_) dev.parent_->children_++;
@@ -179,7 +206,11 @@ Result<void> DriverCore::device_add(Device& dev, Bus* bus) {
     }
     if (auto r = bus->add_device_attributes(dev); !r) { undo(); return r.error(); }
     notify(*bus, BusEvent::kAddDevice, dev);
-    if (bus->autoprobe_ && dev.registered_ && bus->autoprobe_device(dev)) (void)attach(dev);
+    if (bus->autoprobe_ && dev.registered_ && bus->autoprobe_device(dev)) {
+      lock_device(dev);  // new: nobody else holds it
+      (void)attach(dev);
+      unlock_device(dev);
+    }
   }
   return ok();
 }
@@ -192,6 +223,13 @@ void DriverCore::device_del(Device& dev) {
   if (dev.children_ != 0) {
     log::error(dev.name(), "removed with {} registered children", dev.children_);
     std::abort();
+  }
+  // The device lock: waits for a bind or unbind of it in progress (the
+  // caller owns `dev`, so it is still there after the wait).
+  lock_device(dev);
+  if (!dev.registered_) {
+    unlock_device(dev);
+    return;
   }
   Bus* bus = dev.bus_;
   if (bus) notify(*bus, BusEvent::kDelDevice, dev);
@@ -207,6 +245,7 @@ void DriverCore::device_del(Device& dev) {
   dev.registered_ = false;
   dev.bus_ = nullptr;
   dev.dir_ = nullptr;
+  unlock_device(dev);
 }
 
 Result<void> DriverCore::really_probe(Device& dev, Driver& drv) {
@@ -223,6 +262,7 @@ Result<void> DriverCore::really_probe(Device& dev, Driver& drv) {
       }
       log::info(dev.name(), "{}: probe deferred", drv.name());
     } else {
+      dev.probe_error_ = code;
       log::warn(dev.name(), "probe with driver {} failed: {}", drv.name(), to_string(r.error()));
     }
     return r.error();
@@ -233,6 +273,7 @@ Result<void> DriverCore::really_probe(Device& dev, Driver& drv) {
   }
   dev.binding_ = std::move(*r);
   dev.driver_ = &drv;
+  dev.probe_error_ = 0;
   if (dev.deferred_) {
     dev.deferred_ = false;
     std::erase(deferred_, &dev);
@@ -283,16 +324,70 @@ void DriverCore::trigger_deferred() {
     auto list = deferred_;
     for (Device* dev : list) {
       if (std::find(deferred_.begin(), deferred_.end(), dev) == deferred_.end()) continue;
+      // A device another thread is binding or removing is left to it (it
+      // stays on the list for the next trigger).
+      if (!tree_.try_lock_dev(*dev->lock_)) continue;
       if (dev->registered_ && !dev->driver_ && dev->bus_ && dev->bus_->autoprobe_ &&
           dev->bus_->autoprobe_device(*dev))
         (void)attach(*dev);
+      unlock_device(*dev);
     }
   } while (retry_again_);
   retrying_ = false;
 }
 
+namespace {
+// Holds a device lock for a scope.
+class Locked {
+ public:
+  Locked(DriverCore& c, Device& d) : c_(c), d_(d) { c_.lock_device(d_); }
+  ~Locked() { c_.unlock_device(d_); }
+  Locked(const Locked&) = delete;
+  Locked& operator=(const Locked&) = delete;
+
+ private:
+  DriverCore& c_;
+  Device& d_;
+};
+}  // namespace
+
+void DriverCore::lock_device(Device& dev) {
+  std::lock_guard lk(mu_);
+  auto l = dev.lock_;  // alive through the wait whatever happens to dev
+  tree_.lock_dev(*l);
+}
+
+void DriverCore::unlock_device(Device& dev) {
+  std::lock_guard lk(mu_);
+  tree_.unlock_dev(*dev.lock_);
+}
+
+bool DriverCore::on_bus(const Bus& bus, const Device* dev) const {
+  return std::find(bus.devices_.begin(), bus.devices_.end(), dev) != bus.devices_.end();
+}
+
+bool DriverCore::lock_if_present(Bus& bus, Device* dev) {
+  std::lock_guard lk(mu_);
+  for (;;) {
+    if (!on_bus(bus, dev)) return false;
+    if (tree_.try_lock_dev(*dev->lock_)) return true;
+    mu_.wait();
+  }
+}
+
+Device* DriverCore::lock_named(Bus& bus, std::string_view name) {
+  std::lock_guard lk(mu_);
+  for (;;) {
+    Device* dev = find_device(bus, name);
+    if (!dev) return nullptr;
+    if (tree_.try_lock_dev(*dev->lock_)) return dev;
+    mu_.wait();
+  }
+}
+
 Result<void> DriverCore::bind(Driver& drv, Device& dev) {
   std::lock_guard lk(mu_);
+  Locked dl(*this, dev);
   if (!dev.registered_ || dev.bus_ != drv.bus_ || !drv.bus_) return Error(ENODEV, "no such device");
   if (!drv.bus_->match(dev, drv)) return Error(ENODEV, "driver does not match device");
   if (dev.driver_) return Error(EBUSY, "device already has a driver");
@@ -303,6 +398,7 @@ Result<void> DriverCore::bind(Driver& drv, Device& dev) {
 
 Result<void> DriverCore::unbind(Driver& drv, Device& dev) {
   std::lock_guard lk(mu_);
+  Locked dl(*this, dev);
   if (!dev.registered_ || dev.driver_ != &drv) return Error(ENODEV, "device not bound to this driver");
   detach(dev);
   return ok();
@@ -310,6 +406,7 @@ Result<void> DriverCore::unbind(Driver& drv, Device& dev) {
 
 Result<void> DriverCore::release_driver(Device& dev) {
   std::lock_guard lk(mu_);
+  Locked dl(*this, dev);
   if (!dev.driver_) return Error(ENODEV, "device has no driver");
   detach(dev);
   return ok();
@@ -317,6 +414,7 @@ Result<void> DriverCore::release_driver(Device& dev) {
 
 Result<void> DriverCore::drivers_probe(Device& dev) {
   std::lock_guard lk(mu_);
+  Locked dl(*this, dev);
   if (!dev.registered_) return Error(ENODEV, "no such device");
   if (!dev.driver_) (void)attach(dev);
   return ok();
@@ -324,6 +422,7 @@ Result<void> DriverCore::drivers_probe(Device& dev) {
 
 Result<void> DriverCore::set_driver_override(Device& dev, std::string_view value) {
   std::lock_guard lk(mu_);
+  Locked dl(*this, dev);
   // drivers/base/driver.c driver_set_override(): one byte is kept for the
   // newline that show() adds, so a page minus one is already too long.
   if (value.size() >= 4096 - 1) return Error(EINVAL, "driver_override too long");

@@ -14,9 +14,21 @@
 //  - Removing a device unbinds it first; a device's Binding is destroyed
 //    before the device; a device with registered children cannot go.
 //
-// Locking: one recursive lock (lock()) serializes every operation, including
-// attribute callbacks, so probe()/remove() run with it held and may register
-// or remove further devices (SR-IOV, auxiliary devices).
+// Locking (docs/architecture.md, "Locks"): the core's CoreMutex (lock())
+// serializes the structure — buses, the device and driver lists, the
+// attribute tree — and every attribute callback runs with it held. It is
+// recursive, so probe()/remove() may register or remove further devices
+// (SR-IOV, auxiliary devices), and it is released entirely while a thread
+// waits.
+//
+// Each device also has a device lock (Linux's device_lock()): bind, unbind,
+// probe, remove and driver_override hold it, as does every store to one of
+// the device's attributes. A thread that must wait — for another thread's
+// device lock, or for a VFIO user to close a device being unbound — waits
+// with the CoreMutex released and its device locks kept: an unbind stuck on
+// a client blocks stores to that device (and to its parent, if the parent's
+// operation is what waits), never reads, and never any other device.
+// Order: a parent's device lock before its children's.
 #pragma once
 
 #include <functional>
@@ -40,7 +52,12 @@ class DriverCore {
   DriverCore(const DriverCore&) = delete;
   DriverCore& operator=(const DriverCore&) = delete;
 
-  std::recursive_mutex& lock() { return mu_; }
+  CoreMutex& lock() { return mu_; }
+  // The device lock (core lock held, or taken here): waits, with the core
+  // lock released, while another thread holds it. The caller keeps `dev`
+  // alive (it owns it, or holds the lock of its parent).
+  void lock_device(Device& dev);
+  void unlock_device(Device& dev);
   Tree& tree() { return tree_; }
   Dir* devices_dir() const { return devices_dir_; }
 
@@ -78,12 +95,20 @@ class DriverCore {
   Result<void> really_probe(Device& dev, Driver& drv);
   Result<void> attach(Device& dev);  // try the matching drivers, most specific first
   void detach(Device& dev);
+  // Finds `name` on `bus` and locks it, waiting while another thread holds
+  // it and looking it up again after each wait (it may be gone); null if
+  // there is no such device.
+  Device* lock_named(Bus& bus, std::string_view name);
+  // Locks `dev` if it is still on `bus` (pointer compared before use);
+  // false if it went away while waiting.
+  bool lock_if_present(Bus& bus, Device* dev);
+  bool on_bus(const Bus& bus, const Device* dev) const;
   void notify(Bus& bus, BusEvent ev, Device& dev);
   void trigger_deferred();
   Result<void> add_core_attributes(Device& dev);
   Result<void> add_driver_dir(Bus& bus, Driver& drv);
 
-  std::recursive_mutex mu_;
+  CoreMutex mu_;
   Tree tree_;
   Dir* devices_dir_ = nullptr;
   Dir* bus_dir_ = nullptr;

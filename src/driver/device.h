@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "base/result.h"
+#include "driver/attr_tree.h"
 
 namespace uvfio::driver {
 
@@ -67,6 +68,9 @@ class Device {
   Dir* dir() const { return dir_; }
   // Empty when unset.
   const std::string& driver_override() const { return driver_override_; }
+  // The errno of the last probe that failed (0 if none since the last
+  // bind): how a caller that added the device learns why no driver took it.
+  int probe_error() const { return probe_error_; }
 
  private:
   friend class DriverCore;
@@ -80,7 +84,9 @@ class Device {
   bool deferred_ = false;
   bool probing_ = false;
   int children_ = 0;
+  int probe_error_ = 0;  // errno of the last failed probe (not a deferral); 0 after a bind
   Dir* dir_ = nullptr;
+  std::shared_ptr<DevLock> lock_ = std::make_shared<DevLock>();
 };
 
 // Events a bus notifier hears (BUS_NOTIFY_* in Linux).

@@ -15,8 +15,8 @@ Result<void> Registry::register_device(Device& dev, driver::Device& parent) {
     if (devs_.count(&dev)) return Error(EEXIST, "vfio device registered twice");
     minor = next_minor_++;
     devs_[&dev] = {minor, &parent};
-    ls = listeners_;
   }
+  ls = begin_calls();
   driver::Tree& t = core_.tree();
   if (driver::Dir* d = parent.dir()) {
     driver::Dir* vd = d->child("vfio-dev") ? static_cast<driver::Dir*>(d->child("vfio-dev")) : *t.mkdir(d, "vfio-dev");
@@ -30,13 +30,26 @@ Result<void> Registry::register_device(Device& dev, driver::Device& parent) {
   for (size_t i = 0; i < ls.size(); ++i) {
     if (auto r = ls[i]->device_added(dev, parent); !r) {
       for (size_t j = 0; j < i; ++j) ls[j]->device_removing(dev);
+      end_calls();
       remove_dir({minor, &parent});
       std::lock_guard lk(mu_);
       devs_.erase(&dev);
       return r.error();
     }
   }
+  end_calls();
   return ok();
+}
+
+std::vector<RegistryListener*> Registry::begin_calls() {
+  std::lock_guard lk(mu_);
+  ++calls_;
+  return listeners_;
+}
+
+void Registry::end_calls() {
+  std::lock_guard lk(mu_);
+  if (--calls_ == 0) calls_cv_.notify_all();
 }
 
 void Registry::remove_dir(const Entry& e) {
@@ -57,11 +70,14 @@ void Registry::unregister_device(Device& dev) {
     auto it = devs_.find(&dev);
     if (it == devs_.end()) return;
     e = it->second;
-    ls = listeners_;
   }
+  ls = begin_calls();
   for (auto* l : ls) l->device_removing(dev);
-  // The cooperative unbind: ask (REQ), wait for the user to close.
-  dev.wait_released(request_interval_);
+  end_calls();
+  // The cooperative unbind: ask (REQ), wait for the user to close — with
+  // the driver core's lock released (the device lock stays held: only
+  // stores to this device wait with us).
+  core_.lock().unlocked([&] { dev.wait_released(request_interval_); });
   remove_dir(e);
   std::lock_guard lk(mu_);
   devs_.erase(&dev);
@@ -102,8 +118,9 @@ Result<void> Registry::add_attribute(Device& dev, driver::Attribute a) {
 }
 
 void Registry::remove_listener(RegistryListener* l) {
-  std::lock_guard lk(mu_);
+  std::unique_lock lk(mu_);
   std::erase(listeners_, l);
+  calls_cv_.wait(lk, [&] { return calls_ == 0; });
 }
 
 std::vector<Device*> Registry::devices() const {

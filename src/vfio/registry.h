@@ -4,6 +4,7 @@
 #pragma once
 
 #include <chrono>
+#include <condition_variable>
 #include <map>
 #include <mutex>
 #include <string>
@@ -49,6 +50,7 @@ class Registry {
   // An attribute in <parent>/vfio-dev/vfio<N>/ (core lock held by the caller
   // or taken here).
   Result<void> add_attribute(Device& dev, driver::Attribute a);
+  // Returns once no call to `l` is in progress: it may be destroyed then.
   void remove_listener(RegistryListener* l);
   std::vector<Device*> devices() const;
   int minor(const Device& dev) const;  // N of vfio<N>, -1 if unknown
@@ -63,6 +65,13 @@ class Registry {
   };
   std::map<Device*, Entry> devs_;  // guarded by mu_
   std::vector<RegistryListener*> listeners_;  // guarded by mu_
+  // Listener calls in progress (made without mu_): remove_listener waits
+  // for them.
+  int calls_ = 0;  // guarded by mu_
+  std::condition_variable calls_cv_;
+  // Copies the listeners and counts a call in progress; done_calls() ends it.
+  std::vector<RegistryListener*> begin_calls();
+  void end_calls();
   int next_minor_ = 0;
   void remove_dir(const Entry& e);
   std::chrono::milliseconds request_interval_{10000};  // the kernel's 10 s

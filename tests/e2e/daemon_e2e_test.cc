@@ -2,9 +2,13 @@
 // lspci) on the seed topology.
 #include <gtest/gtest.h>
 
+#include <atomic>
+#include <thread>
+
 #include <nlohmann/json.hpp>
 
 #include "e2e/harness.h"
+#include "protocol/raw.h"
 
 namespace uvfio::e2e {
 namespace {
@@ -422,6 +426,248 @@ TEST(DaemonLifecycle, ConfigFileAndNoFuse) {
   EXPECT_FALSE(is_mounted(d.sys()));
   EXPECT_EQ(sh(d.ctl("readlink bus/auxiliary/devices/mlx5_core.vfio_pci.2048")).out, kLink2048 + "\n");
   EXPECT_EQ(d.stop(), 0);
+  sh("rm -rf " + dir);
+}
+
+
+namespace {
+double seconds_since(std::chrono::steady_clock::time_point t0) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+// Runs `cmd` and says how long it took.
+std::pair<CmdResult, double> timed(const std::string& cmd) {
+  auto t0 = std::chrono::steady_clock::now();
+  CmdResult r = sh(cmd);
+  return {r, seconds_since(t0)};
+}
+bool wait_for_log(Daemon& d, const std::string& needle, int timeout_ms = 5000) {
+  for (int i = 0; i < timeout_ms / 20; ++i) {
+    if (d.log().find(needle) != std::string::npos) return true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  return false;
+}
+}  // namespace
+
+// An unbind waiting for a client that ignores REQ (as QEMU 10.2 does: it
+// registers no REQ eventfd) holds only that device: the control socket and
+// the FUSE tree answer for everything else — and reads of that device —
+// within a second, the other VF keeps serving its client, and SIGTERM ends
+// the daemon within 5 s (the client is disconnected, the unbind finishes).
+TEST(ControlPlane, AnUnbindWaitingForAClientFreezesNothingElse) {
+  Daemon d;
+  ASSERT_TRUE(d.wait_ready()) << d.log();
+  bool fuse = is_mounted(d.sys());
+  Raw holder(d.rundir() + "/vfio-user/0000:08:00.0.sock");
+  ASSERT_TRUE(holder.connected());
+  holder.version();  // the device is open; REQ is never registered
+  Raw other(d.rundir() + "/vfio-user/0000:09:00.0.sock");
+  ASSERT_TRUE(other.connected());
+  other.version();
+
+  std::atomic<bool> unbind_done{false};
+  CmdResult unbind;
+  std::thread admin([&] {
+    unbind = sh(d.ctl("unbind 0000:08:00.0"));
+    unbind_done = true;
+  });
+  ASSERT_TRUE(wait_for_log(d, "waiting for the user to release it")) << d.log();
+  EXPECT_FALSE(unbind_done);
+
+  auto [list, t_list] = timed(d.ctl("list"));
+  EXPECT_EQ(list.status, 0) << list.err;
+  EXPECT_LT(t_list, 1.0);
+  EXPECT_NE(list.out.find("0000:09:00.0"), std::string::npos) << list.out;
+  auto [vendor, t_vendor] = timed(d.ctl("cat bus/pci/devices/0000:09:00.0/vendor"));
+  EXPECT_EQ(vendor.out, "0x15b3\n");
+  EXPECT_LT(t_vendor, 1.0);
+  auto [own, t_own] = timed(d.ctl("cat bus/pci/devices/0000:08:00.0/device"));
+  EXPECT_EQ(own.status, 0) << own.err;
+  EXPECT_LT(t_own, 1.0) << "reads of the device being unbound waited";
+  // Stores to other devices go on too.
+  auto [ovr, t_ovr] = timed(d.ctl("write bus/pci/devices/0000:09:00.0/driver_override mlx5_vfio_pci"));
+  EXPECT_EQ(ovr.status, 0) << ovr.err;
+  EXPECT_LT(t_ovr, 1.0);
+  if (fuse) {
+    auto [cat, t_cat] = timed("cat " + d.sys() + "/bus/pci/devices/0000:07:00.1/sriov_numvfs");
+    EXPECT_EQ(cat.out, "1\n");
+    EXPECT_LT(t_cat, 1.0);
+    auto [ls, t_ls] = timed("ls -l " + d.sys() + "/bus/pci/drivers/mlx5_vfio_pci/");
+    EXPECT_EQ(ls.status, 0) << ls.err;
+    EXPECT_LT(t_ls, 1.0);
+  }
+  auto t0 = std::chrono::steady_clock::now();
+  EXPECT_TRUE(other.alive());
+  EXPECT_LT(seconds_since(t0), 1.0);
+  EXPECT_FALSE(unbind_done) << "the unbind returned while the client still held the device";
+
+  t0 = std::chrono::steady_clock::now();
+  EXPECT_EQ(d.stop(), 0) << d.log();
+  EXPECT_LT(seconds_since(t0), 5.0) << d.log();
+  admin.join();
+  EXPECT_TRUE(unbind_done);
+  EXPECT_TRUE(holder.closed_by_peer());
+}
+
+// The same wait ends as soon as the client lets go: the unbind succeeds and
+// the VF is left without a driver.
+TEST(ControlPlane, AnUnbindFinishesWhenTheClientLeaves) {
+  Daemon d;
+  ASSERT_TRUE(d.wait_ready()) << d.log();
+  auto holder = std::make_unique<Raw>(d.rundir() + "/vfio-user/0000:08:00.0.sock");
+  ASSERT_TRUE(holder->connected());
+  holder->version();
+  std::atomic<bool> unbind_done{false};
+  CmdResult unbind;
+  std::thread admin([&] {
+    unbind = sh(d.ctl("unbind 0000:08:00.0"));
+    unbind_done = true;
+  });
+  ASSERT_TRUE(wait_for_log(d, "waiting for the user to release it")) << d.log();
+  // A store to the device being unbound is taken once the unbind is done
+  // (it waits for the device lock) and takes effect after it.
+  std::atomic<bool> store_done{false};
+  std::thread store([&] {
+    (void)sh(d.ctl("write bus/pci/devices/0000:08:00.0/driver_override vfio-pci"));
+    store_done = true;
+  });
+  EXPECT_FALSE(unbind_done);
+  holder.reset();  // the client leaves
+  admin.join();
+  store.join();
+  EXPECT_EQ(unbind.status, 0) << unbind.err << d.log();
+  EXPECT_TRUE(store_done);
+  EXPECT_EQ(sh(d.ctl("readlink bus/pci/devices/0000:08:00.0/driver")).status, 1);
+  EXPECT_EQ(sh(d.ctl("cat bus/pci/devices/0000:08:00.0/driver_override")).out, "vfio-pci\n");
+  EXPECT_EQ(d.stop(), 0) << d.log();
+}
+
+// sriov_numvfs = 0 on a PF whose VF a client holds waits with the PF's
+// device lock only: the other PF and reads of this one answer; the change
+// completes when the client leaves.
+TEST(ControlPlane, ASriovChangeWaitingForAClientHoldsOnlyThatPf) {
+  Daemon d;
+  ASSERT_TRUE(d.wait_ready()) << d.log();
+  auto holder = std::make_unique<Raw>(d.rundir() + "/vfio-user/0000:08:00.0.sock");
+  ASSERT_TRUE(holder->connected());
+  holder->version();
+  std::atomic<bool> done{false};
+  CmdResult sriov;
+  std::thread admin([&] {
+    sriov = sh(d.ctl("sriov 0000:07:00.0 0"));
+    done = true;
+  });
+  ASSERT_TRUE(wait_for_log(d, "waiting for the user to release it")) << d.log();
+  auto [mine, t_mine] = timed(d.ctl("cat bus/pci/devices/0000:07:00.0/sriov_totalvfs"));
+  EXPECT_EQ(mine.status, 0) << mine.err;
+  EXPECT_LT(t_mine, 1.0);
+  auto [theirs, t_theirs] = timed(d.ctl("cat bus/pci/devices/0000:07:00.1/sriov_numvfs"));
+  EXPECT_EQ(theirs.out, "1\n");
+  EXPECT_LT(t_theirs, 1.0);
+  auto [list, t_list] = timed(d.ctl("list"));
+  EXPECT_EQ(list.status, 0) << list.err;
+  EXPECT_LT(t_list, 1.0);
+  EXPECT_FALSE(done);
+  holder.reset();
+  admin.join();
+  EXPECT_EQ(sriov.status, 0) << sriov.err << d.log();
+  EXPECT_EQ(sh(d.ctl("cat bus/pci/devices/0000:07:00.0/sriov_numvfs")).out, "0\n");
+  EXPECT_NE(sh(d.ctl("ls bus/pci/devices")).out.find("0000:09:00.0"), std::string::npos);
+  EXPECT_EQ(sh(d.ctl("ls bus/pci/devices")).out.find("0000:08:00.0"), std::string::npos);
+  EXPECT_EQ(d.stop(), 0) << d.log();
+}
+
+namespace {
+struct Usage {
+  long threads = 0, fds = 0, rss_kb = 0;
+};
+Usage usage(pid_t pid) {
+  Usage u;
+  std::string st = slurp("/proc/" + std::to_string(pid) + "/status");
+  auto field = [&](const char* key) {
+    size_t at = st.find(key);
+    return at == std::string::npos ? -1 : std::strtol(st.c_str() + at + std::strlen(key), nullptr, 10);
+  };
+  u.threads = field("Threads:");
+  u.rss_kb = field("VmRSS:");
+  auto r = sh("ls /proc/" + std::to_string(pid) + "/fd | wc -l");
+  u.fds = std::strtol(r.out.c_str(), nullptr, 10);
+  return u;
+}
+}  // namespace
+
+// Removing VFs gives back everything they took: after 100 cycles of
+// sriov 8 / sriov 0 the daemon has the threads and fds it had after the
+// first, and about the same memory.
+TEST(ControlPlane, HundredSriovCyclesLeakNothing) {
+  std::string dir = make_tmpdir("cycles");
+  std::ofstream(dir + "/topo.toml") << R"(
+[[device]]
+address = "0000:00:04.0"
+model = "mlx5-pf"
+total_vfs = 8
+first_vf_offset = 0x60
+vf_driver_override = "mlx5_vfio_pci"
+)";
+  Daemon d({"--config", dir + "/topo.toml", "--no-fuse"}, "cycles");
+  ASSERT_TRUE(d.wait_ready()) << d.log();
+  // One uvfioctl per step would spawn 200 processes: one shell loop does
+  // it through the control socket with a single client process per step.
+  auto cycle = [&](int n) {
+    std::string cmd;
+    for (int i = 0; i < n; ++i)
+      cmd += d.ctl("sriov 0000:00:04.0 8") + " >/dev/null && " + d.ctl("sriov 0000:00:04.0 0") + " >/dev/null && ";
+    cmd += "true";
+    return sh(cmd);
+  };
+  ASSERT_EQ(cycle(2).status, 0) << d.log();
+  Usage base = usage(d.pid());
+  ASSERT_GT(base.threads, 0);
+  auto r = cycle(100);
+  ASSERT_EQ(r.status, 0) << r.err << d.log();
+  // A VF's last sockets and threads are gone when sriov 0 returns.
+  Usage after = usage(d.pid());
+  EXPECT_EQ(after.threads, base.threads);
+  EXPECT_EQ(after.fds, base.fds);
+  EXPECT_LT(after.rss_kb, base.rss_kb + 8 * 1024) << "RSS " << base.rss_kb << " -> " << after.rss_kb << " kB";
+  // And the VFs still work after all that.
+  ASSERT_EQ(sh(d.ctl("sriov 0000:00:04.0 8")).status, 0);
+  Usage with_vfs = usage(d.pid());
+  EXPECT_GE(with_vfs.fds, base.fds + 8) << "8 VFs, 8 listening sockets";
+  Raw c(d.rundir() + "/vfio-user/0000:00:10.7.sock");
+  ASSERT_TRUE(c.connected());
+  c.version();
+  EXPECT_TRUE(c.alive());
+  EXPECT_EQ(d.stop(), 0) << d.log();
+  sh("rm -rf " + dir);
+}
+
+// A VF whose VFIO device cannot get a socket (here: its path does not fit
+// in sun_path) fails the sriov_numvfs write with that errno, visible to
+// the admin, and leaves SR-IOV off; the daemon goes on.
+TEST(ControlPlane, AVfWithoutASocketFailsTheSriovChangeWithItsErrno) {
+  std::string dir = make_tmpdir("nametoolong");
+  std::ofstream(dir + "/topo.toml") << R"(
+[[device]]
+address = "0000:00:04.0"
+model = "mlx5-pf"
+total_vfs = 2
+first_vf_offset = 0x60
+vf_driver_override = "mlx5_vfio_pci"
+)";
+  // RUNDIR/control.sock fits in sun_path, RUNDIR/vfio-user/0000:00:10.0.sock
+  // does not: the harness's run dir is /tmp/uvfio-e2e-TAG-XXXXXX/run.
+  std::string tag(85 - 26, 'n');
+  Daemon d({"--config", dir + "/topo.toml", "--no-fuse"}, tag.c_str());
+  ASSERT_TRUE(d.wait_ready()) << d.log();
+  ASSERT_LT(d.control().size(), 108u);
+  ASSERT_GE((d.rundir() + "/vfio-user/0000:00:10.0.sock").size(), 108u);
+  auto r = sh(d.ctl("sriov 0000:00:04.0 2"));
+  EXPECT_NE(r.status, 0);
+  EXPECT_NE(r.err.find("File name too long"), std::string::npos) << r.err;
+  EXPECT_EQ(sh(d.ctl("cat bus/pci/devices/0000:00:04.0/sriov_numvfs")).out, "0\n");
+  EXPECT_EQ(sh(d.ctl("cat bus/pci/devices/0000:00:04.0/vendor")).out, "0x15b3\n");
+  EXPECT_EQ(d.stop(), 0) << d.log();
   sh("rm -rf " + dir);
 }
 

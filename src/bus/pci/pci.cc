@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <bit>
+#include <cstring>
 #include <thread>
 
 #include "base/log.h"
@@ -594,6 +595,16 @@ Result<void> PciBus::enable_sriov(PciDevice& pf, uint16_t n) {
   }
   if (!result) disable_sriov(pf);
   return result;
+}
+
+int PciBus::vf_probe_error(const PciDevice& pf) const {
+  for (const PciDevice* vf : pf.vfs_) {
+    if (int e = vf->probe_error(); e && !vf->driver()) {
+      log::error(pf.name(), "VF {} not probed: {}", vf->name(), std::strerror(e));
+      return e;
+    }
+  }
+  return 0;
 }
 
 void PciBus::disable_sriov(PciDevice& pf) {

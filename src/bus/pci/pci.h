@@ -161,6 +161,12 @@ class PciBus : public driver::Bus, public hw::FabricListener {
   // drivers/pci/iov.c: for PF drivers' sriov_configure().
   Result<void> enable_sriov(PciDevice& pf, uint16_t num_vfs);
   void disable_sriov(PciDevice& pf);
+  // The errno of the first of `pf`'s VFs whose driver failed to probe it
+  // (0 if none): a PF driver's sriov_configure() fails with it once its VFs
+  // should all be bound (after its own per-VF setup), so the admin writing
+  // sriov_numvfs sees why. Linux leaves such a VF enabled and unbound with
+  // only a log line; uvfio fails the change (docs/architecture.md).
+  int vf_probe_error(const PciDevice& pf) const;
 
   // driver::Bus
   std::optional<int> match(driver::Device& dev, driver::Driver& drv) override;

@@ -262,6 +262,13 @@ Result<int> CoreDev::sriov_configure(int num_vfs) {
     }
     aux_devs_.push_back(std::move(aux));
   }
+  // Every VF has what mlx5_vfio_pci needs now: one it still could not take
+  // fails the change (with the errno the admin should see).
+  if (int e = pf_.pci_bus().vf_probe_error(pf_)) {
+    delete_aux_devices();
+    pf_.pci_bus().disable_sriov(pf_);
+    return Error(e, "VF probe failed");
+  }
   log::info(pf_.name(), "mlx5_core: {} VFs enabled", num_vfs);
   return num_vfs;
 }

@@ -80,6 +80,10 @@ Result<int> CoreDevice::sriov_configure(int num_vfs) {
     return 0;
   }
   TRY(pdev_.pci_bus().enable_sriov(pdev_, static_cast<uint16_t>(num_vfs)));
+  if (int e = pdev_.pci_bus().vf_probe_error(pdev_)) {
+    pdev_.pci_bus().disable_sriov(pdev_);
+    return Error(e, "VF probe failed");
+  }
   return num_vfs;
 }
 

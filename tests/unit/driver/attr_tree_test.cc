@@ -29,7 +29,7 @@ INSTANTIATE_TEST_SUITE_P(
     [](const auto& i) { return std::to_string(i.index); });
 
 struct TreeFixture : ::testing::Test {
-  std::recursive_mutex mu;
+  CoreMutex mu;
   Tree t{mu};
   std::string stored;
   void SetUp() override {

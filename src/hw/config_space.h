@@ -5,12 +5,19 @@
 // the written value, a bit in `rw1c` is cleared by writing 1 (status and error
 // bits). Device models set values and masks while they are built; after that
 // the host reaches the space only through read()/write().
+//
+// Thread-safe: the host's accesses (a vfio-user client's thread), the
+// device's own threads (DMA engines checking Bus Master, MSI-X delivery
+// checking its enable) and the admin's (sysfs `config`, lspci) meet here;
+// each access is atomic, and update() is a read-modify-write in one.
 #pragma once
 
 #include <linux/pci_regs.h>
 
 #include <array>
 #include <cstdint>
+
+#include "base/mutex.h"
 
 namespace uvfio::hw {
 
@@ -57,12 +64,19 @@ inline constexpr uint16_t kConfigSizeExtended = 4096;
 class ConfigSpace {
  public:
   explicit ConfigSpace(uint16_t size = kConfigSizeExtended) : size_(size) {
+    MutexLock lk(mu_);
     data_.fill(0);
     rw_.fill(0);
     rw1c_.fill(0);
   }
 
   uint16_t size() const { return size_; }
+
+  // Takes `other`'s contents and masks (an FLR restoring the power-on
+  // state), atomically with respect to this space's accessors.
+  void assign(const ConfigSpace& other);
+  ConfigSpace(const ConfigSpace&) = delete;
+  ConfigSpace& operator=(const ConfigSpace&) = delete;
 
   // Host access with hardware semantics. Widths are 1, 2 or 4 bytes; bytes
   // outside the space read as 0xff and drop writes (as a master abort does).
@@ -75,13 +89,27 @@ class ConfigSpace {
   template <class T> T get(Reg<T> r) const { return static_cast<T>(raw_read(r.off, sizeof(T))); }
   template <class T> void set(Reg<T> r, T v) { raw_write(r.off, sizeof(T), v); }
 
-  // Declare which bits of [off, off+width) the host may write.
-  void set_rw(uint16_t off, unsigned width, uint32_t mask) { put(rw_, off, width, mask); }
-  void set_rw1c(uint16_t off, unsigned width, uint32_t mask) { put(rw1c_, off, width, mask); }
-  uint32_t rw_mask(uint16_t off, unsigned width) const { return take(rw_, off, width); }
-  uint32_t rw1c_mask(uint16_t off, unsigned width) const { return take(rw1c_, off, width); }
+  // Model-side read-modify-write: clears `clear`, then sets `set`; returns
+  // the old value.
+  uint32_t update(uint16_t off, unsigned width, uint32_t clear, uint32_t set);
 
-  const uint8_t* bytes() const { return data_.data(); }
+  // Declare which bits of [off, off+width) the host may write.
+  void set_rw(uint16_t off, unsigned width, uint32_t mask) {
+    MutexLock lk(mu_);
+    put(rw_, off, width, mask);
+  }
+  void set_rw1c(uint16_t off, unsigned width, uint32_t mask) {
+    MutexLock lk(mu_);
+    put(rw1c_, off, width, mask);
+  }
+  uint32_t rw_mask(uint16_t off, unsigned width) const {
+    MutexLock lk(mu_);
+    return take(rw_, off, width);
+  }
+  uint32_t rw1c_mask(uint16_t off, unsigned width) const {
+    MutexLock lk(mu_);
+    return take(rw1c_, off, width);
+  }
 
  private:
   bool in_range(uint16_t off, unsigned width) const {
@@ -90,10 +118,11 @@ class ConfigSpace {
   static uint32_t take(const std::array<uint8_t, kConfigSizeExtended>& a, uint16_t off, unsigned width);
   void put(std::array<uint8_t, kConfigSizeExtended>& a, uint16_t off, unsigned width, uint32_t v);
 
-  uint16_t size_;
-  std::array<uint8_t, kConfigSizeExtended> data_;
-  std::array<uint8_t, kConfigSizeExtended> rw_;
-  std::array<uint8_t, kConfigSizeExtended> rw1c_;
+  const uint16_t size_;  // fixed at construction
+  mutable Mutex mu_;
+  std::array<uint8_t, kConfigSizeExtended> data_ GUARDED_BY(mu_);
+  std::array<uint8_t, kConfigSizeExtended> rw_ GUARDED_BY(mu_);
+  std::array<uint8_t, kConfigSizeExtended> rw1c_ GUARDED_BY(mu_);
 };
 
 }  // namespace uvfio::hw

@@ -74,7 +74,7 @@ Result<uint16_t> Function::add_ext_capability(uint16_t id, uint8_t version, uint
   return off;
 }
 
-void Function::finish_build() { power_on_ = cfg_; }
+void Function::finish_build() { power_on_.assign(cfg_); }
 
 void Function::set_multifunction(bool on) {
   for (ConfigSpace* c : {&cfg_, &power_on_}) {
@@ -156,7 +156,7 @@ void Function::function_level_reset() {
   IommuDomain* dom = iommu_.load();
   if (dom) dom->block_remote(true);
   before_reset();
-  cfg_ = power_on_;
+  cfg_.assign(power_on_);
   {
     std::lock_guard lk(irq_mu_);
     for (auto& e : msix_) e = MsixEntry{};
@@ -320,7 +320,7 @@ void Function::raise_irq(unsigned vector) {
         uint32_t mask = cfg_.raw_read(cap + (is64 ? PCI_MSI_MASK_64 : PCI_MSI_MASK_32), 4);
         if (mask & (1u << vector)) {
           uint16_t pend = cap + (is64 ? PCI_MSI_MASK_64 : PCI_MSI_MASK_32) + 4;
-          cfg_.raw_write(pend, 4, cfg_.raw_read(pend, 4) | (1u << vector));
+          cfg_.update(pend, 4, 0, 1u << vector);
           return;
         }
       }
@@ -337,8 +337,7 @@ void Function::raise_irq(unsigned vector) {
 
 void Function::set_intx(bool asserted) {
   if (!cfg_.get(kInterruptPin)) return;
-  uint16_t st = cfg_.get(kStatus);
-  cfg_.set(kStatus, static_cast<uint16_t>(asserted ? (st | PCI_STATUS_INTERRUPT) : (st & ~PCI_STATUS_INTERRUPT)));
+  cfg_.update(PCI_STATUS, 2, asserted ? 0 : PCI_STATUS_INTERRUPT, asserted ? PCI_STATUS_INTERRUPT : 0);
   bool disabled = cfg_.get(kCommand) & PCI_COMMAND_INTX_DISABLE;
   std::lock_guard lk(irq_mu_);
   bool level = asserted && !disabled;

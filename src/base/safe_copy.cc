@@ -2,6 +2,7 @@
 
 #include <setjmp.h>
 #include <signal.h>
+#include <ucontext.h>
 
 #include <cstring>
 #include <mutex>
@@ -16,6 +17,11 @@ struct sigaction g_previous;
 void on_sigbus(int sig, siginfo_t* info, void* ctx) {
   if (sigjmp_buf* j = t_jump) {
     t_jump = nullptr;
+    // The jump skips the handler's return, which is what would restore the
+    // thread's signal mask: restore it here (the kernel, or a sanitizer's
+    // wrapper, may block SIGBUS and more while the handler runs; a SIGBUS
+    // arriving blocked kills the process).
+    if (ctx) pthread_sigmask(SIG_SETMASK, &static_cast<ucontext_t*>(ctx)->uc_sigmask, nullptr);
     siglongjmp(*j, 1);
   }
   // Not ours: the previous handler, or the default action (the fault

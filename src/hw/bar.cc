@@ -5,6 +5,7 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cstring>
 
 namespace uvfio::hw {
@@ -53,18 +54,51 @@ Result<std::unique_ptr<BarMemory>> BarMemory::create(uint64_t size, const char* 
 
 BarMemory::~BarMemory() { munmap(data_, size_); }
 
+namespace {
+// Naturally aligned accesses are single-copy atomic, as on a PCIe device:
+// a register the device's own thread updates (a DMA status) is read whole
+// by the host, never torn. Unaligned ones are copied byte by byte.
+template <class T>
+T load_as(const uint8_t* p) {
+  return std::atomic_ref<T>(*reinterpret_cast<T*>(const_cast<uint8_t*>(p))).load(std::memory_order_acquire);
+}
+template <class T>
+void store_as(uint8_t* p, T v) {
+  std::atomic_ref<T>(*reinterpret_cast<T*>(p)).store(v, std::memory_order_release);
+}
+}  // namespace
+
 Result<uint64_t> BarMemory::load(uint64_t off, unsigned width) const {
   if ((width != 1 && width != 2 && width != 4 && width != 8) || off > size_ || size_ - off < width)
     return Error(EINVAL, "BAR access out of range");
+  const uint8_t* p = data_ + off;
+  if (off % width == 0) {
+    switch (width) {  // x86: little-endian
+      case 1: return load_as<uint8_t>(p);
+      case 2: return load_as<uint16_t>(p);
+      case 4: return load_as<uint32_t>(p);
+      default: return load_as<uint64_t>(p);
+    }
+  }
   uint64_t v = 0;
-  std::memcpy(&v, data_ + off, width);  // x86: little-endian
+  for (unsigned i = 0; i < width; ++i) v |= uint64_t{load_as<uint8_t>(p + i)} << (8 * i);
   return v;
 }
 
 Result<void> BarMemory::store(uint64_t off, unsigned width, uint64_t value) {
   if ((width != 1 && width != 2 && width != 4 && width != 8) || off > size_ || size_ - off < width)
     return Error(EINVAL, "BAR access out of range");
-  std::memcpy(data_ + off, &value, width);
+  uint8_t* p = data_ + off;
+  if (off % width == 0) {
+    switch (width) {
+      case 1: store_as<uint8_t>(p, static_cast<uint8_t>(value)); break;
+      case 2: store_as<uint16_t>(p, static_cast<uint16_t>(value)); break;
+      case 4: store_as<uint32_t>(p, static_cast<uint32_t>(value)); break;
+      default: store_as<uint64_t>(p, value); break;
+    }
+    return ok();
+  }
+  for (unsigned i = 0; i < width; ++i) store_as<uint8_t>(p + i, static_cast<uint8_t>(value >> (8 * i)));
   return ok();
 }
 

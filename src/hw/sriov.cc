@@ -42,11 +42,12 @@ Result<std::unique_ptr<SriovCapability>> SriovCapability::add(Function& pf, cons
 
 SriovCapability::~SriovCapability() { teardown(); }
 
-void SriovCapability::config_written(uint16_t off, unsigned width) {
-  if (!overlaps(off, width, off_ + PCI_SRIOV_CTRL, 2)) return;
+SriovCapability::Vfs SriovCapability::config_written(uint16_t off, unsigned width) {
+  if (!overlaps(off, width, off_ + PCI_SRIOV_CTRL, 2)) return {};
   bool want = pf_.config().raw_read(off_ + PCI_SRIOV_CTRL, 2) & PCI_SRIOV_CTRL_VFE;
   if (want && !enabled_) enable_vfs();
-  else if (!want && enabled_) teardown();
+  else if (!want && enabled_) return take_vfs();
+  return {};
 }
 
 void SriovCapability::enable_vfs() {
@@ -76,15 +77,21 @@ void SriovCapability::enable_vfs() {
   }
 }
 
-void SriovCapability::teardown() {
-  // Last VF first, as Linux's sriov_disable() removes them.
-  while (!vfs_.empty()) {
-    std::unique_ptr<Function> vf = std::move(vfs_.back());
-    vfs_.pop_back();
-    if (Fabric* f = vf->fabric()) f->detach(*vf);
-  }
+SriovCapability::Vfs SriovCapability::take_vfs() {
+  Vfs out = std::move(vfs_);
+  vfs_.clear();
   enabled_ = false;
   pf_.config().set_rw(off_ + PCI_SRIOV_NUM_VF, 2, 0xffff);
+  return out;
+}
+
+void SriovCapability::release_vfs(Vfs vfs) {
+  // Last VF first, as Linux's sriov_disable() removes them.
+  while (!vfs.empty()) {
+    std::unique_ptr<Function> vf = std::move(vfs.back());
+    vfs.pop_back();
+    if (Fabric* f = vf->fabric()) f->detach(*vf);
+  }
 }
 
 }  // namespace uvfio::hw

@@ -48,8 +48,15 @@ class SriovCapability {
   }
 
   // PF hooks: config writes (VF Enable transitions) and FLR (VFs go away).
-  void config_written(uint16_t off, unsigned width);
-  void teardown();
+  // VFs that go away are handed back, still routable, to be released with
+  // release_vfs() once the caller has dropped its own locks: releasing tells
+  // the fabric's listener (the PCI bus, which removes their devices and may
+  // wait for their drivers), which must never run under a model's lock.
+  using Vfs = std::vector<std::unique_ptr<Function>>;
+  [[nodiscard]] Vfs config_written(uint16_t off, unsigned width);
+  [[nodiscard]] Vfs take_vfs();
+  static void release_vfs(Vfs vfs);
+  void teardown() { release_vfs(take_vfs()); }
 
  private:
   SriovCapability(Function& pf, uint16_t off, SriovParams p, VfFactory f)

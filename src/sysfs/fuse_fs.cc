@@ -2,6 +2,7 @@
 #include "sysfs/fuse_fs.h"
 
 #include <fuse3/fuse.h>
+#include <sys/mount.h>
 #include <sys/stat.h>
 
 #include <cstring>
@@ -170,8 +171,18 @@ Result<std::unique_ptr<FuseMount>> FuseMount::mount(const driver::Tree& tree, co
 FuseMount::~FuseMount() {
   if (!fuse_) return;
   fuse_exit(fuse_);
-  fuse_unmount(fuse_);
-  if (loop_.joinable()) loop_.join();
+  // Unmount in the kernel first: the loop's threads see ENODEV on their
+  // reads and leave, and only then does libfuse close the device fd (its
+  // fuse_unmount() closing it under threads still reading is a race). Not
+  // being allowed to (an unprivileged daemon mounts through fusermount3)
+  // falls back to libfuse's order.
+  if (::umount2(mountpoint_.c_str(), MNT_DETACH | UMOUNT_NOFOLLOW) == 0) {
+    if (loop_.joinable()) loop_.join();
+    fuse_unmount(fuse_);
+  } else {
+    fuse_unmount(fuse_);
+    if (loop_.joinable()) loop_.join();
+  }
   fuse_destroy(fuse_);
 }
 

@@ -50,14 +50,23 @@ Result<std::unique_ptr<Pf>> Pf::create(const PfParams& p) {
 void Pf::on_config_write(uint16_t off, unsigned width, uint32_t) {
   // VF Enable may create or destroy VFs: not under a running command.
   if (!overlaps(off, width, sriov_->offset(), PCI_EXT_CAP_SRIOV_SIZEOF)) return;
-  std::unique_lock vl(vfs_mu_);
-  sriov_->config_written(off, width);
+  SriovCapability::Vfs gone;
+  {
+    std::unique_lock vl(vfs_mu_);
+    gone = sriov_->config_written(off, width);
+  }
+  // The firmware no longer finds them; their devices go now, unlocked.
+  SriovCapability::release_vfs(std::move(gone));
 }
 
 void Pf::before_reset() {
   stop_firmware();
-  std::unique_lock vl(vfs_mu_);
-  sriov_->teardown();
+  SriovCapability::Vfs gone;
+  {
+    std::unique_lock vl(vfs_mu_);
+    gone = sriov_->take_vfs();
+  }
+  SriovCapability::release_vfs(std::move(gone));
 }
 
 Pf::~Pf() {

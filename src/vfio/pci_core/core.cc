@@ -249,8 +249,11 @@ void CoreDevice::restore_state() {
       keep = std::move(msi_triggers_);
     }
     (void)msi_enable(static_cast<unsigned>(keep.size()), is_msix);
-    std::lock_guard lk(irq_mu_);
-    msi_triggers_ = std::move(keep);
+    {
+      std::lock_guard lk(irq_mu_);
+      msi_triggers_ = std::move(keep);
+    }
+    // Unmasking may deliver what pended, into msi(): not under irq_mu_.
     if (is_msix) {
       uint32_t t = pdev_.config_read(msix + PCI_MSIX_TABLE, 4);
       for (size_t v = 0; v < attached.size(); ++v)

@@ -5,14 +5,17 @@ namespace uvfio {
 TaskPool::TaskPool(size_t max_threads, std::chrono::milliseconds idle) : max_(max_threads ? max_threads : 1), idle_(idle) {}
 
 TaskPool::~TaskPool() {
-  std::unique_lock lk(mu_);
+  MutexLock lk(mu_);
   stopping_ = true;
   cv_.notify_all();
-  exited_.wait(lk, [&] { return alive_ == 0; });
+  lk.wait(exited_, [&] {
+    mu_.assert_held();
+    return alive_ == 0;
+  });
 }
 
 void TaskPool::submit(std::function<void()> task) {
-  std::lock_guard lk(mu_);
+  MutexLock lk(mu_);
   tasks_.push_back(std::move(task));
   if (idle_threads_ > 0) {
     cv_.notify_one();
@@ -24,17 +27,20 @@ void TaskPool::submit(std::function<void()> task) {
 }
 
 size_t TaskPool::threads() const {
-  std::lock_guard lk(mu_);
+  MutexLock lk(mu_);
   return alive_;
 }
 
 void TaskPool::worker() {
-  std::unique_lock lk(mu_);
+  MutexLock lk(mu_);
   for (;;) {
     if (tasks_.empty()) {
       if (stopping_) break;
       ++idle_threads_;
-      bool got = cv_.wait_for(lk, idle_, [&] { return !tasks_.empty() || stopping_; });
+      bool got = lk.wait_for(cv_, idle_, [&] {
+        mu_.assert_held();
+        return !tasks_.empty() || stopping_;
+      });
       --idle_threads_;
       if (!got) break;  // idle long enough: leave
       continue;

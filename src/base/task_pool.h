@@ -14,6 +14,8 @@
 #include <thread>
 #include <vector>
 
+#include "base/mutex.h"
+
 namespace uvfio {
 
 class TaskPool {
@@ -32,11 +34,12 @@ class TaskPool {
   void worker();
   const size_t max_;
   const std::chrono::milliseconds idle_;
-  mutable std::mutex mu_;
+  mutable Mutex mu_;
   std::condition_variable cv_, exited_;
-  std::deque<std::function<void()>> tasks_;  // guarded by mu_
-  size_t alive_ = 0, idle_threads_ = 0;      // guarded by mu_
-  bool stopping_ = false;                    // guarded by mu_
+  std::deque<std::function<void()>> tasks_ GUARDED_BY(mu_);
+  size_t alive_ GUARDED_BY(mu_) = 0;
+  size_t idle_threads_ GUARDED_BY(mu_) = 0;
+  bool stopping_ GUARDED_BY(mu_) = false;
 };
 
 }  // namespace uvfio

@@ -108,7 +108,7 @@ Result<Node*> Tree::resolve(std::string_view path, Follow last) const {
 }
 
 Result<NodeInfo> Tree::stat(std::string_view path) const {
-  std::lock_guard lk(mu_);
+  CoreLock lk(mu_);
   Node* n = TRY(resolve(path, Follow::kNo));
   switch (n->kind()) {
     case NodeKind::kDir: return NodeInfo{NodeKind::kDir, 0755, 0};
@@ -122,7 +122,7 @@ Result<NodeInfo> Tree::stat(std::string_view path) const {
 }
 
 Result<std::vector<DirEntry>> Tree::list(std::string_view path) const {
-  std::lock_guard lk(mu_);
+  CoreLock lk(mu_);
   Node* n = TRY(resolve(path, Follow::kYes));
   if (n->kind() != NodeKind::kDir) return Error(ENOTDIR, "not a directory");
   std::vector<DirEntry> out;
@@ -149,7 +149,7 @@ std::shared_ptr<DevLock> owner_lock(const Node* n) {
 }  // namespace
 
 Result<std::string> Tree::read(std::string_view path) const {
-  std::lock_guard lk(mu_);
+  CoreLock lk(mu_);
   Node* n = TRY(resolve(path, Follow::kYes));
   if (n->kind() == NodeKind::kDir) return Error(EISDIR, "is a directory");
   auto keep = hold(n);
@@ -159,7 +159,7 @@ Result<std::string> Tree::read(std::string_view path) const {
 }
 
 Result<void> Tree::write(std::string_view path, std::string_view data) const {
-  std::lock_guard lk(mu_);
+  CoreLock lk(mu_);
   for (;;) {
     Node* n = TRY(resolve(path, Follow::kYes));
     if (n->kind() == NodeKind::kDir) return Error(EISDIR, "is a directory");
@@ -183,6 +183,7 @@ Result<void> Tree::write(std::string_view path, std::string_view data) const {
 bool Tree::dev_busy(const DevLock& l) const { return l.depth && l.owner != std::this_thread::get_id(); }
 
 void Tree::lock_dev(DevLock& l) const {
+  mu_.assert_held();
   while (dev_busy(l)) mu_.wait();
   l.owner = std::this_thread::get_id();
   ++l.depth;
@@ -203,7 +204,7 @@ void Tree::unlock_dev(DevLock& l) const {
 }
 
 Result<std::string> Tree::readlink(std::string_view path) const {
-  std::lock_guard lk(mu_);
+  CoreLock lk(mu_);
   Node* n = TRY(resolve(path, Follow::kNo));
   if (n->kind() != NodeKind::kLink) return Error(EINVAL, "not a link");
   return relative_path(n->parent()->path(), static_cast<Link*>(n)->target());

@@ -25,7 +25,7 @@ DriverCore::DriverCore() : tree_(mu_) {
 DriverCore::~DriverCore() = default;
 
 Result<void> DriverCore::register_bus(Bus& bus) {
-  std::lock_guard lk(mu_);
+  CoreLock lk(mu_);
   if (bus.core_) return Error(EBUSY, "bus already registered");
   Dir* d = TRY(tree_.mkdir(bus_dir_, bus.name()));
   TRY(tree_.mkdir(d, "devices"));
@@ -52,7 +52,7 @@ Result<void> DriverCore::register_bus(Bus& bus) {
 }
 
 void DriverCore::unregister_bus(Bus& bus) {
-  std::lock_guard lk(mu_);
+  CoreLock lk(mu_);
   if (bus.core_ != this) return;
   while (!bus.drivers_.empty()) unregister_driver(*bus.drivers_.back());
   std::erase_if(notifiers_, [&](const Notifier& n) { return n.bus == &bus; });
@@ -63,14 +63,14 @@ void DriverCore::unregister_bus(Bus& bus) {
 }
 
 int DriverCore::add_notifier(Bus& bus, BusNotifier fn) {
-  std::lock_guard lk(mu_);
+  CoreLock lk(mu_);
   int id = next_notifier_++;
   notifiers_.push_back({id, &bus, std::move(fn)});
   return id;
 }
 
 void DriverCore::remove_notifier(int id) {
-  std::lock_guard lk(mu_);
+  CoreLock lk(mu_);
   std::erase_if(notifiers_, [&](const Notifier& n) { return n.id == id; });
 }
 
@@ -109,7 +109,7 @@ Result<void> DriverCore::add_driver_dir(Bus& bus, Driver& drv) {
 }
 
 Result<void> DriverCore::register_driver(Bus& bus, Driver& drv) {
-  std::lock_guard lk(mu_);
+  CoreLock lk(mu_);
   if (bus.core_ != this) return Error(EINVAL, "bus not registered");
   if (drv.bus_) return Error(EBUSY, "driver already registered");
   if (find_driver(bus, drv.name())) return Error(EEXIST, "driver name in use");
@@ -135,7 +135,7 @@ Result<void> DriverCore::register_driver(Bus& bus, Driver& drv) {
 }
 
 void DriverCore::unregister_driver(Driver& drv) {
-  std::lock_guard lk(mu_);
+  CoreLock lk(mu_);
   Bus* bus = drv.bus_;
   if (!bus) return;
   // Unbind every device bound to it, last first, each under its device
@@ -175,7 +175,7 @@ Result<void> DriverCore::add_core_attributes(Device& dev) {
 }
 
 Result<void> DriverCore::device_add(Device& dev, Bus* bus) {
-  std::lock_guard lk(mu_);
+  CoreLock lk(mu_);
   if (dev.registered_) return Error(EBUSY, "device already registered");
   if (dev.parent_ && !dev.parent_->registered_) return Error(EINVAL, "parent not registered");
   if (bus && bus->core_ != this) return Error(EINVAL, "bus not registered");
@@ -216,7 +216,7 @@ Result<void> DriverCore::device_add(Device& dev, Bus* bus) {
 }
 
 void DriverCore::device_del(Device& dev) {
-  std::lock_guard lk(mu_);
+  CoreLock lk(mu_);
   if (!dev.registered_) return;
   // Parents outlive children: whoever registered the children removes them
   // first. Anything else is a bug in our code, not bad input.
@@ -352,13 +352,13 @@ class Locked {
 }  // namespace
 
 void DriverCore::lock_device(Device& dev) {
-  std::lock_guard lk(mu_);
+  CoreLock lk(mu_);
   auto l = dev.lock_;  // alive through the wait whatever happens to dev
   tree_.lock_dev(*l);
 }
 
 void DriverCore::unlock_device(Device& dev) {
-  std::lock_guard lk(mu_);
+  CoreLock lk(mu_);
   tree_.unlock_dev(*dev.lock_);
 }
 
@@ -367,7 +367,7 @@ bool DriverCore::on_bus(const Bus& bus, const Device* dev) const {
 }
 
 bool DriverCore::lock_if_present(Bus& bus, Device* dev) {
-  std::lock_guard lk(mu_);
+  CoreLock lk(mu_);
   for (;;) {
     if (!on_bus(bus, dev)) return false;
     if (tree_.try_lock_dev(*dev->lock_)) return true;
@@ -376,7 +376,7 @@ bool DriverCore::lock_if_present(Bus& bus, Device* dev) {
 }
 
 Device* DriverCore::lock_named(Bus& bus, std::string_view name) {
-  std::lock_guard lk(mu_);
+  CoreLock lk(mu_);
   for (;;) {
     Device* dev = find_device(bus, name);
     if (!dev) return nullptr;
@@ -386,7 +386,7 @@ Device* DriverCore::lock_named(Bus& bus, std::string_view name) {
 }
 
 Result<void> DriverCore::bind(Driver& drv, Device& dev) {
-  std::lock_guard lk(mu_);
+  CoreLock lk(mu_);
   Locked dl(*this, dev);
   if (!dev.registered_ || dev.bus_ != drv.bus_ || !drv.bus_) return Error(ENODEV, "no such device");
   if (!drv.bus_->match(dev, drv)) return Error(ENODEV, "driver does not match device");
@@ -397,7 +397,7 @@ Result<void> DriverCore::bind(Driver& drv, Device& dev) {
 }
 
 Result<void> DriverCore::unbind(Driver& drv, Device& dev) {
-  std::lock_guard lk(mu_);
+  CoreLock lk(mu_);
   Locked dl(*this, dev);
   if (!dev.registered_ || dev.driver_ != &drv) return Error(ENODEV, "device not bound to this driver");
   detach(dev);
@@ -405,7 +405,7 @@ Result<void> DriverCore::unbind(Driver& drv, Device& dev) {
 }
 
 Result<void> DriverCore::release_driver(Device& dev) {
-  std::lock_guard lk(mu_);
+  CoreLock lk(mu_);
   Locked dl(*this, dev);
   if (!dev.driver_) return Error(ENODEV, "device has no driver");
   detach(dev);
@@ -413,7 +413,7 @@ Result<void> DriverCore::release_driver(Device& dev) {
 }
 
 Result<void> DriverCore::drivers_probe(Device& dev) {
-  std::lock_guard lk(mu_);
+  CoreLock lk(mu_);
   Locked dl(*this, dev);
   if (!dev.registered_) return Error(ENODEV, "no such device");
   if (!dev.driver_) (void)attach(dev);
@@ -421,7 +421,7 @@ Result<void> DriverCore::drivers_probe(Device& dev) {
 }
 
 Result<void> DriverCore::set_driver_override(Device& dev, std::string_view value) {
-  std::lock_guard lk(mu_);
+  CoreLock lk(mu_);
   Locked dl(*this, dev);
   // drivers/base/driver.c driver_set_override(): one byte is kept for the
   // newline that show() adds, so a page minus one is already too long.

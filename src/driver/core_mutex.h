@@ -36,6 +36,8 @@ class CAPABILITY("mutex") CoreMutex {
   }
   // The calling thread holds it.
   bool held() const { return owner_.load(std::memory_order_relaxed) == std::this_thread::get_id(); }
+  // For the analysis: the caller holds it (code reached only under it).
+  void assert_held() const ASSERT_CAPABILITY(this) {}
 
   // Waits, released entirely, until notify_all() (or spuriously): callers
   // re-check what they wait for, and re-validate every pointer they hold
@@ -75,6 +77,18 @@ class CAPABILITY("mutex") CoreMutex {
   std::condition_variable cv_;
   std::atomic<std::thread::id> owner_{};
   unsigned depth_ = 0;  // by the owner only
+};
+
+// Holds a CoreMutex for a scope (the analysis sees it held).
+class SCOPED_CAPABILITY CoreLock {
+ public:
+  explicit CoreLock(CoreMutex& m) ACQUIRE(m) : m_(m) { m_.lock(); }
+  ~CoreLock() RELEASE() { m_.unlock(); }
+  CoreLock(const CoreLock&) = delete;
+  CoreLock& operator=(const CoreLock&) = delete;
+
+ private:
+  CoreMutex& m_;
 };
 
 }  // namespace uvfio::driver

@@ -16,14 +16,14 @@ Result<Function*> Fabric::attach(std::unique_ptr<Function> f, Bdf at) {
   if (!f) return Error(EINVAL, "no function");
   Function* raw = f.get();
   TRY(attach_borrowed(*raw, at));
-  std::lock_guard lk(mu_);
+  MutexLock lk(mu_);
   owned_[raw] = std::move(f);
   return raw;
 }
 
 Result<void> Fabric::attach_borrowed(Function& f, Bdf at) {
   if (at.domain() != domain_) return Error(EINVAL, "function in another PCI domain");
-  std::lock_guard lk(mu_);
+  MutexLock lk(mu_);
   if (routes_.count(at)) return Error(EEXIST, "PCI address in use");
   routes_[at] = &f;
   f.bdf_ = at;
@@ -35,7 +35,7 @@ void Fabric::detach(Function& f) {
   if (listener_) listener_->function_removing(f);
   std::unique_ptr<Function> doomed;
   {
-    std::lock_guard lk(mu_);
+    MutexLock lk(mu_);
     auto it = routes_.find(f.bdf_);
     if (it != routes_.end() && it->second == &f) routes_.erase(it);
     f.fabric_ = nullptr;
@@ -49,13 +49,13 @@ void Fabric::detach(Function& f) {
 }
 
 Function* Fabric::find(Bdf bdf) const {
-  std::lock_guard lk(mu_);
+  MutexLock lk(mu_);
   auto it = routes_.find(bdf);
   return it == routes_.end() ? nullptr : it->second;
 }
 
 std::vector<Function*> Fabric::functions() const {
-  std::lock_guard lk(mu_);
+  MutexLock lk(mu_);
   std::vector<Function*> v;
   for (auto& [bdf, f] : routes_) v.push_back(f);
   return v;

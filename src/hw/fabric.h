@@ -16,6 +16,7 @@
 #include "base/bdf.h"
 #include "base/result.h"
 #include "hw/function.h"
+#include "base/mutex.h"
 
 namespace uvfio::hw {
 
@@ -55,9 +56,9 @@ class Fabric {
 
  private:
   uint16_t domain_;
-  mutable std::mutex mu_;
-  std::map<Bdf, Function*> routes_;                   // guarded by mu_
-  std::map<Function*, std::unique_ptr<Function>> owned_;  // guarded by mu_
+  mutable Mutex mu_;
+  std::map<Bdf, Function*> routes_ GUARDED_BY(mu_);
+  std::map<Function*, std::unique_ptr<Function>> owned_ GUARDED_BY(mu_);
   FabricListener* listener_ = nullptr;
 };
 

@@ -141,12 +141,12 @@ const fuse_operations kOps = [] {
 
 }  // namespace
 
-FuseMount::FuseMount(const driver::Tree& tree, std::string mp) : tree_(tree), mountpoint_(std::move(mp)) {}
+FuseMount::FuseMount(std::string mp) : mountpoint_(std::move(mp)) {}
 
 Result<std::unique_ptr<FuseMount>> FuseMount::mount(const driver::Tree& tree, const std::string& mountpoint) {
   if (access("/dev/fuse", R_OK | W_OK) != 0) return Error(errno, "/dev/fuse not usable");
   ::mkdir(mountpoint.c_str(), 0755);
-  std::unique_ptr<FuseMount> m(new FuseMount(tree, mountpoint));
+  std::unique_ptr<FuseMount> m(new FuseMount(mountpoint));
   m->ctx_ = std::make_unique<FuseContext>(FuseContext{&tree, time(nullptr)});
   const char* argv[] = {"uvfiod", "-o", "fsname=uvfio,subtype=uvfio,default_permissions", nullptr};
   fuse_args args = FUSE_ARGS_INIT(3, const_cast<char**>(argv));

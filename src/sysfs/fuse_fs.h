@@ -32,8 +32,7 @@ class FuseMount {
   const std::string& mountpoint() const { return mountpoint_; }
 
  private:
-  FuseMount(const driver::Tree& tree, std::string mp);
-  const driver::Tree& tree_;  // outlives the mount
+  explicit FuseMount(std::string mp);
   std::string mountpoint_;
   std::unique_ptr<FuseContext> ctx_;
   struct fuse* fuse_ = nullptr;

@@ -11,7 +11,7 @@ Result<void> Registry::register_device(Device& dev, driver::Device& parent) {
   int minor;
   std::vector<RegistryListener*> ls;
   {
-    std::lock_guard lk(mu_);
+    MutexLock lk(mu_);
     if (devs_.count(&dev)) return Error(EEXIST, "vfio device registered twice");
     minor = next_minor_++;
     devs_[&dev] = {minor, &parent};
@@ -32,7 +32,7 @@ Result<void> Registry::register_device(Device& dev, driver::Device& parent) {
       for (size_t j = 0; j < i; ++j) ls[j]->device_removing(dev);
       end_calls();
       remove_dir({minor, &parent});
-      std::lock_guard lk(mu_);
+      MutexLock lk(mu_);
       devs_.erase(&dev);
       return r.error();
     }
@@ -42,13 +42,13 @@ Result<void> Registry::register_device(Device& dev, driver::Device& parent) {
 }
 
 std::vector<RegistryListener*> Registry::begin_calls() {
-  std::lock_guard lk(mu_);
+  MutexLock lk(mu_);
   ++calls_;
   return listeners_;
 }
 
 void Registry::end_calls() {
-  std::lock_guard lk(mu_);
+  MutexLock lk(mu_);
   if (--calls_ == 0) calls_cv_.notify_all();
 }
 
@@ -66,7 +66,7 @@ void Registry::unregister_device(Device& dev) {
   std::vector<RegistryListener*> ls;
   Entry e;
   {
-    std::lock_guard lk(mu_);
+    MutexLock lk(mu_);
     auto it = devs_.find(&dev);
     if (it == devs_.end()) return;
     e = it->second;
@@ -79,12 +79,12 @@ void Registry::unregister_device(Device& dev) {
   // stores to this device wait with us).
   core_.lock().unlocked([&] { dev.wait_released(request_interval_); });
   remove_dir(e);
-  std::lock_guard lk(mu_);
+  MutexLock lk(mu_);
   devs_.erase(&dev);
 }
 
 void Registry::add_listener(RegistryListener* l) {
-  std::lock_guard lk(mu_);
+  MutexLock lk(mu_);
   listeners_.push_back(l);
 }
 
@@ -92,7 +92,7 @@ void Registry::subscribe(RegistryListener* l) {
   std::lock_guard ck(core_.lock());
   std::vector<std::pair<Device*, driver::Device*>> existing;
   {
-    std::lock_guard lk(mu_);
+    MutexLock lk(mu_);
     listeners_.push_back(l);
     for (auto& [d, e] : devs_) existing.emplace_back(d, e.parent);
   }
@@ -107,7 +107,7 @@ Result<void> Registry::add_attribute(Device& dev, driver::Attribute a) {
   std::lock_guard ck(core_.lock());
   Entry e;
   {
-    std::lock_guard lk(mu_);
+    MutexLock lk(mu_);
     auto it = devs_.find(&dev);
     if (it == devs_.end()) return Error(ENODEV, "not registered");
     e = it->second;
@@ -118,20 +118,23 @@ Result<void> Registry::add_attribute(Device& dev, driver::Attribute a) {
 }
 
 void Registry::remove_listener(RegistryListener* l) {
-  std::unique_lock lk(mu_);
+  MutexLock lk(mu_);
   std::erase(listeners_, l);
-  calls_cv_.wait(lk, [&] { return calls_ == 0; });
+  lk.wait(calls_cv_, [&] {
+    mu_.assert_held();
+    return calls_ == 0;
+  });
 }
 
 std::vector<Device*> Registry::devices() const {
-  std::lock_guard lk(mu_);
+  MutexLock lk(mu_);
   std::vector<Device*> v;
   for (auto& [d, e] : devs_) v.push_back(d);
   return v;
 }
 
 int Registry::minor(const Device& dev) const {
-  std::lock_guard lk(mu_);
+  MutexLock lk(mu_);
   auto it = devs_.find(const_cast<Device*>(&dev));
   return it == devs_.end() ? -1 : it->second.minor;
 }

@@ -13,6 +13,7 @@
 #include "base/result.h"
 #include "driver/core.h"
 #include "vfio/device.h"
+#include "base/mutex.h"
 
 namespace uvfio::vfio {
 
@@ -58,16 +59,16 @@ class Registry {
 
  private:
   driver::DriverCore& core_;
-  mutable std::mutex mu_;
+  mutable Mutex mu_;
   struct Entry {
     int minor;
     driver::Device* parent;
   };
-  std::map<Device*, Entry> devs_;  // guarded by mu_
-  std::vector<RegistryListener*> listeners_;  // guarded by mu_
+  std::map<Device*, Entry> devs_ GUARDED_BY(mu_);
+  std::vector<RegistryListener*> listeners_ GUARDED_BY(mu_);
   // Listener calls in progress (made without mu_): remove_listener waits
   // for them.
-  int calls_ = 0;  // guarded by mu_
+  int calls_ GUARDED_BY(mu_) = 0;
   std::condition_variable calls_cv_;
   // Copies the listeners and counts a call in progress; done_calls() ends it.
   std::vector<RegistryListener*> begin_calls();

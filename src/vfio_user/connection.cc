@@ -89,7 +89,7 @@ Result<void> Connection::send(const Header& hdr, std::span<const uint8_t> payloa
   std::span<const uint8_t> head(reinterpret_cast<const uint8_t*>(&h), sizeof(h));
   bool pending;
   {
-    std::lock_guard lk(send_mu_);
+    MutexLock lk(send_mu_);
     size_t total = h.msg_size, sent = 0;
     if (out_.empty()) {
       // The common case: the whole message goes now, nothing is copied.
@@ -146,22 +146,22 @@ Result<void> Connection::flush_locked() {
 }
 
 Result<void> Connection::flush() {
-  std::lock_guard lk(send_mu_);
+  MutexLock lk(send_mu_);
   return flush_locked();
 }
 
 size_t Connection::output_bytes() const {
-  std::lock_guard lk(send_mu_);
+  MutexLock lk(send_mu_);
   return out_bytes_;
 }
 
 std::chrono::steady_clock::time_point Connection::output_progress() const {
-  std::lock_guard lk(send_mu_);
+  MutexLock lk(send_mu_);
   return out_bytes_ ? out_progress_ : std::chrono::steady_clock::now();
 }
 
 void Connection::close() {
-  std::lock_guard lk(mu_);
+  MutexLock lk(mu_);
   closed_ = true;
   cv_.notify_all();
 }
@@ -169,7 +169,7 @@ void Connection::close() {
 // ---- Input (the reactor) -----------------------------------------------------------
 
 bool Connection::deliver_reply(Message& m) {
-  std::lock_guard lk(mu_);
+  MutexLock lk(mu_);
   if (cancelled_.erase(m.hdr.msg_id)) {
     waiting_.erase(m.hdr.msg_id);
     return true;  // the answer to a cancelled DMA: dropped
@@ -192,13 +192,13 @@ Result<bool> Connection::next_request(Message& m) {
 // ---- Server-initiated requests (device threads) --------------------------------------
 
 void Connection::cancel() {
-  std::lock_guard lk(mu_);
+  MutexLock lk(mu_);
   for (uint16_t id : waiting_) cancelled_.insert(id);
   cv_.notify_all();
 }
 
 std::optional<DmaLayout> Connection::layout() const {
-  std::lock_guard lk(layout_mu_);
+  MutexLock lk(layout_mu_);
   return layout_;
 }
 
@@ -207,24 +207,27 @@ Result<Message> Connection::transact(uint16_t cmd, std::span<const uint8_t> payl
   if (t_reactor) return Error(EDEADLK, "device DMA from the reactor thread");
   uint16_t id;
   {
-    std::lock_guard lk(send_mu_);
+    MutexLock lk(send_mu_);
     id = next_id_++;
   }
   {
-    std::lock_guard lk(mu_);
+    MutexLock lk(mu_);
     if (closed_) return Error(ECONNRESET, "client gone");
     waiting_.insert(id);
   }
   Header h{id, cmd, 0, kTypeCommand, 0};
   if (auto r = send(h, payload); !r) {
-    std::lock_guard lk(mu_);
+    MutexLock lk(mu_);
     waiting_.erase(id);
     return r.error();
   }
   Message reply;
   {
-    std::unique_lock lk(mu_);
-    bool got = cv_.wait_for(lk, kReplyTimeout, [&] { return closed_ || replies_.count(id) || cancelled_.count(id); });
+    MutexLock lk(mu_);
+    bool got = lk.wait_for(cv_, kReplyTimeout, [&] {
+      mu_.assert_held();
+      return closed_ || replies_.count(id) || cancelled_.count(id);
+    });
     if (!replies_.count(id) && cancelled_.count(id)) return Error(ECANCELED, "DMA cancelled (function reset)");
     waiting_.erase(id);
     if (!replies_.count(id)) {
@@ -248,13 +251,16 @@ Result<Message> Connection::transact(uint16_t cmd, std::span<const uint8_t> payl
 // + n, beyond any max_data_xfer_size, and refuses it; QEMU 10.x reads only
 // the u32 at 8 and answers n bytes in its own layout. Nothing is written.
 Result<DmaLayout> Connection::decide_layout(uint64_t iova, uint64_t len) {
-  std::unique_lock lk(layout_mu_);
+  MutexLock lk(layout_mu_);
   for (;;) {
     if (layout_) return *layout_;
     if (!probing_) break;
     // Another thread's probe is in flight: wait for its answer (the reactor
     // delivers it).
-    if (!layout_cv_.wait_for(lk, 2 * kReplyTimeout, [&] { return layout_ || !probing_; }))
+    if (!lk.wait_for(layout_cv_, 2 * kReplyTimeout, [&] {
+          layout_mu_.assert_held();
+          return layout_ || !probing_;
+        }))
       return Error(ETIMEDOUT, "DMA layout probe");
   }
   probing_ = true;

@@ -27,6 +27,7 @@
 
 #include "hw/iommu.h"
 #include "vfio_user/message.h"
+#include "base/mutex.h"
 
 namespace uvfio::vfio_user {
 
@@ -101,7 +102,7 @@ class Connection : public hw::IommuDomain::RemoteDma {
   bool deliver_reply(Message& m);
   // The layout, probing the client first in auto mode (a read of `iova`).
   Result<DmaLayout> decide_layout(uint64_t iova, uint64_t len);
-  Result<void> flush_locked();
+  Result<void> flush_locked() REQUIRES(send_mu_);
 
   UniqueFd sock_;
   std::string name_;
@@ -115,23 +116,21 @@ class Connection : public hw::IommuDomain::RemoteDma {
     std::vector<UniqueFd> fds;   // duplicates, sent with the first byte
     size_t off = 0;
   };
-  mutable std::mutex send_mu_;  // the output queue; never held while waiting
-  std::deque<Out> out_;         // guarded by send_mu_
-  size_t out_bytes_ = 0;        // guarded by send_mu_
-  std::chrono::steady_clock::time_point out_progress_{};  // guarded by send_mu_
-  uint16_t next_id_ = 0;        // guarded by send_mu_
-
-  std::mutex mu_;
+  mutable Mutex send_mu_;  // the output queue; never held while waiting
+  std::deque<Out> out_ GUARDED_BY(send_mu_);
+  size_t out_bytes_ GUARDED_BY(send_mu_) = 0;
+  std::chrono::steady_clock::time_point out_progress_ GUARDED_BY(send_mu_){};
+  uint16_t next_id_ GUARDED_BY(send_mu_) = 0;
+  Mutex mu_;
   std::condition_variable cv_;
-  std::set<uint16_t> waiting_;           // guarded by mu_
-  std::map<uint16_t, Message> replies_;  // guarded by mu_
-  std::set<uint16_t> cancelled_;         // guarded by mu_: ids whose late replies are dropped
-  bool closed_ = false;                  // guarded by mu_
-
-  mutable std::mutex layout_mu_;
+  std::set<uint16_t> waiting_ GUARDED_BY(mu_);
+  std::map<uint16_t, Message> replies_ GUARDED_BY(mu_);
+  std::set<uint16_t> cancelled_ GUARDED_BY(mu_);  // ids whose late replies are dropped
+  bool closed_ GUARDED_BY(mu_) = false;
+  mutable Mutex layout_mu_;
   std::condition_variable layout_cv_;
-  std::optional<DmaLayout> layout_;  // guarded by layout_mu_
-  bool probing_ = false;             // guarded by layout_mu_: a probe is in flight
+  std::optional<DmaLayout> layout_ GUARDED_BY(layout_mu_);
+  bool probing_ GUARDED_BY(layout_mu_) = false;  // a probe is in flight
 };
 
 }  // namespace uvfio::vfio_user

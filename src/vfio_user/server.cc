@@ -81,9 +81,9 @@ struct Server::Endpoint {
   std::shared_ptr<Client> client;  // the one being served
   std::shared_ptr<Client> next;    // accepted while the last one was being cleaned up
   // Shared with pool tasks (VERSION opening the device) and device_removing.
-  std::mutex mu;
-  bool removing = false;  // guarded by mu: no new open
-  bool opened = false;    // guarded by mu
+  Mutex mu;
+  bool removing GUARDED_BY(mu) = false;  // no new open
+  bool opened GUARDED_BY(mu) = false;
   bool closing = false;   // the device's close is on its way (reactor only)
 };
 
@@ -111,7 +111,7 @@ class Server::Reactor {
   // Runs `fn` on the reactor thread.
   void post(std::function<void()> fn) {
     {
-      std::lock_guard lk(post_mu_);
+      MutexLock lk(post_mu_);
       posted_.push_back(std::move(fn));
     }
     uint64_t one = 1;
@@ -156,8 +156,8 @@ class Server::Reactor {
   unsigned index_;
   UniqueFd epfd_, wake_;
   std::thread thread_;
-  std::mutex post_mu_;
-  std::vector<std::function<void()>> posted_;  // guarded by post_mu_
+  Mutex post_mu_;
+  std::vector<std::function<void()>> posted_ GUARDED_BY(post_mu_);
   // Reactor thread only:
   std::map<vfio::Device*, std::shared_ptr<Endpoint>> eps_;
   std::unordered_map<uint64_t, Endpoint*> listeners_;
@@ -193,7 +193,7 @@ void Server::Reactor::run() {
         (void)!::read(wake_.get(), &v, sizeof(v));
         std::vector<std::function<void()>> work;
         {
-          std::lock_guard lk(post_mu_);
+          MutexLock lk(post_mu_);
           work.swap(posted_);
         }
         for (auto& w : work) w();
@@ -243,7 +243,7 @@ void Server::Reactor::retire(Endpoint& ep) {
     ep.listen.reset();
   }
   {
-    std::lock_guard lk(ep.mu);
+    MutexLock lk(ep.mu);
     ep.removing = true;
   }
   ep.next.reset();  // never served: its socket closes with it
@@ -255,7 +255,7 @@ void Server::Reactor::close_device(Endpoint& ep) {
   if (ep.closing) return;
   bool opened;
   {
-    std::lock_guard lk(ep.mu);
+    MutexLock lk(ep.mu);
     opened = ep.opened;
   }
   if (!opened) {
@@ -317,7 +317,7 @@ void Server::Reactor::activate(Endpoint& ep, std::shared_ptr<Client> c) {
     // (where a VF token is presented) and stays open across clients; each
     // later client is checked as the kernel checks every open of a device
     // fd (the match op).
-    std::lock_guard lk(epp->mu);
+    MutexLock lk(epp->mu);
     if (epp->removing) return Error(ENODEV, "device going away");
     if (!epp->opened) {
       if (auto r = dev->open(n.open); !r) {
@@ -492,7 +492,7 @@ void Server::Reactor::cleaned(Endpoint& ep, const std::shared_ptr<Client>& c) {
   if (ep.client == c) ep.client.reset();
   bool removing;
   {
-    std::lock_guard lk(ep.mu);
+    MutexLock lk(ep.mu);
     removing = ep.removing;
   }
   if (ep.next && !removing) {
@@ -576,7 +576,7 @@ Result<void> Server::device_added(vfio::Device& dev, driver::Device&) {
   log::info(ep->name, "vfio-user: serving on {}", ep->path);
   Reactor* r;
   {
-    std::lock_guard lk(mu_);
+    MutexLock lk(mu_);
     r = reactors_[next_++ % reactors_.size()].get();
     owner_[&dev] = r;
   }
@@ -588,7 +588,7 @@ Result<void> Server::device_added(vfio::Device& dev, driver::Device&) {
 void Server::device_removing(vfio::Device& dev) {
   Reactor* r;
   {
-    std::lock_guard lk(mu_);
+    MutexLock lk(mu_);
     auto it = owner_.find(&dev);
     if (it == owner_.end()) return;
     r = it->second;

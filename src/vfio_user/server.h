@@ -37,6 +37,7 @@
 #include "base/task_pool.h"
 #include "base/unique_fd.h"
 #include "vfio/registry.h"
+#include "base/mutex.h"
 
 namespace uvfio::vfio_user {
 
@@ -83,9 +84,9 @@ class Server : public vfio::RegistryListener {
   ServerOptions opts_;
   std::vector<std::unique_ptr<Reactor>> reactors_;
   TaskPool pool_;  // after reactors_: destroyed (drained) first
-  std::mutex mu_;
-  std::map<vfio::Device*, Reactor*> owner_;  // guarded by mu_
-  unsigned next_ = 0;                        // guarded by mu_
+  Mutex mu_;
+  std::map<vfio::Device*, Reactor*> owner_ GUARDED_BY(mu_);
+  unsigned next_ GUARDED_BY(mu_) = 0;
 };
 
 }  // namespace uvfio::vfio_user

@@ -88,7 +88,12 @@ TEST_F(Bounds, SixtyFourGiBOfDeviceMemoryThroughStopCopyWithBoundedMemory) {
   EXPECT_LT(streamed, (uint64_t{64} << 30) / 4096 * 4 + (32 << 20));
   std::printf("64 GiB STOP_COPY: %.1f MiB streamed in %.2f s; daemon RSS %.1f MiB before, peak %.1f MiB\n",
               streamed / 1048576.0, total_s, rss_before / 1024.0, peak / 1024.0);
+#if defined(__SANITIZE_THREAD__) || defined(__SANITIZE_ADDRESS__)
+  // A sanitizer's allocator keeps freed buffers (quarantine): RSS there says
+  // nothing about the daemon's. The bound is checked by the plain builds.
+#else
   EXPECT_LT(peak, rss_before + 64 * 1024) << "saving grew the daemon by more than 64 MiB";
+#endif
   ASSERT_TRUE((*c)->set_mig_state(vfio::MigState::kStop));
   ASSERT_TRUE((*c)->set_mig_state(vfio::MigState::kRunning));
 }

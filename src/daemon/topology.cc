@@ -231,7 +231,52 @@ Result<void, TopologyError> validate_topology(const TopologySpec& spec, const st
   return {};
 }
 
+namespace {
+// Where `s` stops being UTF-8 (RFC 3629: no overlongs, surrogates or code
+// points past U+10FFFF), or npos.
+size_t invalid_utf8_at(std::string_view s) {
+  size_t i = 0;
+  while (i < s.size()) {
+    auto c = static_cast<unsigned char>(s[i]);
+    size_t n;
+    uint32_t cp;
+    if (c < 0x80) {
+      ++i;
+      continue;
+    } else if ((c & 0xe0) == 0xc0) {
+      n = 1;
+      cp = c & 0x1f;
+    } else if ((c & 0xf0) == 0xe0) {
+      n = 2;
+      cp = c & 0x0f;
+    } else if ((c & 0xf8) == 0xf0) {
+      n = 3;
+      cp = c & 0x07;
+    } else {
+      return i;
+    }
+    if (s.size() - i <= n) return i;
+    for (size_t k = 1; k <= n; ++k) {
+      auto cc = static_cast<unsigned char>(s[i + k]);
+      if ((cc & 0xc0) != 0x80) return i;
+      cp = (cp << 6) | (cc & 0x3f);
+    }
+    static const uint32_t kMin[] = {0, 0x80, 0x800, 0x10000};
+    if (cp < kMin[n] || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff)) return i;
+    i += n + 1;
+  }
+  return std::string_view::npos;
+}
+}  // namespace
+
 Result<TopologySpec, TopologyError> parse_topology(const std::string& text, const std::string& origin) {
+  // TOML documents are UTF-8; saying so here, with where, also keeps
+  // toml11 3.7's error path for bad UTF-8 in a literal string (which reads
+  // out of bounds) from ever being reached.
+  if (size_t at = invalid_utf8_at(text); at != std::string_view::npos) {
+    size_t line = 1 + static_cast<size_t>(std::count(text.begin(), text.begin() + static_cast<long>(at), '\n'));
+    return Err{fmt::format("{}: line {}: not valid UTF-8 (TOML files are UTF-8)", origin, line)};
+  }
   toml::value root;
   try {
     std::istringstream in(text);

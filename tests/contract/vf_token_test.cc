@@ -119,7 +119,40 @@ TEST_F(VfToken, FeatureIsSetOnlyAndPfOnly) {
                 .code,
             EINVAL);
   EXPECT_TRUE(pf->device_feature(VFIO_DEVICE_FEATURE_PROBE | VFIO_DEVICE_FEATURE_SET | VFIO_DEVICE_FEATURE_PCI_VF_TOKEN, {}));
-  ASSERT_TRUE(vf->open(OpenArgs{Uuid{}}) || true);
+  // A PROBE sets nothing: the token is still the PF's random one.
+  EXPECT_EQ(vf->open(OpenArgs{Uuid{}}).error().code, EACCES);
+  // Set it, and the VF opens with it; the VF itself has no token to set
+  // (vfio_pci_core_feature_token(): ENOTTY without a vf_token).
+  std::vector<uint8_t> tok(kU1.begin(), kU1.end());
+  ASSERT_TRUE(pf->device_feature(VFIO_DEVICE_FEATURE_SET | VFIO_DEVICE_FEATURE_PCI_VF_TOKEN, tok));
+  ASSERT_TRUE(vf->open(OpenArgs{kU1}));
+  EXPECT_EQ(vf->device_feature(VFIO_DEVICE_FEATURE_SET | VFIO_DEVICE_FEATURE_PCI_VF_TOKEN, tok).error().code, ENOTTY);
+}
+
+// vfio_pci_core_register_device() refuses a PF whose VFs someone else
+// enabled (EBUSY): VFs it did not create would not be covered by its token.
+TEST_F(VfToken, BindingVfioPciToAPfWithVfsIsRefused) {
+  const char* pf2 = "bus/pci/devices/0000:00:05.0";
+  auto& t = sys->core().tree();
+  // 00:05.0 runs mlx5_core with one VF; its VFs stay when the PF is left
+  // without a driver by enabling them from the bus, as a PF driver that
+  // leaks them would.
+  ASSERT_TRUE(t.write("bus/pci/drivers/mlx5_core/unbind", "0000:00:05.0"));
+  auto* pdev = sys->pci().find(Bdf(0, 0, 5, 0));
+  ASSERT_NE(pdev, nullptr);
+  ASSERT_EQ(pdev->driver(), nullptr);
+  ASSERT_TRUE(sys->pci().enable_sriov(*pdev, 1));
+  ASSERT_EQ(pdev->sriov_num_vfs(), 1);
+  ASSERT_TRUE(t.write(std::string(pf2) + "/driver_override", "vfio-pci"));
+  auto r = t.write("bus/pci/drivers/vfio-pci/bind", "0000:00:05.0");
+  ASSERT_FALSE(r);
+  EXPECT_EQ(r.error().code, EBUSY);
+  EXPECT_EQ(pdev->driver(), nullptr);
+  EXPECT_EQ(sys->vfio_device(Bdf(0, 0, 5, 0)), nullptr);
+  // With the VFs gone it binds.
+  sys->pci().disable_sriov(*pdev);
+  EXPECT_TRUE(t.write("bus/pci/drivers/vfio-pci/bind", "0000:00:05.0"));
+  EXPECT_NE(sys->vfio_device(Bdf(0, 0, 5, 0)), nullptr);
 }
 
 TEST_F(VfToken, TokenWhereThereIsNone) {

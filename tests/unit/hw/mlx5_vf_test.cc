@@ -159,7 +159,9 @@ TEST_F(VfFixture, QuiesceHoldsAndResumeContinues) {
   EXPECT_TRUE(r(vfreg::kStatus) & vfreg::kStatusQuiesced);
   post(VfOp::kFill, 8, 1, kData, 1);
   w(vfreg::kSqTail, tail);
-  std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  // Idle with the descriptor pending: the engine decides under the queue
+  // lock, so had it taken it, wait_idle() would have waited for it.
+  ASSERT_TRUE(vf->wait_idle(std::chrono::seconds(5)));
   EXPECT_EQ(r(vfreg::kSqHead), 0u);  // nothing taken while quiesced
   vf->resume();
   ASSERT_TRUE(vf->wait_idle(std::chrono::seconds(5)));
@@ -172,7 +174,7 @@ TEST_F(VfFixture, FullCompletionRingWaitsForTheGuest) {
   EXPECT_EQ(r(vfreg::kCqTail), 16u);
   for (int i = 0; i < 4; ++i) post(VfOp::kFill, 8, 2, kData, 100 + i);
   w(vfreg::kSqTail, tail);
-  std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  ASSERT_TRUE(vf->wait_idle(std::chrono::seconds(5)));  // as above: idle, work pending
   EXPECT_EQ(r(vfreg::kCqTail), 16u);  // the ring is full
   w(vfreg::kCqHead, 16);              // the guest consumed them
   ASSERT_TRUE(vf->wait_idle(std::chrono::seconds(5)));

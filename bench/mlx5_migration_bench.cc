@@ -65,7 +65,7 @@ int main(int argc, char** argv) {
   Bdf vfb(0, 8, 0, 0);
   vfio::Device* dev = sys->vfio_device(vfb);
   if (!dev || !dev->open()) return 1;
-  Vf& vf = static_cast<Vf&>(sys->pci().find(vfb)->hw());
+  Vf& vf = static_cast<Vf&>(*sys->fabric().find(vfb));
   hw::BarMemory* dm = vf.bar_memory(2);
   std::mt19937_64 rng(42);
   for (uint64_t i = 0; i < dm->size(); i += 8) {

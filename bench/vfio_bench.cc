@@ -63,7 +63,7 @@ BENCHMARK(BM_ConfigRead_Vfio)->Arg(0x00)->Arg(0x04)->Arg(0x10)->Arg(0x40);
 
 void BM_BarRead_Hardware(benchmark::State& s) {
   Env& e = env();
-  for (auto _ : s) benchmark::DoNotOptimize(e.pdev->hw().mmio_read(0, 8, 4));
+  for (auto _ : s) benchmark::DoNotOptimize(e.pdev->bar_read(0, 8, 4));
 }
 
 void BM_BarRead_Vfio(benchmark::State& s) {

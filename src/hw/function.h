@@ -20,8 +20,10 @@
 #include <vector>
 
 #include "base/bdf.h"
+#include "base/range.h"
 #include "base/result.h"
 #include "hw/bar.h"
+#include "hw/irq.h"
 #include "hw/config_space.h"
 
 namespace uvfio::hw {
@@ -29,17 +31,6 @@ namespace uvfio::hw {
 class Fabric;
 class IommuDomain;
 class RegisterBlock;
-
-// Where a function's interrupts go: the platform's interrupt controller as the
-// function's driver set it up. msi() is a message write (MSI or MSI-X);
-// intx() the level of the INTx pin. Called from whatever thread raised the
-// interrupt, without the function's locks held.
-class IrqSink {
- public:
-  virtual ~IrqSink() = default;
-  virtual void msi(uint64_t address, uint32_t data) = 0;
-  virtual void intx(bool asserted) = 0;
-};
 
 enum class IrqMode { kNone, kIntx, kMsi, kMsix };
 
@@ -188,10 +179,5 @@ class Function {
   uint16_t next_ext_ = PCI_CFG_SPACE_SIZE;
   uint16_t last_ext_ = 0;  // offset of the last extended header, 0 if none
 };
-
-// Is [a, a+wa) overlapping [b, b+wb)?
-constexpr bool overlaps(uint32_t a, uint32_t wa, uint32_t b, uint32_t wb) {
-  return a < b + wb && b < a + wa;
-}
 
 }  // namespace uvfio::hw

@@ -2,7 +2,17 @@
 // Linux's sysfs attributes, matches PCI drivers by id table and
 // driver_override, assigns BAR addresses as firmware would, and implements
 // SR-IOV enable/disable as drivers/pci/iov.c does.
+//
+// PciDevice is all a driver gets of its hardware, as a kernel driver gets a
+// struct pci_dev: config cycles, BAR access (and a memory BAR's backing to
+// mmap, as sysfs resourceN), the resources the bus decoded from config
+// space, the platform's IOMMU and interrupt delivery — and helpers over
+// config cycles where the kernel has them (pci_find_capability,
+// pci_msix_vec_count, pcie_flr, pci_cfg_space_size). The device model
+// behind it is out of reach: this header does not include it.
 #pragma once
+
+#include <linux/pci_regs.h>
 
 #include <array>
 #include <map>
@@ -12,8 +22,15 @@
 
 #include "base/bdf.h"
 #include "base/result.h"
+#include "base/unique_fd.h"
 #include "driver/core.h"
-#include "hw/fabric.h"
+
+namespace uvfio::hw {
+class Fabric;
+class Function;
+class IommuDomain;
+class IrqSink;
+}  // namespace uvfio::hw
 
 namespace uvfio::bus::pci {
 
@@ -46,6 +63,17 @@ struct Resource {
   uint64_t size() const { return flags ? end - start + 1 : 0; }
 };
 
+// A memory BAR's backing as a driver may map it (sysfs resourceN): `fd`
+// (owned by the device; valid while the device is) from `offset`, `size`
+// bytes.
+struct BarMapping {
+  int fd = -1;
+  uint64_t offset = 0;
+  uint64_t size = 0;
+};
+
+inline constexpr unsigned kNumBars = PCI_STD_NUM_BARS;
+
 // Resource indices as Linux numbers them.
 inline constexpr unsigned kRomResource = 6;
 inline constexpr unsigned kIovResources = 7;      // 7..12: VF BARs (whole range)
@@ -57,9 +85,6 @@ class PciBus;
 class PciDevice : public driver::Device {
  public:
   Bdf bdf() const { return bdf_; }
-  // The function behind this device. Valid while the device is registered:
-  // the bus removes the device before the hardware goes.
-  hw::Function& hw() const { return *hw_; }
 
   uint16_t vendor() const { return vendor_; }
   uint16_t device_id() const { return device_; }
@@ -78,6 +103,35 @@ class PciDevice : public driver::Device {
   // pci_find_capability(): walks the capability list with config reads (at
   // most 48 hops, as the kernel's PCI_FIND_CAP_TTL); 0 if absent.
   uint16_t find_capability(uint8_t id) const;
+  // pci_find_ext_capability(): the extended list from 0x100.
+  uint16_t find_ext_capability(uint16_t id) const;
+  // pci_cfg_space_size(): 4096 for a PCIe (or PCI-X 2.0) function whose
+  // extended space answers, else 256.
+  uint16_t cfg_size() const;
+  // pci_msix_vec_count(): Table Size + 1 from MSI-X Message Control (0
+  // without MSI-X).
+  unsigned msix_vec_count() const;
+  // pcie_has_flr(): Function Level Reset advertised in Device Capabilities.
+  bool has_flr() const;
+  // pcie_flr(): waits for Transactions Pending to clear, writes Initiate
+  // FLR, then waits for the function to answer config cycles again
+  // (pci_dev_wait). ENOTTY without FLR, ETIMEDOUT if it never comes back.
+  Result<void> flr();
+
+  // ---- BARs: memory and I/O cycles (pci_iomap'd accesses, inb/outb) --------
+  // `width` bytes (1, 2, 4, 8) at `off` into BAR `bar`; EINVAL for a BAR
+  // that is not implemented or an access past its end.
+  Result<uint64_t> bar_read(unsigned bar, uint64_t off, unsigned width) const;
+  Result<void> bar_write(unsigned bar, uint64_t off, unsigned width, uint64_t value);
+  // The memory behind a memory BAR, to mmap (nullopt for I/O BARs and BARs
+  // whose registers the device decodes).
+  std::optional<BarMapping> bar_mapping(unsigned bar) const;
+
+  // ---- The platform: DMA through an IOMMU domain, interrupts to a sink ----
+  // Both outlive their attachment; nullptr detaches (returns after any
+  // interrupt delivery in progress).
+  void attach_iommu(hw::IommuDomain* domain);
+  void set_irq_sink(hw::IrqSink* sink);
 
   // pci_enable_device_mem() + pci_set_master(), and the reverse: what a
   // driver does in probe()/remove() before it touches BARs or DMA.
@@ -138,7 +192,7 @@ struct PciWindows {
   uint64_t io_limit = 0xffff;
 };
 
-class PciBus : public driver::Bus, public hw::FabricListener {
+class PciBus : public driver::Bus {
  public:
   // `core` and `fabric` outlive the bus; call remove_all() before either goes.
   PciBus(driver::DriverCore& core, hw::Fabric& fabric);
@@ -175,8 +229,9 @@ class PciBus : public driver::Bus, public hw::FabricListener {
   Result<void> add_device_attributes(driver::Device& dev) override;
   bool autoprobe_device(driver::Device& dev) override;
 
-  // hw::FabricListener: hardware going away takes its device with it.
-  void function_removing(hw::Function& f) override;
+  // The fabric tells the bus of hardware going away (an admin clearing VF
+  // Enable, a PF FLR): its device goes with it, first.
+  void function_removing(hw::Function& f);
 
   std::string modalias(const PciDevice& d) const;
 
@@ -191,8 +246,10 @@ class PciBus : public driver::Bus, public hw::FabricListener {
   void remove_subtree(PciDevice& d);
   void destroy(PciDevice& d);
 
+  class FabricHook;
   driver::DriverCore& core_;
   hw::Fabric& fabric_;
+  std::unique_ptr<FabricHook> hook_;
   std::unique_ptr<driver::Device> host_;
   std::map<Bdf, std::unique_ptr<PciDevice>> devs_;
   std::vector<PciDevice*> roots_;  // devices on bus 0

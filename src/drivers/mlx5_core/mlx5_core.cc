@@ -131,7 +131,7 @@ Result<void> CoreDev::init() {
   slot_mem_.assign(kCmdSlots * kSlotBuffer, 0);
   TRY(dma_.map_host(kQueueIova, queue_mem_.size(), queue_mem_.data(), hw::kDmaRead | hw::kDmaWrite));
   TRY(dma_.map_host(kSlotIova, slot_mem_.size(), slot_mem_.data(), hw::kDmaRead | hw::kDmaWrite));
-  pf_.hw().set_iommu(&dma_);
+  pf_.attach_iommu(&dma_);
   uint16_t msix = pf_.find_capability(PCI_CAP_ID_MSIX);
   if (!msix) return Error(ENODEV, "PF without MSI-X");
   uint32_t table = pf_.config_read(msix + PCI_MSIX_TABLE, 4);
@@ -139,17 +139,17 @@ Result<void> CoreDev::init() {
   uint64_t toff = table & PCI_MSIX_TABLE_OFFSET;
   for (unsigned i = 0; i < kCmdSlots; ++i) {
     uint64_t e = toff + uint64_t{i} * PCI_MSIX_ENTRY_SIZE;
-    TRY(pf_.hw().mmio_write(bir, e + PCI_MSIX_ENTRY_LOWER_ADDR, 4, 0xfee00000));
-    TRY(pf_.hw().mmio_write(bir, e + PCI_MSIX_ENTRY_UPPER_ADDR, 4, 0));
-    TRY(pf_.hw().mmio_write(bir, e + PCI_MSIX_ENTRY_DATA, 4, i));
-    TRY(pf_.hw().mmio_write(bir, e + PCI_MSIX_ENTRY_VECTOR_CTRL, 4, 0));  // unmasked
+    TRY(pf_.bar_write(bir, e + PCI_MSIX_ENTRY_LOWER_ADDR, 4, 0xfee00000));
+    TRY(pf_.bar_write(bir, e + PCI_MSIX_ENTRY_UPPER_ADDR, 4, 0));
+    TRY(pf_.bar_write(bir, e + PCI_MSIX_ENTRY_DATA, 4, i));
+    TRY(pf_.bar_write(bir, e + PCI_MSIX_ENTRY_VECTOR_CTRL, 4, 0));  // unmasked
   }
-  pf_.hw().set_irq_sink(this);
+  pf_.set_irq_sink(this);
   uint16_t ctl = static_cast<uint16_t>(pf_.config_read(msix + PCI_MSIX_FLAGS, 2));
   pf_.config_write(msix + PCI_MSIX_FLAGS, 2, (ctl | PCI_MSIX_FLAGS_ENABLE) & ~PCI_MSIX_FLAGS_MASKALL);
   irq_ready_ = true;
-  TRY(pf_.hw().mmio_write(0, pfreg::kCmdqBase, 8, kQueueIova));
-  if (pf_.hw().mmio_read(0, pfreg::kCmdqSlots, 4).value_or(0) < kCmdSlots) return Error(ENODEV, "PF firmware has fewer command slots");
+  TRY(pf_.bar_write(0, pfreg::kCmdqBase, 8, kQueueIova));
+  if (pf_.bar_read(0, pfreg::kCmdqSlots, 4).value_or(0) < kCmdSlots) return Error(ENODEV, "PF firmware has fewer command slots");
   return ok();
 }
 
@@ -194,7 +194,7 @@ Result<FwMailbox> CoreDev::exec(FwMailbox in, std::span<const uint8_t> data, std
     done_ &= ~(1u << slot);
   }
   std::memcpy(queue_mem_.data() + slot * kCmdEntrySize, &e, sizeof(e));
-  if (auto r = pf_.hw().mmio_write(0, pfreg::kCmdqDoorbell, 4, 1u << slot); !r) {
+  if (auto r = pf_.bar_write(0, pfreg::kCmdqDoorbell, 4, 1u << slot); !r) {
     release_slot(slot);
     return r.error();
   }
@@ -231,9 +231,9 @@ CoreDev::~CoreDev() {
       pf_.config_write(msix + PCI_MSIX_FLAGS, 2, ctl & ~PCI_MSIX_FLAGS_ENABLE);
     }
   }
-  pf_.hw().set_irq_sink(nullptr);
+  pf_.set_irq_sink(nullptr);
   pf_.disable_device();
-  pf_.hw().set_iommu(nullptr);
+  pf_.attach_iommu(nullptr);
   log::info(pf_.name(), "mlx5_core: removed");
 }
 

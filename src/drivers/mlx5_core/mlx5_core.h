@@ -20,7 +20,7 @@
 #include "base/result.h"
 #include "bus/auxiliary/auxiliary.h"
 #include "bus/pci/pci.h"
-#include "hw/function.h"
+#include "hw/irq.h"
 #include "hw/iommu.h"
 #include "hw/mlx5/mlx5_ifc.h"
 

@@ -5,6 +5,7 @@
 #include <cstring>
 
 #include "base/log.h"
+#include "base/range.h"
 #include "vfio/pci_core/core.h"
 
 namespace uvfio::vfio::pci {
@@ -210,7 +211,7 @@ Result<void> CoreDevice::raw_write(uint16_t pos, unsigned count, const PermBits&
 // ---- The standard header -------------------------------------------------------
 
 void CoreDevice::bar_fixup() {
-  for (unsigned i = 0; i < hw::kNumBars; ++i) {
+  for (unsigned i = 0; i < bus::pci::kNumBars; ++i) {
     uint16_t reg = static_cast<uint16_t>(PCI_BASE_ADDRESS_0 + 4 * i);
     const bus::pci::Resource& r = pdev_.resource(i);
     if (!r.flags || !r.start) {
@@ -221,7 +222,7 @@ void CoreDevice::bar_fixup() {
     uint32_t flags = (r.flags & bus::pci::kResIo) ? PCI_BASE_ADDRESS_SPACE_IO
                                                   : static_cast<uint32_t>(r.flags & 0xf);
     vset(reg, 4, (vget(reg, 4) & static_cast<uint32_t>(mask)) | flags);
-    if (!(r.flags & bus::pci::kResIo) && (flags & PCI_BASE_ADDRESS_MEM_TYPE_64) && i + 1 < hw::kNumBars) {
+    if (!(r.flags & bus::pci::kResIo) && (flags & PCI_BASE_ADDRESS_MEM_TYPE_64) && i + 1 < bus::pci::kNumBars) {
       vset(reg + 4, 4, vget(reg + 4, 4) & static_cast<uint32_t>(mask >> 32));
       ++i;
     }
@@ -232,11 +233,11 @@ void CoreDevice::bar_fixup() {
 }
 
 Result<uint32_t> CoreDevice::basic_read(uint16_t pos, unsigned count, const PermBits& perm, uint16_t offset) {
-  if (bardirty_ && (hw::overlaps(offset, count, PCI_BASE_ADDRESS_0, 24) || hw::overlaps(offset, count, PCI_ROM_ADDRESS, 4)))
+  if (bardirty_ && (overlaps(offset, count, PCI_BASE_ADDRESS_0, 24) || overlaps(offset, count, PCI_ROM_ADDRESS, 4)))
     bar_fixup();
   uint32_t v = TRY(default_read(pos, count, perm, offset));
   // A function without Command.MEM (a VF) shows the user the bit it wrote.
-  if (no_command_memory_ && hw::overlaps(offset, count, PCI_COMMAND, 1)) {
+  if (no_command_memory_ && overlaps(offset, count, PCI_COMMAND, 1)) {
     unsigned sh = 8 * (PCI_COMMAND - offset);
     v = (v & ~(uint32_t{PCI_COMMAND_MEMORY} << sh)) | ((vget(PCI_COMMAND, 1) & PCI_COMMAND_MEMORY) << sh);
   }
@@ -256,10 +257,10 @@ Result<void> CoreDevice::basic_write(uint16_t pos, unsigned count, const PermBit
     // hardware, or the BAR registers changed): put the saved ones back.
     bool bars_changed = false;
     if (!pdev_.is_virtfn())
-      for (unsigned i = 0; i < hw::kNumBars; ++i)
+      for (unsigned i = 0; i < bus::pci::kNumBars; ++i)
         bars_changed |= hw_read(static_cast<uint16_t>(PCI_BASE_ADDRESS_0 + 4 * i), 4) != saved_bars_[i];
     if ((new_mem && virt_mem && !phys_mem && !no_command_memory_) || bars_changed) {
-      for (unsigned i = 0; i < hw::kNumBars && !pdev_.is_virtfn(); ++i)
+      for (unsigned i = 0; i < bus::pci::kNumBars && !pdev_.is_virtfn(); ++i)
         hw_write(static_cast<uint16_t>(PCI_BASE_ADDRESS_0 + 4 * i), 4, saved_bars_[i]);
     }
   }
@@ -269,7 +270,7 @@ Result<void> CoreDevice::basic_write(uint16_t pos, unsigned count, const PermBit
     uint16_t mask = PCI_COMMAND_MEMORY | PCI_COMMAND_IO;
     vset(PCI_COMMAND, 2, (vget(PCI_COMMAND, 2) & ~mask) | (new_cmd & mask));
   }
-  if (hw::overlaps(offset, count, PCI_COMMAND, 2)) {
+  if (overlaps(offset, count, PCI_COMMAND, 2)) {
     bool virt_intx_disable = vget(PCI_COMMAND, 2) & PCI_COMMAND_INTX_DISABLE;
     if (virt_intx_disable && !virq_disabled_) {
       virq_disabled_ = true;
@@ -279,7 +280,7 @@ Result<void> CoreDevice::basic_write(uint16_t pos, unsigned count, const PermBit
       intx_unmask();
     }
   }
-  if (hw::overlaps(offset, count, PCI_BASE_ADDRESS_0, 24) || hw::overlaps(offset, count, PCI_ROM_ADDRESS, 4))
+  if (overlaps(offset, count, PCI_BASE_ADDRESS_0, 24) || overlaps(offset, count, PCI_ROM_ADDRESS, 4))
     bardirty_ = true;
   return ok();
 }
@@ -428,7 +429,7 @@ void CoreDevice::cap_init() {
 }
 
 void CoreDevice::ecap_init() {
-  if (pdev_.hw().config().size() <= PCI_CFG_SPACE_SIZE) return;
+  if (pdev_.cfg_size() <= PCI_CFG_SPACE_SIZE) return;
   uint32_t header = hw_read(PCI_CFG_SPACE_SIZE, 4);
   if (header == 0 || header == 0xffffffff) return;
   uint16_t epos = PCI_CFG_SPACE_SIZE;
@@ -481,7 +482,7 @@ void CoreDevice::ecap_init() {
 }
 
 Result<void> CoreDevice::config_init() {
-  uint16_t size = pdev_.hw().config().size();
+  uint16_t size = pdev_.cfg_size();
   vconfig_.assign(size, 0);
   map_.assign(size, kCapInvalid);
   for (uint16_t i = 0; i < PCI_STD_HEADER_SIZEOF; ++i) {
@@ -498,11 +499,11 @@ Result<void> CoreDevice::config_init() {
   }
   // The virtual BARs start from the host's view, then read back through the
   // emulation.
-  for (unsigned i = 0; i < hw::kNumBars; ++i) {
+  for (unsigned i = 0; i < bus::pci::kNumBars; ++i) {
     const bus::pci::Resource& r = pdev_.resource(i);
     uint16_t reg = static_cast<uint16_t>(PCI_BASE_ADDRESS_0 + 4 * i);
     vset(reg, 4, static_cast<uint32_t>(r.start));
-    if ((r.flags & bus::pci::kResMem64) && i + 1 < hw::kNumBars) {
+    if ((r.flags & bus::pci::kResMem64) && i + 1 < bus::pci::kNumBars) {
       vset(reg + 4, 4, static_cast<uint32_t>(r.start >> 32));
       ++i;
     }

@@ -56,7 +56,7 @@ Result<void> CoreDevice::register_device() {
     if (pf && pf->driver() == &drv_) sriov_pf_ = pf->binding_as<CoreDevice>();
     if (sriov_pf_ && !sriov_pf_->vf_token_) sriov_pf_ = nullptr;
   }
-  reset_works_ = pdev_.hw().flr_capable();
+  reset_works_ = pdev_.has_flr();
   TRY(registry_.register_device(*this, pdev_));
   registered_ = true;
   return ok();
@@ -147,18 +147,18 @@ Result<void> CoreDevice::enable() {
   if (reset_works_ && !pdev_.sriov_num_vfs()) {
     saved_config_.clear();
     save_state();
-    pdev_.hw().function_level_reset();
+    (void)pdev_.flr();
     restore_state();
   }
   pdev_.enable_device();
   cmd = static_cast<uint16_t>(pdev_.config_read(PCI_COMMAND, 2));
   pdev_.config_write(PCI_COMMAND, 2, cmd & ~PCI_COMMAND_MASTER);
-  for (unsigned i = 0; i < hw::kNumBars; ++i)
+  for (unsigned i = 0; i < bus::pci::kNumBars; ++i)
     saved_bars_[i] = pdev_.config_read(static_cast<uint16_t>(PCI_BASE_ADDRESS_0 + 4 * i), 4);
   save_state();
   TRY(config_init());
-  pdev_.hw().set_iommu(&iommu());
-  pdev_.hw().set_irq_sink(this);
+  pdev_.attach_iommu(&iommu());
+  pdev_.set_irq_sink(this);
   irq_type_ = -1;
   return ok();
 }
@@ -166,11 +166,11 @@ Result<void> CoreDevice::enable() {
 void CoreDevice::finish_enable() {
   // Where the MSI-X table lives, so BAR access can keep off it.
   msix_bar_ = ~0u;
-  if (uint16_t cap = pdev_.hw().find_capability(PCI_CAP_ID_MSIX)) {
+  if (uint16_t cap = pdev_.find_capability(PCI_CAP_ID_MSIX)) {
     uint32_t t = pdev_.config_read(cap + PCI_MSIX_TABLE, 4);
     msix_bar_ = t & PCI_MSIX_TABLE_BIR;
     msix_table_off_ = t & PCI_MSIX_TABLE_OFFSET;
-    msix_table_len_ = uint64_t{pdev_.hw().msix_table_size()} * PCI_MSIX_ENTRY_SIZE;
+    msix_table_len_ = uint64_t{pdev_.msix_vec_count()} * PCI_MSIX_ENTRY_SIZE;
   }
   if (sriov_pf_) {
     std::lock_guard lk(sriov_pf_->vf_token_->mu);
@@ -182,9 +182,9 @@ void CoreDevice::disable() {
   // vfio_pci_core_disable(): interrupts off, the device reset and restored,
   // nothing of this user left behind.
   irqs_disable_all();
-  pdev_.hw().set_irq_sink(nullptr);
-  pdev_.hw().set_iommu(nullptr);
-  if (uint16_t pm = pdev_.hw().find_capability(PCI_CAP_ID_PM)) {
+  pdev_.set_irq_sink(nullptr);
+  pdev_.attach_iommu(nullptr);
+  if (uint16_t pm = pdev_.find_capability(PCI_CAP_ID_PM)) {
     uint16_t ctrl = static_cast<uint16_t>(pdev_.config_read(pm + PCI_PM_CTRL, 2));
     pdev_.config_write(pm + PCI_PM_CTRL, 2, ctrl & ~PCI_PM_CTRL_STATE_MASK);
   }
@@ -192,7 +192,7 @@ void CoreDevice::disable() {
   uint16_t cmd = static_cast<uint16_t>(pdev_.config_read(PCI_COMMAND, 2));
   pdev_.config_write(PCI_COMMAND, 2, (cmd & ~PCI_COMMAND_MASTER) | PCI_COMMAND_INTX_DISABLE);
   if (reset_works_ && !pdev_.sriov_num_vfs()) {
-    pdev_.hw().function_level_reset();
+    (void)pdev_.flr();
     restore_state();
   }
   config_free();
@@ -215,10 +215,9 @@ void CoreDevice::save_state() {
 
 void CoreDevice::restore_state() {
   if (saved_config_.size() < PCI_CFG_SPACE_SIZE) return;
-  hw::Function& f = pdev_.hw();
-  uint16_t msi = f.find_capability(PCI_CAP_ID_MSI);
-  uint16_t msix = f.find_capability(PCI_CAP_ID_MSIX);
-  uint16_t pcie = f.find_capability(PCI_CAP_ID_EXP);
+  uint16_t msi = pdev_.find_capability(PCI_CAP_ID_MSI);
+  uint16_t msix = pdev_.find_capability(PCI_CAP_ID_MSIX);
+  uint16_t pcie = pdev_.find_capability(PCI_CAP_ID_EXP);
   for (uint16_t i = PCI_CACHE_LINE_SIZE; i < PCI_CFG_SPACE_SIZE; i += 4) {
     if (msi && i >= msi && i < msi + 24) continue;      // reprogrammed below
     if (msix && i >= msix && i < msix + 12) continue;   // reprogrammed below
@@ -258,7 +257,7 @@ void CoreDevice::restore_state() {
       uint32_t t = pdev_.config_read(msix + PCI_MSIX_TABLE, 4);
       for (size_t v = 0; v < attached.size(); ++v)
         if (attached[v])
-          (void)f.mmio_write(t & PCI_MSIX_TABLE_BIR,
+          (void)pdev_.bar_write(t & PCI_MSIX_TABLE_BIR,
                              (t & PCI_MSIX_TABLE_OFFSET) + v * PCI_MSIX_ENTRY_SIZE + PCI_MSIX_ENTRY_VECTOR_CTRL, 4, 0);
     }
   }
@@ -266,7 +265,7 @@ void CoreDevice::restore_state() {
 
 Result<void> CoreDevice::function_reset() {
   save_state();
-  pdev_.hw().function_level_reset();
+  TRY(pdev_.flr());
   restore_state();
   reset_done();
   mig_reset_to_running();
@@ -298,11 +297,10 @@ Result<RegionInfo> CoreDevice::region_info(uint32_t index) {
   i.index = index;
   i.offset = index_to_offset(index);
   if (index <= VFIO_PCI_BAR5_REGION_INDEX) {
-    const hw::BarDesc& d = pdev_.hw().bar_desc(index);
-    i.size = d.implemented() ? pdev_.resource(index).size() : 0;
+    i.size = pdev_.resource(index).size();
     if (!i.size) return r;  // flags 0: no BAR here
     i.flags = VFIO_REGION_INFO_FLAG_READ | VFIO_REGION_INFO_FLAG_WRITE;
-    if (d.mmappable && !d.is_io() && pdev_.hw().bar_memory(index)) {
+    if (pdev_.bar_mapping(index)) {
       i.flags |= VFIO_REGION_INFO_FLAG_MMAP;
       if (index == msix_bar_) append_cap(r.caps, sizeof(i), VFIO_REGION_INFO_CAP_MSIX_MAPPABLE, 1, {});
     }
@@ -313,7 +311,7 @@ Result<RegionInfo> CoreDevice::region_info(uint32_t index) {
     return r;
   }
   if (index == VFIO_PCI_CONFIG_REGION_INDEX) {
-    i.size = pdev_.hw().config().size();
+    i.size = pdev_.cfg_size();
     i.flags = VFIO_REGION_INFO_FLAG_READ | VFIO_REGION_INFO_FLAG_WRITE;
     return r;
   }
@@ -353,10 +351,9 @@ Result<size_t> CoreDevice::write(uint32_t index, uint64_t offset, std::span<cons
 
 Result<MmapArea> CoreDevice::mmap(uint32_t index) {
   if (index > VFIO_PCI_BAR5_REGION_INDEX) return Error(EINVAL, "region cannot be mmapped");
-  const hw::BarDesc& d = pdev_.hw().bar_desc(index);
-  hw::BarMemory* m = pdev_.hw().bar_memory(index);
-  if (!d.implemented() || !d.mmappable || !m) return Error(EINVAL, "region cannot be mmapped");
-  return MmapArea{m->fd(), 0, m->size()};
+  auto m = pdev_.bar_mapping(index);
+  if (!m || !pdev_.resource(index).size()) return Error(EINVAL, "region cannot be mmapped");
+  return MmapArea{m->fd, m->offset, m->size};
 }
 
 // ---- Features -------------------------------------------------------------------

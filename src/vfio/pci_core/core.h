@@ -17,7 +17,7 @@
 
 #include "bus/pci/pci.h"
 #include "driver/device.h"
-#include "hw/function.h"
+#include "hw/irq.h"
 #include "vfio/device.h"
 #include "vfio/registry.h"
 

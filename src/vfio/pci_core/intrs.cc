@@ -46,20 +46,20 @@ Result<vfio_irq_info> CoreDevice::irq_info(uint32_t index) {
   info.argsz = sizeof(info);
   info.index = index;
   info.flags = VFIO_IRQ_INFO_EVENTFD;
-  bool pcie = pdev_.hw().find_capability(PCI_CAP_ID_EXP) != 0;
+  bool pcie = pdev_.find_capability(PCI_CAP_ID_EXP) != 0;
   switch (index) {
     case VFIO_PCI_INTX_IRQ_INDEX:
       info.count = (!pdev_.is_virtfn() && pdev_.config_read(PCI_INTERRUPT_PIN, 1)) ? 1 : 0;
       info.flags |= VFIO_IRQ_INFO_MASKABLE | VFIO_IRQ_INFO_AUTOMASKED;
       break;
     case VFIO_PCI_MSI_IRQ_INDEX: {
-      uint16_t cap = pdev_.hw().find_capability(PCI_CAP_ID_MSI);
+      uint16_t cap = pdev_.find_capability(PCI_CAP_ID_MSI);
       info.count = cap ? 1u << ((pdev_.config_read(cap + PCI_MSI_FLAGS, 2) & PCI_MSI_FLAGS_QMASK) >> 1) : 0;
       info.flags |= VFIO_IRQ_INFO_NORESIZE;
       break;
     }
     case VFIO_PCI_MSIX_IRQ_INDEX:
-      info.count = pdev_.hw().msix_table_size();
+      info.count = pdev_.msix_vec_count();
       info.flags |= VFIO_IRQ_INFO_NORESIZE;  // no dynamic MSI-X allocation
       break;
     case VFIO_PCI_ERR_IRQ_INDEX:
@@ -87,7 +87,7 @@ Result<void> CoreDevice::irqs(IrqSet& req) {
       if (action != VFIO_IRQ_SET_ACTION_TRIGGER) return Error(ENOTTY, "MSI masking is not supported");
       return set_msi(req, req.index == VFIO_PCI_MSIX_IRQ_INDEX);
     case VFIO_PCI_ERR_IRQ_INDEX:
-      if (action != VFIO_IRQ_SET_ACTION_TRIGGER || !pdev_.hw().find_capability(PCI_CAP_ID_EXP))
+      if (action != VFIO_IRQ_SET_ACTION_TRIGGER || !pdev_.find_capability(PCI_CAP_ID_EXP))
         return Error(ENOTTY, "unsupported ERR action");
       return set_ctx_trigger(req, err_trigger_);
     case VFIO_PCI_REQ_IRQ_INDEX:
@@ -203,23 +203,22 @@ void CoreDevice::msi(uint64_t address, uint32_t data) {
 }
 
 Result<void> CoreDevice::msi_enable(unsigned nvec, bool msix) {
-  hw::Function& f = pdev_.hw();
   if (msix) {
-    uint16_t cap = f.find_capability(PCI_CAP_ID_MSIX);
-    if (!cap || nvec > f.msix_table_size()) return Error(EINVAL, "MSI-X vectors");
+    uint16_t cap = pdev_.find_capability(PCI_CAP_ID_MSIX);
+    if (!cap || nvec > pdev_.msix_vec_count()) return Error(EINVAL, "MSI-X vectors");
     // Program host messages, every vector masked until it gets a trigger.
-    for (unsigned v = 0; v < f.msix_table_size(); ++v) {
+    for (unsigned v = 0; v < pdev_.msix_vec_count(); ++v) {
       uint64_t e = uint64_t{v} * PCI_MSIX_ENTRY_SIZE + (pdev_.config_read(cap + PCI_MSIX_TABLE, 4) & PCI_MSIX_TABLE_OFFSET);
       unsigned bar = pdev_.config_read(cap + PCI_MSIX_TABLE, 4) & PCI_MSIX_TABLE_BIR;
-      (void)f.mmio_write(bar, e + PCI_MSIX_ENTRY_VECTOR_CTRL, 4, PCI_MSIX_ENTRY_CTRL_MASKBIT);
-      (void)f.mmio_write(bar, e + PCI_MSIX_ENTRY_LOWER_ADDR, 4, static_cast<uint32_t>(kHostMsiAddress));
-      (void)f.mmio_write(bar, e + PCI_MSIX_ENTRY_UPPER_ADDR, 4, 0);
-      (void)f.mmio_write(bar, e + PCI_MSIX_ENTRY_DATA, 4, v);
+      (void)pdev_.bar_write(bar, e + PCI_MSIX_ENTRY_VECTOR_CTRL, 4, PCI_MSIX_ENTRY_CTRL_MASKBIT);
+      (void)pdev_.bar_write(bar, e + PCI_MSIX_ENTRY_LOWER_ADDR, 4, static_cast<uint32_t>(kHostMsiAddress));
+      (void)pdev_.bar_write(bar, e + PCI_MSIX_ENTRY_UPPER_ADDR, 4, 0);
+      (void)pdev_.bar_write(bar, e + PCI_MSIX_ENTRY_DATA, 4, v);
     }
     uint16_t ctrl = static_cast<uint16_t>(pdev_.config_read(cap + PCI_MSIX_FLAGS, 2));
     pdev_.config_write(cap + PCI_MSIX_FLAGS, 2, (ctrl | PCI_MSIX_FLAGS_ENABLE) & ~PCI_MSIX_FLAGS_MASKALL);
   } else {
-    uint16_t cap = f.find_capability(PCI_CAP_ID_MSI);
+    uint16_t cap = pdev_.find_capability(PCI_CAP_ID_MSI);
     if (!cap) return Error(EINVAL, "no MSI");
     uint16_t ctrl = static_cast<uint16_t>(pdev_.config_read(cap + PCI_MSI_FLAGS, 2));
     unsigned mmc = (ctrl & PCI_MSI_FLAGS_QMASK) >> 1;
@@ -246,18 +245,17 @@ Result<void> CoreDevice::msi_enable(unsigned nvec, bool msix) {
 }
 
 void CoreDevice::msi_disable() {
-  hw::Function& f = pdev_.hw();
   bool msix = irq_type_ == VFIO_PCI_MSIX_IRQ_INDEX;
   if (msix) {
-    uint16_t cap = f.find_capability(PCI_CAP_ID_MSIX);
+    uint16_t cap = pdev_.find_capability(PCI_CAP_ID_MSIX);
     uint32_t t = pdev_.config_read(cap + PCI_MSIX_TABLE, 4);
-    for (unsigned v = 0; v < f.msix_table_size(); ++v)
-      (void)f.mmio_write(t & PCI_MSIX_TABLE_BIR,
+    for (unsigned v = 0; v < pdev_.msix_vec_count(); ++v)
+      (void)pdev_.bar_write(t & PCI_MSIX_TABLE_BIR,
                          (t & PCI_MSIX_TABLE_OFFSET) + uint64_t{v} * PCI_MSIX_ENTRY_SIZE + PCI_MSIX_ENTRY_VECTOR_CTRL, 4,
                          PCI_MSIX_ENTRY_CTRL_MASKBIT);
     uint16_t ctrl = static_cast<uint16_t>(pdev_.config_read(cap + PCI_MSIX_FLAGS, 2));
     pdev_.config_write(cap + PCI_MSIX_FLAGS, 2, ctrl & ~PCI_MSIX_FLAGS_ENABLE);
-  } else if (uint16_t cap = f.find_capability(PCI_CAP_ID_MSI)) {
+  } else if (uint16_t cap = pdev_.find_capability(PCI_CAP_ID_MSI)) {
     uint16_t ctrl = static_cast<uint16_t>(pdev_.config_read(cap + PCI_MSI_FLAGS, 2));
     pdev_.config_write(cap + PCI_MSI_FLAGS, 2, ctrl & ~PCI_MSI_FLAGS_ENABLE);
   }
@@ -283,8 +281,7 @@ Result<void> CoreDevice::set_msi(IrqSet& req, bool msix) {
       enabled_here = true;
     }
     // vfio_msi_set_block(): attach or detach each vector's trigger.
-    hw::Function& f = pdev_.hw();
-    uint16_t cap = msix ? f.find_capability(PCI_CAP_ID_MSIX) : 0;
+      uint16_t cap = msix ? pdev_.find_capability(PCI_CAP_ID_MSIX) : 0;
     uint32_t t = cap ? pdev_.config_read(cap + PCI_MSIX_TABLE, 4) : 0;
     for (uint32_t i = 0; i < req.count; ++i) {
       uint32_t v = req.start + i;
@@ -298,7 +295,7 @@ Result<void> CoreDevice::set_msi(IrqSet& req, bool msix) {
         msi_triggers_[v] = std::move(req.fds[i]);
       }
       if (msix)
-        (void)f.mmio_write(t & PCI_MSIX_TABLE_BIR,
+        (void)pdev_.bar_write(t & PCI_MSIX_TABLE_BIR,
                            (t & PCI_MSIX_TABLE_OFFSET) + uint64_t{v} * PCI_MSIX_ENTRY_SIZE + PCI_MSIX_ENTRY_VECTOR_CTRL, 4,
                            attach ? 0 : PCI_MSIX_ENTRY_CTRL_MASKBIT);
     }

@@ -13,12 +13,16 @@ bool CoreDevice::memory_enabled() const {
 }
 
 Result<size_t> CoreDevice::bar_rw(uint32_t bar, uint64_t off, std::span<uint8_t> buf, bool write) {
-  const hw::BarDesc& desc = pdev_.hw().bar_desc(bar);
-  uint64_t size = pdev_.resource(bar).size();
-  if (!desc.implemented() || !size) return Error(EINVAL, "BAR not implemented");
-  if (off >= size || buf.size() > size - off) return Error(EINVAL, "BAR access out of range");
-  if (!desc.is_io() && !memory_enabled()) return Error(EIO, "memory decode disabled");
-  if (desc.is_io() && !(vget(PCI_COMMAND, 2) & PCI_COMMAND_IO)) return Error(EIO, "I/O decode disabled");
+  const bus::pci::Resource& res = pdev_.resource(bar);
+  uint64_t size = res.size();
+  bool io = res.flags & bus::pci::kResIo;
+  if (!size) return Error(EINVAL, "BAR not implemented");
+  // vfio_pci_bar_rw(): an access starting past the end is refused, one
+  // running over it is cut at the end (the short count is the answer).
+  if (off >= size) return Error(EINVAL, "BAR access out of range");
+  if (buf.size() > size - off) buf = buf.first(static_cast<size_t>(size - off));
+  if (!io && !memory_enabled()) return Error(EIO, "memory decode disabled");
+  if (io && !(vget(PCI_COMMAND, 2) & PCI_COMMAND_IO)) return Error(EIO, "I/O decode disabled");
   bool msix = bar == msix_bar_;
   size_t done = 0;
   while (done < buf.size()) {
@@ -36,9 +40,9 @@ Result<size_t> CoreDevice::bar_rw(uint32_t bar, uint64_t off, std::span<uint8_t>
     if (write) {
       uint64_t v = 0;
       std::memcpy(&v, buf.data() + done, n);
-      TRY(pdev_.hw().mmio_write(bar, at, n, v));
+      TRY(pdev_.bar_write(bar, at, n, v));
     } else {
-      uint64_t v = TRY(pdev_.hw().mmio_read(bar, at, n));
+      uint64_t v = TRY(pdev_.bar_read(bar, at, n));
       std::memcpy(buf.data() + done, &v, n);
     }
     done += n;

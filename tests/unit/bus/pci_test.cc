@@ -7,6 +7,7 @@
 #include <thread>
 
 #include "hw/bridge.h"
+#include "hw/fabric.h"
 #include "hw/endpoint.h"
 #include "hw/mlx5/pf.h"
 #include "hw/mlx5/vf.h"
@@ -128,7 +129,7 @@ TEST_F(PciFixture, PowerStateFromThePmCapability) {
   ASSERT_NE(dev, nullptr);
   uint16_t pm = dev->find_capability(PCI_CAP_ID_PM);
   ASSERT_NE(pm, 0);
-  EXPECT_EQ(pm, dev->hw().find_capability(PCI_CAP_ID_PM));  // what the model built
+  EXPECT_EQ(pm, fabric.find(dev->bdf())->find_capability(PCI_CAP_ID_PM));  // what the model built
   EXPECT_EQ(dev->find_capability(0x42), 0);
   EXPECT_EQ(*t.read("bus/pci/devices/0000:01:00.0/power_state"), "D0\n");
   dev->config_write(pm + PCI_PM_CTRL, 2, 3);
@@ -331,7 +332,7 @@ TEST_F(PciFixture, HardwareVanishingTakesItsDeviceAlong) {
   EXPECT_EQ(*core.tree().read("bus/pci/devices/0000:01:00.1/sriov_numvfs"), "0\n");
   // And a PF FLR does the same.
   ASSERT_TRUE(core.tree().write("bus/pci/devices/0000:01:00.1/sriov_numvfs", "1"));
-  pf.hw().function_level_reset();
+  ASSERT_TRUE(pf.flr());  // pcie_flr() over config cycles
   EXPECT_EQ(bus->find(Bdf(0, 2, 0, 1)), nullptr);
   core.unregister_driver(vfdrv);
   core.unregister_driver(pfdrv);

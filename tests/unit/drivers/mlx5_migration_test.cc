@@ -61,7 +61,7 @@ struct Side {
     return dev->device_feature(VFIO_DEVICE_FEATURE_SET | VFIO_DEVICE_FEATURE_MIG_DEVICE_STATE,
                                std::span<const uint8_t>(reinterpret_cast<uint8_t*>(&st), sizeof(st)));
   }
-  Vf& hwvf() { return static_cast<Vf&>(sys->pci().find(kVf)->hw()); }
+  Vf& hwvf() { return static_cast<Vf&>(*sys->fabric().find(kVf)); }
   // An eventfd wired to vector 0 of an interrupt index (SET_IRQS TRIGGER).
   UniqueFd irq_eventfd(uint32_t index) {
     UniqueFd efd(eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
@@ -346,7 +346,7 @@ std::string describe(const FwMailbox& mb) {
 // (reference/kernel-vfio.md §3.6), the VF's function id on every command.
 TEST(Mlx5Migration, ArcsIssueMlx5sFirmwareCommands) {
   Side a;
-  auto& pf = static_cast<Pf&>(a.sys->pci().find(Bdf(0, 7, 0, 0))->hw());
+  auto& pf = static_cast<Pf&>(*a.sys->fabric().find(Bdf(0, 7, 0, 0)));
   std::vector<std::string> log;
   std::set<uint16_t> fids;
   pf.set_command_log([&](const FwMailbox& mb) {

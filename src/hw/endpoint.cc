@@ -28,7 +28,7 @@ Result<std::unique_ptr<GenericEndpoint>> GenericEndpoint::create(const EndpointP
     uint16_t ssvid = TRY(e->add_capability(PCI_CAP_ID_SSVID, 8));
     e->config().raw_write(ssvid + 4, 4, (uint32_t{p.ids.subsystem_device} << 16) | p.ids.subsystem_vendor);
   }
-  if (p.msi_vectors) TRY(add_msi_cap(*e, MsiParams{p.msi_vectors, true, true}));
+  if (p.msi_vectors) TRY(add_msi_cap(*e, MsiParams{p.msi_vectors, p.msi_64bit, p.msi_per_vector_mask}));
   if (p.msix_vectors)
     TRY(add_msix_cap(*e, MsixParams{p.msix_vectors, 4, 0, 4, 0x800}));
   if (p.pcie) {
@@ -40,6 +40,7 @@ Result<std::unique_ptr<GenericEndpoint>> GenericEndpoint::create(const EndpointP
       e->config().raw_write(pasid + PCI_PASID_CAP, 2, 0x1400);  // 20-bit PASIDs
     }
     TRY(add_dsn_cap(*e, 0x0000'00ff'fe00'0001ull));
+    if (p.aer) TRY(e->add_ext_capability(PCI_EXT_CAP_ID_ERR, 2, PCI_ERR_ROOT_COMMAND));
   }
   (void)e->bar_memory(0)->store(kRegId, 4, kIdValue);
   e->finish_build();

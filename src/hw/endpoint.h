@@ -32,6 +32,11 @@ struct EndpointParams {
   uint64_t bar2_size = 1 << 20;
   bool io_bar = true;  // BAR1: 32 bytes of I/O space
   unsigned msi_vectors = 4;
+  bool msi_64bit = true;
+  bool msi_per_vector_mask = true;
+  // An AER capability (extended space; PCIe only). Its registers are
+  // read-only here: a test that needs them writable sets the masks.
+  bool aer = false;
   unsigned msix_vectors = 8;
   bool pcie = true;
   // Capabilities vfio-pci-core hides from its users (SSVID; PASID in

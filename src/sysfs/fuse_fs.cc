@@ -128,14 +128,14 @@ int fs_truncate(const char* path, off_t, fuse_file_info*) {
 const fuse_operations kOps = [] {
   fuse_operations o{};
   o.init = fs_init;
-  o.getattr = fs_getattr;
-  o.readlink = fs_readlink;
-  o.readdir = fs_readdir;
-  o.open = fs_open;
-  o.release = fs_release;
-  o.read = fs_read;
-  o.write = fs_write;
-  o.truncate = fs_truncate;
+  o.getattr = fuse_guarded<fs_getattr>;
+  o.readlink = fuse_guarded<fs_readlink>;
+  o.readdir = fuse_guarded<fs_readdir>;
+  o.open = fuse_guarded<fs_open>;
+  o.release = fuse_guarded<fs_release>;
+  o.read = fuse_guarded<fs_read>;
+  o.write = fuse_guarded<fs_write>;
+  o.truncate = fuse_guarded<fs_truncate>;
   return o;
 }();
 

@@ -8,7 +8,9 @@
 // come and go show at once.
 #pragma once
 
+#include <cerrno>
 #include <memory>
+#include <new>
 #include <string>
 #include <thread>
 
@@ -20,6 +22,26 @@ struct fuse;
 namespace uvfio::sysfs {
 
 struct FuseContext;
+
+// libfuse is C: nothing may unwind into it. A callback wrapped in this
+// answers an exception with an errno for that one call (ENOMEM for
+// bad_alloc, EIO otherwise) instead of std::terminate taking the daemon.
+template <auto Fn>
+struct FuseGuard;
+template <class... A, int (*Fn)(A...)>
+struct FuseGuard<Fn> {
+  static int call(A... a) noexcept {
+    try {
+      return Fn(a...);
+    } catch (const std::bad_alloc&) {
+      return -ENOMEM;
+    } catch (...) {
+      return -EIO;
+    }
+  }
+};
+template <auto Fn>
+inline constexpr auto fuse_guarded = &FuseGuard<Fn>::call;
 
 class FuseMount {
  public:

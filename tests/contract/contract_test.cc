@@ -479,7 +479,10 @@ TEST_P(Contract, ErrAndReqTriggers) {
     ASSERT_TRUE(irqs(VFIO_IRQ_SET_DATA_BOOL | VFIO_IRQ_SET_ACTION_TRIGGER, index, 0, 1, {}, {1}));
     EXPECT_EQ(efd_read(e.get()), 1);
     ASSERT_TRUE(irqs(VFIO_IRQ_SET_DATA_NONE | VFIO_IRQ_SET_ACTION_TRIGGER, index, 0, 0));  // release
-    ASSERT_TRUE(irqs(VFIO_IRQ_SET_DATA_NONE | VFIO_IRQ_SET_ACTION_TRIGGER, index, 0, 1));
+    // vfio_pci_set_ctx_trigger_single(): DATA_NONE with no eventfd to signal
+    // or release falls through to EINVAL.
+    EXPECT_EQ(irqs(VFIO_IRQ_SET_DATA_NONE | VFIO_IRQ_SET_ACTION_TRIGGER, index, 0, 1).error().code, EINVAL);
+    EXPECT_EQ(irqs(VFIO_IRQ_SET_DATA_NONE | VFIO_IRQ_SET_ACTION_TRIGGER, index, 0, 0).error().code, EINVAL);
     EXPECT_EQ(efd_read(e.get()), -1);
     EXPECT_EQ(irqs(VFIO_IRQ_SET_DATA_NONE | VFIO_IRQ_SET_ACTION_MASK, index, 0, 1).error().code, ENOTTY);
   }
@@ -648,6 +651,113 @@ TEST_P(Contract, UnbindWhileOpenSignalsReqAndWaitsForClose) {
   EXPECT_EQ(pdev->driver(), nullptr);
   EXPECT_EQ(sys->vfio_device(GetParam().bdf), nullptr);
   dev = nullptr;
+}
+
+// vfio_basic_config_write(): a one-byte write at Command's offset updates
+// the virtual Memory and I/O Space bits that gate BAR access.
+TEST_P(Contract, OneByteCommandWriteGatesBarAccess) {
+  if (GetParam().is_vf) GTEST_SKIP() << "a VF's memory decode is not the Command bit (no_command_memory)";
+  uint32_t v = 0;
+  std::span<uint8_t> buf(reinterpret_cast<uint8_t*>(&v), 4);
+  uint8_t lo = static_cast<uint8_t>(cfg_read(PCI_COMMAND, 1));
+  cfg_write(PCI_COMMAND, 1, lo & ~PCI_COMMAND_MEMORY);
+  EXPECT_FALSE(cfg_read(PCI_COMMAND, 2) & PCI_COMMAND_MEMORY);
+  EXPECT_EQ(dev->region_read(0, 0, buf).error().code, EIO);
+  cfg_write(PCI_COMMAND, 1, lo | PCI_COMMAND_MEMORY);
+  EXPECT_TRUE(dev->region_read(0, 0, buf));
+}
+
+// vfio_pci_core_disable(): close restores the state saved at open
+// (pci_store_saved_state), not what a user's reset saved on the way: a
+// device reset with Bus Master on is not left bus-mastering.
+TEST_P(Contract, CloseAfterAUserResetRestoresTheOpenTimeState) {
+  if (!(dev->get_info()->flags & VFIO_DEVICE_FLAGS_RESET)) GTEST_SKIP() << "no reset";
+  cfg_write(PCI_COMMAND, 2, cfg_read(PCI_COMMAND, 2) | PCI_COMMAND_MASTER);
+  ASSERT_TRUE(pdev->config_read(PCI_COMMAND, 2) & PCI_COMMAND_MASTER);
+  ASSERT_TRUE(dev->reset());
+  ASSERT_TRUE(pdev->config_read(PCI_COMMAND, 2) & PCI_COMMAND_MASTER) << "the reset keeps the user's state";
+  dev->close();
+  EXPECT_FALSE(pdev->config_read(PCI_COMMAND, 2) & PCI_COMMAND_MASTER) << "bus mastering after close";
+  ASSERT_TRUE(dev->open());
+}
+
+// vfio_pci_set_msi_trigger() -> vfio_msi_enable(start + count): enabling
+// with no vectors is pci_alloc_irq_vectors(1, 0), ERANGE.
+TEST_P(Contract, MsiEventfdWithNoVectorsIsRefused) {
+  for (uint32_t index : {VFIO_PCI_MSI_IRQ_INDEX, VFIO_PCI_MSIX_IRQ_INDEX}) {
+    if (!dev->get_irq_info(index)->count) continue;
+    EXPECT_EQ(irqs(VFIO_IRQ_SET_DATA_EVENTFD | VFIO_IRQ_SET_ACTION_TRIGGER, index, 0, 0).error().code, ERANGE);
+    EXPECT_TRUE(hwf().irq_mode() != hw::IrqMode::kMsi && hwf().irq_mode() != hw::IrqMode::kMsix)
+        << "index " << index << " enabled with no vectors";
+  }
+}
+
+// vfio_msi_set_block(): a vector that fails leaves every vector the call
+// touched without a trigger; an index the call enabled is disabled again.
+TEST_P(Contract, AFailedMsixBlockIsRolledBack) {
+  uint32_t n = dev->get_irq_info(VFIO_PCI_MSIX_IRQ_INDEX)->count;
+  if (n < 3) GTEST_SKIP() << "fewer than 3 MSI-X vectors";
+  UniqueFd a = make_eventfd(), b = make_eventfd(), c = make_eventfd();
+  UniqueFd not_an_eventfd(::open("/dev/null", O_RDONLY | O_CLOEXEC));
+  // Enabling with a bad fd in the block: nothing stays enabled.
+  EXPECT_FALSE(irqs(VFIO_IRQ_SET_DATA_EVENTFD | VFIO_IRQ_SET_ACTION_TRIGGER, VFIO_PCI_MSIX_IRQ_INDEX, 0, 2,
+                    {a.get(), not_an_eventfd.get()}));
+  EXPECT_NE(hwf().irq_mode(), hw::IrqMode::kMsix) << "left enabled by a failed call";
+  // Enabled with three vectors; a later block fails on its second fd.
+  ASSERT_TRUE(irqs(VFIO_IRQ_SET_DATA_EVENTFD | VFIO_IRQ_SET_ACTION_TRIGGER, VFIO_PCI_MSIX_IRQ_INDEX, 0, 3,
+                   {a.get(), b.get(), c.get()}));
+  EXPECT_FALSE(irqs(VFIO_IRQ_SET_DATA_EVENTFD | VFIO_IRQ_SET_ACTION_TRIGGER, VFIO_PCI_MSIX_IRQ_INDEX, 0, 2,
+                    {a.get(), not_an_eventfd.get()}));
+  EXPECT_EQ(hwf().irq_mode(), hw::IrqMode::kMsix) << "the index was enabled before: it stays";
+  ASSERT_TRUE(irqs(VFIO_IRQ_SET_DATA_NONE | VFIO_IRQ_SET_ACTION_TRIGGER, VFIO_PCI_MSIX_IRQ_INDEX, 0, 3));
+  EXPECT_EQ(efd_read(a.get()), -1) << "vector 0 kept a trigger after the failed block";
+  EXPECT_EQ(efd_read(b.get()), -1) << "vector 1 kept a trigger after the failed block";
+  EXPECT_EQ(efd_read(c.get()), 1) << "vector 2 was not in the block";
+  ASSERT_TRUE(irqs(VFIO_IRQ_SET_DATA_NONE | VFIO_IRQ_SET_ACTION_TRIGGER, VFIO_PCI_MSIX_IRQ_INDEX, 0, 0));
+}
+
+// vfio_pci_set_intx_unmask() with an eventfd (vfio_virqfd): a write to it
+// unmasks, as the UNMASK ioctl does; -1 removes it; MASK by eventfd stays
+// ENOTTY.
+TEST_P(Contract, IntxUnmaskByEventfd) {
+  if (!dev->get_irq_info(VFIO_PCI_INTX_IRQ_INDEX)->count) GTEST_SKIP() << "no INTx";
+  UniqueFd trigger = make_eventfd(), unmask = make_eventfd();
+  ASSERT_TRUE(irqs(VFIO_IRQ_SET_DATA_EVENTFD | VFIO_IRQ_SET_ACTION_TRIGGER, VFIO_PCI_INTX_IRQ_INDEX, 0, 1, {trigger.get()}));
+  ASSERT_TRUE(irqs(VFIO_IRQ_SET_DATA_EVENTFD | VFIO_IRQ_SET_ACTION_UNMASK, VFIO_PCI_INTX_IRQ_INDEX, 0, 1, {unmask.get()}));
+  EXPECT_EQ(irqs(VFIO_IRQ_SET_DATA_EVENTFD | VFIO_IRQ_SET_ACTION_MASK, VFIO_PCI_INTX_IRQ_INDEX, 0, 1, {unmask.get()})
+                .error()
+                .code,
+            ENOTTY);
+  hwf().set_intx(true);
+  ASSERT_EQ(efd_read(trigger.get()), 1);  // fired, now masked
+  // Still asserted: unmasking through the eventfd fires again at once.
+  uint64_t one = 1;
+  ASSERT_EQ(::write(unmask.get(), &one, sizeof(one)), 8);
+  pollfd p{trigger.get(), POLLIN, 0};
+  ASSERT_EQ(poll(&p, 1, 5000), 1) << "the unmask eventfd did not unmask";
+  EXPECT_EQ(efd_read(trigger.get()), 1);
+  // Removed: writes to it no longer unmask (the UNMASK ioctl still does).
+  ASSERT_TRUE(irqs(VFIO_IRQ_SET_DATA_EVENTFD | VFIO_IRQ_SET_ACTION_UNMASK, VFIO_PCI_INTX_IRQ_INDEX, 0, 1, {-1}));
+  ASSERT_EQ(::write(unmask.get(), &one, sizeof(one)), 8);
+  ASSERT_TRUE(irqs(VFIO_IRQ_SET_DATA_NONE | VFIO_IRQ_SET_ACTION_UNMASK, VFIO_PCI_INTX_IRQ_INDEX, 0, 1));
+  EXPECT_EQ(efd_read(trigger.get()), 1);
+  EXPECT_EQ(efd_read(unmask.get()), 1) << "nothing read the removed unmask eventfd";
+  ASSERT_TRUE(irqs(VFIO_IRQ_SET_DATA_NONE | VFIO_IRQ_SET_ACTION_TRIGGER, VFIO_PCI_INTX_IRQ_INDEX, 0, 0));
+}
+
+// vfio_pci_bar_rw(): an access starting inside a BAR and running past its
+// end is cut at the end (a short count); one starting past it is EINVAL.
+TEST_P(Contract, AccessPastABarsEndIsCut) {
+  uint64_t size = pdev->resource(0).size();
+  ASSERT_GE(size, 8u);
+  std::vector<uint8_t> buf(16, 0xcc);
+  auto r = dev->region_read(0, size - 4, buf);
+  ASSERT_TRUE(r) << errno_name(r.error().code);
+  EXPECT_EQ(*r, 4u);
+  auto w = dev->region_write(0, size - 4, std::span<const uint8_t>(buf.data(), 8));
+  ASSERT_TRUE(w);
+  EXPECT_EQ(*w, 4u);
+  EXPECT_EQ(dev->region_read(0, size, buf).error().code, EINVAL);
 }
 
 TEST_P(Contract, SysfsShowsTheVfioDevice) {

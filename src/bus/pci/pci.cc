@@ -101,6 +101,19 @@ unsigned PciDevice::msix_vec_count() const {
   return cap ? (config_read(cap + PCI_MSIX_FLAGS, 2) & PCI_MSIX_FLAGS_QSIZE) + 1 : 0;
 }
 
+bool PciDevice::intx_mask_supported() {
+  uint16_t orig = static_cast<uint16_t>(config_read(PCI_COMMAND, 2));
+  config_write(PCI_COMMAND, 2, orig ^ PCI_COMMAND_INTX_DISABLE);
+  uint16_t now = static_cast<uint16_t>(config_read(PCI_COMMAND, 2));
+  if ((now ^ orig) & ~PCI_COMMAND_INTX_DISABLE) {
+    log::error(name(), "Command register changed from {:#x} to {:#x}: driver or hardware bug?", orig, now);
+    return false;
+  }
+  if (!((now ^ orig) & PCI_COMMAND_INTX_DISABLE)) return false;
+  config_write(PCI_COMMAND, 2, orig);
+  return true;
+}
+
 bool PciDevice::has_flr() const {
   uint16_t exp = find_capability(PCI_CAP_ID_EXP);
   return exp && (config_read(exp + PCI_EXP_DEVCAP, 4) & PCI_EXP_DEVCAP_FLR);

@@ -111,6 +111,9 @@ class PciDevice : public driver::Device {
   // pci_msix_vec_count(): Table Size + 1 from MSI-X Message Control (0
   // without MSI-X).
   unsigned msix_vec_count() const;
+  // pci_intx_mask_supported(): does INTx Disable toggle (PCI 2.3)? Tests
+  // by writing it, and puts it back.
+  bool intx_mask_supported();
   // pcie_has_flr(): Function Level Reset advertised in Device Capabilities.
   bool has_flr() const;
   // pcie_flr(): waits for Transactions Pending to clear, writes Initiate

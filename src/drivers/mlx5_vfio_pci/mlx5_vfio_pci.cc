@@ -177,6 +177,8 @@ Result<std::shared_ptr<vfio::MigrationFile>> VfDevice::migration_arc(vfio::MigSt
 // ---- DMA logging on the PF's page tracker ------------------------------------------------
 
 Result<void> VfDevice::log_start(uint64_t& page_size, const std::vector<vfio::DmaRange>& ranges) {
+  // mlx5vf_start_page_tracker(): a tracker already running is EINVAL.
+  if (log_page_) return Error(EINVAL, "DMA logging already started");
   std::vector<std::pair<uint64_t, uint64_t>> r;
   for (auto& x : ranges) r.emplace_back(x.iova, x.length);
   if (page_size < 4096) page_size = 4096;  // the tracker's smallest granule

@@ -97,8 +97,10 @@ struct PermTables {
     pm = make_perm(PCI_PM_SIZEOF, &CoreDevice::default_read, &CoreDevice::pm_write);
     set_bits(pm, PCI_CAP_LIST_NEXT, 1, kAll, 0);
     set_bits(pm, PCI_PM_PMC, 2, PCI_PM_CAP_PME_MASK, 0);
-    set_bits(pm, PCI_PM_CTRL, 2, PCI_PM_CTRL_PME_ENABLE | PCI_PM_CTRL_PME_STATUS,
-             ~(PCI_PM_CTRL_PME_ENABLE | PCI_PM_CTRL_PME_STATUS | PCI_PM_CTRL_STATE_MASK) & 0xffff);
+    // init_pci_cap_pm_perm(): a dword from PMCSR (PMCSR_BSE and Data are
+    // writable through too).
+    set_bits(pm, PCI_PM_CTRL, 4, PCI_PM_CTRL_PME_ENABLE | PCI_PM_CTRL_PME_STATUS,
+             ~(PCI_PM_CTRL_PME_ENABLE | PCI_PM_CTRL_PME_STATUS | PCI_PM_CTRL_STATE_MASK));
 
     exp = make_perm(0x3c, &CoreDevice::default_read, &CoreDevice::exp_write);
     set_bits(exp, PCI_CAP_LIST_NEXT, 1, kAll, 0);
@@ -121,9 +123,15 @@ struct PermTables {
     e_vndr = make_perm(4, &CoreDevice::direct_read, &CoreDevice::raw_write);
     e_err = make_perm(PCI_ERR_ROOT_COMMAND, &CoreDevice::default_read, &CoreDevice::default_write);
     set_bits(e_err, 0, 4, ~0u, 0);
-    set_bits(e_err, PCI_ERR_UNCOR_STATUS, 4, 0, 0x03ff3ff0);  // the defined error bits
-    set_bits(e_err, PCI_ERR_UNCOR_MASK, 4, 0, 0x03ff3ff0);
-    set_bits(e_err, PCI_ERR_UNCOR_SEVER, 4, 0, 0x03ff3ff0);
+    // init_pci_ext_cap_err_perm(): the uncorrectable errors a user may mask.
+    const uint32_t unc = PCI_ERR_UNC_UND | PCI_ERR_UNC_DLP | PCI_ERR_UNC_SURPDN | PCI_ERR_UNC_POISON_TLP |
+                         PCI_ERR_UNC_FCP | PCI_ERR_UNC_COMP_TIME | PCI_ERR_UNC_COMP_ABORT | PCI_ERR_UNC_UNX_COMP |
+                         PCI_ERR_UNC_RX_OVER | PCI_ERR_UNC_MALF_TLP | PCI_ERR_UNC_ECRC | PCI_ERR_UNC_UNSUP |
+                         PCI_ERR_UNC_ACSV | PCI_ERR_UNC_INTN | PCI_ERR_UNC_MCBTLP | PCI_ERR_UNC_ATOMEG |
+                         PCI_ERR_UNC_TLPPRE;
+    set_bits(e_err, PCI_ERR_UNCOR_STATUS, 4, 0, unc);
+    set_bits(e_err, PCI_ERR_UNCOR_MASK, 4, 0, unc);
+    set_bits(e_err, PCI_ERR_UNCOR_SEVER, 4, 0, unc);
     set_bits(e_err, PCI_ERR_COR_STATUS, 4, 0, 0x0000f1c1);
     set_bits(e_err, PCI_ERR_COR_MASK, 4, 0, 0x0000f1c1);
     set_bits(e_err, PCI_ERR_CAP, 4, 0, PCI_ERR_CAP_ECRC_GENE | PCI_ERR_CAP_ECRC_CHKE);
@@ -246,7 +254,8 @@ Result<uint32_t> CoreDevice::basic_read(uint16_t pos, unsigned count, const Perm
 
 Result<void> CoreDevice::basic_write(uint16_t pos, unsigned count, const PermBits& perm, uint16_t offset,
                                      uint32_t val) {
-  bool cmd = offset == PCI_COMMAND && count >= 2;
+  // vfio_basic_config_write(): any write at Command's offset, a byte too.
+  bool cmd = offset == PCI_COMMAND;
   uint16_t new_cmd = static_cast<uint16_t>(val);
   if (cmd) {
     uint16_t phys = static_cast<uint16_t>(hw_read(PCI_COMMAND, 2));
@@ -412,7 +421,7 @@ void CoreDevice::cap_init() {
         set_bits(msi_perm_, data, 2, 0xffff, 0xffff);
         if (f & PCI_MSI_FLAGS_MASKBIT) {
           set_bits(msi_perm_, data + 4, 4, 0, ~0u);  // mask: writable pass-through
-          set_bits(msi_perm_, data + 8, 4, 0, 0);    // pending: read-only
+          set_bits(msi_perm_, data + 8, 4, 0, ~0u);  // pending: passed through (init_pci_cap_msi_perm)
         }
       }
       if (id == PCI_CAP_ID_PM) {
@@ -565,6 +574,11 @@ Result<size_t> CoreDevice::config_rw(uint64_t pos, std::span<uint8_t> buf, bool 
   while (done < total) {
     uint16_t p = static_cast<uint16_t>(pos + done);
     size_t left = total - done;
+    // vfio_config_do_rw(): chunks naturally aligned and within one
+    // capability (vfio_pci_cap_remaining_dword()).
+    size_t remaining = 1;
+    while ((p + remaining) % 4 && map_[p + remaining] == map_[p]) ++remaining;
+    left = std::min(left, remaining);
     unsigned count = (left >= 4 && !(p % 4)) ? 4 : (left >= 2 && !(p % 2)) ? 2 : 1;
     uint16_t cap_start;
     const PermBits* perm = perm_for(p, cap_start);

@@ -156,6 +156,15 @@ Result<void> CoreDevice::enable() {
   for (unsigned i = 0; i < bus::pci::kNumBars; ++i)
     saved_bars_[i] = pdev_.config_read(static_cast<uint16_t>(PCI_BASE_ADDRESS_0 + 4 * i), 4);
   save_state();
+  // pci_store_saved_state(): what close restores, whatever resets the user
+  // does in between (each saves over saved_config_).
+  open_config_ = saved_config_;
+  // A PCI 2.3 device (INTx Disable implemented) is handed over with INTx
+  // enabled: vfio masks INTx virtually (pci_intx_mask_supported()).
+  if (pdev_.intx_mask_supported()) {
+    cmd = static_cast<uint16_t>(pdev_.config_read(PCI_COMMAND, 2));
+    if (cmd & PCI_COMMAND_INTX_DISABLE) pdev_.config_write(PCI_COMMAND, 2, cmd & ~PCI_COMMAND_INTX_DISABLE);
+  }
   TRY(config_init());
   pdev_.attach_iommu(&iommu());
   pdev_.set_irq_sink(this);
@@ -189,12 +198,13 @@ void CoreDevice::disable() {
     pdev_.config_write(pm + PCI_PM_CTRL, 2, ctrl & ~PCI_PM_CTRL_STATE_MASK);
   }
   power_state_ = 0;
-  uint16_t cmd = static_cast<uint16_t>(pdev_.config_read(PCI_COMMAND, 2));
-  pdev_.config_write(PCI_COMMAND, 2, (cmd & ~PCI_COMMAND_MASTER) | PCI_COMMAND_INTX_DISABLE);
-  if (reset_works_ && !pdev_.sriov_num_vfs()) {
-    (void)pdev_.flr();
-    restore_state();
-  }
+  // vfio_pci_core_disable(): Command = INTx Disable alone (no decode, no
+  // bus master) across the reset, then the state saved at open back —
+  // never one a user's reset saved later (which may have bus master on).
+  pdev_.config_write(PCI_COMMAND, 2, PCI_COMMAND_INTX_DISABLE);
+  if (reset_works_ && !pdev_.sriov_num_vfs()) (void)pdev_.flr();
+  saved_config_ = open_config_;
+  restore_state();
   config_free();
   if (sriov_pf_) {
     std::lock_guard lk(sriov_pf_->vf_token_->mu);

@@ -13,6 +13,7 @@
 #include <atomic>
 #include <memory>
 #include <mutex>
+#include <thread>
 #include <vector>
 
 #include "bus/pci/pci.h"
@@ -148,6 +149,8 @@ class CoreDevice : public Device, public driver::Binding, private hw::IrqSink {
   void intx_mask();
   void intx_unmask();
   void irqs_disable_all();
+  Result<void> virqfd_enable(UniqueFd fd);
+  void virqfd_disable();
   void msi(uint64_t address, uint32_t data) override;
   void intx(bool asserted) override;
   static void signal(int efd);
@@ -178,11 +181,19 @@ class CoreDevice : public Device, public driver::Binding, private hw::IrqSink {
   uint8_t power_state_ = 0;  // D0..D3hot
   std::array<uint32_t, 6> saved_bars_{};
   std::vector<uint8_t> saved_config_;  // header restored after reset
+  std::vector<uint8_t> open_config_;   // as saved at open: what close restores
 
   // Interrupts (guarded by Device's igate for changes; irq_mu_ for delivery).
   std::mutex irq_mu_;
   int irq_type_ = -1;  // VFIO_PCI_*_IRQ_INDEX or -1 (none)
-  UniqueFd intx_trigger_, intx_unmask_;  // intx_unmask_: unused (no irqfd here)
+  UniqueFd intx_trigger_;
+  // The INTx unmask eventfd (vfio_virqfd): a write to it unmasks, as an
+  // UNMASK ioctl would. A thread waits on it while one is registered.
+  struct Virqfd {
+    UniqueFd fd, stop;
+    std::thread thread;
+  };
+  std::unique_ptr<Virqfd> unmask_virqfd_;  // changed under igate only
   bool intx_masked_ = false;
   bool intx_pending_ = false;  // line asserted while masked
   std::vector<UniqueFd> msi_triggers_;

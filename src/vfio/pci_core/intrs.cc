@@ -2,6 +2,7 @@
 // (level, auto-masked after each trigger), MSI and MSI-X (host vectors
 // programmed into the function; each vector's eventfd signalled when the
 // function sends its message), ERR and REQ (one eventfd each).
+#include <poll.h>
 #include <sys/eventfd.h>
 #include <unistd.h>
 
@@ -102,10 +103,10 @@ Result<void> CoreDevice::set_ctx_trigger(IrqSet& req, UniqueFd& slot) {
   if (req.start != 0 || req.count > 1) return Error(EINVAL, "single-vector index");
   std::lock_guard lk(irq_mu_);
   if (req.flags & VFIO_IRQ_SET_DATA_NONE) {
-    if (slot) {
-      if (req.count) signal(slot.get());
-      else slot.reset();
-    }
+    // Nothing to signal or release: EINVAL, as the kernel falls through.
+    if (!slot) return Error(EINVAL, "no eventfd on this index");
+    if (req.count) signal(slot.get());
+    else slot.reset();
     return ok();
   }
   if (req.flags & VFIO_IRQ_SET_DATA_BOOL) {
@@ -155,7 +156,18 @@ Result<void> CoreDevice::set_intx(IrqSet& req) {
   bool is_intx = irq_type_ == VFIO_PCI_INTX_IRQ_INDEX;
   if (action == VFIO_IRQ_SET_ACTION_MASK || action == VFIO_IRQ_SET_ACTION_UNMASK) {
     if (!is_intx || req.start != 0 || req.count != 1) return Error(EINVAL, "INTx not enabled");
-    if (req.flags & VFIO_IRQ_SET_DATA_EVENTFD) return Error(ENOTTY, "INTx (un)mask by eventfd is not supported");
+    if (req.flags & VFIO_IRQ_SET_DATA_EVENTFD) {
+      // vfio_pci_set_intx_mask(): MASK by eventfd is not implemented.
+      if (action == VFIO_IRQ_SET_ACTION_MASK) return Error(ENOTTY, "INTx mask by eventfd is not supported");
+      // vfio_pci_set_intx_unmask(): an unmask eventfd (irqfd resampling);
+      // -1 removes it.
+      if (!req.fds[0]) {
+        virqfd_disable();
+        return ok();
+      }
+      TRY(check_eventfd(req.fds[0]));
+      return virqfd_enable(std::move(req.fds[0]));
+    }
     bool doit = (req.flags & VFIO_IRQ_SET_DATA_NONE) || req.bools[0];
     if (doit) {
       if (action == VFIO_IRQ_SET_ACTION_MASK) intx_mask();
@@ -165,6 +177,7 @@ Result<void> CoreDevice::set_intx(IrqSet& req) {
   }
   // TRIGGER
   if (is_intx && req.count == 0 && (req.flags & VFIO_IRQ_SET_DATA_NONE)) {
+    virqfd_disable();  // vfio_intx_disable()
     std::lock_guard lk(irq_mu_);
     intx_trigger_.reset();
     irq_type_ = -1;
@@ -273,31 +286,51 @@ Result<void> CoreDevice::set_msi(IrqSet& req, bool msix) {
   }
   if (!(irq_type_ == index || irq_type_ < 0)) return Error(EINVAL, "another interrupt type is active");
   if (req.flags & VFIO_IRQ_SET_DATA_EVENTFD) {
-    for (uint32_t i = 0; i < req.count; ++i)
-      if (req.fds[i]) TRY(check_eventfd(req.fds[i]));
     bool enabled_here = false;
     if (irq_type_ != index) {
+      // vfio_msi_enable(start + count): pci_alloc_irq_vectors(1, 0) is
+      // ERANGE — no vectors is not an enable.
+      if (req.start + req.count == 0) return Error(ERANGE, "no vectors to enable");
       TRY(msi_enable(req.start + req.count, msix));
       enabled_here = true;
     }
-    // vfio_msi_set_block(): attach or detach each vector's trigger.
-      uint16_t cap = msix ? pdev_.find_capability(PCI_CAP_ID_MSIX) : 0;
+    // vfio_msi_set_block(): attach or detach each vector's trigger in turn;
+    // on a failure every vector this call touched is left without one, and
+    // an index this call enabled is disabled again.
+    uint16_t cap = msix ? pdev_.find_capability(PCI_CAP_ID_MSIX) : 0;
     uint32_t t = cap ? pdev_.config_read(cap + PCI_MSIX_TABLE, 4) : 0;
-    for (uint32_t i = 0; i < req.count; ++i) {
-      uint32_t v = req.start + i;
-      if (v >= msi_triggers_.size()) {
-        if (enabled_here) msi_disable();
-        return Error(EINVAL, "vector beyond those enabled");
-      }
-      bool attach = static_cast<bool>(req.fds[i]);
+    auto set_vector = [&](uint32_t v, UniqueFd fd) {
+      bool attach = static_cast<bool>(fd);
       {
         std::lock_guard lk(irq_mu_);
-        msi_triggers_[v] = std::move(req.fds[i]);
+        msi_triggers_[v] = std::move(fd);
       }
       if (msix)
         (void)pdev_.bar_write(t & PCI_MSIX_TABLE_BIR,
-                           (t & PCI_MSIX_TABLE_OFFSET) + uint64_t{v} * PCI_MSIX_ENTRY_SIZE + PCI_MSIX_ENTRY_VECTOR_CTRL, 4,
-                           attach ? 0 : PCI_MSIX_ENTRY_CTRL_MASKBIT);
+                              (t & PCI_MSIX_TABLE_OFFSET) + uint64_t{v} * PCI_MSIX_ENTRY_SIZE + PCI_MSIX_ENTRY_VECTOR_CTRL,
+                              4, attach ? 0 : PCI_MSIX_ENTRY_CTRL_MASKBIT);
+    };
+    Result<void> failed = ok();
+    uint32_t i = 0;
+    for (; i < req.count; ++i) {
+      uint32_t v = req.start + i;
+      if (v >= msi_triggers_.size()) {
+        failed = Error(EINVAL, "vector beyond those enabled");
+        break;
+      }
+      if (req.fds[i]) {
+        if (auto r = check_eventfd(req.fds[i]); !r) {
+          failed = r.error();
+          break;
+        }
+      }
+      set_vector(v, std::move(req.fds[i]));
+    }
+    if (!failed) {
+      for (uint32_t k = 0; k <= i && k < req.count; ++k)
+        if (req.start + k < msi_triggers_.size()) set_vector(req.start + k, UniqueFd());
+      if (enabled_here) msi_disable();
+      return failed;
     }
     return ok();
   }
@@ -311,7 +344,43 @@ Result<void> CoreDevice::set_msi(IrqSet& req, bool msix) {
   return ok();
 }
 
+Result<void> CoreDevice::virqfd_enable(UniqueFd fd) {
+  virqfd_disable();
+  auto v = std::make_unique<Virqfd>();
+  v->fd = std::move(fd);
+  v->stop = UniqueFd(eventfd(0, EFD_CLOEXEC));
+  if (!v->stop) return Error(errno, "eventfd");
+  int efd = v->fd.get(), stop = v->stop.get();
+  v->thread = std::thread([this, efd, stop] {
+    for (;;) {
+      pollfd p[2] = {{efd, POLLIN, 0}, {stop, POLLIN, 0}};
+      if (poll(p, 2, -1) < 0) {
+        if (errno == EINTR) continue;
+        return;
+      }
+      if (p[1].revents) return;
+      if (p[0].revents & POLLIN) {
+        uint64_t n;
+        if (::read(efd, &n, sizeof(n)) == sizeof(n)) intx_unmask();
+      } else if (p[0].revents) {
+        return;  // the fd is no longer usable
+      }
+    }
+  });
+  unmask_virqfd_ = std::move(v);
+  return ok();
+}
+
+void CoreDevice::virqfd_disable() {
+  if (!unmask_virqfd_) return;
+  uint64_t one = 1;
+  (void)!::write(unmask_virqfd_->stop.get(), &one, sizeof(one));
+  unmask_virqfd_->thread.join();
+  unmask_virqfd_.reset();
+}
+
 void CoreDevice::irqs_disable_all() {
+  virqfd_disable();
   if (irq_type_ == VFIO_PCI_MSI_IRQ_INDEX || irq_type_ == VFIO_PCI_MSIX_IRQ_INDEX) msi_disable();
   std::lock_guard lk(irq_mu_);
   intx_trigger_.reset();

@@ -132,6 +132,10 @@ TEST(Mlx5Migration, PreCopyStopCopyResumeAndCarryOn) {
   std::memcpy(start.data() + 8, &nr, 4);
   std::memcpy(start.data() + 16, &ctl[2], 16);
   ASSERT_TRUE(a.dev->device_feature(VFIO_DEVICE_FEATURE_SET | VFIO_DEVICE_FEATURE_DMA_LOGGING_START, start));
+  // mlx5vf_start_page_tracker(): a tracker already running is EINVAL.
+  auto again = a.dev->device_feature(VFIO_DEVICE_FEATURE_SET | VFIO_DEVICE_FEATURE_DMA_LOGGING_START, start);
+  ASSERT_FALSE(again);
+  EXPECT_EQ(again.error().code, EINVAL);
   std::vector<uint8_t> dst_guest = a.guest;  // the VMM's first copy of guest RAM
 
   auto pre = a.set_state(S::kPreCopy);

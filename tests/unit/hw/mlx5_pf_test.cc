@@ -200,8 +200,11 @@ TEST(Mlx5PfTest, SlotsRunInParallelAcrossFunctions) {
     std::mutex mu;
     std::condition_variable cv;
     bool release = false;
+    bool entered = false;  // the engine is inside the copy
     Result<void> read(uint64_t, std::span<uint8_t> out) override {
       std::unique_lock lk(mu);
+      entered = true;
+      cv.notify_all();
       cv.wait(lk, [&] { return release; });
       std::memset(out.data(), 0, out.size());
       return ok();
@@ -220,6 +223,12 @@ TEST(Mlx5PfTest, SlotsRunInParallelAcrossFunctions) {
   (void)b.vf->mmio_write(0, vfreg::kCqSize, 4, 16);
   (void)b.vf->mmio_write(0, vfreg::kCtrl, 4, 1);
   (void)b.vf->mmio_write(0, vfreg::kSqTail, 4, 1);
+  {
+    // The engine has taken the descriptor (else SUSPEND would simply find
+    // it idle and hold the queue).
+    std::unique_lock lk(stuck->mu);
+    ASSERT_TRUE(stuck->cv.wait_for(lk, std::chrono::seconds(5), [&] { return stuck->entered; }));
+  }
   b.post(Board::mk(FwCmd::kSuspendVhca, kOpModInitiator), 0);  // waits for the stuck descriptor
   FwMailbox other = b.cmd(Board::mk(FwCmd::kQueryVhcaMigrationState, 0, 0, 0, 0, 0, 2), 1);
   EXPECT_EQ(other.status, 0u) << "VF 2's command waited for VF 1";

@@ -68,6 +68,18 @@ void store_as(uint8_t* p, T v) {
 }
 }  // namespace
 
+Result<void> BarMemory::copy_out(uint64_t off, std::span<uint8_t> out) const {
+  if (off > size_ || size_ - off < out.size()) return Error(EINVAL, "BAR access out of range");
+  std::memcpy(out.data(), data_ + off, out.size());
+  return ok();
+}
+
+Result<void> BarMemory::copy_in(uint64_t off, std::span<const uint8_t> in) {
+  if (off > size_ || size_ - off < in.size()) return Error(EINVAL, "BAR access out of range");
+  std::memcpy(data_ + off, in.data(), in.size());
+  return ok();
+}
+
 Result<uint64_t> BarMemory::load(uint64_t off, unsigned width) const {
   if ((width != 1 && width != 2 && width != 4 && width != 8) || off > size_ || size_ - off < width)
     return Error(EINVAL, "BAR access out of range");

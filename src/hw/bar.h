@@ -5,6 +5,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <span>
 
 #include "base/result.h"
 #include "base/unique_fd.h"
@@ -48,6 +49,10 @@ class BarMemory {
   // Little-endian loads/stores of 1, 2, 4 or 8 bytes. EINVAL when out of range.
   Result<uint64_t> load(uint64_t off, unsigned width) const;
   Result<void> store(uint64_t off, unsigned width, uint64_t value);
+  // Bulk copies (device memory as the host sees it: no atomicity beyond
+  // what memcpy gives, as on a PCIe memory BAR). EINVAL when out of range.
+  Result<void> copy_out(uint64_t off, std::span<uint8_t> out) const;
+  Result<void> copy_in(uint64_t off, std::span<const uint8_t> in);
 
  private:
   BarMemory(UniqueFd fd, uint8_t* data, uint64_t size) : fd_(std::move(fd)), data_(data), size_(size) {}

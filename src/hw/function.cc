@@ -1,5 +1,9 @@
 #include "hw/function.h"
 
+#include <cstring>
+
+#include "hw/regs.h"
+
 #include "hw/iommu.h"
 
 #include "hw/fabric.h"
@@ -207,6 +211,70 @@ bool Function::msix_decode(unsigned bar, uint64_t off, unsigned width, bool& is_
     return true;
   }
   return false;
+}
+
+namespace {
+// The widest naturally aligned access (8, 4, 2, 1) at `at` within `left`.
+unsigned natural_width(uint64_t at, size_t left) {
+  if (left >= 8 && !(at % 8)) return 8;
+  if (left >= 4 && !(at % 4)) return 4;
+  if (left >= 2 && !(at % 2)) return 2;
+  return 1;
+}
+}  // namespace
+
+uint64_t Function::plain_run(unsigned bar, uint64_t off, uint64_t len) const {
+  if (const RegisterBlock* rb = registers(bar)) len = rb->plain_run(off, len);
+  auto clip = [&](unsigned sbar, uint64_t start, uint64_t size) {
+    if (sbar != bar || !size || off >= start + size) return;
+    len = off >= start ? 0 : std::min(len, start - off);
+  };
+  if (!msix_.empty()) {
+    clip(msix_table_bar_, msix_table_off_, uint64_t{msix_.size()} * PCI_MSIX_ENTRY_SIZE);
+    clip(msix_pba_bar_, msix_pba_off_, msix_pba_.size() * 8);
+  }
+  return len;
+}
+
+Result<void> Function::mmio_read_block(unsigned bar, uint64_t off, std::span<uint8_t> out) {
+  BarMemory* m = bar_memory(bar);
+  if (!m) return Error(EINVAL, "BAR not implemented");
+  size_t done = 0;
+  while (done < out.size()) {
+    uint64_t at = off + done;
+    size_t left = out.size() - done;
+    if (uint64_t run = plain_run(bar, at, left)) {
+      TRY(m->copy_out(at, out.subspan(done, run)));
+      done += run;
+      continue;
+    }
+    unsigned n = natural_width(at, left);
+    uint64_t v = TRY(mmio_read(bar, at, n));
+    std::memcpy(out.data() + done, &v, n);  // little-endian
+    done += n;
+  }
+  return ok();
+}
+
+Result<void> Function::mmio_write_block(unsigned bar, uint64_t off, std::span<const uint8_t> in) {
+  BarMemory* m = bar_memory(bar);
+  if (!m) return Error(EINVAL, "BAR not implemented");
+  size_t done = 0;
+  while (done < in.size()) {
+    uint64_t at = off + done;
+    size_t left = in.size() - done;
+    if (uint64_t run = plain_run(bar, at, left)) {
+      TRY(m->copy_in(at, in.subspan(done, run)));
+      done += run;
+      continue;
+    }
+    unsigned n = natural_width(at, left);
+    uint64_t v = 0;
+    std::memcpy(&v, in.data() + done, n);
+    TRY(mmio_write(bar, at, n, v));
+    done += n;
+  }
+  return ok();
 }
 
 Result<uint64_t> Function::mmio_read(unsigned bar, uint64_t off, unsigned width) {

@@ -16,6 +16,7 @@
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -80,6 +81,16 @@ class Function {
   // EINVAL for an unimplemented BAR or an access past its end.
   Result<uint64_t> mmio_read(unsigned bar, uint64_t off, unsigned width);
   Result<void> mmio_write(unsigned bar, uint64_t off, unsigned width, uint64_t value);
+  // Bulk MMIO, as a burst of accesses: runs of plain BAR memory (no
+  // register, no MSI-X structure) are copied at once, the rest goes access
+  // by access (naturally aligned, at most 8 bytes) through the paths above.
+  // A model's bar_read/bar_write may decode only the registers it reports
+  // through registers(); every other byte is plain BAR memory.
+  Result<void> mmio_read_block(unsigned bar, uint64_t off, std::span<uint8_t> out);
+  Result<void> mmio_write_block(unsigned bar, uint64_t off, std::span<const uint8_t> in);
+  // How many bytes from `off` in `bar` (at most `len`) are plain memory: no
+  // register and no MSI-X structure. 0 if `off` is in one.
+  uint64_t plain_run(unsigned bar, uint64_t off, uint64_t len) const;
 
   // ---- Interrupts -------------------------------------------------------
   // The sink must outlive its registration (set nullptr to detach; returns

@@ -30,6 +30,15 @@ bool RegisterBlock::covers(uint64_t off, unsigned width) const {
   return false;
 }
 
+uint64_t RegisterBlock::plain_run(uint64_t off, uint64_t len) const {
+  for (const RegDef& r : regs_) {  // sorted by offset
+    if (r.offset + r.size <= off) continue;
+    if (r.offset <= off) return 0;
+    return std::min<uint64_t>(len, r.offset - off);
+  }
+  return len;
+}
+
 namespace {
 bool legal_width(unsigned w) { return w == 1 || w == 2 || w == 4 || w == 8; }
 }  // namespace

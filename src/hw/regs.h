@@ -58,6 +58,9 @@ class RegisterBlock {
   const RegDef* find(uint64_t off) const;
   // Does [off, off + width) touch any register?
   bool covers(uint64_t off, unsigned width) const;
+  // How many bytes from `off` (at most `len`) hold no register: 0 if `off`
+  // is inside one.
+  uint64_t plain_run(uint64_t off, uint64_t len) const;
 
   // An access of `width` (1, 2, 4 or 8) bytes at `off`. Bytes outside the
   // registers go to `plain` (reads 0 and writes dropped if null). EINVAL

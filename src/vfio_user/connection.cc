@@ -180,9 +180,9 @@ bool Connection::deliver_reply(Message& m) {
   return true;
 }
 
-Result<bool> Connection::next_request(Message& m) {
+Result<bool> Connection::next_request(Message& m, bool may_read) {
   for (;;) {
-    if (!TRY(reader_.try_next_into(m))) return false;
+    if (!TRY(reader_.try_next_into(m, may_read))) return false;
     if ((m.hdr.flags & kFlagsTypeMask) == kTypeReply && deliver_reply(m)) continue;
     // A request — or a reply nobody asked for, which the session refuses.
     return true;

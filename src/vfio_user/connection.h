@@ -53,7 +53,9 @@ class Connection : public hw::IommuDomain::RemoteDma {
   // The next complete message the socket has now (non-blocking); false if
   // none. A reply to a DMA in flight is handed to its waiter and not
   // returned. ECONNRESET at EOF, EPROTO for a stream that cannot be trusted.
-  Result<bool> next_request(Message& m);
+  Result<bool> next_request(Message& m, bool may_read = true);
+  // The last read emptied the socket (see MessageReader::drained()).
+  bool drained() const { return reader_.drained(); }
   // Part of a message is buffered (the client is mid-message).
   bool mid_message() const { return reader_.buffered() > 0; }
   // Bytes received so far (progress).

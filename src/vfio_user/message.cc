@@ -166,6 +166,7 @@ Result<void> MessageReader::fill(bool spin, bool nonblock) {
   }
   if (mh.msg_flags & MSG_CTRUNC) return Error(EMSGSIZE, "too many fds");
   size_t chunk_start = end_;
+  drained_ = static_cast<size_t>(n) < iov.iov_len;
   end_ += static_cast<size_t>(n);
   received_ += static_cast<uint64_t>(n);
   if (!fds.empty()) {
@@ -199,8 +200,9 @@ Result<void> MessageReader::next_into(Message& m, bool spin) {
   }
 }
 
-Result<bool> MessageReader::try_next_into(Message& m) {
+Result<bool> MessageReader::try_next_into(Message& m, bool may_read) {
   if (TRY(take(m))) return true;
+  if (!may_read) return false;
   auto r = fill(false, true);
   if (!r) {
     if (r.error().code == EAGAIN || r.error().code == EWOULDBLOCK) return false;

@@ -38,8 +38,12 @@ class MessageReader {
   // The same, into `m` (its buffers reused: no allocation once warm).
   Result<void> next_into(Message& m, bool spin = false);
   // Non-blocking: a message if one is complete after at most one recvmsg
-  // (MSG_DONTWAIT); false if not yet. ECONNRESET at EOF.
-  Result<bool> try_next_into(Message& m);
+  // (MSG_DONTWAIT; none if `may_read` is false: buffered bytes only);
+  // false if not yet. ECONNRESET at EOF.
+  Result<bool> try_next_into(Message& m, bool may_read = true);
+  // The last recvmsg returned less than it had room for: the socket had
+  // nothing more then (another read would likely find nothing).
+  bool drained() const { return drained_; }
   // Bytes received but not yet returned as messages.
   size_t buffered() const { return end_ - start_; }
   // Bytes received in all (progress, for a stall timeout).
@@ -54,6 +58,7 @@ class MessageReader {
   std::vector<uint8_t> buf_ = std::vector<uint8_t>(64 << 10);
   size_t start_ = 0, end_ = 0;
   uint64_t received_ = 0;
+  bool drained_ = true;
   std::vector<UniqueFd> pending_fds_;   // came with the chunk being parsed
   size_t pending_owner_ = SIZE_MAX;     // buffer offset of the header they belong to
 };

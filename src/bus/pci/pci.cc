@@ -147,6 +147,16 @@ Result<void> PciDevice::bar_write(unsigned bar, uint64_t off, unsigned width, ui
   return hw_->mmio_write(bar, off, width, value);
 }
 
+Result<void> PciDevice::bar_read_block(unsigned bar, uint64_t off, std::span<uint8_t> out) const {
+  if (bar >= kNumBars) return Error(EINVAL, "no such BAR");
+  return hw_->mmio_read_block(bar, off, out);
+}
+
+Result<void> PciDevice::bar_write_block(unsigned bar, uint64_t off, std::span<const uint8_t> in) {
+  if (bar >= kNumBars) return Error(EINVAL, "no such BAR");
+  return hw_->mmio_write_block(bar, off, in);
+}
+
 std::optional<BarMapping> PciDevice::bar_mapping(unsigned bar) const {
   if (bar >= kNumBars) return std::nullopt;
   const hw::BarDesc& d = hw_->bar_desc(bar);

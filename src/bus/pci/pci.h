@@ -18,6 +18,7 @@
 #include <map>
 #include <memory>
 #include <optional>
+#include <span>
 #include <vector>
 
 #include "base/bdf.h"
@@ -126,6 +127,10 @@ class PciDevice : public driver::Device {
   // that is not implemented or an access past its end.
   Result<uint64_t> bar_read(unsigned bar, uint64_t off, unsigned width) const;
   Result<void> bar_write(unsigned bar, uint64_t off, unsigned width, uint64_t value);
+  // A burst: `out.size()` bytes from `off` (memory BARs), as naturally
+  // aligned accesses — copied at once where the device has plain memory.
+  Result<void> bar_read_block(unsigned bar, uint64_t off, std::span<uint8_t> out) const;
+  Result<void> bar_write_block(unsigned bar, uint64_t off, std::span<const uint8_t> in);
   // The memory behind a memory BAR, to mmap (nullopt for I/O BARs and BARs
   // whose registers the device decodes).
   std::optional<BarMapping> bar_mapping(unsigned bar) const;

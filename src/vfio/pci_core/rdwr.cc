@@ -23,29 +23,26 @@ Result<size_t> CoreDevice::bar_rw(uint32_t bar, uint64_t off, std::span<uint8_t>
   if (buf.size() > size - off) buf = buf.first(static_cast<size_t>(size - off));
   if (!io && !memory_enabled()) return Error(EIO, "memory decode disabled");
   if (io && !(vget(PCI_COMMAND, 2) & PCI_COMMAND_IO)) return Error(EIO, "I/O decode disabled");
-  bool msix = bar == msix_bar_;
+  bool msix = bar == msix_bar_ && msix_table_len_;
   size_t done = 0;
   while (done < buf.size()) {
     uint64_t at = off + done;
     size_t left = buf.size() - done;
-    unsigned n = (left >= 8 && !(at % 8)) ? 8 : (left >= 4 && !(at % 4)) ? 4 : (left >= 2 && !(at % 2)) ? 2 : 1;
-    if (msix && at < msix_table_off_ + msix_table_len_ && at + n > msix_table_off_) {
+    if (msix && at >= msix_table_off_ && at < msix_table_off_ + msix_table_len_) {
       // The MSI-X table belongs to the host: reads fill 0xff, writes drop.
-      uint64_t stop = std::min<uint64_t>(off + buf.size(), msix_table_off_ + msix_table_len_);
-      size_t span = static_cast<size_t>(stop - at);
+      size_t span = static_cast<size_t>(std::min<uint64_t>(left, msix_table_off_ + msix_table_len_ - at));
       if (!write) std::memset(buf.data() + done, 0xff, span);
       done += span;
       continue;
     }
-    if (write) {
-      uint64_t v = 0;
-      std::memcpy(&v, buf.data() + done, n);
-      TRY(pdev_.bar_write(bar, at, n, v));
-    } else {
-      uint64_t v = TRY(pdev_.bar_read(bar, at, n));
-      std::memcpy(buf.data() + done, &v, n);
-    }
-    done += n;
+    // Up to the table, as one burst: device memory is copied at once,
+    // registers are accessed one by one (vfio_pci_core_do_io_rw, with
+    // the kernel's ioread/iowrite replaced by the bus's block access).
+    size_t run = left;
+    if (msix && at < msix_table_off_) run = static_cast<size_t>(std::min<uint64_t>(left, msix_table_off_ - at));
+    if (write) TRY(pdev_.bar_write_block(bar, at, std::span<const uint8_t>(buf.data() + done, run)));
+    else TRY(pdev_.bar_read_block(bar, at, std::span<uint8_t>(buf.data() + done, run)));
+    done += run;
   }
   return buf.size();
 }

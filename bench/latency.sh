@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# REGION_READ latency against a running uvfiod, measured by bench/vu_pingpong
+# (a plain C client, not uvfio's library) against the raw AF_UNIX floor of
+# the same sizes, interleaved. The daemon (one reactor), the floor server and
+# the client are pinned: all to CPU 0 ("same vCPU"), or the servers to CPU 1
+# and the client to CPU 0 ("across"). Blocking, then busy-poll on both sides.
+#
+# Usage: bench/latency.sh [BUILD_DIR] [ITERS] [ROUNDS]
+set -euo pipefail
+build=${1:-build/release}
+iters=${2:-20000}
+rounds=${3:-5}
+work=$(mktemp -d /tmp/uvfio-lat-XXXXXX)
+trap 'kill $(jobs -p) 2>/dev/null; wait 2>/dev/null; rm -rf "$work"' EXIT
+cat > "$work/topo.toml" <<'TOML'
+[[device]]
+address = "0000:00:04.0"
+model = "mlx5-pf"
+total_vfs = 1
+first_vf_offset = 0x60
+num_vfs = 1
+device_memory = "16M"
+vf_driver_override = "mlx5_vfio_pci"
+TOML
+sock="$work/run/vfio-user/0000:00:10.0.sock"
+run() {  # $1 = label, $2 = server cpu, $3 = client cpu, $4 = spin flag ("" or -spin)
+  local busy=""
+  [ -n "$4" ] && busy="--busy-poll"
+  taskset -c "$2" "$build/uvfiod" --rundir "$work/run" --config "$work/topo.toml" --no-fuse --reactors 1 $busy \
+    2>"$work/uvfiod.log" &
+  local d=$!
+  taskset -c "$2" "$build/bench/vu_pingpong" floor-server "$work/floor.sock" $4 &
+  local f=$!
+  for _ in $(seq 100); do [ -S "$sock" ] && [ -S "$work/floor.sock" ] && break; sleep 0.05; done
+  echo "== $label: servers on CPU $2, client on CPU $3 ${4:+(busy-poll)}"
+  echo "-- BAR0 register (ID), 4 bytes"
+  "$build/bench/vu_pingpong" client "$work/floor.sock" "$sock" -region 0 -offset 0 -sizes 4 -n "$iters" -r "$rounds" \
+    -cpu "$3" $4
+  echo "-- BAR2 device memory"
+  "$build/bench/vu_pingpong" client "$work/floor.sock" "$sock" -region 2 -offset 0 -sizes 4,64,4096,65536 \
+    -n "$iters" -r "$rounds" -cpu "$3" $4 | tail -n +2
+  kill $d $f; wait $d $f 2>/dev/null || true
+  rm -f "$work/floor.sock"
+}
+label="same vCPU"; run "$label" 0 0 ""
+label="across vCPUs"; run "$label" 1 0 ""
+# Spinning on one vCPU only measures the scheduler: busy-poll is across.
+label="across vCPUs"; run "$label" 1 0 -spin

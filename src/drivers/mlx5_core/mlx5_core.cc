@@ -52,13 +52,14 @@ Result<void> VfioAuxDevice::resume(uint16_t op_mod) {
   return ok();
 }
 
-Result<VfioAuxDevice::SaveChunk> VfioAuxDevice::save_chunk(bool start, bool incremental, std::span<uint8_t> out) {
+Result<VfioAuxDevice::SaveChunk> VfioAuxDevice::save_chunk(bool start, bool incremental, bool track,
+                                                         std::span<uint8_t> out) {
   uint16_t fn = TRY(query_vf_function_id());
   if (out.size() > kStateChunk) out = out.first(kStateChunk);
-  uint32_t flags = (incremental ? hw::mlx5::kFwIncremental : 0) | (start ? hw::mlx5::kFwStart : 0);
+  uint32_t flags = (incremental ? hw::mlx5::kFwIncremental : 0) | (start ? hw::mlx5::kFwStart : 0) |
+                   (track ? hw::mlx5::kFwTrack : 0);
   FwMailbox in = mailbox(FwCmd::kSaveVhcaState, fn, 0, flags);
-  in.buf_len = out.size();
-  FwMailbox r = TRY(core_->exec(in, {}, out));
+  FwMailbox r = TRY(core_->exec_into(in, out));
   if (r.out0 > out.size()) return Error(EIO, "firmware wrote past the buffer");
   return SaveChunk{static_cast<size_t>(r.out0), r.out1};
 }
@@ -175,17 +176,10 @@ void CoreDev::release_slot(unsigned slot) {
   slot_cv_.notify_one();
 }
 
-Result<FwMailbox> CoreDev::exec(FwMailbox in, std::span<const uint8_t> data, std::span<uint8_t> out) {
+// Posts `in` in `slot` (taken by the caller), waits for its completion.
+// The slot stays taken on a timeout (the firmware may still write it).
+Result<FwMailbox> CoreDev::run(unsigned slot, FwMailbox in) {
   using namespace hw::mlx5;
-  uint64_t len = std::max<uint64_t>(data.size(), out.size());
-  if (len > kSlotBuffer) return Error(EINVAL, "command data larger than a slot buffer");
-  unsigned slot = acquire_slot();
-  uint8_t* buf = slot_mem_.data() + slot * kSlotBuffer;
-  if (!data.empty()) std::memcpy(buf, data.data(), data.size());
-  if (len) {
-    in.buf_iova = kSlotIova + uint64_t{slot} * kSlotBuffer;
-    if (!in.buf_len) in.buf_len = len;
-  }
   CmdEntry e{};
   e.mb = in;
   e.owner = kOwnerFirmware;
@@ -201,23 +195,64 @@ Result<FwMailbox> CoreDev::exec(FwMailbox in, std::span<const uint8_t> data, std
   {
     std::unique_lock lk(done_mu_);
     if (!done_cv_.wait_for(lk, kCommandTimeout, [&] { return done_ & (1u << slot); })) {
-      // The slot stays taken: the firmware may still write it.
       log::error(pf_.name(), "mlx5_core: firmware command {} timed out in slot {}", unsigned{in.opcode}, slot);
-      return Error(EIO, "firmware did not complete the command");
+      return Error(ETIMEDOUT, "firmware did not complete the command");
     }
   }
   std::memcpy(&e, queue_mem_.data() + slot * kCmdEntrySize, sizeof(e));
+  if (e.owner != kOwnerDriver) return Error(EIO, "firmware did not complete the command");
+  return e.mb;
+}
+
+Result<FwMailbox> CoreDev::exec(FwMailbox in, std::span<const uint8_t> data, std::span<uint8_t> out) {
+  using namespace hw::mlx5;
+  uint64_t len = std::max<uint64_t>(data.size(), out.size());
+  if (len > kSlotBuffer) return Error(EINVAL, "command data larger than a slot buffer");
+  unsigned slot = acquire_slot();
+  uint8_t* buf = slot_mem_.data() + slot * kSlotBuffer;
+  if (!data.empty()) std::memcpy(buf, data.data(), data.size());
+  if (len) {
+    in.buf_iova = kSlotIova + uint64_t{slot} * kSlotBuffer;
+    if (!in.buf_len) in.buf_len = len;
+  }
+  auto r = run(slot, in);
+  if (!r) {
+    if (r.error().code != ETIMEDOUT) return r.error();  // (run released the slot on a failed doorbell)
+    return Error(EIO, "firmware did not complete the command");
+  }
+  FwMailbox mb = *r;
   if (!out.empty()) {
     // Only what the firmware says it wrote.
     uint64_t valid = out.size();
-    if (in.opcode == static_cast<uint16_t>(FwCmd::kSaveVhcaState)) valid = e.mb.out0;
-    if (in.opcode == static_cast<uint16_t>(FwCmd::kReportPageTracker)) valid = e.mb.out0 * 8;
+    if (in.opcode == static_cast<uint16_t>(FwCmd::kSaveVhcaState)) valid = mb.out0;
+    if (in.opcode == static_cast<uint16_t>(FwCmd::kReportPageTracker)) valid = mb.out0 * 8;
     std::memcpy(out.data(), buf, std::min<uint64_t>(valid, out.size()));
   }
   release_slot(slot);
-  if (e.owner != kOwnerDriver) return Error(EIO, "firmware did not complete the command");
-  if (e.mb.status) return Error(static_cast<int>(e.mb.status), "firmware command failed");
-  return e.mb;
+  if (mb.status) return Error(static_cast<int>(mb.status), "firmware command failed");
+  return mb;
+}
+
+Result<FwMailbox> CoreDev::exec_into(FwMailbox in, std::span<uint8_t> out) {
+  if (out.empty() || out.size() > kSlotBuffer) return Error(EINVAL, "command output size");
+  unsigned slot = acquire_slot();
+  uint64_t iova = kDirectIova + uint64_t{slot} * kSlotBuffer;
+  if (auto m = dma_.map_host(iova, out.size(), out.data(), hw::kDmaWrite); !m) {
+    release_slot(slot);
+    return m.error();
+  }
+  in.buf_iova = iova;
+  in.buf_len = out.size();
+  auto r = run(slot, in);
+  // Unmapping waits for a DMA in progress; any later one fails.
+  (void)dma_.unmap(iova, out.size());
+  if (!r) {
+    if (r.error().code != ETIMEDOUT) return r.error();
+    return Error(EIO, "firmware did not complete the command");
+  }
+  release_slot(slot);
+  if (r->status) return Error(static_cast<int>(r->status), "firmware command failed");
+  return *r;
 }
 
 CoreDev::~CoreDev() {

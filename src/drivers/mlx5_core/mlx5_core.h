@@ -54,7 +54,8 @@ class VfioAuxDevice : public bus::auxiliary::AuxiliaryDevice {
     size_t bytes = 0;
     uint64_t remaining = 0;  // of the image; 0: it is complete
   };
-  Result<SaveChunk> save_chunk(bool start, bool incremental, std::span<uint8_t> out);
+  // `track`: the session will ask for incremental images later (pre-copy).
+  Result<SaveChunk> save_chunk(bool start, bool incremental, bool track, std::span<uint8_t> out);
   // One chunk of an image as save_chunk() cut it; true when the image is
   // complete and applied.
   Result<bool> load_chunk(std::span<const uint8_t> chunk, bool first);
@@ -93,6 +94,12 @@ class CoreDev : public driver::Binding, private hw::IrqSink {
   // The firmware's errno comes back as the Error; EIO if it never answers.
   Result<hw::mlx5::FwMailbox> exec(hw::mlx5::FwMailbox in, std::span<const uint8_t> data = {},
                                    std::span<uint8_t> out = {});
+  // A command whose output the firmware writes by DMA straight into `out`
+  // (the caller's memory, mapped for the command's duration, as a driver
+  // dma_map()s a buffer), not through the slot's buffer: one copy fewer
+  // for device state. The mapping is gone when this returns, whatever the
+  // outcome (a late DMA fails instead of touching `out`).
+  Result<hw::mlx5::FwMailbox> exec_into(hw::mlx5::FwMailbox in, std::span<uint8_t> out);
 
   bus::pci::PciDevice& pf() const { return pf_; }
   // sriov_configure(): 0 disables (aux devices first), N enables N VFs and
@@ -123,6 +130,9 @@ class CoreDev : public driver::Binding, private hw::IrqSink {
   std::vector<uint8_t> queue_mem_ = std::vector<uint8_t>(4096);
   std::vector<uint8_t> slot_mem_;
   static constexpr uint64_t kQueueIova = 0x1000, kSlotIova = 0x100000;
+  // Per-slot windows for exec_into()'s mappings, above the slot buffers.
+  static constexpr uint64_t kDirectIova = 0x1'0000'0000;
+  Result<hw::mlx5::FwMailbox> run(unsigned slot, hw::mlx5::FwMailbox in);
   std::mutex slot_mu_;
   std::condition_variable slot_cv_;
   uint32_t busy_ = 0;  // slots in use; guarded by slot_mu_

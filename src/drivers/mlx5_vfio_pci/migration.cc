@@ -30,6 +30,7 @@ SaveFile::SaveFile(std::shared_ptr<PfLink> pf, uint16_t vf_device, uint64_t devi
 Result<void> SaveFile::start(bool precopy) {
   std::lock_guard lk(mu_);
   precopy_ = precopy;
+  tracked_ = precopy;  // only a pre-copy session asks for incremental images
   rec_.reserve(sizeof(RecordHeader) + kChunk);
   rec_.clear();
   StreamHeader sh{kStreamMagic, kStreamVersion, vf_device_, device_memory_};
@@ -66,7 +67,7 @@ void SaveFile::end_session() {
 Result<void> SaveFile::frame_chunk_locked(bool start, bool incremental) {
   rec_.resize(sizeof(RecordHeader) + kChunk);
   std::span<uint8_t> body(rec_.data() + sizeof(RecordHeader), kChunk);
-  auto c = TRY(pf_->call([&](mlx5::VfioAuxDevice& a) { return a.save_chunk(start, incremental, body); }));
+  auto c = TRY(pf_->call([&](mlx5::VfioAuxDevice& a) { return a.save_chunk(start, incremental, tracked_, body); }));
   RecordHeader h{c.bytes, start ? kRecordFirst : 0u, static_cast<uint32_t>(RecordTag::kFwData),
                  crc32c(0, body.data(), c.bytes), 0};
   std::memcpy(rec_.data(), &h, sizeof(h));

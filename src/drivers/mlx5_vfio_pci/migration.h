@@ -86,6 +86,7 @@ class SaveFile : public vfio::MigrationFile {
   uint64_t image_left_ = 0;      // bytes of the current image not yet taken from the firmware
   bool image_initial_ = false;   // the current image is the initial (full) one
   bool took_full_ = false, precopy_ = false, final_wanted_ = false, final_started_ = false;
+  bool tracked_ = false;  // the session started with pre-copy: images are tracked for incremental ones
   bool end_queued_ = false, dead_ = false;
 };
 

@@ -110,7 +110,7 @@ int Pf::run(FwMailbox& mb, Vf& vf) {
       // The next chunk of the VF's image, written where the driver said.
       if (mb.buf_len < kFwMinChunk || mb.buf_len > kFwMaxChunk) return EINVAL;
       if (mb.flags & kFwStart) {
-        auto r = vf.save_begin(mode);
+        auto r = vf.save_begin(mode, (mb.flags & kFwTrack) != 0);
         if (!r) return r.error().code;
       }
       uint64_t remaining = 0;

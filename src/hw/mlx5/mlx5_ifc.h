@@ -62,6 +62,10 @@ inline constexpr uint16_t kOpModInitiator = 0, kOpModResponder = 1;
 // flags of QUERY/SAVE/LOAD.
 inline constexpr uint32_t kFwIncremental = 1;  // QUERY, SAVE: only what changed since the last image
 inline constexpr uint32_t kFwStart = 2;        // SAVE, LOAD: the first chunk of a new image
+// SAVE (with kFwStart): track changes from this image on, for incremental
+// images later in the session (mlx5's `track` bit). A session without
+// pre-copy saves one final image untracked: no change detection is done.
+inline constexpr uint32_t kFwTrack = 4;
 // The smallest SAVE buffer: an image's header and registers and one page.
 inline constexpr uint64_t kFwMinChunk = 8192;
 

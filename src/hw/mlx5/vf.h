@@ -51,7 +51,10 @@ class Vf : public Function, private RegisterHandler {
   uint64_t pending_state_bytes(SaveMode mode);
   // Starts an image (abandoning one in progress: the next then is full).
   // Returns its size.
-  Result<uint64_t> save_begin(SaveMode mode);
+  // `track`: record what this image holds, so a later incremental image
+  // sends only what changed (costs a hash per page); untracked, the next
+  // image is full.
+  Result<uint64_t> save_begin(SaveMode mode, bool track = true);
   struct Chunk {
     size_t bytes = 0;        // written into the buffer
     uint64_t remaining = 0;  // of the image still to come; 0: complete
@@ -124,10 +127,13 @@ class Vf : public Function, private RegisterHandler {
   std::mutex img_mu_;
   PageHashes page_hash_;  // not valid: no image sent yet (the next one is full)
   struct Save {
-    bool active = false, header_done = false, trailer_done = false, full = true;
+    bool active = false, header_done = false, trailer_done = false, full = true, track = true;
     uint64_t next_page = 0, pages_left = 0, bytes_left = 0;
     std::vector<uint8_t> regs;        // the registers, snapshotted at begin
     std::vector<uint64_t> changed;    // incremental: bitmap of the pages to send
+    // What the last SEEK_DATA/SEEK_HOLE said, kept across chunks (a SEEK_HOLE
+    // over populated memory walks it all: once per extent, not per chunk).
+    uint64_t hole_from = 1, data_start = 0, data_end = 0;
   } save_;
   struct Load {
     bool active = false;

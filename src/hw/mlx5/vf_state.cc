@@ -47,37 +47,70 @@ static_assert(sizeof(ImageRegs) == 336);
 
 constexpr uint64_t kPrefix = sizeof(ImageHeader) + sizeof(ImageRegs);
 
-// A page of device memory as it is now. Running pre-copy reads race with the
-// VF's engine (and with clients writing through their mmap) by design, as a
-// real device's firmware reading its memory does; the quiesced final image
-// is what makes the copy exact. Each page is hashed from the copy that is
-// sent, so a recorded hash always describes what the destination holds.
-// Volatile word loads (never a torn word, never turned into a memcpy call),
-// not instrumented by TSan: this race is the model.
-__attribute__((no_sanitize("thread"), noinline)) void snapshot_device_page(uint8_t* dst, const uint8_t* src) {
-  const volatile uint64_t* s = reinterpret_cast<const volatile uint64_t*>(src);  // device memory: page aligned
+// A page of device memory as it is now, copied to `dst` and hashed in the
+// same pass. Running pre-copy reads race with the VF's engine (and with
+// clients writing through their mmap) by design, as a real device's
+// firmware reading its memory does; the quiesced final image is what makes
+// the copy exact. The hash is of the words copied, so a recorded hash always
+// describes what the destination holds. Not instrumented by TSan: this race
+// is the model (under TSan the loads are volatile words, so the compiler
+// cannot turn them into a memcpy call TSan would see).
+//
+// The hash: FNV-1a over 64-bit words in four interleaved lanes (so the
+// multiplies pipeline), folded at the end: a change detector, not a
+// cryptographic hash.
+constexpr uint64_t kFnvBasis = 1469598103934665603ull, kFnvPrime = 1099511628211ull;
+
+uint64_t fold(const uint64_t (&h)[4]) {
+  uint64_t r = h[0];
+  for (int l = 1; l < 4; ++l) r = (r ^ h[l]) * kFnvPrime;
+  return r;
+}
+
+__attribute__((no_sanitize("thread"), noinline)) uint64_t snapshot_and_hash(uint8_t* dst, const uint8_t* src) {
+#if defined(__SANITIZE_THREAD__)
+  const volatile uint64_t* s = reinterpret_cast<const volatile uint64_t*>(src);  // page aligned
+#else
+  const uint64_t* s = reinterpret_cast<const uint64_t*>(src);
+#endif
+  uint64_t h[4] = {kFnvBasis, kFnvBasis ^ 1, kFnvBasis ^ 2, kFnvBasis ^ 3};
+  for (unsigned i = 0; i < kPage / 8; i += 4) {
+    for (unsigned l = 0; l < 4; ++l) {
+      uint64_t w = s[i + l];
+      std::memcpy(dst + 8 * (i + l), &w, 8);  // the record's data follows a 4-byte index: unaligned
+      h[l] = (h[l] ^ w) * kFnvPrime;
+    }
+  }
+  return fold(h);
+}
+
+// The same copy without the hash: true if the page was all zero (sent as
+// its index alone).
+__attribute__((no_sanitize("thread"), noinline)) bool snapshot_page(uint8_t* dst, const uint8_t* src) {
+#if defined(__SANITIZE_THREAD__)
+  const volatile uint64_t* s = reinterpret_cast<const volatile uint64_t*>(src);
+#else
+  const uint64_t* s = reinterpret_cast<const uint64_t*>(src);
+#endif
+  uint64_t any = 0;
   for (unsigned i = 0; i < kPage / 8; ++i) {
     uint64_t w = s[i];
-    std::memcpy(dst + 8 * i, &w, 8);  // the record's data follows a 4-byte index: unaligned
+    std::memcpy(dst + 8 * i, &w, 8);
+    any |= w;
   }
+  return any == 0;
 }
 
 uint64_t page_hash(const uint8_t* p) {
-  // FNV-1a over 64-bit words in four interleaved lanes (so the multiplies
-  // pipeline), folded at the end: a change detector, not a cryptographic
-  // hash.
-  uint64_t h[4] = {1469598103934665603ull, 1469598103934665603ull ^ 1, 1469598103934665603ull ^ 2,
-                   1469598103934665603ull ^ 3};
+  uint64_t h[4] = {kFnvBasis, kFnvBasis ^ 1, kFnvBasis ^ 2, kFnvBasis ^ 3};
   for (uint32_t i = 0; i < kPage; i += 32) {
     for (int l = 0; l < 4; ++l) {
       uint64_t w;
       std::memcpy(&w, p + i + 8 * l, 8);
-      h[l] = (h[l] ^ w) * 1099511628211ull;
+      h[l] = (h[l] ^ w) * kFnvPrime;
     }
   }
-  uint64_t r = h[0];
-  for (int l = 1; l < 4; ++l) r = (r ^ h[l]) * 1099511628211ull;
-  return r;
+  return fold(h);
 }
 
 bool test_bit(const std::vector<uint64_t>& b, uint64_t i) { return (b[i / 64] >> (i % 64)) & 1; }
@@ -86,6 +119,7 @@ const uint64_t kZeroHash = [] {
   alignas(8) static const uint8_t zero[kPage] = {};
   return page_hash(zero);
 }();
+const uint64_t kNonZero = ~kZeroHash;  // untracked pages: only "zero or not" matters
 
 // Device memory page by page, in increasing order, knowing which pages are
 // holes of its memfd (never written: zeros, and reading them through the
@@ -93,30 +127,34 @@ const uint64_t kZeroHash = [] {
 // device memory costs a few lseeks, not 64 GiB of RAM.
 class PageWalker {
  public:
-  PageWalker(int fd, uint64_t size) : fd_(fd), size_(size) {}
+  struct State {
+    uint64_t from = 1, start = 0, end = 0;  // [from, start) hole, [start, end) data
+  };
+  PageWalker(int fd, uint64_t size, State& st) : fd_(fd), size_(size), st_(st) {}
+  PageWalker(int fd, uint64_t size) : PageWalker(fd, size, own_) {}
   bool is_data(uint64_t page) {
     uint64_t off = page * kPage;
-    // Known: [from_, start_) is a hole, [start_, end_) is data.
-    if (off < from_ || off >= end_) {
-      from_ = off;
+    if (off < st_.from || off >= st_.end) {
+      st_.from = off;
       off_t d = lseek(fd_, static_cast<off_t>(off), SEEK_DATA);
       if (d < 0) {  // ENXIO: no data from here on; other errors: take it all as data
-        start_ = errno == ENXIO ? size_ : off;
-        end_ = size_;
+        st_.start = errno == ENXIO ? size_ : off;
+        st_.end = size_;
       } else {
-        start_ = static_cast<uint64_t>(d);
+        st_.start = static_cast<uint64_t>(d);
         off_t h = lseek(fd_, d, SEEK_HOLE);
-        end_ = h < 0 ? size_ : static_cast<uint64_t>(h);
+        st_.end = h < 0 ? size_ : static_cast<uint64_t>(h);
       }
-      if (start_ >= size_) end_ = size_ + 1;  // all hole to the end
+      if (st_.start >= size_) st_.end = size_ + 1;  // all hole to the end
     }
-    return off >= start_ && off < end_ && start_ < size_;
+    return off >= st_.start && off < st_.end && st_.start < size_;
   }
 
  private:
   int fd_;
   uint64_t size_;
-  uint64_t from_ = 1, start_ = 0, end_ = 0;
+  State own_;
+  State& st_;
 };
 
 }  // namespace
@@ -152,10 +190,7 @@ uint64_t Vf::scan_changed() {
   for (uint64_t i = 0; i < pages; ++i) {
     bool data = walk.is_data(i);
     uint64_t h = kZeroHash;
-    if (data) {
-      snapshot_device_page(snap, dm->data() + i * kPage);
-      h = page_hash(snap);
-    }
+    if (data) h = snapshot_and_hash(snap, dm->data() + i * kPage);
     if (page_hash_.get(i) != h) {
       save_.changed[i / 64] |= uint64_t{1} << (i % 64);
       ++n;
@@ -181,16 +216,13 @@ uint64_t Vf::pending_state_bytes(SaveMode mode) {
       continue;
     }
     uint64_t h = kZeroHash;
-    if (data) {
-      snapshot_device_page(snap, dm->data() + i * kPage);
-      h = page_hash(snap);
-    }
+    if (data) h = snapshot_and_hash(snap, dm->data() + i * kPage);
     if (page_hash_.get(i) != h) bytes += h == kZeroHash ? 4 : kRecord;
   }
   return kPrefix + bytes + 4;
 }
 
-Result<uint64_t> Vf::save_begin(SaveMode mode) {
+Result<uint64_t> Vf::save_begin(SaveMode mode, bool track) {
   std::lock_guard lk(img_mu_);
   BarMemory* dm = bar_memory(2);
   uint64_t pages = dm->size() / kPage;
@@ -199,6 +231,7 @@ Result<uint64_t> Vf::save_begin(SaveMode mode) {
   if (save_.active) page_hash_.clear();
   save_ = Save{};
   save_.full = mode == SaveMode::kFull || !page_hash_.valid();
+  save_.track = track;
   ImageRegs regs{};
   {
     std::lock_guard ml(mu_);
@@ -209,7 +242,8 @@ Result<uint64_t> Vf::save_begin(SaveMode mode) {
   save_.regs.resize(sizeof(regs));
   std::memcpy(save_.regs.data(), &regs, sizeof(regs));
   if (save_.full) {
-    page_hash_.reset(pages);
+    if (track) page_hash_.reset(pages);
+    else page_hash_.clear();  // nothing recorded: a later image is full
     save_.pages_left = pages;
     uint64_t bytes = 0;
     PageWalker walk(dm->fd(), dm->size());
@@ -236,19 +270,20 @@ Result<Vf::Chunk> Vf::save_next(std::span<uint8_t> out) {
     pos = kPrefix;
     save_.header_done = true;
   }
-  // One pass per page: copied straight into the caller's buffer, hashed
-  // there; a hole (or a page found all zero) goes as its index alone.
-  PageWalker walk(dm->fd(), dm->size());
+  // One pass per page: copied straight into the caller's buffer and hashed
+  // as it goes; a hole (or a page found all zero) goes as its index alone.
+  PageWalker::State st{save_.hole_from, save_.data_start, save_.data_end};
+  PageWalker walk(dm->fd(), dm->size(), st);
   while (save_.next_page < pages && pos + kRecord <= out.size()) {
     uint64_t i = save_.next_page++;
     if (!save_.full && !test_bit(save_.changed, i)) continue;
     uint32_t idx = static_cast<uint32_t>(i);
     uint64_t h = kZeroHash;
     if (walk.is_data(i)) {
-      snapshot_device_page(out.data() + pos + 4, dm->data() + i * kPage);
-      h = page_hash(out.data() + pos + 4);
+      if (save_.track) h = snapshot_and_hash(out.data() + pos + 4, dm->data() + i * kPage);
+      else h = snapshot_page(out.data() + pos + 4, dm->data() + i * kPage) ? kZeroHash : kNonZero;
     }
-    page_hash_.set(i, h);
+    if (save_.track) page_hash_.set(i, h);
     if (h == kZeroHash) {
       idx |= kZeroPage;
       std::memcpy(out.data() + pos, &idx, 4);
@@ -261,6 +296,9 @@ Result<Vf::Chunk> Vf::save_next(std::span<uint8_t> out) {
     }
     --save_.pages_left;
   }
+  save_.hole_from = st.from;
+  save_.data_start = st.start;
+  save_.data_end = st.end;
   if (save_.pages_left == 0) save_.next_page = pages;  // nothing more to send: the end fits now
   if (save_.next_page == pages && pos + 4 <= out.size()) {
     std::memcpy(out.data() + pos, &kTerminator, 4);

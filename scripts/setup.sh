@@ -4,7 +4,7 @@
 set -euo pipefail
 pkgs=(cmake ninja-build g++ clang pkg-config
       libfuse3-dev fuse3 libtoml11-dev libcli11-dev nlohmann-json3-dev libfmt-dev
-      libgtest-dev libgmock-dev libbenchmark-dev linux-libc-dev pciutils
+      libgtest-dev libgmock-dev libbenchmark-dev linux-libc-dev pciutils libxxhash-dev
       busybox-static cpio)
 missing=()
 for p in "${pkgs[@]}"; do

@@ -3,6 +3,7 @@
 #include <sys/mman.h>
 #include <sys/stat.h>
 
+#include <array>
 #include <cstring>
 #include <mutex>
 
@@ -187,6 +188,45 @@ Result<void> IommuDomain::write(uint64_t iova, std::span<const uint8_t> in) {
   std::shared_lock lk(mu_);
   if (observer_) observer_(iova, in.size());
   return ok();
+}
+
+Result<void> IommuDomain::copy(uint64_t src, uint64_t dst, uint64_t len, std::vector<uint8_t>& bounce) {
+  {
+    std::shared_lock lk(mu_);
+    struct Seg {
+      uint8_t* p;
+      uint64_t n;
+    };
+    std::array<Seg, 16> s{}, d{};
+    size_t ns = 0, nd = 0;
+    bool local = true;
+    TRY(walk(src, len, kDmaRead, [&](uint8_t* p, uint64_t, uint64_t, uint64_t n) {
+      if (!p || ns == s.size()) local = false;
+      else s[ns++] = {p, n};
+    }));
+    TRY(walk(dst, len, kDmaWrite, [&](uint8_t* p, uint64_t, uint64_t, uint64_t n) {
+      if (!p || nd == d.size()) local = false;
+      else d[nd++] = {p, n};
+    }));
+    if (local) {
+      // Both sides are memory we map: copy run by run, no bounce.
+      size_t i = 0, j = 0;
+      uint64_t si = 0, dj = 0;
+      while (i < ns && j < nd) {
+        uint64_t n = std::min(s[i].n - si, d[j].n - dj);
+        if (!safe_memcpy(d[j].p + dj, s[i].p + si, n)) return Error(EFAULT, "DMA memory gone (file shrunk)");
+        si += n;
+        dj += n;
+        if (si == s[i].n) ++i, si = 0;
+        if (dj == d[j].n) ++j, dj = 0;
+      }
+      if (observer_) observer_(dst, len);
+      return ok();
+    }
+  }
+  bounce.resize(len);
+  TRY(read(src, std::span<uint8_t>(bounce.data(), len)));
+  return write(dst, std::span<const uint8_t>(bounce.data(), len));
 }
 
 namespace {

@@ -57,6 +57,12 @@ class IommuDomain {
   // DMA on behalf of the device.
   Result<void> read(uint64_t iova, std::span<uint8_t> out) const;
   Result<void> write(uint64_t iova, std::span<const uint8_t> in);
+  // Device-to-device-visible copy of `len` bytes from `src` to `dst` (a
+  // DMA engine's memcpy): one copy when both ranges are local memory; through
+  // `bounce` (resized as needed) when either is the client's, by messages.
+  // Fails as read() or write() would, with no partial effect from a refused
+  // range.
+  Result<void> copy(uint64_t src, uint64_t dst, uint64_t len, std::vector<uint8_t>& bounce);
   // DMA without a staging copy, for a device producing or consuming data in
   // bulk (firmware writing an image chunk): when [iova, iova+len) is one map
   // of host memory the domain's owner lent (map_host), `fn` works on it in

@@ -220,22 +220,22 @@ VfCompletion Vf::execute(const VfDescriptor& d) {
   if (!dom) return fail(EFAULT);
   if (!(config().get(kCommand) & PCI_COMMAND_MASTER)) return fail(EPERM);
   if (d.length > vfreg::kMaxLength) return fail(EINVAL);
-  std::vector<uint8_t> buf(d.length);
+  // The engine's own buffer, kept across descriptors (engine thread only).
+  if (scratch_.size() < d.length) scratch_.resize(d.length);
+  std::span<uint8_t> buf(scratch_.data(), d.length);
   auto dev_range_ok = [&](uint64_t off) { return dm && off <= dm->size() && dm->size() - off >= d.length; };
   switch (static_cast<VfOp>(d.opcode)) {
-    case VfOp::kCopy:
-      if (auto r = dom->read(d.src, buf); !r) return fail(r.error().code);
-      if (auto r = dom->write(d.dst, buf); !r) return fail(r.error().code);
+    case VfOp::kCopy:  // guest to guest: one copy where both sides are mapped memory
+      if (auto r = dom->copy(d.src, d.dst, d.length, scratch_); !r) return fail(r.error().code);
       break;
-    case VfOp::kToDevice:
+    case VfOp::kToDevice:  // straight into device memory
       if (!dev_range_ok(d.dst)) return fail(EINVAL);
-      if (auto r = dom->read(d.src, buf); !r) return fail(r.error().code);
-      std::memcpy(dm->data() + d.dst, buf.data(), d.length);
+      if (auto r = dom->read(d.src, std::span<uint8_t>(dm->data() + d.dst, d.length)); !r) return fail(r.error().code);
       break;
     case VfOp::kFromDevice:
       if (!dev_range_ok(d.src)) return fail(EINVAL);
-      std::memcpy(buf.data(), dm->data() + d.src, d.length);
-      if (auto r = dom->write(d.dst, buf); !r) return fail(r.error().code);
+      if (auto r = dom->write(d.dst, std::span<const uint8_t>(dm->data() + d.src, d.length)); !r)
+        return fail(r.error().code);
       break;
     case VfOp::kFill:
       std::memset(buf.data(), static_cast<int>(d.src & 0xff), d.length);

@@ -124,6 +124,7 @@ class Vf : public Function, private RegisterHandler {
 
   // Image state: one save and one load at a time (the firmware serializes
   // commands per function); guarded by img_mu_.
+  std::vector<uint8_t> scratch_;  // the engine's buffer (engine thread only)
   std::mutex img_mu_;
   PageHashes page_hash_;  // not valid: no image sent yet (the next one is full)
   struct Save {

@@ -11,8 +11,11 @@
 #include <fcntl.h>
 #include <linux/falloc.h>
 #include <unistd.h>
+#include <xxhash.h>
 
+#include <algorithm>
 #include <cstring>
+#include <thread>
 
 #include "hw/mlx5/vf.h"
 
@@ -47,45 +50,17 @@ static_assert(sizeof(ImageRegs) == 336);
 
 constexpr uint64_t kPrefix = sizeof(ImageHeader) + sizeof(ImageRegs);
 
-// A page of device memory as it is now, copied to `dst` and hashed in the
-// same pass. Running pre-copy reads race with the VF's engine (and with
-// clients writing through their mmap) by design, as a real device's
-// firmware reading its memory does; the quiesced final image is what makes
-// the copy exact. The hash is of the words copied, so a recorded hash always
-// describes what the destination holds. Not instrumented by TSan: this race
-// is the model (under TSan the loads are volatile words, so the compiler
-// cannot turn them into a memcpy call TSan would see).
-//
-// The hash: FNV-1a over 64-bit words in four interleaved lanes (so the
-// multiplies pipeline), folded at the end: a change detector, not a
-// cryptographic hash.
-constexpr uint64_t kFnvBasis = 1469598103934665603ull, kFnvPrime = 1099511628211ull;
+// Change detection hashes each page with XXH3 (libxxhash): a change
+// detector at memory speed, not a cryptographic hash.
+uint64_t page_hash(const uint8_t* p) { return XXH3_64bits(p, kPage); }
 
-uint64_t fold(const uint64_t (&h)[4]) {
-  uint64_t r = h[0];
-  for (int l = 1; l < 4; ++l) r = (r ^ h[l]) * kFnvPrime;
-  return r;
-}
-
-__attribute__((no_sanitize("thread"), noinline)) uint64_t snapshot_and_hash(uint8_t* dst, const uint8_t* src) {
-#if defined(__SANITIZE_THREAD__)
-  const volatile uint64_t* s = reinterpret_cast<const volatile uint64_t*>(src);  // page aligned
-#else
-  const uint64_t* s = reinterpret_cast<const uint64_t*>(src);
-#endif
-  uint64_t h[4] = {kFnvBasis, kFnvBasis ^ 1, kFnvBasis ^ 2, kFnvBasis ^ 3};
-  for (unsigned i = 0; i < kPage / 8; i += 4) {
-    for (unsigned l = 0; l < 4; ++l) {
-      uint64_t w = s[i + l];
-      std::memcpy(dst + 8 * (i + l), &w, 8);  // the record's data follows a 4-byte index: unaligned
-      h[l] = (h[l] ^ w) * kFnvPrime;
-    }
-  }
-  return fold(h);
-}
-
-// The same copy without the hash: true if the page was all zero (sent as
-// its index alone).
+// A page of device memory as it is now, copied to `dst`: true if it was all
+// zero (sent as its index alone). Running pre-copy reads race with the VF's
+// engine (and with clients writing through their mmap) by design, as a real
+// device's firmware reading its memory does; the quiesced final image is
+// what makes the copy exact. Not instrumented by TSan: this race is the
+// model (under TSan the loads are volatile words, so the compiler cannot
+// turn them into a memcpy call TSan would see).
 __attribute__((no_sanitize("thread"), noinline)) bool snapshot_page(uint8_t* dst, const uint8_t* src) {
 #if defined(__SANITIZE_THREAD__)
   const volatile uint64_t* s = reinterpret_cast<const volatile uint64_t*>(src);
@@ -95,23 +70,23 @@ __attribute__((no_sanitize("thread"), noinline)) bool snapshot_page(uint8_t* dst
   uint64_t any = 0;
   for (unsigned i = 0; i < kPage / 8; ++i) {
     uint64_t w = s[i];
-    std::memcpy(dst + 8 * i, &w, 8);
+    std::memcpy(dst + 8 * i, &w, 8);  // the record's data follows a 4-byte index: unaligned
     any |= w;
   }
   return any == 0;
 }
 
-uint64_t page_hash(const uint8_t* p) {
-  uint64_t h[4] = {kFnvBasis, kFnvBasis ^ 1, kFnvBasis ^ 2, kFnvBasis ^ 3};
-  for (uint32_t i = 0; i < kPage; i += 32) {
-    for (int l = 0; l < 4; ++l) {
-      uint64_t w;
-      std::memcpy(&w, p + i + 8 * l, 8);
-      h[l] = (h[l] ^ w) * kFnvPrime;
-    }
-  }
-  return fold(h);
+// The copy, and the hash of what was copied (so a recorded hash always
+// describes what the destination holds); the page is still in L1.
+uint64_t snapshot_and_hash(uint8_t* dst, const uint8_t* src) {
+  (void)snapshot_page(dst, src);
+  return page_hash(dst);
 }
+
+// The hash of a page of device memory where it is (no copy: a scan for
+// changes). The library's code is not instrumented: the race with writers
+// is the model's, as above.
+uint64_t device_page_hash(const uint8_t* src) { return page_hash(src); }
 
 bool test_bit(const std::vector<uint64_t>& b, uint64_t i) { return (b[i / 64] >> (i % 64)) & 1; }
 
@@ -184,18 +159,38 @@ uint64_t Vf::scan_changed() {
   BarMemory* dm = bar_memory(2);
   uint64_t pages = dm->size() / kPage;
   save_.changed.assign((pages + 63) / 64, 0);
-  uint64_t n = 0, bytes = 0;
-  alignas(8) uint8_t snap[kPage];
-  PageWalker walk(dm->fd(), dm->size());
-  for (uint64_t i = 0; i < pages; ++i) {
-    bool data = walk.is_data(i);
-    uint64_t h = kZeroHash;
-    if (data) h = snapshot_and_hash(snap, dm->data() + i * kPage);
-    if (page_hash_.get(i) != h) {
-      save_.changed[i / 64] |= uint64_t{1} << (i % 64);
-      ++n;
-      bytes += h == kZeroHash ? 4 : kRecord;
+  // The scan is what bounds the downtime (every page of device memory is
+  // hashed: the host may have written any of them through its mapping), so
+  // big memories are scanned on every core, in ranges of whole bitmap
+  // words (each thread its own words; page_hash_ is only read).
+  unsigned parts = 1;
+  if (pages >= (uint64_t{64} << 20) / kPage) parts = std::clamp(std::thread::hardware_concurrency(), 1u, 8u);
+  uint64_t words = save_.changed.size();
+  struct Part {
+    uint64_t n = 0, bytes = 0;
+  };
+  std::vector<Part> res(parts);
+  auto scan = [&](unsigned k) {
+    uint64_t w0 = words * k / parts, w1 = words * (k + 1) / parts;
+    uint64_t first = w0 * 64, last = std::min(pages, w1 * 64);
+    PageWalker walk(dm->fd(), dm->size());
+    for (uint64_t i = first; i < last; ++i) {
+      uint64_t h = walk.is_data(i) ? device_page_hash(dm->data() + i * kPage) : kZeroHash;
+      if (page_hash_.get(i) != h) {
+        save_.changed[i / 64] |= uint64_t{1} << (i % 64);
+        ++res[k].n;
+        res[k].bytes += h == kZeroHash ? 4 : kRecord;
+      }
     }
+  };
+  std::vector<std::thread> helpers;
+  for (unsigned k = 1; k < parts; ++k) helpers.emplace_back(scan, k);
+  scan(0);
+  for (auto& t : helpers) t.join();
+  uint64_t n = 0, bytes = 0;
+  for (const Part& r : res) {
+    n += r.n;
+    bytes += r.bytes;
   }
   save_.bytes_left = bytes;
   return n;
@@ -207,7 +202,6 @@ uint64_t Vf::pending_state_bytes(SaveMode mode) {
   uint64_t pages = dm->size() / kPage;
   bool full = mode == SaveMode::kFull || !page_hash_.valid();
   uint64_t bytes = 0;
-  alignas(8) uint8_t snap[kPage];
   PageWalker walk(dm->fd(), dm->size());
   for (uint64_t i = 0; i < pages; ++i) {
     bool data = walk.is_data(i);
@@ -216,7 +210,7 @@ uint64_t Vf::pending_state_bytes(SaveMode mode) {
       continue;
     }
     uint64_t h = kZeroHash;
-    if (data) h = snapshot_and_hash(snap, dm->data() + i * kPage);
+    if (data) h = device_page_hash(dm->data() + i * kPage);
     if (page_hash_.get(i) != h) bytes += h == kZeroHash ? 4 : kRecord;
   }
   return kPrefix + bytes + 4;

@@ -167,7 +167,7 @@ TEST(Mlx5PfTest, SuspendResumeQueryAndSaveLoadInChunks) {
   EXPECT_EQ(src.op(FwCmd::kSuspendVhca, kOpModResponder).status, 0u);
   FwMailbox q = src.op(FwCmd::kQueryVhcaMigrationState);
   ASSERT_EQ(q.status, 0u);
-  auto img = src.save(0, kFwMinChunk);
+  auto img = src.save(kFwTrack, kFwMinChunk);  // tracked: incremental images follow
   EXPECT_EQ(total(img), q.out0);
   EXPECT_GT(img.size(), 1u);
   for (auto& c : img) EXPECT_LE(c.size(), kFwMinChunk);
@@ -179,6 +179,11 @@ TEST(Mlx5PfTest, SuspendResumeQueryAndSaveLoadInChunks) {
   EXPECT_LT(total(inc), 2 * 4096u);
   EXPECT_EQ(dst.load(inc), 0u);
   EXPECT_EQ(dst.vf->bar_memory(2)->data()[10], 1);
+  // An untracked image (a session without pre-copy) records nothing: the
+  // next incremental one is full.
+  auto untracked = src.save(0);
+  src.vf->bar_memory(2)->data()[11] = 1;
+  EXPECT_GE(total(src.save(kFwIncremental)), total(untracked));
   // A corrupt image is refused.
   inc[0][0] ^= 0xff;
   EXPECT_EQ(dst.load(inc), static_cast<uint32_t>(EINVAL));

@@ -61,7 +61,7 @@ Result<VfioAuxDevice::SaveChunk> VfioAuxDevice::save_chunk(bool start, bool incr
   FwMailbox in = mailbox(FwCmd::kSaveVhcaState, fn, 0, flags);
   FwMailbox r = TRY(core_->exec_into(in, out));
   if (r.out0 > out.size()) return Error(EIO, "firmware wrote past the buffer");
-  return SaveChunk{static_cast<size_t>(r.out0), r.out1};
+  return SaveChunk{static_cast<size_t>(r.out0), r.out1, r.out_crc};
 }
 
 Result<bool> VfioAuxDevice::load_chunk(std::span<const uint8_t> chunk, bool first) {

@@ -53,6 +53,7 @@ class VfioAuxDevice : public bus::auxiliary::AuxiliaryDevice {
   struct SaveChunk {
     size_t bytes = 0;
     uint64_t remaining = 0;  // of the image; 0: it is complete
+    uint32_t crc = 0;        // CRC32C of the chunk, from the firmware
   };
   // `track`: the session will ask for incremental images later (pre-copy).
   Result<SaveChunk> save_chunk(bool start, bool incremental, bool track, std::span<uint8_t> out);

@@ -68,8 +68,8 @@ Result<void> SaveFile::frame_chunk_locked(bool start, bool incremental) {
   rec_.resize(sizeof(RecordHeader) + kChunk);
   std::span<uint8_t> body(rec_.data() + sizeof(RecordHeader), kChunk);
   auto c = TRY(pf_->call([&](mlx5::VfioAuxDevice& a) { return a.save_chunk(start, incremental, tracked_, body); }));
-  RecordHeader h{c.bytes, start ? kRecordFirst : 0u, static_cast<uint32_t>(RecordTag::kFwData),
-                 crc32c(0, body.data(), c.bytes), 0};
+  // The firmware checksums the chunk as it writes it (no pass over it here).
+  RecordHeader h{c.bytes, start ? kRecordFirst : 0u, static_cast<uint32_t>(RecordTag::kFwData), c.crc, 0};
   std::memcpy(rec_.data(), &h, sizeof(h));
   rec_len_ = sizeof(h) + c.bytes;
   rec_off_ = 0;

@@ -114,14 +114,17 @@ int Pf::run(FwMailbox& mb, Vf& vf) {
         if (!r) return r.error().code;
       }
       uint64_t remaining = 0;
+      uint32_t crc = 0;
       auto n = pf_dom->produce(mb.buf_iova, mb.buf_len, [&](std::span<uint8_t> out) -> Result<size_t> {
         Vf::Chunk c = TRY(vf.save_next(out));
         remaining = c.remaining;
+        crc = c.crc;
         return c.bytes;
       });
       if (!n) return n.error().code;
       mb.out0 = *n;
       mb.out1 = remaining;
+      mb.out_crc = crc;
       return 0;
     }
     case FwCmd::kLoadVhcaState: {

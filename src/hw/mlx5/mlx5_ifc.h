@@ -82,7 +82,7 @@ struct __attribute__((packed)) FwMailbox {
   uint64_t arg0, arg1;  // tracker: page size / range count; report: iova, length
   // out
   uint32_t status;  // 0 or an errno
-  uint32_t rsvd3;
+  uint32_t out_crc;  // SAVE: CRC32C of the bytes written (checksum offload)
   uint64_t out0;  // QUERY: image size; SAVE: bytes written; REPORT: addresses written
   uint64_t out1;  // SAVE: bytes of the image still to come (0: complete); REPORT: 1 if more remain
 };

@@ -58,6 +58,7 @@ class Vf : public Function, private RegisterHandler {
   struct Chunk {
     size_t bytes = 0;        // written into the buffer
     uint64_t remaining = 0;  // of the image still to come; 0: complete
+    uint32_t crc = 0;        // CRC32C of the bytes written, computed as they were
   };
   // The image's next whole records, up to out.size() (at least
   // kFwMinChunk). EINVAL if no image is in progress.

@@ -17,6 +17,7 @@
 #include <cstring>
 #include <thread>
 
+#include "base/crc32c.h"
 #include "hw/mlx5/vf.h"
 
 namespace uvfio::hw::mlx5 {
@@ -257,6 +258,13 @@ Result<Vf::Chunk> Vf::save_next(std::span<uint8_t> out) {
   BarMemory* dm = bar_memory(2);
   uint64_t pages = dm->size() / kPage;
   size_t pos = 0;
+  // The chunk's CRC32C, taken record by record while each is in cache.
+  uint32_t crc = 0;
+  size_t crc_at = 0;
+  auto sum = [&] {
+    crc = crc32c(crc, out.data() + crc_at, pos - crc_at);
+    crc_at = pos;
+  };
   if (!save_.header_done) {
     ImageHeader h{kImageMagic, kImageVersion, save_.full ? 0u : 1u, dm->size(), 0};
     std::memcpy(out.data(), &h, sizeof(h));
@@ -289,6 +297,7 @@ Result<Vf::Chunk> Vf::save_next(std::span<uint8_t> out) {
       save_.bytes_left -= std::min<uint64_t>(save_.bytes_left, kRecord);
     }
     --save_.pages_left;
+    sum();
   }
   save_.hole_from = st.from;
   save_.data_start = st.start;
@@ -297,12 +306,14 @@ Result<Vf::Chunk> Vf::save_next(std::span<uint8_t> out) {
   if (save_.next_page == pages && pos + 4 <= out.size()) {
     std::memcpy(out.data() + pos, &kTerminator, 4);
     pos += 4;
+    sum();
     save_ = Save{};  // complete: the hashes stand for what was sent
-    return Chunk{pos, 0};
+    return Chunk{pos, 0, crc};
   }
+  sum();
   // Pages may have changed kind since the size was counted: never say 0
   // while the image is open.
-  return Chunk{pos, std::max<uint64_t>(save_.bytes_left + 4, 4)};
+  return Chunk{pos, std::max<uint64_t>(save_.bytes_left + 4, 4), crc};
 }
 
 Result<bool> Vf::load_chunk(std::span<const uint8_t> chunk, bool first) {

@@ -66,6 +66,7 @@ struct Server::Client {
   std::deque<Message> queue;  // requests read, not yet run
   size_t queued_bytes = 0;
   bool read_paused = false;        // stopped reading at the queue's limits
+  bool stall_clock = false;        // last_input is counting a stall of this client's
   std::vector<Message> spare;      // handled requests, their buffers reused
   Message take_spare() {
     if (spare.empty()) return Message{};
@@ -565,9 +566,26 @@ void Server::Reactor::scan_timeouts() {
   std::vector<std::pair<std::shared_ptr<Client>, const char*>> late;
   for (auto& [id, c] : clients_) {
     if (c->dead) continue;
-    if (!c->admitted && !c->busy && now - c->accepted_at > limit) late.emplace_back(c, "no VERSION in time");
-    else if (c->conn->mid_message() && now - c->last_input > limit) late.emplace_back(c, "stalled mid-message");
-    else if (c->conn->output_bytes() && now - c->conn->output_progress() > limit)
+    if (!c->admitted && !c->busy && now - c->accepted_at > limit) {
+      late.emplace_back(c, "no VERSION in time");
+      continue;
+    }
+    // Mid-message counts only while the rest is the client's to send: not
+    // while we hold its requests (a request running, a queue to serve, or
+    // reading paused at the queue's limits, when its bytes wait in the
+    // socket because of us). The clock starts when that becomes so, and
+    // every byte that arrives restarts it (read_client).
+    bool waiting = c->conn->mid_message() && !c->busy && c->queue.empty() && !c->read_paused;
+    if (!waiting) {
+      c->stall_clock = false;
+    } else if (!c->stall_clock) {
+      c->stall_clock = true;
+      c->last_input = now;
+    } else if (now - c->last_input > limit) {
+      late.emplace_back(c, "stalled mid-message");
+      continue;
+    }
+    if (c->conn->output_bytes() && now - c->conn->output_progress() > limit)
       late.emplace_back(c, "does not read its replies");
   }
   for (auto& [c, why] : late) drop(c, why);

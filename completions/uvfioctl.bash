@@ -1,0 +1,56 @@
+# bash completion for uvfioctl(8): subcommands, PCI addresses and driver
+# names, the latter two asked of the running daemon.
+_uvfioctl() {
+  local cur prev words cword
+  _init_completion 2>/dev/null || {
+    cur=${COMP_WORDS[COMP_CWORD]}
+    prev=${COMP_WORDS[COMP_CWORD - 1]}
+    words=("${COMP_WORDS[@]}")
+    cword=$COMP_CWORD
+  }
+  local subs="ls cat readlink write tree list bind unbind info config sriov stats top"
+  local rundir=() i sub=""
+  for ((i = 1; i < cword; i++)); do
+    case ${words[i]} in
+      --rundir) rundir=(--rundir "${words[i + 1]}"); ((i++)) ;;
+      --rundir=*) rundir=("${words[i]}") ;;
+      -*) ;;
+      *) [ -z "$sub" ] && sub=${words[i]} ;;
+    esac
+  done
+  if [ "$prev" = --rundir ]; then
+    COMPREPLY=($(compgen -d -- "$cur"))
+    return
+  fi
+  if [ -z "$sub" ]; then
+    COMPREPLY=($(compgen -W "$subs --rundir --json --help" -- "$cur"))
+    return
+  fi
+  # Words after the subcommand (not options).
+  local n=0
+  for ((i = 1; i < cword; i++)); do
+    case ${words[i]} in --rundir) ((i++)) ;; -*) ;; *) ((n++)) ;; esac
+  done
+  local bdfs drivers
+  bdfs() { uvfioctl "${rundir[@]}" ls bus/pci/devices 2>/dev/null; }
+  drivers() { uvfioctl "${rundir[@]}" ls bus/pci/drivers 2>/dev/null; }
+  case $sub in
+    bind)
+      if [ "$n" -eq 1 ]; then COMPREPLY=($(compgen -W "$(bdfs)" -- "$cur"));
+      elif [ "$n" -eq 2 ]; then COMPREPLY=($(compgen -W "$(drivers)" -- "$cur")); fi ;;
+    unbind | info | config | sriov | stats)
+      [ "$n" -eq 1 ] && COMPREPLY=($(compgen -W "$(bdfs)" -- "$cur")) ;;
+    ls | cat | readlink | write)
+      if [ "$n" -eq 1 ]; then
+        local dir=${cur%/*}
+        [ "$dir" = "$cur" ] && dir=""
+        local e
+        COMPREPLY=()
+        for e in $(uvfioctl "${rundir[@]}" ls "${dir:-.}" 2>/dev/null); do
+          COMPREPLY+=("${dir:+$dir/}$e")
+        done
+        COMPREPLY=($(compgen -W "${COMPREPLY[*]}" -- "$cur"))
+      fi ;;
+  esac
+}
+complete -F _uvfioctl uvfioctl

@@ -72,6 +72,9 @@ int main(int argc, char** argv) {
   uvfio_client* c = NULL;
   check(uvfio_connect(argv[1], NULL, &c), "connect");
   printf("uvfio client %s\n", uvfio_client_version());
+  /* A VMM resets the device before it uses it: the queue state of a
+   * previous user is gone. */
+  check(uvfio_reset(c), "reset");
 
   uint8_t cfg[64];
   check((int)uvfio_region_read(c, VFIO_PCI_CONFIG_REGION_INDEX, 0, cfg, sizeof(cfg)), "config read");

@@ -24,6 +24,12 @@
 extern "C" {
 #endif
 
+#if defined(__GNUC__)
+#define UVFIO_API __attribute__((visibility("default")))
+#else
+#define UVFIO_API
+#endif
+
 #define UVFIO_CLIENT_VERSION_MAJOR 0
 #define UVFIO_CLIENT_VERSION_MINOR 1
 
@@ -38,55 +44,55 @@ struct uvfio_connect_opts {
 };
 
 /* Connects to a device's socket and negotiates (VERSION). */
-int uvfio_connect(const char* socket_path, const struct uvfio_connect_opts* opts, uvfio_client** out);
+UVFIO_API int uvfio_connect(const char* socket_path, const struct uvfio_connect_opts* opts, uvfio_client** out);
 /* Disconnects and frees the handle (NULL is a no-op). Mappings made with
  * uvfio_region_mmap stay valid until munmap. */
-void uvfio_close(uvfio_client* c);
+UVFIO_API void uvfio_close(uvfio_client* c);
 /* The library's version, "MAJOR.MINOR". */
-const char* uvfio_client_version(void);
+UVFIO_API const char* uvfio_client_version(void);
 
 /* DEVICE_GET_INFO. */
-int uvfio_get_info(uvfio_client* c, struct vfio_device_info* info);
+UVFIO_API int uvfio_get_info(uvfio_client* c, struct vfio_device_info* info);
 
 /* DEVICE_GET_REGION_INFO: `info` as the kernel's struct (capabilities are
  * not returned here); `*mmap_fd` receives an fd to mmap the region with at
  * info->offset 0 (the caller closes it), or -1 when it cannot be mapped.
  * mmap_fd may be NULL. */
-int uvfio_region_info(uvfio_client* c, uint32_t index, struct vfio_region_info* info, int* mmap_fd);
+UVFIO_API int uvfio_region_info(uvfio_client* c, uint32_t index, struct vfio_region_info* info, int* mmap_fd);
 /* REGION_READ / REGION_WRITE of `len` bytes at `offset` into the region.
  * Reads return the bytes read (a read may be cut at the region's end). */
-ssize_t uvfio_region_read(uvfio_client* c, uint32_t index, uint64_t offset, void* buf, size_t len);
-int uvfio_region_write(uvfio_client* c, uint32_t index, uint64_t offset, const void* buf, size_t len);
+UVFIO_API ssize_t uvfio_region_read(uvfio_client* c, uint32_t index, uint64_t offset, void* buf, size_t len);
+UVFIO_API int uvfio_region_write(uvfio_client* c, uint32_t index, uint64_t offset, const void* buf, size_t len);
 /* Maps a whole mmappable region (read/write, shared); *addr and *len
  * receive the mapping. */
-int uvfio_region_mmap(uvfio_client* c, uint32_t index, void** addr, size_t* len);
+UVFIO_API int uvfio_region_mmap(uvfio_client* c, uint32_t index, void** addr, size_t* len);
 
 /* DMA_MAP of guest memory held in `fd` from `fd_offset` (a memfd, say),
  * visible to the device at `iova`; writable: the device may write it. */
-int uvfio_dma_map(uvfio_client* c, uint64_t iova, uint64_t size, int fd, uint64_t fd_offset, int writable);
-int uvfio_dma_unmap(uvfio_client* c, uint64_t iova, uint64_t size);
+UVFIO_API int uvfio_dma_map(uvfio_client* c, uint64_t iova, uint64_t size, int fd, uint64_t fd_offset, int writable);
+UVFIO_API int uvfio_dma_unmap(uvfio_client* c, uint64_t iova, uint64_t size);
 
 /* DEVICE_GET_IRQ_INFO. */
-int uvfio_irq_info(uvfio_client* c, uint32_t index, struct vfio_irq_info* info);
+UVFIO_API int uvfio_irq_info(uvfio_client* c, uint32_t index, struct vfio_irq_info* info);
 /* DEVICE_SET_IRQS, ACTION_TRIGGER with eventfds: fds[i] (or -1) for vectors
  * start..start+count-1; count 0 disables the index. */
-int uvfio_set_irq_eventfds(uvfio_client* c, uint32_t index, uint32_t start, uint32_t count, const int* fds);
+UVFIO_API int uvfio_set_irq_eventfds(uvfio_client* c, uint32_t index, uint32_t start, uint32_t count, const int* fds);
 
 /* DEVICE_RESET. */
-int uvfio_reset(uvfio_client* c);
+UVFIO_API int uvfio_reset(uvfio_client* c);
 
 /* DEVICE_FEATURE: `flags` as VFIO_DEVICE_FEATURE's (GET/SET/PROBE | the
  * feature); `in` is the feature's data; a GET's data is written to `out`
  * (up to out_cap bytes) and its length to *out_len (may be NULL). */
-int uvfio_device_feature(uvfio_client* c, uint32_t flags, const void* in, size_t in_len, void* out, size_t out_cap,
+UVFIO_API int uvfio_device_feature(uvfio_client* c, uint32_t flags, const void* in, size_t in_len, void* out, size_t out_cap,
                          size_t* out_len);
 
 /* Migration (v2): the state as enum vfio_device_mig_state; the data of a
  * saving state is read (0 = end of stream), of RESUMING written. */
-int uvfio_mig_get_state(uvfio_client* c, uint32_t* state);
-int uvfio_mig_set_state(uvfio_client* c, uint32_t state);
-ssize_t uvfio_mig_data_read(uvfio_client* c, void* buf, size_t len);
-int uvfio_mig_data_write(uvfio_client* c, const void* buf, size_t len);
+UVFIO_API int uvfio_mig_get_state(uvfio_client* c, uint32_t* state);
+UVFIO_API int uvfio_mig_set_state(uvfio_client* c, uint32_t state);
+UVFIO_API ssize_t uvfio_mig_data_read(uvfio_client* c, void* buf, size_t len);
+UVFIO_API int uvfio_mig_data_write(uvfio_client* c, const void* buf, size_t len);
 
 #ifdef __cplusplus
 }

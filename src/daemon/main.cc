@@ -51,7 +51,12 @@ int main(int argc, char** argv) {
   bool print_seed = false, no_fuse = false, verbose = false, busy_poll = false;
   daemon::SystemOptions opts;
   app.add_option("--rundir", rundir, "Directory for control.sock, sys/ and vfio-user sockets")->capture_default_str();
-  app.add_option("--config", config, "Topology file (TOML); default: the seed topology");
+  auto* config_opt = app.add_option("--config", config, "Topology file (TOML); default: the seed topology");
+  std::string config_if_present;
+  app.add_option("--config-if-present", config_if_present,
+                 "Topology file used when it exists (the seed topology otherwise): the systemd unit's "
+                 "/etc/uvfio/topology.toml")
+      ->excludes(config_opt);
   app.add_flag("--print-seed", print_seed, "Print the seed topology as TOML and exit");
   app.add_flag("--no-fuse", no_fuse, "Do not mount the attribute tree with FUSE");
   app.add_flag("-v,--verbose", verbose, "Debug logging");
@@ -81,6 +86,14 @@ int main(int argc, char** argv) {
     return 0;
   }
 
+  if (!config_if_present.empty()) {
+    struct stat cst;
+    if (::stat(config_if_present.c_str(), &cst) == 0) config = config_if_present;
+    else if (errno != ENOENT) {
+      std::fprintf(stderr, "uvfiod: %s: %s\n", config_if_present.c_str(), std::strerror(errno));
+      return 1;
+    }
+  }
   daemon::TopologySpec spec;
   if (config.empty()) {
     spec = daemon::seed_topology();

@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# The project as a user gets it: `cmake --install` into a fresh prefix, the
+# C example built against the installed package with pkg-config and with
+# find_package (shared and static), each run against the installed uvfiod;
+# the installed systemd unit verified; the man pages rendered without a
+# warning.
+# Usage: check_install.sh BUILD_DIR SOURCE_DIR
+set -euo pipefail
+build=$1 src=$2
+work=$(mktemp -d /tmp/uvfio-install-XXXXXX)
+D=
+trap '[ -n "$D" ] && kill $D 2>/dev/null; wait 2>/dev/null; rm -rf "$work"' EXIT
+prefix=$work/prefix
+cmake --install "$build" --prefix "$prefix" > "$work/install.log"
+export PKG_CONFIG_PATH=$prefix/lib/pkgconfig
+export LD_LIBRARY_PATH=$prefix/lib
+
+# pkg-config
+cc -Wall -Werror "$src/examples/vf_dma.c" $(pkg-config --cflags --libs uvfio-client) -o "$work/vf_dma_pc"
+# find_package
+cmake -S "$src/examples" -B "$work/ex" -G Ninja -DCMAKE_PREFIX_PATH="$prefix" > "$work/ex.log"
+cmake --build "$work/ex" > "$work/ex-build.log"
+
+"$prefix/bin/uvfiod" --rundir "$work/run" --no-fuse 2>"$work/uvfiod.log" &
+D=$!
+sock=$work/run/vfio-user/0000:08:00.0.sock
+for _ in $(seq 200); do [ -S "$sock" ] && break; sleep 0.05; done
+for ex in "$work/vf_dma_pc" "$work/ex/vf_dma" "$work/ex/vf_dma_static"; do
+  out=$("$ex" "$sock")
+  echo "$out" | sed "s|^|$(basename "$ex"): |"
+  echo "$out" | grep -q ": match$" || { echo "$ex: no match"; exit 1; }
+done
+ldd "$work/ex/vf_dma_static" | grep -q uvfio-client && { echo "vf_dma_static links the shared library"; exit 1; }
+
+# The unit as installed, its ExecStart pointed at this prefix (a unit is
+# not relocatable: it names the configured prefix).
+unit=$prefix/lib/systemd/system/uvfiod.service
+grep -q "^ExecStart=.*/uvfiod --rundir /run/uvfio --config-if-present .*/uvfio/topology.toml$" "$unit"
+sed -e "s|^ExecStart=[^ ]*/uvfiod|ExecStart=$prefix/bin/uvfiod|" "$unit" > "$work/uvfiod.service"
+MANPATH=$prefix/share/man: systemd-analyze verify "$work/uvfiod.service"
+
+# Man pages: rendered, no warning.
+for page in $(find "$prefix/share/man" -type f); do
+  warn=$(MANWIDTH=80 man --warnings -E UTF-8 -l "$page" 2>&1 >/dev/null)
+  [ -z "$warn" ] || { echo "$page: $warn"; exit 1; }
+done
+echo "install: ok"

@@ -3,10 +3,15 @@
 // write, plus tree/list views and bind/unbind/sriov shortcuts.
 // Errors print the errno text and exit non-zero.
 #include <CLI/CLI.hpp>
+#include <unistd.h>
+
+#include <chrono>
 #include <cstdio>
 #include <cstring>
 #include <iostream>
 #include <map>
+#include <sstream>
+#include <thread>
 #include <nlohmann/json.hpp>
 
 #include "base/bdf.h"
@@ -345,6 +350,170 @@ void cmd_config(client::Client& c, const Bdf& b) {
   std::printf("\n");
 }
 
+// ---- stats / top: the counters under vfio-dev/vfioN/stats/ ----------------------
+
+struct DevStats {
+  std::string address, vfio, state;
+  std::map<std::string, uint64_t> num;       // one-value files
+  std::map<std::string, uint64_t> requests;  // by command (non-zero only)
+  std::map<std::string, uint64_t> errors;    // by errno name
+  uint64_t total_requests = 0, total_errors = 0;
+  double last_stop_ms = 0;
+  bool served = false;  // has a vfio-user endpoint (requests file)
+};
+
+constexpr const char* kNumFiles[] = {"region_bytes_read", "region_bytes_written", "dma_ops", "dma_bytes",
+                                     "interrupts", "migration_bytes"};
+
+// "   count NAME" lines (requests, errors).
+std::map<std::string, uint64_t> count_lines(const std::string& text, uint64_t& total) {
+  std::map<std::string, uint64_t> out;
+  std::istringstream in(text);
+  uint64_t n;
+  std::string name;
+  while (in >> n >> name) {
+    total += n;
+    if (n) out[name] = n;
+  }
+  return out;
+}
+
+std::vector<DevStats> read_stats(sysfs::ControlClient& c, const std::string& only) {
+  std::vector<DevStats> out;
+  for (auto& d : collect(c)) {
+    if (!only.empty() && d.name != only) continue;
+    if (d.vfio.empty()) continue;
+    std::string dir = "bus/pci/devices/" + d.name + "/vfio-dev/" + d.vfio + "/stats/";
+    DevStats s;
+    s.address = d.name;
+    s.vfio = d.vfio;
+    // A device unbound between the listing and here is simply left out.
+    auto st = c.read(dir + "migration_state");
+    if (!st) continue;
+    s.state = trim(*st);
+    for (const char* f : kNumFiles) s.num[f] = std::strtoull(c.read(dir + f).value_or("0").c_str(), nullptr, 10);
+    s.last_stop_ms = std::strtod(c.read(dir + "last_stop_ms").value_or("0").c_str(), nullptr);
+    if (auto r = c.read(dir + "requests")) {
+      s.served = true;
+      s.requests = count_lines(*r, s.total_requests);
+      s.errors = count_lines(c.read(dir + "errors").value_or(""), s.total_errors);
+    }
+    out.push_back(std::move(s));
+  }
+  return out;
+}
+
+std::string human(double v) {
+  const char* units[] = {"", "K", "M", "G", "T"};
+  int u = 0;
+  while (v >= 1000 && u < 4) v /= 1000, ++u;
+  char b[32];
+  std::snprintf(b, sizeof(b), u ? "%.1f%s" : "%.0f%s", v, units[u]);
+  return b;
+}
+
+void cmd_stats(sysfs::ControlClient& c, const std::string& bdf, bool as_json) {
+  std::string only;
+  if (!bdf.empty()) {
+    auto b = Bdf::parse(bdf);
+    if (!b) die("stats: " + bdf, b.error());
+    only = b->str();
+  }
+  auto all = read_stats(c, only);
+  if (!only.empty() && all.empty()) die("stats " + only + " (not bound to a VFIO driver)", Error(ENODEV));
+  if (as_json) {
+    json a = json::array();
+    for (auto& s : all) {
+      json o{{"address", s.address}, {"vfio", s.vfio}, {"migration_state", s.state}, {"last_stop_ms", s.last_stop_ms}};
+      for (auto& [k, v] : s.num) o[k] = v;
+      if (s.served) {
+        o["requests"] = s.requests;
+        o["errors"] = s.errors;
+      }
+      a.push_back(o);
+    }
+    std::cout << (only.empty() ? a : a[0]).dump(2) << "\n";
+    return;
+  }
+  std::printf("%-13s %-7s %-10s %8s %8s %8s %8s %8s %8s %9s %8s %7s\n", "ADDRESS", "VFIO", "STATE", "REQS", "ERRS",
+              "RD", "WR", "DMA", "DMABYTES", "IRQS", "MIGBYTES", "STOPms");
+  for (auto& s : all) {
+    std::printf("%-13s %-7s %-10s %8s %8s %8s %8s %8s %8s %9s %8s %7.2f\n", s.address.c_str(), s.vfio.c_str(),
+                s.state.c_str(), s.served ? human(double(s.total_requests)).c_str() : "-",
+                s.served ? human(double(s.total_errors)).c_str() : "-",
+                human(double(s.num["region_bytes_read"])).c_str(), human(double(s.num["region_bytes_written"])).c_str(),
+                human(double(s.num["dma_ops"])).c_str(), human(double(s.num["dma_bytes"])).c_str(),
+                human(double(s.num["interrupts"])).c_str(), human(double(s.num["migration_bytes"])).c_str(),
+                s.last_stop_ms);
+  }
+  if (only.empty()) return;
+  const DevStats& s = all[0];
+  if (!s.requests.empty()) {
+    std::printf("\nrequests:\n");
+    for (auto& [k, v] : s.requests) std::printf("  %-26s %llu\n", k.c_str(), static_cast<unsigned long long>(v));
+  }
+  if (!s.errors.empty()) {
+    std::printf("\nerrors:\n");
+    for (auto& [k, v] : s.errors) std::printf("  %-26s %llu\n", k.c_str(), static_cast<unsigned long long>(v));
+  }
+}
+
+// Rates between two samples, busiest device first; `iterations` frames (0:
+// until interrupted), `delay` seconds apart. On a terminal each frame
+// replaces the last, as top does; otherwise frames follow one another (top -b).
+void cmd_top(sysfs::ControlClient& c, int iterations, double delay) {
+  bool tty = isatty(STDOUT_FILENO);
+  auto prev = read_stats(c, "");
+  auto t0 = std::chrono::steady_clock::now();
+  for (int i = 0; iterations <= 0 || i < iterations; ++i) {
+    std::this_thread::sleep_for(std::chrono::duration<double>(delay));
+    auto now = read_stats(c, "");
+    auto t1 = std::chrono::steady_clock::now();
+    double dt = std::chrono::duration<double>(t1 - t0).count();
+    std::map<std::string, const DevStats*> before;
+    for (auto& s : prev) before[s.address] = &s;
+    struct Row {
+      const DevStats* s;
+      double reqs, errs, rd, wr, dma, dmab, irqs, mig;
+    };
+    std::vector<Row> rows;
+    for (auto& s : now) {
+      auto it = before.find(s.address);
+      auto d = [&](uint64_t a, uint64_t b) { return a >= b ? double(a - b) / dt : 0.0; };
+      Row r{&s, 0, 0, 0, 0, 0, 0, 0, 0};
+      if (it != before.end()) {
+        const DevStats& p = *it->second;
+        r.reqs = d(s.total_requests, p.total_requests);
+        r.errs = d(s.total_errors, p.total_errors);
+        r.rd = d(s.num.at("region_bytes_read"), p.num.at("region_bytes_read"));
+        r.wr = d(s.num.at("region_bytes_written"), p.num.at("region_bytes_written"));
+        r.dma = d(s.num.at("dma_ops"), p.num.at("dma_ops"));
+        r.dmab = d(s.num.at("dma_bytes"), p.num.at("dma_bytes"));
+        r.irqs = d(s.num.at("interrupts"), p.num.at("interrupts"));
+        r.mig = d(s.num.at("migration_bytes"), p.num.at("migration_bytes"));
+      }
+      rows.push_back(r);
+    }
+    std::stable_sort(rows.begin(), rows.end(), [](const Row& a, const Row& b) {
+      return a.reqs + a.dma + a.irqs > b.reqs + b.dma + b.irqs;
+    });
+    if (tty) std::printf("\033[H\033[2J");
+    std::printf("uvfioctl top: %zu VFIO devices, per second over %.1f s\n", now.size(), dt);
+    std::printf("%-13s %-7s %-10s %8s %7s %8s %8s %8s %8s %8s %8s\n", "ADDRESS", "VFIO", "STATE", "REQ/s", "ERR/s",
+                "RD B/s", "WR B/s", "DMA/s", "DMA B/s", "IRQ/s", "MIG B/s");
+    for (auto& r : rows) {
+      std::printf("%-13s %-7s %-10s %8s %7s %8s %8s %8s %8s %8s %8s\n", r.s->address.c_str(), r.s->vfio.c_str(),
+                  r.s->state.c_str(), human(r.reqs).c_str(), human(r.errs).c_str(), human(r.rd).c_str(),
+                  human(r.wr).c_str(), human(r.dma).c_str(), human(r.dmab).c_str(), human(r.irqs).c_str(),
+                  human(r.mig).c_str());
+    }
+    if (!tty) std::printf("\n");
+    std::fflush(stdout);
+    prev = std::move(now);
+    t0 = t1;
+  }
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -386,6 +555,14 @@ int main(int argc, char** argv) {
   auto* sriov = app.add_subcommand("sriov", "Set a PF's sriov_numvfs");
   sriov->add_option("pf", bdf)->required();
   sriov->add_option("numvfs", num)->required();
+  auto* stats = app.add_subcommand("stats", "Counters of VFIO devices (vfio-dev/vfioN/stats/): requests, errors, "
+                                            "region and DMA bytes, interrupts, migration");
+  stats->add_option("bdf", bdf, "Only this device, with its requests and errors by name");
+  int iterations = 0;
+  double delay = 1.0;
+  auto* top = app.add_subcommand("top", "Per-second rates of every VFIO device, busiest first, until interrupted");
+  top->add_option("-n,--iterations", iterations, "Frames to show (0: until interrupted)")->capture_default_str();
+  top->add_option("-d,--delay", delay, "Seconds between frames")->check(CLI::Range(0.05, 3600.0))->capture_default_str();
   CLI11_PARSE(app, argc, argv);
 
   if (*info || *config) {
@@ -448,6 +625,10 @@ int main(int argc, char** argv) {
     auto cur = c.readlink(dev + "/driver");
     if (!cur) die("unbind " + b->str(), cur.error().code == ENOENT ? Error(ENODEV) : cur.error());
     must(c.write("bus/pci/drivers/" + base_name(*cur) + "/unbind", b->str() + "\n"), "unbind " + b->str());
+  } else if (*stats) {
+    cmd_stats(c, bdf, as_json);
+  } else if (*top) {
+    cmd_top(c, iterations, delay);
   } else if (*sriov) {
     auto b = Bdf::parse(bdf);
     if (!b) die("sriov: " + bdf, b.error());

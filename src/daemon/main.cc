@@ -12,6 +12,7 @@
 
 #include "base/log.h"
 #include "base/rundir.h"
+#include "base/stats.h"
 #include "daemon/rundir.h"
 #include "daemon/system.h"
 #include "daemon/topology.h"
@@ -79,7 +80,11 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   app.add_flag("--vfio-pci-enable-sriov", opts.vfio_pci_enable_sriov,
                "Let vfio_pci enable SR-IOV on PFs it drives (the vfio-pci module's enable_sriov)");
+  bool no_stats = false;
+  app.add_flag("--no-stats", no_stats,
+               "Do not count (the stats/ files under vfio-dev/vfioN stay at 0): for measuring what counting costs");
   CLI11_PARSE(app, argc, argv);
+  if (no_stats) g_stats_enabled.store(false);
   if (verbose) log::set_level(log::Level::kDebug);
   if (print_seed) {
     std::cout << daemon::seed_topology_toml();

@@ -267,6 +267,38 @@ size_t invalid_utf8_at(std::string_view s) {
   }
   return std::string_view::npos;
 }
+
+// How deeply arrays and inline tables nest, outside strings and comments.
+// toml11 parses nesting by recursion: a file of a few thousand '[' would
+// overflow the daemon's stack, so the depth is checked before it parses.
+size_t nesting_depth(std::string_view s) {
+  size_t depth = 0, max = 0;
+  for (size_t i = 0; i < s.size(); ++i) {
+    char c = s[i];
+    if (c == '#') {
+      while (i < s.size() && s[i] != '\n') ++i;
+    } else if (c == '"' || c == '\'') {
+      bool multi = s.substr(i, 3) == std::string(3, c);
+      i += multi ? 3 : 1;
+      for (; i < s.size(); ++i) {
+        if (c == '"' && s[i] == '\\') {
+          ++i;  // an escape: the next character is not a quote
+        } else if (s[i] == c && (!multi || s.substr(i, 3) == std::string(3, c))) {
+          if (multi) i += 2;
+          break;
+        } else if (!multi && s[i] == '\n') {
+          break;  // unterminated: toml11 says where
+        }
+      }
+    } else if (c == '[' || c == '{') {
+      max = std::max(max, ++depth);
+    } else if ((c == ']' || c == '}') && depth > 0) {
+      --depth;
+    }
+  }
+  return max;
+}
+constexpr size_t kMaxNesting = 64;
 }  // namespace
 
 Result<TopologySpec, TopologyError> parse_topology(const std::string& text, const std::string& origin) {
@@ -277,6 +309,8 @@ Result<TopologySpec, TopologyError> parse_topology(const std::string& text, cons
     size_t line = 1 + static_cast<size_t>(std::count(text.begin(), text.begin() + static_cast<long>(at), '\n'));
     return Err{fmt::format("{}: line {}: not valid UTF-8 (TOML files are UTF-8)", origin, line)};
   }
+  if (nesting_depth(text) > kMaxNesting)
+    return Err{fmt::format("{}: arrays or inline tables nested more than {} deep", origin, kMaxNesting)};
   toml::value root;
   try {
     std::istringstream in(text);

@@ -154,11 +154,15 @@ Result<void> IommuDomain::read(uint64_t iova, std::span<uint8_t> out) const {
       else if (!p) remote.push_back({a, at, n});
     }));
     TRY(err);
-    if (remote.empty()) return ok();
+    if (remote.empty()) {
+      count(out.size());
+      return ok();
+    }
     if (remote_blocked_) return Error(ECANCELED, "function reset in progress");
     peer = remote_;
   }
   for (const RemoteSeg& r : remote) TRY(peer->read(r.iova, out.subspan(r.at, r.n)));
+  count(out.size());
   return ok();
 }
 
@@ -179,12 +183,14 @@ Result<void> IommuDomain::write(uint64_t iova, std::span<const uint8_t> in) {
     TRY(err);
     if (remote.empty()) {
       if (observer_) observer_(iova, in.size());
+      count(in.size());
       return ok();
     }
     if (remote_blocked_) return Error(ECANCELED, "function reset in progress");
     peer = remote_;
   }
   for (const RemoteSeg& r : remote) TRY(peer->write(r.iova, in.subspan(r.at, r.n)));
+  count(in.size());
   std::shared_lock lk(mu_);
   if (observer_) observer_(iova, in.size());
   return ok();
@@ -221,6 +227,7 @@ Result<void> IommuDomain::copy(uint64_t src, uint64_t dst, uint64_t len, std::ve
         if (dj == d[j].n) ++j, dj = 0;
       }
       if (observer_) observer_(dst, len);
+      count(len);
       return ok();
     }
   }

@@ -21,6 +21,7 @@
 #include <vector>
 
 #include "base/result.h"
+#include "base/stats.h"
 #include "base/unique_fd.h"
 
 namespace uvfio::hw {
@@ -57,6 +58,10 @@ class IommuDomain {
   // DMA on behalf of the device.
   Result<void> read(uint64_t iova, std::span<uint8_t> out) const;
   Result<void> write(uint64_t iova, std::span<const uint8_t> in);
+  // Device DMA done through this domain (reads, writes, copies): for the
+  // attribute tree.
+  uint64_t dma_ops() const { return dma_ops_.get(); }
+  uint64_t dma_bytes() const { return dma_bytes_.get(); }
   // Device-to-device-visible copy of `len` bytes from `src` to `dst` (a
   // DMA engine's memcpy): one copy when both ranges are local memory; through
   // `bounce` (resized as needed) when either is the client's, by messages.
@@ -111,6 +116,11 @@ class IommuDomain {
   Result<void> walk(uint64_t iova, uint64_t len, uint32_t need, Fn&& fn) const;
 
   mutable std::shared_mutex mu_;
+  mutable Counter dma_ops_, dma_bytes_;
+  void count(uint64_t bytes) const {
+    dma_ops_.add();
+    dma_bytes_.add(bytes);
+  }
   std::map<uint64_t, Map> maps_;  // by iova; guarded by mu_
   size_t max_maps_ = 65535;
   WriteObserver observer_;  // guarded by mu_

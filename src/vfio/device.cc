@@ -139,12 +139,16 @@ Result<RegionInfo> Device::get_region_info(uint32_t index) {
 
 Result<size_t> Device::region_read(uint32_t index, uint64_t offset, std::span<uint8_t> out) {
   TRY(check_open());
-  return read(index, offset, out);
+  size_t n = TRY(read(index, offset, out));
+  stats_.region_bytes_read.add(n);
+  return n;
 }
 
 Result<size_t> Device::region_write(uint32_t index, uint64_t offset, std::span<const uint8_t> in) {
   TRY(check_open());
-  return write(index, offset, in);
+  size_t n = TRY(write(index, offset, in));
+  stats_.region_bytes_written.add(n);
+  return n;
 }
 
 Result<MmapArea> Device::region_mmap(uint32_t index) {
@@ -287,6 +291,14 @@ Result<FeatureReply> Device::mig_feature(uint32_t flags, std::span<const uint8_t
       log::warn(name_, "migration arc {} -> {} failed: {}", to_string(mig_state_), to_string(next),
                 to_string(r.error()));
       return r.error();  // the device stays in the last state reached (or ERROR, if the driver said so)
+    }
+    // How long the device stays stopped (out of RUNNING/PRE_COPY): on a
+    // migration source, the downtime it caused.
+    auto running = [](MigState s) { return s == MigState::kRunning || s == MigState::kPreCopy; };
+    if (running(mig_state_) && !running(next)) stopped_at_ = std::chrono::steady_clock::now();
+    if (!running(mig_state_) && next == MigState::kRunning && stopped_at_.time_since_epoch().count()) {
+      auto ns = std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - stopped_at_);
+      stats_.last_stop_ns.v.store(static_cast<uint64_t>(ns.count()), std::memory_order_relaxed);
     }
     mig_state_ = next;
     file = std::move(*r);

@@ -11,6 +11,7 @@
 // others of its kind (dev_mu_: lifecycle, igate_: IRQs, mig_mu_: migration).
 #pragma once
 
+#include <chrono>
 #include <condition_variable>
 #include <cstdint>
 #include <memory>
@@ -21,6 +22,7 @@
 #include <vector>
 
 #include "base/result.h"
+#include "base/stats.h"
 #include "base/unique_fd.h"
 #include "hw/iommu.h"
 #include "vfio/migration.h"
@@ -128,6 +130,15 @@ class Device {
   // The I/O address space the device's DMA uses; the user's DMA maps go here.
   hw::IommuDomain& iommu() { return iommu_; }
 
+  // What the device did, for the attribute tree (vfio-dev/vfioN/stats/).
+  struct Stats {
+    Counter region_bytes_read, region_bytes_written;
+    Counter interrupts;       // eventfd signals for device interrupts
+    Counter migration_bytes;  // device state read or written (the frontend counts)
+    Counter last_stop_ns;     // how long the device was last out of RUNNING/PRE_COPY
+  };
+  Stats& stats() { return stats_; }
+
   // Migration state as last reached (for tests and the frontend's GET).
   MigState mig_state() const;
 
@@ -189,6 +200,8 @@ class Device {
   std::mutex igate_;         // serializes set_irqs (the kernel's igate)
   mutable std::mutex mig_mu_;  // the driver's state mutex
   MigState mig_state_ = MigState::kRunning;  // guarded by mig_mu_
+  std::chrono::steady_clock::time_point stopped_at_{};  // guarded by mig_mu_
+  Stats stats_;
 };
 
 // The feature checks every driver shares (vfio_check_feature()): returns 1

@@ -25,6 +25,7 @@ Result<void> Registry::register_device(Device& dev, driver::Device& parent) {
                                                return fmt::format("{}:{}\n", 511, minor);
                                              },
                                              nullptr});
+      if (auto st = t.mkdir(*r, "stats"); st) add_device_stats(*st, dev);
     }
   }
   for (size_t i = 0; i < ls.size(); ++i) {
@@ -101,6 +102,47 @@ void Registry::subscribe(RegistryListener* l) {
       log::error(d->name(), "vfio device not served: {}", to_string(r.error()));
     }
   }
+}
+
+// The device's counters, one value per file as sysfs statistics are. The
+// files go with the directory before the device does (unregister_device).
+void Registry::add_device_stats(driver::Dir* dir, Device& dev) {
+  driver::Tree& t = core_.tree();
+  Device* d = &dev;
+  auto num = [&](const char* name, auto get) {
+    (void)t.add_file(dir, driver::Attribute{name, 0444, [get]() -> Result<std::string> {
+                                              return fmt::format("{}\n", get());
+                                            },
+                                            nullptr});
+  };
+  num("region_bytes_read", [d] { return d->stats().region_bytes_read.get(); });
+  num("region_bytes_written", [d] { return d->stats().region_bytes_written.get(); });
+  num("dma_ops", [d] { return d->iommu().dma_ops(); });
+  num("dma_bytes", [d] { return d->iommu().dma_bytes(); });
+  num("interrupts", [d] { return d->stats().interrupts.get(); });
+  num("migration_bytes", [d] { return d->stats().migration_bytes.get(); });
+  num("last_stop_ms", [d] {
+    return fmt::format("{:.3f}", static_cast<double>(d->stats().last_stop_ns.get()) / 1e6);
+  });
+  (void)t.add_file(dir, driver::Attribute{"migration_state", 0444, [d]() -> Result<std::string> {
+                                            return std::string(to_string(d->mig_state())) + "\n";
+                                          },
+                                          nullptr});
+}
+
+Result<void> Registry::add_attribute(Device& dev, driver::Attribute a, std::string_view subdir) {
+  std::lock_guard ck(core_.lock());
+  Entry e;
+  {
+    std::lock_guard lk(mu_);
+    auto it = devs_.find(&dev);
+    if (it == devs_.end()) return Error(ENODEV, "not registered");
+    e = it->second;
+  }
+  driver::Dir* d = core_.tree().find_dir(e.parent->dir()->path() + "/vfio-dev/" + fmt::format("vfio{}", e.minor) +
+                                         (subdir.empty() ? "" : "/" + std::string(subdir)));
+  if (!d) return Error(ENOENT, "no such vfio-dev directory");
+  return core_.tree().add_file(d, std::move(a));
 }
 
 Result<void> Registry::add_attribute(Device& dev, driver::Attribute a) {

@@ -51,6 +51,9 @@ class Registry {
   // An attribute in <parent>/vfio-dev/vfio<N>/ (core lock held by the caller
   // or taken here).
   Result<void> add_attribute(Device& dev, driver::Attribute a);
+  // The same in a subdirectory of it ("stats": the frontend's counters
+  // beside the device's own).
+  Result<void> add_attribute(Device& dev, driver::Attribute a, std::string_view subdir);
   // Returns once no call to `l` is in progress: it may be destroyed then.
   void remove_listener(RegistryListener* l);
   std::vector<Device*> devices() const;
@@ -75,6 +78,7 @@ class Registry {
   void end_calls();
   int next_minor_ = 0;
   void remove_dir(const Entry& e);
+  void add_device_stats(driver::Dir* dir, Device& dev);
   std::chrono::milliseconds request_interval_{10000};  // the kernel's 10 s
 };
 

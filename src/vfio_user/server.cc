@@ -8,12 +8,15 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <array>
 #include <cstring>
+#include <functional>
 #include <deque>
 #include <future>
 #include <unordered_map>
 
 #include "base/log.h"
+#include "base/stats.h"
 #include "vfio_user/connection.h"
 #include "vfio_user/message.h"
 #include "vfio_user/session.h"
@@ -86,8 +89,23 @@ struct Server::Client {
   Clock::time_point accepted_at, last_input;
 };
 
+// What the endpoint's clients asked and were told, for the attribute tree
+// (vfio-dev/vfioN/stats/{requests,errors,clients}). Shared with the
+// attributes, which may be read after the endpoint is gone.
+struct EndpointStats {
+  std::array<Counter, kMaxCommand + 1> requests;  // [0]: commands we do not know
+  static constexpr int kMaxErrno = 133;           // EHWPOISON; above it counts here
+  std::array<Counter, kMaxErrno + 2> errors;
+  Counter clients, refused, dropped;
+  void request(uint16_t cmd, int err) {
+    requests[cmd <= kMaxCommand ? cmd : 0].add();
+    if (err) errors[err > 0 && err <= kMaxErrno ? err : kMaxErrno + 1].add();
+  }
+};
+
 struct Server::Endpoint {
   vfio::Device* dev;  // valid while registered, or while open (the registry waits for close)
+  std::shared_ptr<EndpointStats> stats = std::make_shared<EndpointStats>();
   std::string name, path;
   UniqueFd listen;
   uint64_t listen_id = 0;
@@ -332,12 +350,14 @@ void Server::Reactor::on_accept(Endpoint& ep) {
       Header h{0, kVersion, sizeof(Header), kTypeReply | kFlagError, EBUSY};
       (void)!::send(c->accepted.get(), &h, sizeof(h), MSG_DONTWAIT | MSG_NOSIGNAL);
       log::warn(ep.name, "vfio-user: second client refused (device busy)");
+      ep.stats->refused.add();
     }
   }
 }
 
 void Server::Reactor::activate(Endpoint& ep, std::shared_ptr<Client> c) {
   c->id = next_id_++;
+  ep.stats->clients.add();
   c->accepted_at = c->last_input = Clock::now();
   Client* raw = c.get();
   // Output other threads leave queued (device DMA requests) makes the
@@ -495,6 +515,7 @@ bool Server::Reactor::handle(Client& c, Message& m) {
   thread_local Reply reply;  // reused: no allocation per request once warm
   bool no_reply = m.hdr.flags & kFlagNoReply;
   auto r = c.session->handle(m, reply);
+  c.ep->stats->request(m.hdr.command, r ? 0 : r.error().code);
   if (!r) {
     if (!no_reply || (m.hdr.flags & kFlagsTypeMask) != kTypeCommand) {
       if (!c.conn->send_error(m.hdr, r.error().code)) return true;
@@ -511,7 +532,10 @@ void Server::Reactor::drop(const std::shared_ptr<Client>& c, const char* why) {
   if (c->dead) return;
   c->dead = true;
   if (hot_ == c) hot_.reset();
-  if (why) log::warn(c->ep->name, "vfio-user: dropping client: {}", why);
+  if (why) {
+    log::warn(c->ep->name, "vfio-user: dropping client: {}", why);
+    c->ep->stats->dropped.add();
+  }
   epoll_ctl(epfd_.get(), EPOLL_CTL_DEL, c->conn->fd(), nullptr);
   clients_.erase(c->id);
   c->queue.clear();
@@ -646,6 +670,7 @@ Result<void> Server::device_added(vfio::Device& dev, driver::Device&) {
   (void)registry_.add_attribute(dev, driver::Attribute{"vfio_user_socket", 0444,
                                                        [path]() -> Result<std::string> { return path + "\n"; },
                                                        nullptr});
+  add_stats(dev, ep->stats);
   log::info(ep->name, "vfio-user: serving on {}", ep->path);
   Reactor* r;
   {
@@ -656,6 +681,38 @@ Result<void> Server::device_added(vfio::Device& dev, driver::Device&) {
   std::shared_ptr<Endpoint> hold(std::move(ep));
   r->post([r, hold] { r->add(hold); });
   return ok();
+}
+
+// The frontend's counters beside the device's own: every command on a line
+// (count, then name, as uniq -c and /proc files put them) and errors by errno
+// name, only those that happened.
+void Server::add_stats(vfio::Device& dev, std::shared_ptr<EndpointStats> st) {
+  auto add = [&](const char* name, std::function<std::string()> fn) {
+    (void)registry_.add_attribute(
+        dev, driver::Attribute{name, 0444, [fn = std::move(fn)]() -> Result<std::string> { return fn(); }, nullptr},
+        "stats");
+  };
+  add("requests", [st] {
+    std::string out;
+    for (uint16_t c = 1; c <= kMaxCommand; ++c) {
+      if (std::string_view n = command_name(c); n != "UNKNOWN")
+        out += fmt::format("{:>12} {}\n", st->requests[c].get(), n);
+    }
+    return out + fmt::format("{:>12} UNKNOWN\n", st->requests[0].get());
+  });
+  add("errors", [st] {
+    std::string out;
+    for (int e = 1; e <= EndpointStats::kMaxErrno + 1; ++e) {
+      uint64_t n = st->errors[static_cast<size_t>(e)].get();
+      if (!n) continue;
+      const char* name = e <= EndpointStats::kMaxErrno ? strerrorname_np(e) : nullptr;
+      out += fmt::format("{:>12} {}\n", n, name ? name : fmt::format("errno{}", e));
+    }
+    return out;
+  });
+  add("clients", [st] {
+    return fmt::format("{} accepted {} refused {} dropped\n", st->clients.get(), st->refused.get(), st->dropped.get());
+  });
 }
 
 void Server::device_removing(vfio::Device& dev) {

@@ -41,6 +41,8 @@
 
 namespace uvfio::vfio_user {
 
+struct EndpointStats;
+
 enum class DmaLayoutMode;
 
 struct ServerOptions {
@@ -77,6 +79,7 @@ class Server : public vfio::RegistryListener {
   class Reactor;
   struct Endpoint;
   struct Client;
+  void add_stats(vfio::Device& dev, std::shared_ptr<EndpointStats> st);
   Server(vfio::Registry& r, std::string dir, const ServerOptions& opts);
 
   vfio::Registry& registry_;

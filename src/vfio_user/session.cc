@@ -359,6 +359,7 @@ Result<void> Session::mig_data_read(Message& m, Reply& r) {
     return Error(EINVAL, "not in a saving state");
   r.payload.resize(sizeof(d) + d.size);
   size_t n = TRY(mig_->read(std::span<uint8_t>(r.payload.data() + sizeof(d), d.size)));
+  dev_.stats().migration_bytes.add(n);
   MigDataMsg out{static_cast<uint32_t>(sizeof(d) + n), static_cast<uint32_t>(n)};
   std::memcpy(r.payload.data(), &out, sizeof(out));
   r.payload.resize(sizeof(d) + n);
@@ -375,6 +376,7 @@ Result<void> Session::mig_data_write(Message& m, Reply&) {
   while (!data.empty()) {
     size_t n = TRY(mig_->write(data));
     if (n == 0) return Error(EIO, "migration stream refused data");
+    dev_.stats().migration_bytes.add(n);
     data = data.subspan(n);
   }
   return ok();

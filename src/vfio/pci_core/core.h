@@ -153,7 +153,7 @@ class CoreDevice : public Device, public driver::Binding, private hw::IrqSink {
   void virqfd_disable();
   void msi(uint64_t address, uint32_t data) override;
   void intx(bool asserted) override;
-  static void signal(int efd);
+  void signal(int efd);  // counts the interrupt
 
   // ---- rdwr.cc ---------------------------------------------------------------
   Result<size_t> bar_rw(uint32_t bar, uint64_t off, std::span<uint8_t> buf, bool write);

@@ -34,7 +34,7 @@ Result<void> check_eventfd(const UniqueFd& fd) {
 void CoreDevice::signal(int efd) {
   if (efd < 0) return;
   uint64_t one = 1;
-  (void)!::write(efd, &one, sizeof(one));
+  if (::write(efd, &one, sizeof(one)) == sizeof(one)) stats().interrupts.add();
 }
 
 void CoreDevice::signal_err() {

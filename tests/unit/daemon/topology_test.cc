@@ -122,5 +122,29 @@ TEST(TopologyTest, ParseSize) {
   EXPECT_FALSE(parse_size("99999999999999999999G"));
 }
 
+// toml11 parses nesting by recursion; a hostile file of brackets must get an
+// error, not overflow the daemon's stack (found by topology_fuzz).
+TEST(TopologyTest, DeepNestingRefusedBeforeParsing) {
+  std::string doc = "a = " + std::string(100000, '[');
+  auto r = parse_topology(doc, "deep.toml");
+  ASSERT_FALSE(r);
+  EXPECT_NE(r.error().message.find("deep.toml: arrays or inline tables nested more than 64 deep"), std::string::npos)
+      << r.error().message;
+  // Brackets in strings and comments are not nesting.
+  std::string ok = std::string(kHeader) + "# " + std::string(200, '[') + "\n[[device]]\naddress = \"0000:01:00.0\"\n" +
+                   "model = \"endpoint\"\n# \"" + std::string(200, '{') + "\n";
+  auto r2 = parse_topology(ok, "ok.toml");
+  EXPECT_TRUE(r2) << (r2 ? "" : r2.error().message);
+  auto r3 = parse_topology(std::string(kHeader) + "[[device]]\naddress = \"0000:01:00.0\"\nmodel = \"endpoint\"\n" +
+                               "unknown = '''" + std::string(200, '[') + "'''\n",
+                           "str.toml");
+  ASSERT_FALSE(r3);  // refused for the key, not for the brackets in the string
+  EXPECT_NE(r3.error().message.find("unknown: unknown key"), std::string::npos) << r3.error().message;
+  // Nesting just within the limit is the parser's to judge.
+  auto r4 = parse_topology("a = " + std::string(64, '[') + std::string(64, ']'), "edge.toml");
+  ASSERT_FALSE(r4);
+  EXPECT_EQ(r4.error().message.find("nested more than"), std::string::npos) << r4.error().message;
+}
+
 }  // namespace
 }  // namespace uvfio::daemon

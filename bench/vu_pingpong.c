@@ -10,6 +10,8 @@
  *       Interleaves rounds of ITERS round trips against the floor and
  *       against the vfio-user server, per size, and prints one line per
  *       size: medians, p99s, ops/s and the ratio to the floor.
+ *       With -floor-vu, FLOOR_SOCK is a vfio-user server too (an A/B of
+ *       two daemons, e.g. uvfiod --no-stats against uvfiod).
  *
  * One recv and one send per side per round trip; with -spin both use
  * MSG_DONTWAIT and spin instead of sleeping in the kernel.
@@ -218,6 +220,7 @@ int main(int argc, char** argv) {
   uint64_t offset = 0;
   long iters = 20000, rounds = 5, cpu = -1;
   int no_version = 0; /* -floor2: the second socket is another floor variant */
+  int floor_vu = 0;   /* -floor-vu: the first socket is a vfio-user server too (an A/B of two daemons) */
   for (int i = 4; i < argc; ++i) {
     if (!strcmp(argv[i], "-spin")) spin = 1;
     else if (i + 1 < argc && !strcmp(argv[i], "-region")) region = (uint32_t)strtoul(argv[++i], NULL, 0);
@@ -227,6 +230,7 @@ int main(int argc, char** argv) {
     else if (i + 1 < argc && !strcmp(argv[i], "-r")) rounds = strtol(argv[++i], NULL, 0);
     else if (i + 1 < argc && !strcmp(argv[i], "-cpu")) cpu = strtol(argv[++i], NULL, 0);
     else if (!strcmp(argv[i], "-floor2")) no_version = 1;
+    else if (!strcmp(argv[i], "-floor-vu")) floor_vu = 1;
   }
   if (cpu >= 0) {
     cpu_set_t s;
@@ -236,6 +240,7 @@ int main(int argc, char** argv) {
   }
   int ffd = unix_connect(floor_path), vfd = unix_connect(vu_path);
   if (!no_version) version(vfd);
+  if (floor_vu) version(ffd);
   static char reply[32 + (1 << 20)];
   printf("%-8s %12s %12s %12s %12s %12s %8s\n", "size", "floor_med", "vu_med", "floor_p99", "vu_p99", "vu_ops/s",
          "ratio");

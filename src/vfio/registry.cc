@@ -134,7 +134,7 @@ Result<void> Registry::add_attribute(Device& dev, driver::Attribute a, std::stri
   std::lock_guard ck(core_.lock());
   Entry e;
   {
-    std::lock_guard lk(mu_);
+    MutexLock lk(mu_);
     auto it = devs_.find(&dev);
     if (it == devs_.end()) return Error(ENODEV, "not registered");
     e = it->second;
@@ -145,19 +145,6 @@ Result<void> Registry::add_attribute(Device& dev, driver::Attribute a, std::stri
   return core_.tree().add_file(d, std::move(a));
 }
 
-Result<void> Registry::add_attribute(Device& dev, driver::Attribute a) {
-  std::lock_guard ck(core_.lock());
-  Entry e;
-  {
-    MutexLock lk(mu_);
-    auto it = devs_.find(&dev);
-    if (it == devs_.end()) return Error(ENODEV, "not registered");
-    e = it->second;
-  }
-  driver::Dir* d = core_.tree().find_dir(e.parent->dir()->path() + "/vfio-dev/" + fmt::format("vfio{}", e.minor));
-  if (!d) return Error(ENOENT, "no vfio-dev directory");
-  return core_.tree().add_file(d, std::move(a));
-}
 
 void Registry::remove_listener(RegistryListener* l) {
   MutexLock lk(mu_);

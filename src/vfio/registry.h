@@ -48,12 +48,10 @@ class Registry {
   // with respect to registrations. A device it cannot take is logged and
   // left without it (the device is bound already).
   void subscribe(RegistryListener* l);
-  // An attribute in <parent>/vfio-dev/vfio<N>/ (core lock held by the caller
-  // or taken here).
-  Result<void> add_attribute(Device& dev, driver::Attribute a);
-  // The same in a subdirectory of it ("stats": the frontend's counters
-  // beside the device's own).
-  Result<void> add_attribute(Device& dev, driver::Attribute a, std::string_view subdir);
+  // An attribute in <parent>/vfio-dev/vfio<N>/, or in a subdirectory of it
+  // ("stats": the frontend's counters beside the device's own). Takes the
+  // core lock (recursive: the caller may hold it).
+  Result<void> add_attribute(Device& dev, driver::Attribute a, std::string_view subdir = {});
   // Returns once no call to `l` is in progress: it may be destroyed then.
   void remove_listener(RegistryListener* l);
   std::vector<Device*> devices() const;

@@ -331,6 +331,30 @@ TEST_F(SeedDaemon, GarbageOnTheControlSocketIsAnsweredNotFatal) {
   EXPECT_EQ(sh(d.ctl("cat bus/pci/devices/0000:07:00.0/vendor")).out, "0x15b3\n");
 }
 
+// The bash completion (completions/uvfioctl.bash), run by bash as
+// programmable completion runs it: subcommands from the script, addresses and
+// drivers asked of this daemon.
+TEST_F(SeedDaemon, BashCompletionAsksTheDaemon) {
+  std::string bin = UVFIOCTL_PATH;
+  bin = bin.substr(0, bin.rfind('/'));
+  auto complete = [&](const std::string& words, int cword) {
+    std::string script = d.rundir() + "/../complete.sh";
+    std::ofstream(script) << "PATH=" << bin << ":$PATH\n"
+                          << "source " << COMPLETION_PATH << "\n"
+                          << "COMP_WORDS=(" << words << "); COMP_CWORD=" << cword << "\n"
+                          << "_uvfioctl; printf '%s\\n' \"${COMPREPLY[@]}\" | sort\n";
+    return sh("bash " + script).out;
+  };
+  std::string rd = "uvfioctl --rundir " + d.rundir() + " ";
+  EXPECT_EQ(complete(rd + "s", 3), "sriov\nstats\n");
+  EXPECT_EQ(complete(rd + "bind 0000:08", 4), "0000:08:00.0\n");
+  auto drivers = complete(rd + "bind 0000:08:00.0 ''", 5);
+  EXPECT_NE(drivers.find("mlx5_vfio_pci\n"), std::string::npos) << drivers;
+  EXPECT_NE(drivers.find("vfio-pci\n"), std::string::npos) << drivers;
+  EXPECT_EQ(complete(rd + "stats 0000:09", 4), "0000:09:00.0\n");
+  EXPECT_EQ(complete(rd + "cat bus/auxiliary/dev", 4), "bus/auxiliary/devices\n");
+}
+
 TEST(DaemonLifecycle, CleanShutdownOnSigtermAndSigint) {
   for (int sig : {SIGTERM, SIGINT}) {
     Daemon d;

@@ -8,6 +8,7 @@
 #include <netinet/in.h>
 
 #include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
 
 #include "client/client.h"
 #include "e2e/harness.h"
@@ -80,6 +81,17 @@ TEST_F(Migration, BusyVfWith16MiBDeviceMemory) {
   expect_migrated(migrate());
   EXPECT_EQ(state(*a), vfio::MigState::kRunning);  // the source's client left: reset, like a close
   EXPECT_EQ(state(*b), vfio::MigState::kRunning);
+  // The statistics: every byte the source produced reached the destination,
+  // which was out of RUNNING for a measured time.
+  auto sa = sh(a->ctl("stats 0000:08:00.0 --json")), sb = sh(b->ctl("stats 0000:08:00.0 --json"));
+  ASSERT_EQ(sa.status, 0) << sa.err;
+  ASSERT_EQ(sb.status, 0) << sb.err;
+  auto ja = nlohmann::json::parse(sa.out), jb = nlohmann::json::parse(sb.out);
+  EXPECT_GT(ja["migration_bytes"].get<uint64_t>(), 1u << 20) << sa.out;  // the workload's pages at least
+  EXPECT_EQ(ja["migration_bytes"], jb["migration_bytes"]) << sa.out << sb.out;
+  EXPECT_GT(jb["last_stop_ms"].get<double>(), 0.0) << sb.out;
+  EXPECT_GT(jb["requests"].value("MIG_DATA_WRITE", uint64_t{0}), 0u) << sb.out;
+  EXPECT_GT(ja["requests"].value("MIG_DATA_READ", uint64_t{0}), 0u) << sa.out;
   // And back again, onto the device that served as the source.
   auto back = sh(std::string(GUEST_PATH) + " migrate --from " + b->rundir() + kVf + " --to " + a->rundir() + kVf);
   expect_migrated(back);

@@ -328,6 +328,7 @@ TEST_F(QemuSequence, UnbindAsksTheClientToLeave) {
   EXPECT_EQ(sh(d->ctl("readlink bus/pci/devices/0000:00:03.0/driver")).status, 1);
 }
 
+// uvfiod --no-stats: the files are there, and nothing counts.
 }  // namespace
 }  // namespace uvfio::e2e
 
@@ -382,6 +383,7 @@ TEST_F(QemuSequence, DeviceDmaToMapsWithoutAnFdGoesThroughMessages) {
   EXPECT_EQ(rom[0], 0xee);
 }
 
+// uvfiod --no-stats: the files are there, and nothing counts.
 }  // namespace
 }  // namespace uvfio::e2e
 
@@ -452,6 +454,28 @@ TEST_F(QemuSequence, StatsCountWhatTheClientAndDeviceDid) {
   res = sh(d->ctl("stats 0000:00:00.0"));
   EXPECT_NE(res.status, 0);
   EXPECT_NE(res.err.find("not bound to a VFIO driver"), std::string::npos) << res.err;
+}
+
+// uvfiod --no-stats: the files are there, and nothing counts.
+TEST(NoStats, CountersStayZero) {
+  std::string dir = make_tmpdir("nostats");
+  std::ofstream(dir + "/topo.toml") << kTopology;
+  Daemon d({"--config", dir + "/topo.toml", "--no-fuse", "--no-stats"}, "nostats");
+  ASSERT_TRUE(d.wait_ready()) << d.log();
+  {
+    Raw r(d.rundir() + "/vfio-user/0000:00:03.0.sock");
+    r.version();
+    EXPECT_EQ(r.call(kRegionRead, region_access(0, 0, 4)), 0);
+    EXPECT_EQ(r.call(kRegionRead, region_access(20, 0, 4)), EINVAL);
+  }
+  auto res = sh(d.ctl("stats 0000:00:03.0 --json"));
+  ASSERT_EQ(res.status, 0) << res.err;
+  auto j = nlohmann::json::parse(res.out);
+  EXPECT_EQ(j["region_bytes_read"].get<uint64_t>(), 0u) << res.out;
+  EXPECT_TRUE(j["requests"].empty()) << res.out;
+  EXPECT_TRUE(j["errors"].empty()) << res.out;
+  EXPECT_EQ(d.stop(), 0) << d.log();
+  sh("rm -rf " + dir);
 }
 
 }  // namespace

@@ -29,9 +29,8 @@ const char* kTopology = kEndpointAndVfTopology;
 std::vector<uint8_t> qemu_version() {
   std::string js =
       R"({"capabilities": {"pgsizes": 4096, "max_msg_fds": 16, "max_dma_maps": 65535, "max_data_xfer_size": 1048576, "migration": {"max_bitmap_size": 268435456, "pgsize": 4096}, "write_multiple": true}})";
-  std::vector<uint8_t> v{0, 0, 0, 0};
-  v.insert(v.end(), js.begin(), js.end());
-  v.push_back(0);
+  std::vector<uint8_t> v(4 + js.size() + 1, 0);  // major, minor, the JSON and its NUL
+  std::memcpy(v.data() + 4, js.data(), js.size());
   return v;
 }
 
@@ -295,9 +294,8 @@ driver_override = "vfio-pci"
 
 std::vector<uint8_t> version_with(const std::string& caps) {
   std::string js = R"({"capabilities":{"max_msg_fds":16)" + caps + "}}";
-  std::vector<uint8_t> v{0, 0, 0, 0};
-  v.insert(v.end(), js.begin(), js.end());
-  v.push_back(0);
+  std::vector<uint8_t> v(4 + js.size() + 1, 0);  // major, minor, the JSON and its NUL
+  std::memcpy(v.data() + 4, js.data(), js.size());
   return v;
 }
 

@@ -103,8 +103,11 @@ std::vector<uint8_t> b(const T& v) {
 
 inline std::vector<uint8_t> region_access(uint32_t region, uint64_t off, uint32_t count, std::vector<uint8_t> data = {}) {
   RegionAccessMsg a{off, region, count};
-  auto p = b(a);
-  p.insert(p.end(), data.begin(), data.end());
+  // Sized once and filled: GCC 12 at -O3 misreads insert() after a
+  // reallocation as an out-of-bounds memcpy (-Warray-bounds).
+  std::vector<uint8_t> p(sizeof(a) + data.size());
+  std::memcpy(p.data(), &a, sizeof(a));
+  if (!data.empty()) std::memcpy(p.data() + sizeof(a), data.data(), data.size());
   return p;
 }
 

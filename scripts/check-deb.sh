@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# Builds the Debian packages from the committed tree (git archive of HEAD, so
+# nothing from build/ leaks in) with dpkg-buildpackage -b -us -uc, unpacks
+# them with dpkg -x into an empty root and checks the layout: every file the
+# packages promise, nothing internal, the programs run from there, and the C
+# example builds against the unpacked -dev package with pkg-config.
+#
+# Usage: scripts/check-deb.sh [WORKDIR]   (default: a fresh temporary directory)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+src=$PWD
+work=${1:-$(mktemp -d /tmp/uvfio-deb-XXXXXX)}
+mkdir -p "$work"
+rm -rf "$work/uvfio" "$work/root" "$work"/*.deb
+mkdir -p "$work/uvfio" "$work/root"
+git -C "$src" archive HEAD | tar -x -C "$work/uvfio"
+echo "== dpkg-buildpackage -b -us -uc (log: $work/build.log)"
+if ! (cd "$work/uvfio" && dpkg-buildpackage -b -us -uc -j"$(nproc)") >"$work/build.log" 2>&1; then
+  tail -40 "$work/build.log"
+  exit 1
+fi
+fail=0
+for p in uvfio libuvfio-client0 libuvfio-client-dev; do
+  deb=$(ls "$work"/${p}_*_*.deb 2>/dev/null | head -1)
+  if [ -z "$deb" ]; then echo "missing package $p"; fail=1; continue; fi
+  dpkg -x "$deb" "$work/root"
+done
+root=$work/root
+arch=$(dpkg-architecture -qDEB_HOST_MULTIARCH)
+want=(usr/bin/uvfiod usr/bin/uvfioctl usr/bin/uvfio-guest
+      usr/lib/systemd/system/uvfiod.service
+      usr/share/man/man8/uvfiod.8.gz usr/share/man/man8/uvfioctl.8.gz
+      usr/share/man/man1/uvfio-guest.1.gz usr/share/man/man5/uvfio-topology.5.gz
+      usr/share/bash-completion/completions/uvfioctl
+      usr/include/uvfio/client.h
+      "usr/lib/$arch/libuvfio-client.so" "usr/lib/$arch/libuvfio-client.so.0" "usr/lib/$arch/libuvfio-client.a"
+      "usr/lib/$arch/pkgconfig/uvfio-client.pc" "usr/lib/$arch/cmake/uvfio/uvfioConfig.cmake")
+for f in "${want[@]}"; do
+  [ -e "$root/$f" ] || { echo "missing: /$f"; fail=1; }
+done
+# Only the C API header is public.
+extra=$(cd "$root" && find usr/include -type f ! -path usr/include/uvfio/client.h)
+[ -z "$extra" ] || { echo "internal headers installed: $extra"; fail=1; }
+# The shared library exports only uvfio_* (and its version node).
+bad=$(nm -D --defined-only "$root/usr/lib/$arch/libuvfio-client.so.0" | awk '{print $3}' | grep -v '^uvfio_' |
+      grep -v '^UVFIO_CLIENT_' || true)
+[ -z "$bad" ] || { echo "exported beyond uvfio_*: $bad"; fail=1; }
+# The programs run from the unpacked tree.
+LD_LIBRARY_PATH="$root/usr/lib/$arch" "$root/usr/bin/uvfioctl" --help >/dev/null || { echo "uvfioctl --help failed"; fail=1; }
+"$root/usr/bin/uvfiod" --print-seed | grep -q mlx5 || { echo "uvfiod --print-seed failed"; fail=1; }
+# The example against the unpacked -dev package (its .pc is relocatable).
+if ! PKG_CONFIG_PATH="$root/usr/lib/$arch/pkgconfig" cc -std=c11 -Wall -Wextra -Werror -o "$work/vf_dma" \
+       "$src/examples/vf_dma.c" $(PKG_CONFIG_PATH="$root/usr/lib/$arch/pkgconfig" pkg-config --cflags --libs uvfio-client); then
+  echo "examples/vf_dma.c does not build against the package"; fail=1
+fi
+[ $fail -eq 0 ] && echo "debian packages: $(cd "$work" && ls *.deb | tr '\n' ' ')— layout ok"
+exit $fail

@@ -13,7 +13,11 @@ work=${1:-$(mktemp -d /tmp/uvfio-deb-XXXXXX)}
 mkdir -p "$work"
 rm -rf "$work/uvfio" "$work/root" "$work"/*.deb
 mkdir -p "$work/uvfio" "$work/root"
-git -C "$src" archive HEAD | tar -x -C "$work/uvfio"
+if git -C "$src" rev-parse --verify -q HEAD >/dev/null 2>&1; then
+  git -C "$src" archive HEAD | tar -x -C "$work/uvfio"
+else  # not a git checkout: the tree as it is, without builds
+  tar -C "$src" --exclude=./build --exclude=./.git -c . | tar -x -C "$work/uvfio"
+fi
 echo "== dpkg-buildpackage -b -us -uc (log: $work/build.log)"
 if ! (cd "$work/uvfio" && dpkg-buildpackage -b -us -uc -j"$(nproc)") >"$work/build.log" 2>&1; then
   tail -40 "$work/build.log"

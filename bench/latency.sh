@@ -5,8 +5,9 @@
 # the client are pinned: all to CPU 0 ("same vCPU"), or the servers to CPU 1
 # and the client to CPU 0 ("across"). Blocking, then busy-poll on both sides.
 #
-# Last, the cost of the statistics counters: two daemons on CPU 1, one with
-# --no-stats (the baseline) and one as shipped, interleaved by the same client.
+# Last, the cost of the statistics counters: two daemons, one with --no-stats
+# (the baseline) and one as shipped, interleaved by the same client, on the
+# client's CPU and across.
 #
 # Usage: bench/latency.sh [BUILD_DIR] [ITERS] [ROUNDS] [stats]   ("stats": only that A/B)
 set -euo pipefail
@@ -45,21 +46,22 @@ run() {  # $1 = label, $2 = server cpu, $3 = client cpu, $4 = spin flag ("" or -
   kill $d $f; wait $d $f 2>/dev/null || true
   rm -f "$work/floor.sock"
 }
-stats_ab() {
-  taskset -c 1 "$build/uvfiod" --rundir "$work/off" --config "$work/topo.toml" --no-fuse --reactors 1 --no-stats \
+stats_ab() {  # $1 = server cpu (the client is on CPU 0)
+  taskset -c "$1" "$build/uvfiod" --rundir "$work/off" --config "$work/topo.toml" --no-fuse --reactors 1 --no-stats \
     2>"$work/off.log" &
   local a=$!
-  taskset -c 1 "$build/uvfiod" --rundir "$work/run" --config "$work/topo.toml" --no-fuse --reactors 1 \
+  taskset -c "$1" "$build/uvfiod" --rundir "$work/run" --config "$work/topo.toml" --no-fuse --reactors 1 \
     2>"$work/uvfiod.log" &
   local b=$!
   local off="$work/off/vfio-user/0000:00:10.0.sock"
   for _ in $(seq 100); do [ -S "$sock" ] && [ -S "$off" ] && break; sleep 0.05; done
-  echo "== statistics: floor = uvfiod --no-stats, vu = uvfiod (counters on); both on CPU 1, client on CPU 0"
+  echo "== statistics: floor = uvfiod --no-stats, vu = uvfiod (counters on); both on CPU $1, client on CPU 0"
   "$build/bench/vu_pingpong" client "$off" "$sock" -floor-vu -region 0 -offset 0 -sizes 4 -n "$iters" -r "$rounds" \
     -cpu 0
   "$build/bench/vu_pingpong" client "$off" "$sock" -floor-vu -region 2 -offset 0 -sizes 4096 -n "$iters" \
     -r "$rounds" -cpu 0 | tail -n +2
   kill $a $b; wait $a $b 2>/dev/null || true
+  rm -rf "$work/off" "$work/run"
 }
 if [ "${4:-}" != stats ]; then
   label="same vCPU"; run "$label" 0 0 ""
@@ -67,4 +69,5 @@ if [ "${4:-}" != stats ]; then
   # Spinning on one vCPU only measures the scheduler: busy-poll is across.
   label="across vCPUs"; run "$label" 1 0 -spin
 fi
-stats_ab
+stats_ab 0
+stats_ab 1

@@ -34,6 +34,7 @@
 #include "base/result.h"
 #include "base/unique_fd.h"
 #include "client/client.h"
+#include "cli/mig_channel.h"
 #include <linux/pci_regs.h>
 
 #include "hw/mlx5/mlx5_ifc.h"
@@ -300,54 +301,16 @@ struct __attribute__((packed)) Frame {
   uint64_t len;
 };
 
-Result<void> write_all(int fd, const void* p, size_t n) {
-  auto* b = static_cast<const uint8_t*>(p);
-  while (n) {
-    ssize_t k = ::send(fd, b, n, MSG_NOSIGNAL);
-    if (k < 0 && errno == EINTR) continue;
-    if (k <= 0) return Error(errno ? errno : EPIPE, "stream send");
-    b += k;
-    n -= static_cast<size_t>(k);
-  }
-  return ok();
-}
-Result<void> read_all(int fd, void* p, size_t n) {
-  auto* b = static_cast<uint8_t*>(p);
-  while (n) {
-    ssize_t k = ::recv(fd, b, n, 0);
-    if (k < 0 && errno == EINTR) continue;
-    if (k == 0) return Error(EPIPE, "stream ended early");
-    if (k < 0) return Error(errno, "stream recv");
-    b += k;
-    n -= static_cast<size_t>(k);
-  }
-  return ok();
-}
-Result<void> send_frame(int fd, uint32_t kind, uint64_t addr, const void* p, uint64_t len) {
+Result<void> send_frame(mig::Channel& ch, uint32_t kind, uint64_t addr, const void* p, uint64_t len) {
   Frame f{kind, 0, addr, len};
-  TRY(write_all(fd, &f, sizeof(f)));
-  if (len) TRY(write_all(fd, p, len));
+  TRY(ch.write_all(&f, sizeof(f)));
+  if (len) TRY(ch.write_all(p, len));
   return ok();
 }
 
-// A connection to the destination's end of the stream, retried while it
-// is not listening yet.
-Result<UniqueFd> connect_tcp(const sockaddr_in& addr, int tries) {
-  for (int i = 1;; ++i) {
-    UniqueFd s(socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
-    if (s.get() < 0) return Error(errno, "socket");
-    if (connect(s.get(), reinterpret_cast<const sockaddr*>(&addr), sizeof(addr)) == 0) {
-      int one = 1;
-      setsockopt(s.get(), IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-      return s;
-    }
-    if (i >= tries) return Error(errno, "cannot reach the destination");
-    std::this_thread::sleep_for(std::chrono::milliseconds(50));
-  }
-}
-
-// A loopback TCP connection: the two ends of the data path.
-Result<std::pair<UniqueFd, UniqueFd>> tcp_pair() {
+// A loopback TCP connection: the two ends of the data path when both VFs
+// are driven by this process.
+Result<std::pair<std::unique_ptr<mig::Channel>, std::unique_ptr<mig::Channel>>> local_pair() {
   UniqueFd l(socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
   sockaddr_in a{};
   a.sin_family = AF_INET;
@@ -356,10 +319,115 @@ Result<std::pair<UniqueFd, UniqueFd>> tcp_pair() {
   if (l.get() < 0 || bind(l.get(), reinterpret_cast<sockaddr*>(&a), sizeof(a)) != 0 || listen(l.get(), 1) != 0 ||
       getsockname(l.get(), reinterpret_cast<sockaddr*>(&a), &al) != 0)
     return Error(errno, "TCP listen");
-  UniqueFd c = TRY(connect_tcp(a, 1));
+  UniqueFd c(socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  if (c.get() < 0 || connect(c.get(), reinterpret_cast<sockaddr*>(&a), sizeof(a)) != 0)
+    return Error(errno, "TCP connect");
   UniqueFd s(accept4(l.get(), nullptr, nullptr, SOCK_CLOEXEC));
   if (s.get() < 0) return Error(errno, "TCP accept");
-  return std::pair{std::move(c), std::move(s)};
+  int one = 1;
+  setsockopt(c.get(), IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+  setsockopt(s.get(), IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+  return std::pair{mig::plain_channel(std::move(c)), mig::plain_channel(std::move(s))};
+}
+
+// ---- The header: what the source offers, checked before anything loads ----
+
+// Sent first (after authentication); the destination answers a Verdict and
+// enters RESUMING only if it accepts.
+struct __attribute__((packed)) Hello {
+  char magic[8];  // "UVFIOMIG"
+  uint32_t version;
+  uint32_t size;  // sizeof(Hello)
+  uint16_t vendor, device, subsys_vendor, subsys_device;
+  uint64_t dev_size;  // device memory (BAR2)
+  uint64_t ram_size;  // guest RAM
+};
+constexpr char kMagic[8] = {'U', 'V', 'F', 'I', 'O', 'M', 'I', 'G'};
+constexpr uint32_t kStreamVersion = 1;
+struct __attribute__((packed)) Verdict {
+  uint32_t code;  // 0: accepted, else an errno
+  uint32_t len;   // the reason's length, at most kMaxReason
+};
+constexpr uint32_t kMaxReason = 512;
+
+Result<Hello> hello_of(Device& d, uint64_t ram_size) {
+  Hello h{};
+  std::memcpy(h.magic, kMagic, 8);
+  h.version = kStreamVersion;
+  h.size = sizeof(Hello);
+  uint16_t ids[2], sub[2];
+  TRY(d.c->region_read(VFIO_PCI_CONFIG_REGION_INDEX, PCI_VENDOR_ID,
+                       std::span<uint8_t>(reinterpret_cast<uint8_t*>(ids), 4)));
+  TRY(d.c->region_read(VFIO_PCI_CONFIG_REGION_INDEX, PCI_SUBSYSTEM_VENDOR_ID,
+                       std::span<uint8_t>(reinterpret_cast<uint8_t*>(sub), 4)));
+  h.vendor = ids[0];
+  h.device = ids[1];
+  h.subsys_vendor = sub[0];
+  h.subsys_device = sub[1];
+  h.dev_size = d.dev_size;
+  h.ram_size = ram_size;
+  return h;
+}
+
+// Empty when `offer` fits the destination `mine`, else why not.
+std::string mismatch(const Hello& offer, const Hello& mine) {
+  if (std::memcmp(offer.magic, kMagic, 8) != 0)
+    return offer.magic[0] == 0x16 ? "not a uvfio migration stream (a TLS client? this end is plain TCP)"
+                                  : "not a uvfio migration stream";
+  if (offer.version != kStreamVersion || offer.size != sizeof(Hello))
+    return fmt::format("stream version {} (size {}), this end speaks version {}", offer.version, offer.size,
+                       kStreamVersion);
+  if (offer.vendor != mine.vendor || offer.device != mine.device || offer.subsys_vendor != mine.subsys_vendor ||
+      offer.subsys_device != mine.subsys_device)
+    return fmt::format("device {:04x}:{:04x} (subsystem {:04x}:{:04x}), the destination VF is {:04x}:{:04x} "
+                       "(subsystem {:04x}:{:04x})",
+                       offer.vendor, offer.device, offer.subsys_vendor, offer.subsys_device, mine.vendor, mine.device,
+                       mine.subsys_vendor, mine.subsys_device);
+  if (offer.dev_size != mine.dev_size)
+    return fmt::format("different device memory sizes: {} MiB offered, the destination VF has {} MiB",
+                       offer.dev_size >> 20, mine.dev_size >> 20);
+  if (offer.ram_size != mine.ram_size)
+    return fmt::format("different guest RAM sizes: {} MiB offered, the destination has {} MiB (--ram)",
+                       offer.ram_size >> 20, mine.ram_size >> 20);
+  return "";
+}
+
+// Source: offer, and learn whether the destination takes it.
+Result<void> offer(mig::Channel& ch, const Hello& h) {
+  TRY(ch.write_all(&h, sizeof(h)));
+  Verdict v{};
+  if (auto r = ch.read_all(&v, sizeof(v)); !r) {
+    if (r.error().code == EPIPE || r.error().code == ECONNRESET)
+      return Error(ECONNRESET, "the destination closed the connection before accepting (does it use the same "
+                               "--tls-* options, or --insecure on both ends?)");
+    return r.error();
+  }
+  if (v.code == 0) return ok();
+  std::string why(std::min(v.len, kMaxReason), '\0');
+  TRY(ch.read_all(why.data(), why.size()));
+  return mig::error_text(v.code, "the destination refused the migration: " + why);
+}
+
+// Destination: read the offer; one that does not fit is refused here (the
+// peer hears why, if it speaks this protocol).
+Result<void> check_offer(mig::Channel& ch, const Hello& mine) {
+  Hello h{};
+  TRY(ch.read_all(&h, sizeof(h)));
+  std::string why = mismatch(h, mine);
+  if (why.empty()) return ok();
+  if (std::memcmp(h.magic, kMagic, 8) == 0) {
+    Verdict v{static_cast<uint32_t>(EINVAL), static_cast<uint32_t>(std::min<size_t>(why.size(), kMaxReason))};
+    TRY(ch.write_all(&v, sizeof(v)));
+    TRY(ch.write_all(why.data(), v.len));
+    TRY(ch.flush());
+  }
+  return mig::error_text(EINVAL, "refused the migration: " + why);
+}
+
+Result<void> accept_offer(mig::Channel& ch) {
+  Verdict v{0, 0};
+  TRY(ch.write_all(&v, sizeof(v)));
+  return ch.flush();
 }
 
 // The destination: RESUMING, everything from the stream, RUNNING.
@@ -367,22 +435,22 @@ struct DestResult {
   Result<void> r = ok();
   GuestState st;
 };
-void destination(int in, Device& b, Ram& ram, DestResult& out) {
+void destination(mig::Channel& in, Device& b, Ram& ram, DestResult& out) {
   auto body = [&]() -> Result<void> {
     TRY(b.c->set_mig_state(vfio::MigState::kResuming));
     std::vector<uint8_t> buf;
     for (;;) {
       Frame f;
-      TRY(read_all(in, &f, sizeof(f)));
+      TRY(in.read_all(&f, sizeof(f)));
       if (f.kind == kEnd) break;
       if (f.kind == kSync) {
         uint8_t ack = 1;
-        TRY(write_all(in, &ack, 1));
+        TRY(in.write_all(&ack, 1));
         continue;
       }
       if (f.len > (64u << 20)) return Error(EPROTO, "oversized frame");
       buf.resize(f.len);
-      TRY(read_all(in, buf.data(), f.len));
+      TRY(in.read_all(buf.data(), f.len));
       switch (f.kind) {
         case kRamPages:
           if (f.addr > ram.size || f.len > ram.size - f.addr) return Error(EPROTO, "RAM frame outside guest RAM");
@@ -402,14 +470,19 @@ void destination(int in, Device& b, Ram& ram, DestResult& out) {
     step("loaded");
     TRY(b.c->set_mig_state(vfio::MigState::kRunning));
     uint8_t running = 1;  // tells the source the guest runs here now
-    TRY(write_all(in, &running, 1));
+    TRY(in.write_all(&running, 1));
+    TRY(in.flush());
     return ok();
   };
   out.r = body();
 }
 
+// How long either end of a running stream waits for the other.
+constexpr std::chrono::milliseconds kStreamTimeout{60000};
+
 struct Options {
   std::string from, to, socket, to_tcp, listen;
+  mig::TlsOptions tls;
   std::string ram = "8";  // MiB
   unsigned max_rounds = 10;
   double converge = 0.03;
@@ -444,7 +517,7 @@ Result<std::vector<uint64_t>> logging_report(Device& d, uint64_t ram_size) {
   return out;
 }
 
-Result<void> send_pages(int out, const Ram& ram, const std::vector<uint64_t>& pages) {
+Result<void> send_pages(mig::Channel& out, const Ram& ram, const std::vector<uint64_t>& pages) {
   for (uint64_t p : pages) TRY(send_frame(out, kRamPages, p * kPage, ram.p + p * kPage, kPage));
   return ok();
 }
@@ -459,7 +532,7 @@ std::vector<uint64_t> cpu_pages() {
 
 // The source side: everything of the guest goes to `out`; returns once the
 // destination says the guest runs there.
-Result<void> source(const Options& o, Device& a, Ram& ram_a, Workload& wl, int out) {
+Result<void> source(const Options& o, Device& a, Ram& ram_a, Workload& wl, mig::Channel& out) {
   uint64_t ram_size = ram_a.size;
   TRY(logging_start(a, ram_size));
   step("logging");
@@ -503,7 +576,7 @@ Result<void> source(const Options& o, Device& a, Ram& ram_a, Workload& wl, int o
   }
   TRY(send_frame(out, kSync, 0, nullptr, 0));
   uint8_t ack;
-  TRY(read_all(out, &ack, 1));
+  TRY(out.read_all(&ack, 1));
   // Stop: the last device data, the last dirty pages, the CPU state.
   auto stop_at = Clock::now();
   TRY(a.c->set_mig_state(vfio::MigState::kStopCopy));
@@ -523,7 +596,7 @@ Result<void> source(const Options& o, Device& a, Ram& ram_a, Workload& wl, int o
   TRY(send_frame(out, kEnd, 0, nullptr, 0));
   step("sent");
   uint8_t running = 0;
-  if (!read_all(out, &running, 1) || running != 1) return Error(EIO, "the destination did not resume the device");
+  if (!out.read_all(&running, 1) || running != 1) return Error(EIO, "the destination did not resume the device");
   TRY(a.c->set_mig_state(vfio::MigState::kStop));
   double downtime = std::chrono::duration<double, std::milli>(Clock::now() - stop_at).count();
   fmt::print("stop-copy: {} device bytes ({:.2f}% of the initial {}), {} guest pages; downtime {:.1f} ms\n",
@@ -544,19 +617,11 @@ Result<void> carry_on(const Options& o, Device& b, Ram& ram_b, const GuestState&
   return wb.verify(b);
 }
 
-// host:port
-Result<sockaddr_in> parse_hostport(const std::string& s) {
-  auto colon = s.rfind(':');
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  std::string host = colon == std::string::npos ? "0.0.0.0" : s.substr(0, colon);
-  std::string port = colon == std::string::npos ? s : s.substr(colon + 1);
-  char* end = nullptr;
-  unsigned long p = std::strtoul(port.c_str(), &end, 10);
-  if (port.empty() || *end || p > 65535) return Error(EINVAL, "bad port (HOST:PORT)");
-  if (inet_pton(AF_INET, host.c_str(), &a.sin_addr) != 1) return Error(EINVAL, "bad IPv4 address (HOST:PORT)");
-  a.sin_port = htons(static_cast<uint16_t>(p));
-  return a;
+void warn_insecure(const std::string& where) {
+  fmt::print(stderr,
+             "uvfio-guest: warning: the migration stream {} is plain TCP (--insecure): anyone on the path reads the "
+             "guest's memory and device state, and anyone who reaches it can feed the destination a device state\n",
+             where);
 }
 
 Result<void> migrate(const Options& o) {
@@ -566,33 +631,41 @@ Result<void> migrate(const Options& o) {
   Device a;
   TRY(attach(a, o.from, ram_a, true));
   step("connected");
+  Hello mine = TRY(hello_of(a, ram_size));
   // The destination: a `uvfio-guest receive` (maybe on another host), or a
-  // VF this program drives itself.
-  UniqueFd remote;
+  // VF this program drives itself. Either way it accepts the offer before
+  // the source VF leaves RUNNING.
+  std::unique_ptr<mig::Channel> remote;
   std::optional<Ram> ram_b;
   Device b;
   if (!o.to_tcp.empty()) {
-    sockaddr_in addr = TRY(parse_hostport(o.to_tcp));
-    remote = TRY(connect_tcp(addr, 100));
+    if (o.tls.insecure) warn_insecure("to " + o.to_tcp);
+    remote = TRY(mig::connect(o.to_tcp, o.tls));
+    fmt::print("channel to {}: {}\n", o.to_tcp, o.tls.insecure ? "plain TCP (--insecure)" : remote->describe());
+    TRY(offer(*remote, mine));
+    remote->set_timeout(kStreamTimeout);
   } else {
     ram_b.emplace(ram_size);
     if (!ram_b->p) return Error(ENOMEM, "guest RAM");
     TRY(attach(b, o.to, *ram_b, true));
-    if (a.dev_size != b.dev_size)
-      return Error(EINVAL, "source and destination VFs have different device memory sizes");
+    if (auto why = mismatch(mine, TRY(hello_of(b, ram_size))); !why.empty())
+      return mig::error_text(EINVAL, "the destination refused the migration: " + why);
   }
   Workload wl{{}, ram_a.p, a.dev_size};
   TRY(run_for(wl, a, std::chrono::milliseconds(o.run_ms)));
   TRY(check_irq(wl, a));
   fmt::print("source: {} descriptors done, {} interrupts; migrating ({} MiB device memory, {} MiB RAM) to {}\n",
              wl.st.completed, wl.st.irqs, a.dev_size >> 20, ram_size >> 20, remote ? o.to_tcp : o.to);
-  if (remote) return source(o, a, ram_a, wl, remote.get());
-
-  auto [out, in] = TRY(tcp_pair());
+  if (remote) {
+    auto r = source(o, a, ram_a, wl, *remote);
+    remote->shutdown();
+    return r;
+  }
+  auto [out, in] = TRY(local_pair());
   DestResult dres;
-  std::thread dest([&, in = in.get()] { destination(in, b, *ram_b, dres); });
-  auto result = source(o, a, ram_a, wl, out.get());
-  shutdown(out.get(), SHUT_RDWR);  // a failed source: the destination sees the stream end
+  std::thread dest([&, in = in.get()] { destination(*in, b, *ram_b, dres); });
+  auto result = source(o, a, ram_a, wl, *out);
+  out->shutdown();  // a failed source: the destination sees the stream end
   dest.join();
   TRY(std::move(result));
   TRY(std::move(dres.r));
@@ -600,25 +673,31 @@ Result<void> migrate(const Options& o) {
 }
 
 // The destination side as its own program: takes one migration from a
-// `migrate --to-tcp` and runs the guest on.
+// `migrate --to-tcp` and runs the guest on. A connection that fails
+// authentication or offers what this VF cannot take is refused and
+// reported, before anything is loaded; listening goes on.
 Result<void> receive(const Options& o) {
   uint64_t ram_size = std::stoull(o.ram) << 20;
   Ram ram(ram_size);
   if (!ram.p) return Error(ENOMEM, "guest RAM");
-  sockaddr_in addr = TRY(parse_hostport(o.listen));
-  UniqueFd l(socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
-  int one = 1;
-  setsockopt(l.get(), SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
-  if (bind(l.get(), reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0 || listen(l.get(), 1) != 0)
-    return Error(errno, "cannot listen");
+  if (o.tls.insecure) warn_insecure("on " + o.listen);
+  auto l = TRY(mig::Listener::listen(o.listen, o.tls));
   Device b;
   TRY(attach(b, o.socket, ram, true));
-  fmt::print("listening on {}\n", o.listen);
+  Hello mine = TRY(hello_of(b, ram_size));
+  fmt::print("listening on {} ({})\n", o.listen, o.tls.insecure ? "plain TCP, --insecure"
+                                                  : !o.tls.x509_dir.empty() ? "TLS 1.3, X.509" : "TLS 1.3, PSK");
   std::fflush(stdout);
-  UniqueFd in(accept4(l.get(), nullptr, nullptr, SOCK_CLOEXEC));
-  if (in.get() < 0) return Error(errno, "accept");
+  auto in = TRY(l->next([&](mig::Channel& ch) { return check_offer(ch, mine); },
+                        [](const std::string& why) {
+                          fmt::print("{}\n", why);
+                          std::fflush(stdout);
+                        }));
+  TRY(accept_offer(*in));
+  fmt::print("channel: {}\n", in->describe());
+  in->set_timeout(kStreamTimeout);
   DestResult dres;
-  destination(in.get(), b, ram, dres);
+  destination(*in, b, ram, dres);
   TRY(std::move(dres.r));
   return carry_on(o, b, ram, dres.st);
 }
@@ -652,7 +731,7 @@ int main(int argc, char** argv) {
   auto* m = app.add_subcommand("migrate", "Run the workload and migrate the VF to another daemon while it runs");
   m->add_option("--from", o.from, "Source VF's vfio-user socket")->required();
   auto* to = m->add_option("--to", o.to, "Destination VF's vfio-user socket (both sides in this process)");
-  auto* to_tcp = m->add_option("--to-tcp", o.to_tcp, "A `uvfio-guest receive` at HOST:PORT (IPv4)");
+  auto* to_tcp = m->add_option("--to-tcp", o.to_tcp, "A `uvfio-guest receive` at HOST:PORT ([IPV6]:PORT, a host name)");
   to->excludes(to_tcp);
   m->add_option("--max-rounds", o.max_rounds, "Most pre-copy rounds")->capture_default_str()->check(CLI::Range(1, 1000));
   m->add_option("--converge", o.converge, "Stop pre-copy when a round is below this fraction of the first")
@@ -664,12 +743,41 @@ int main(int argc, char** argv) {
       ->check(CLI::IsMember({"connected", "logging", "precopy", "round", "stopcopy", "sent", "loaded", "running"}));
   auto* rc = app.add_subcommand("receive", "Be the destination of a `migrate --to-tcp`, then run the guest on");
   rc->add_option("--socket", o.socket, "The destination VF's vfio-user socket")->required();
-  rc->add_option("--listen", o.listen, "[HOST:]PORT to listen on (IPv4)")->required();
+  rc->add_option("--listen", o.listen, "[HOST:]PORT to listen on ([IPV6]:PORT; PORT alone: every address)")->required();
   rc->add_option("--ms", o.run_ms, "Workload time after the migration")->capture_default_str();
   for (auto* s : {r, m, rc})
     s->add_option("--ram", o.ram, "Guest RAM in MiB")->capture_default_str()->check(CLI::Range(2, 4096));
+  unsigned timeout_ms = 10000;
+  for (auto* s : {m, rc}) {
+    auto* x = s->add_option("--tls-x509-dir", o.tls.x509_dir,
+                            "TLS 1.3 with X.509: DIR has ca-cert.pem and client-cert.pem/client-key.pem (migrate) or "
+                            "server-cert.pem/server-key.pem (receive), as QEMU's tls-creds-x509");
+    auto* p = s->add_option("--tls-psk-file", o.tls.psk_file,
+                            "TLS 1.3 with a pre-shared key: FILE has lines IDENTITY:HEXKEY, as QEMU's tls-creds-psk");
+    x->excludes(p);
+    auto* i = s->add_flag("--insecure", o.tls.insecure,
+                          "Plain TCP: no authentication, no encryption (anyone on the path reads the guest)");
+    i->excludes(x)->excludes(p);
+    s->add_option("--timeout-ms", timeout_ms, "Connecting, the TLS handshake and the header each within this")
+        ->capture_default_str()
+        ->check(CLI::Range(100u, 600000u));
+  }
+  m->add_option("--tls-psk-user", o.tls.psk_user, "The PSK identity to use")->capture_default_str();
+  m->add_option("--tls-hostname", o.tls.hostname,
+                "The name the destination's certificate must carry (default: the host of --to-tcp)");
   CLI11_PARSE(app, argc, argv);
   crash_at = crash;
+  o.tls.timeout = std::chrono::milliseconds(timeout_ms);
+  bool over_tcp = (app.got_subcommand(m) && !o.to_tcp.empty()) || app.got_subcommand(rc);
+  if (over_tcp && !o.tls.tls() && !o.tls.insecure) {
+    fmt::print(stderr, "uvfio-guest: the migration stream over TCP needs credentials: --tls-x509-dir DIR or "
+                       "--tls-psk-file FILE (or --insecure for plain TCP)\n");
+    return 2;
+  }
+  if (!over_tcp && (o.tls.tls() || o.tls.insecure)) {
+    fmt::print(stderr, "uvfio-guest: --tls-*/--insecure apply to --to-tcp and receive only\n");
+    return 2;
+  }
   if (app.got_subcommand(m) && o.to.empty() && o.to_tcp.empty()) {
     fmt::print(stderr, "uvfio-guest: migrate needs --to SOCKET or --to-tcp HOST:PORT\n");
     return 2;

@@ -1,0 +1,517 @@
+#include "cli/mig_channel.h"
+
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <gnutls/gnutls.h>
+#include <gnutls/x509.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <fmt/core.h>
+
+#include <cerrno>
+#include <cstring>
+#include <deque>
+#include <map>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+namespace uvfio::mig {
+
+Error error_text(int code, std::string text) {
+  static std::mutex mu;
+  static std::deque<std::string> texts;
+  std::lock_guard lk(mu);
+  texts.push_back(std::move(text));
+  return Error(code, texts.back().c_str());
+}
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+void set_io_timeout(int fd, std::chrono::milliseconds t) {
+  timeval tv{};
+  tv.tv_sec = static_cast<time_t>(t.count() / 1000);
+  tv.tv_usec = static_cast<suseconds_t>(t.count() % 1000 * 1000);
+  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+  setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
+}
+
+std::string peer_name(int fd) {
+  sockaddr_storage a{};
+  socklen_t l = sizeof(a);
+  if (getpeername(fd, reinterpret_cast<sockaddr*>(&a), &l) != 0) return "?";
+  char host[NI_MAXHOST], serv[NI_MAXSERV];
+  if (getnameinfo(reinterpret_cast<sockaddr*>(&a), l, host, sizeof(host), serv, sizeof(serv),
+                  NI_NUMERICHOST | NI_NUMERICSERV) != 0)
+    return "?";
+  return a.ss_family == AF_INET6 ? fmt::format("[{}]:{}", host, serv) : fmt::format("{}:{}", host, serv);
+}
+
+// Writes are gathered here and sent in large pieces: a frame header and its
+// page become one TCP send (or one TLS record) instead of two.
+class Buffered : public Channel {
+ public:
+  Result<void> write_all(const void* p, size_t n) override {
+    auto* b = static_cast<const uint8_t*>(p);
+    if (out_.size() + n > kBuf) TRY(flush());
+    if (n >= kBuf) return send_raw(b, n);
+    out_.insert(out_.end(), b, b + n);
+    return ok();
+  }
+  Result<void> read_all(void* p, size_t n) override {
+    TRY(flush());
+    auto* b = static_cast<uint8_t*>(p);
+    while (n) {
+      size_t k = TRY(recv_some(b, n));
+      b += k;
+      n -= k;
+    }
+    return ok();
+  }
+  Result<void> flush() override {
+    if (out_.empty()) return ok();
+    auto r = send_raw(out_.data(), out_.size());
+    out_.clear();
+    return r;
+  }
+
+ protected:
+  static constexpr size_t kBuf = 256 << 10;
+  virtual Result<void> send_raw(const uint8_t* p, size_t n) = 0;
+  virtual Result<size_t> recv_some(uint8_t* p, size_t n) = 0;
+  std::vector<uint8_t> out_;
+};
+
+class Plain : public Buffered {
+ public:
+  explicit Plain(UniqueFd fd) : fd_(std::move(fd)) { out_.reserve(kBuf); }
+  void shutdown() override {
+    (void)flush();
+    ::shutdown(fd_.get(), SHUT_RDWR);
+  }
+  void set_timeout(std::chrono::milliseconds t) override { set_io_timeout(fd_.get(), t); }
+  std::string describe() const override { return "plain TCP"; }
+
+ private:
+  Result<void> send_raw(const uint8_t* b, size_t n) override {
+    while (n) {
+      ssize_t k = ::send(fd_.get(), b, n, MSG_NOSIGNAL);
+      if (k < 0 && errno == EINTR) continue;
+      if (k < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return Error(ETIMEDOUT, "stream send: peer stalled");
+      if (k <= 0) return Error(errno ? errno : EPIPE, "stream send");
+      b += k;
+      n -= static_cast<size_t>(k);
+    }
+    return ok();
+  }
+  Result<size_t> recv_some(uint8_t* b, size_t n) override {
+    for (;;) {
+      ssize_t k = ::recv(fd_.get(), b, n, 0);
+      if (k < 0 && errno == EINTR) continue;
+      if (k < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return Error(ETIMEDOUT, "stream recv: peer silent");
+      if (k == 0) return Error(EPIPE, "stream ended early");
+      if (k < 0) return Error(errno, "stream recv");
+      return static_cast<size_t>(k);
+    }
+  }
+  UniqueFd fd_;
+};
+
+// ---- TLS (GnuTLS) ----------------------------------------------------------
+
+Error tls_error(const char* what, int rc) {
+  int code = rc == GNUTLS_E_AGAIN ? ETIMEDOUT : rc == GNUTLS_E_PREMATURE_TERMINATION ? EPIPE : EPROTO;
+  return error_text(code, fmt::format("{}: {}", what, gnutls_strerror(rc)));
+}
+
+// TLS 1.3 only. PSK: the key exchanges with (EC)DHE, so a leaked key does not
+// open recorded streams.
+// AES-GCM first: the CPU does it (AES-NI), the bulk of a migration is data.
+constexpr const char* kPrioX509 =
+    "NORMAL:-VERS-ALL:+VERS-TLS1.3:-CIPHER-ALL:+AES-256-GCM:+AES-128-GCM:+CHACHA20-POLY1305";
+constexpr const char* kPrioPsk =
+    "NORMAL:-VERS-ALL:+VERS-TLS1.3:-CIPHER-ALL:+AES-256-GCM:+AES-128-GCM:+CHACHA20-POLY1305:-KX-ALL:+ECDHE-PSK:"
+    "+DHE-PSK";
+
+bool numeric_host(const std::string& h) {
+  in6_addr a6;
+  in_addr a4;
+  return inet_pton(AF_INET, h.c_str(), &a4) == 1 || inet_pton(AF_INET6, h.c_str(), &a6) == 1;
+}
+
+bool readable_file(const std::string& p) { return access(p.c_str(), R_OK) == 0; }
+
+}  // namespace
+
+struct Creds {
+  gnutls_certificate_credentials_t x509 = nullptr;
+  gnutls_psk_server_credentials_t psk_server = nullptr;
+  gnutls_psk_client_credentials_t psk_client = nullptr;
+  ~Creds() {
+    if (x509) gnutls_certificate_free_credentials(x509);
+    if (psk_server) gnutls_psk_free_server_credentials(psk_server);
+    if (psk_client) gnutls_psk_free_client_credentials(psk_client);
+  }
+};
+
+namespace {
+
+Result<std::unique_ptr<Creds>> load_creds(const TlsOptions& o, bool server) {
+  auto c = std::make_unique<Creds>();
+  if (!o.x509_dir.empty()) {
+    std::string ca = o.x509_dir + "/ca-cert.pem";
+    std::string cert = o.x509_dir + (server ? "/server-cert.pem" : "/client-cert.pem");
+    std::string key = o.x509_dir + (server ? "/server-key.pem" : "/client-key.pem");
+    for (auto* f : {&ca, &cert, &key})
+      if (!readable_file(*f)) return error_text(ENOENT, fmt::format("cannot read {}", *f));
+    if (int rc = gnutls_certificate_allocate_credentials(&c->x509); rc < 0) return tls_error("credentials", rc);
+    int n = gnutls_certificate_set_x509_trust_file(c->x509, ca.c_str(), GNUTLS_X509_FMT_PEM);
+    if (n <= 0) return error_text(EINVAL, fmt::format("{}: no CA certificate in it", ca));
+    if (int rc = gnutls_certificate_set_x509_key_file(c->x509, cert.c_str(), key.c_str(), GNUTLS_X509_FMT_PEM); rc < 0)
+      return tls_error(fmt::format("{} / {}", cert, key).c_str(), rc);
+  } else {
+    if (!readable_file(o.psk_file)) return error_text(ENOENT, fmt::format("cannot read {}", o.psk_file));
+    if (server) {
+      if (int rc = gnutls_psk_allocate_server_credentials(&c->psk_server); rc < 0) return tls_error("credentials", rc);
+      if (int rc = gnutls_psk_set_server_credentials_file(c->psk_server, o.psk_file.c_str()); rc < 0)
+        return tls_error(o.psk_file.c_str(), rc);
+    } else {
+      // The identity's key from the same file format the server reads.
+      std::string key;
+      FILE* f = std::fopen(o.psk_file.c_str(), "r");
+      if (!f) return error_text(errno, fmt::format("cannot read {}", o.psk_file));
+      char line[1024];
+      while (std::fgets(line, sizeof(line), f)) {
+        std::string_view l(line);
+        while (!l.empty() && (l.back() == '\n' || l.back() == '\r')) l.remove_suffix(1);
+        auto colon = l.find(':');
+        if (colon != std::string_view::npos && l.substr(0, colon) == o.psk_user) key = std::string(l.substr(colon + 1));
+      }
+      std::fclose(f);
+      if (key.empty()) return error_text(ENOENT, fmt::format("{}: no key for identity '{}'", o.psk_file, o.psk_user));
+      if (int rc = gnutls_psk_allocate_client_credentials(&c->psk_client); rc < 0) return tls_error("credentials", rc);
+      gnutls_datum_t k{reinterpret_cast<unsigned char*>(key.data()), static_cast<unsigned>(key.size())};
+      if (int rc = gnutls_psk_set_client_credentials(c->psk_client, o.psk_user.c_str(), &k, GNUTLS_PSK_KEY_HEX); rc < 0)
+        return tls_error(fmt::format("{}: the key of '{}'", o.psk_file, o.psk_user).c_str(), rc);
+    }
+  }
+  return c;
+}
+
+class Tls : public Buffered {
+ public:
+  Tls(UniqueFd fd, std::shared_ptr<Creds> creds) : fd_(std::move(fd)), creds_(std::move(creds)) {
+    out_.reserve(kBuf);
+  }
+  ~Tls() override {
+    if (s_) gnutls_deinit(s_);
+  }
+  // Handshake (bounded by the socket timeout already set) and verification.
+  Result<void> handshake(bool server, const TlsOptions& o) {
+    if (int rc = gnutls_init(&s_, server ? GNUTLS_SERVER : GNUTLS_CLIENT); rc < 0) return tls_error("TLS", rc);
+    bool x509 = creds_->x509 != nullptr;
+    const char* err_pos = nullptr;
+    if (int rc = gnutls_priority_set_direct(s_, x509 ? kPrioX509 : kPrioPsk, &err_pos); rc < 0)
+      return tls_error("TLS priorities", rc);
+    if (x509) {
+      gnutls_credentials_set(s_, GNUTLS_CRD_CERTIFICATE, creds_->x509);
+      if (server) {
+        // Both ends authenticated: the source shows a certificate of our CA.
+        gnutls_certificate_server_set_request(s_, GNUTLS_CERT_REQUIRE);
+        gnutls_session_set_verify_cert(s_, nullptr, 0);
+      } else {
+        if (!numeric_host(o.hostname))  // SNI carries names only
+          gnutls_server_name_set(s_, GNUTLS_NAME_DNS, o.hostname.data(), o.hostname.size());
+        gnutls_session_set_verify_cert(s_, o.hostname.c_str(), 0);
+      }
+    } else if (server) {
+      gnutls_credentials_set(s_, GNUTLS_CRD_PSK, creds_->psk_server);
+    } else {
+      gnutls_credentials_set(s_, GNUTLS_CRD_PSK, creds_->psk_client);
+    }
+    gnutls_transport_set_int(s_, fd_.get());
+    int rc;
+    do rc = gnutls_handshake(s_);
+    while (rc < 0 && !gnutls_error_is_fatal(rc) && rc != GNUTLS_E_AGAIN);
+    if (rc < 0) {
+      // Tell the peer why (a bad certificate, a decrypt error) before closing.
+      if (rc != GNUTLS_E_AGAIN && rc != GNUTLS_E_PULL_ERROR && rc != GNUTLS_E_PUSH_ERROR &&
+          rc != GNUTLS_E_PREMATURE_TERMINATION && rc != GNUTLS_E_FATAL_ALERT_RECEIVED)
+        gnutls_alert_send_appropriate(s_, rc);
+      if (rc == GNUTLS_E_PULL_ERROR || rc == GNUTLS_E_PREMATURE_TERMINATION)
+        return error_text(EACCES, "the peer closed the connection during the TLS handshake");
+      if (rc == GNUTLS_E_CERTIFICATE_VERIFICATION_ERROR) {
+        unsigned status = gnutls_session_get_verify_cert_status(s_);
+        gnutls_datum_t txt{};
+        gnutls_certificate_verification_status_print(status, GNUTLS_CRT_X509, &txt, 0);
+        std::string why = txt.data ? std::string(reinterpret_cast<char*>(txt.data), txt.size) : "not trusted";
+        gnutls_free(txt.data);
+        return error_text(EACCES, fmt::format("the peer's certificate is refused: {}", why));
+      }
+      if (rc == GNUTLS_E_WARNING_ALERT_RECEIVED || rc == GNUTLS_E_FATAL_ALERT_RECEIVED) {
+        return error_text(EACCES, fmt::format("TLS handshake refused by the peer: {}{}",
+                                              gnutls_alert_get_name(gnutls_alert_get(s_)),
+                                              x509 ? "" : " (a different pre-shared key or identity?)"));
+      }
+      if (rc == GNUTLS_E_AGAIN) return error_text(ETIMEDOUT, "TLS handshake: no answer within the timeout");
+      return error_text(EACCES, fmt::format("TLS handshake failed: {}{}", gnutls_strerror(rc),
+                                            x509 ? "" : " (a different pre-shared key or identity?)"));
+    }
+    if (gnutls_protocol_get_version(s_) != GNUTLS_TLS1_3) return error_text(EPROTO, "the peer did not negotiate TLS 1.3");
+    const char* group = gnutls_group_get_name(gnutls_group_get(s_));
+    desc_ = fmt::format("TLS 1.3, {}, {}, {}", gnutls_cipher_get_name(gnutls_cipher_get(s_)), group ? group : "no DH",
+                        x509 ? "X.509, both ends verified" : "pre-shared key");
+    return ok();
+  }
+  void shutdown() override {
+    (void)flush();
+    if (s_) gnutls_bye(s_, GNUTLS_SHUT_WR);
+    ::shutdown(fd_.get(), SHUT_RDWR);
+  }
+  void set_timeout(std::chrono::milliseconds t) override { set_io_timeout(fd_.get(), t); }
+  std::string describe() const override { return desc_; }
+
+ private:
+  Result<void> send_raw(const uint8_t* b, size_t n) override {
+    while (n) {
+      ssize_t k = gnutls_record_send(s_, b, n);
+      if (k == GNUTLS_E_INTERRUPTED) continue;
+      if (k < 0) return tls_error("stream send", static_cast<int>(k));
+      b += k;
+      n -= static_cast<size_t>(k);
+    }
+    return ok();
+  }
+  Result<size_t> recv_some(uint8_t* b, size_t n) override {
+    for (;;) {
+      ssize_t k = gnutls_record_recv(s_, b, n);
+      if (k == GNUTLS_E_INTERRUPTED) continue;
+      if (k == 0) return Error(EPIPE, "stream ended early");
+      if (k < 0) return tls_error("stream recv", static_cast<int>(k));
+      return static_cast<size_t>(k);
+    }
+  }
+  UniqueFd fd_;
+  std::shared_ptr<Creds> creds_;
+  gnutls_session_t s_ = nullptr;
+  std::string desc_;
+};
+
+struct AddrInfo {
+  addrinfo* p = nullptr;
+  ~AddrInfo() {
+    if (p) freeaddrinfo(p);
+  }
+};
+
+Result<void> resolve(const HostPort& hp, bool passive, AddrInfo& out) {
+  addrinfo hints{};
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_socktype = SOCK_STREAM;
+  hints.ai_flags = passive ? AI_PASSIVE : AI_ADDRCONFIG;
+  int rc = getaddrinfo(hp.host.empty() ? nullptr : hp.host.c_str(), hp.port.c_str(), &hints, &out.p);
+  if (rc != 0)
+    return error_text(rc == EAI_SYSTEM ? errno : EHOSTUNREACH,
+                      fmt::format("cannot resolve '{}': {}", hp.host, gai_strerror(rc)));
+  return ok();
+}
+
+// One attempt at one address, bounded by the deadline.
+Result<UniqueFd> connect_one(const addrinfo* ai, Clock::time_point deadline) {
+  UniqueFd s(socket(ai->ai_family, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0));
+  if (s.get() < 0) return Error(errno, "socket");
+  if (::connect(s.get(), ai->ai_addr, ai->ai_addrlen) != 0) {
+    if (errno != EINPROGRESS) return Error(errno, "connect");
+    auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now()).count();
+    pollfd p{s.get(), POLLOUT, 0};
+    int n = poll(&p, 1, static_cast<int>(std::max<long>(left, 0)));
+    if (n == 0) return Error(ETIMEDOUT, "connect");
+    int err = 0;
+    socklen_t l = sizeof(err);
+    getsockopt(s.get(), SOL_SOCKET, SO_ERROR, &err, &l);
+    if (n < 0 || err) return Error(n < 0 ? errno : err, "connect");
+  }
+  int fl = fcntl(s.get(), F_GETFL);
+  fcntl(s.get(), F_SETFL, fl & ~O_NONBLOCK);
+  int one = 1;
+  setsockopt(s.get(), IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+  return s;
+}
+
+}  // namespace
+
+std::unique_ptr<Channel> plain_channel(UniqueFd fd) { return std::make_unique<Plain>(std::move(fd)); }
+
+Result<HostPort> parse_hostport(std::string_view s) {
+  HostPort hp;
+  std::string_view port;
+  if (!s.empty() && s.front() == '[') {
+    auto close = s.find(']');
+    if (close == std::string_view::npos || close + 1 >= s.size() || s[close + 1] != ':')
+      return Error(EINVAL, "bad address: [IPV6]:PORT");
+    hp.host = std::string(s.substr(1, close - 1));
+    port = s.substr(close + 2);
+  } else if (auto colon = s.rfind(':'); colon != std::string_view::npos) {
+    if (s.find(':') != colon) return Error(EINVAL, "bad address: an IPv6 address goes in brackets, [IPV6]:PORT");
+    hp.host = std::string(s.substr(0, colon));
+    port = s.substr(colon + 1);
+  } else {
+    port = s;
+  }
+  if (port.empty() || port.size() > 5 || port.find_first_not_of("0123456789") != std::string_view::npos ||
+      std::stoul(std::string(port)) > 65535)
+    return Error(EINVAL, "bad port (HOST:PORT)");
+  hp.port = std::string(port);
+  return hp;
+}
+
+Result<std::unique_ptr<Channel>> connect(const std::string& hostport, const TlsOptions& o) {
+  HostPort hp = TRY(parse_hostport(hostport));
+  if (hp.host.empty()) return Error(EINVAL, "bad address: HOST:PORT (the destination's host is missing)");
+  TlsOptions opt = o;
+  if (opt.hostname.empty()) opt.hostname = hp.host;
+  std::shared_ptr<Creds> creds;
+  if (opt.tls()) creds = TRY(load_creds(opt, false));
+  AddrInfo ai;
+  TRY(resolve(hp, false, ai));
+  auto deadline = Clock::now() + opt.timeout;
+  Error last(ETIMEDOUT);
+  UniqueFd fd;
+  // A refused connection is tried again until the deadline (the receiver
+  // may not listen yet); anything else at once fails that address.
+  while (fd.get() < 0) {
+    bool refused = false;
+    for (auto* a = ai.p; a && fd.get() < 0; a = a->ai_next) {
+      auto s = connect_one(a, deadline);
+      if (s) fd = std::move(*s);
+      else {
+        last = s.error();
+        refused |= last.code == ECONNREFUSED;
+      }
+    }
+    if (fd.get() >= 0) break;
+    if (!refused || Clock::now() + std::chrono::milliseconds(50) >= deadline)
+      return error_text(last.code, fmt::format("cannot reach the destination {}{}", hostport,
+                                               last.code == ECONNREFUSED || last.code == ETIMEDOUT
+                                                   ? fmt::format(" (tried for {} ms)", opt.timeout.count())
+                                                   : ""));
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  set_io_timeout(fd.get(), opt.timeout);
+  if (!opt.tls()) return plain_channel(std::move(fd));
+  auto t = std::make_unique<Tls>(std::move(fd), creds);
+  if (auto r = t->handshake(false, opt); !r)
+    return error_text(r.error().code, fmt::format("{}: {}", hostport, r.error().context));
+  return std::unique_ptr<Channel>(std::move(t));
+}
+
+Listener::~Listener() = default;
+
+Result<std::unique_ptr<Listener>> Listener::listen(const std::string& hostport, const TlsOptions& o) {
+  HostPort hp = TRY(parse_hostport(hostport));
+  std::unique_ptr<Listener> l(new Listener());
+  l->o_ = o;
+  if (o.tls()) l->creds_ = TRY(load_creds(o, true));
+  AddrInfo ai;
+  TRY(resolve(hp, true, ai));
+  // Every address: one IPv6 socket takes IPv4 too, where the host has IPv6.
+  std::vector<const addrinfo*> order;
+  for (auto* a = ai.p; a; a = a->ai_next)
+    if (a->ai_family == AF_INET6) order.push_back(a);
+  for (auto* a = ai.p; a; a = a->ai_next)
+    if (a->ai_family != AF_INET6) order.push_back(a);
+  Error last(EADDRNOTAVAIL);
+  for (auto* a : order) {
+    UniqueFd s(socket(a->ai_family, SOCK_STREAM | SOCK_CLOEXEC, 0));
+    if (s.get() < 0) {
+      last = Error(errno);
+      continue;
+    }
+    int one = 1, zero = 0;
+    setsockopt(s.get(), SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+    if (a->ai_family == AF_INET6 && hp.host.empty()) setsockopt(s.get(), IPPROTO_IPV6, IPV6_V6ONLY, &zero, sizeof(zero));
+    if (bind(s.get(), a->ai_addr, a->ai_addrlen) != 0 || ::listen(s.get(), 4) != 0) {
+      last = Error(errno);
+      continue;
+    }
+    l->fd_ = std::move(s);
+    l->address_ = hostport;
+    return l;
+  }
+  return error_text(last.code, fmt::format("cannot listen on {}: {}", hostport, errno_name(last.code)));
+}
+
+Result<std::unique_ptr<Channel>> Listener::next(const Admit& admit, const Report& report) {
+  std::mutex mu;
+  std::unique_ptr<Channel> winner;
+  std::map<int, int> pending;  // connection number -> its socket, while it is being handled
+  std::vector<std::thread> workers;
+  auto work = [&](UniqueFd c, int id, std::string peer) {
+    std::unique_ptr<Channel> ch;
+    Result<void> r = ok();
+    if (o_.tls()) {
+      auto t = std::make_unique<Tls>(std::move(c), creds_);
+      r = t->handshake(true, o_);
+      ch = std::move(t);
+    } else {
+      ch = plain_channel(std::move(c));
+    }
+    if (r) r = admit(*ch);
+    std::lock_guard lk(mu);
+    pending.erase(id);
+    if (r && !winner) {
+      winner = std::move(ch);
+      return;
+    }
+    if (!winner) report(fmt::format("refused a connection from {}: {}", peer, r ? "another was accepted" : r.error().context));
+  };
+  Result<void> failed = ok();
+  for (int id = 0;; ++id) {
+    {
+      std::lock_guard lk(mu);
+      if (winner) break;
+    }
+    pollfd p{fd_.get(), POLLIN, 0};
+    int n = poll(&p, 1, 100);
+    if (n <= 0) {
+      if (n < 0 && errno != EINTR) {
+        failed = Error(errno, "poll");
+        break;
+      }
+      continue;
+    }
+    UniqueFd c(accept4(fd_.get(), nullptr, nullptr, SOCK_CLOEXEC));
+    if (c.get() < 0) {
+      if (errno == EINTR || errno == ECONNABORTED || errno == EAGAIN || errno == EMFILE || errno == ENFILE) continue;
+      failed = Error(errno, "accept");
+      break;
+    }
+    std::string peer = peer_name(c.get());
+    int one = 1;
+    setsockopt(c.get(), IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    set_io_timeout(c.get(), o_.timeout);
+    std::lock_guard lk(mu);
+    if (static_cast<int>(pending.size()) >= kMaxPending) {
+      report(fmt::format("refused a connection from {}: {} others are being authenticated", peer, kMaxPending));
+      continue;
+    }
+    pending[id] = c.get();
+    workers.emplace_back(work, std::move(c), id, std::move(peer));
+  }
+  {
+    std::lock_guard lk(mu);  // the rest lose: their reads end now
+    for (auto& [id, fd] : pending) ::shutdown(fd, SHUT_RDWR);
+  }
+  for (auto& t : workers) t.join();
+  if (winner) return winner;
+  return failed ? Error(EIO, "listener stopped") : failed.error();
+}
+
+}  // namespace uvfio::mig

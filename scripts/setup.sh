@@ -5,7 +5,8 @@ set -euo pipefail
 pkgs=(cmake ninja-build g++ clang pkg-config
       libfuse3-dev fuse3 libtoml11-dev libcli11-dev nlohmann-json3-dev libfmt-dev
       libgtest-dev libgmock-dev libbenchmark-dev linux-libc-dev pciutils libxxhash-dev
-      busybox-static cpio scdoc systemd man-db debhelper dpkg-dev)
+      busybox-static cpio scdoc systemd man-db debhelper dpkg-dev
+      libgnutls28-dev gnutls-bin)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -148,6 +148,21 @@ bool numeric_host(const std::string& h) {
 
 bool readable_file(const std::string& p) { return access(p.c_str(), R_OK) == 0; }
 
+// After an alert: end our side and let what the peer already sent drain
+// (briefly), so the close does not reset the connection before the peer
+// reads the alert.
+void linger(int fd) {
+  ::shutdown(fd, SHUT_WR);
+  char sink[4096];
+  auto until = Clock::now() + std::chrono::milliseconds(300);
+  for (;;) {
+    auto left = std::chrono::duration_cast<std::chrono::milliseconds>(until - Clock::now()).count();
+    pollfd p{fd, POLLIN, 0};
+    if (left <= 0 || poll(&p, 1, static_cast<int>(left)) <= 0) return;
+    if (::recv(fd, sink, sizeof(sink), MSG_DONTWAIT) <= 0) return;
+  }
+}
+
 }  // namespace
 
 struct Creds {
@@ -243,8 +258,10 @@ class Tls : public Buffered {
     if (rc < 0) {
       // Tell the peer why (a bad certificate, a decrypt error) before closing.
       if (rc != GNUTLS_E_AGAIN && rc != GNUTLS_E_PULL_ERROR && rc != GNUTLS_E_PUSH_ERROR &&
-          rc != GNUTLS_E_PREMATURE_TERMINATION && rc != GNUTLS_E_FATAL_ALERT_RECEIVED)
+          rc != GNUTLS_E_PREMATURE_TERMINATION && rc != GNUTLS_E_FATAL_ALERT_RECEIVED) {
         gnutls_alert_send_appropriate(s_, rc);
+        linger(fd_.get());
+      }
       if (rc == GNUTLS_E_PULL_ERROR || rc == GNUTLS_E_PREMATURE_TERMINATION)
         return error_text(EACCES, "the peer closed the connection during the TLS handshake");
       if (rc == GNUTLS_E_CERTIFICATE_VERIFICATION_ERROR) {
@@ -294,6 +311,10 @@ class Tls : public Buffered {
       ssize_t k = gnutls_record_recv(s_, b, n);
       if (k == GNUTLS_E_INTERRUPTED) continue;
       if (k == 0) return Error(EPIPE, "stream ended early");
+      // TLS 1.3: the server checks our certificate after we finished; its
+      // verdict arrives as an alert on the first read.
+      if (k == GNUTLS_E_FATAL_ALERT_RECEIVED)
+        return error_text(EACCES, fmt::format("TLS: refused by the peer: {}", gnutls_alert_get_name(gnutls_alert_get(s_))));
       if (k < 0) return tls_error("stream recv", static_cast<int>(k));
       return static_cast<size_t>(k);
     }

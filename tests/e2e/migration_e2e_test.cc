@@ -141,13 +141,15 @@ TEST_F(Migration, SourceAndDestinationAsTwoProgramsOverTcp) {
   start("16M");
   std::string hp = "127.0.0.1:" + std::to_string(free_port());
   std::string g = GUEST_PATH;
-  auto r = sh(g + " receive --socket " + b->rundir() + kVf + " --listen " + hp + " > " + dir + "/recv.out 2>&1 &\n" +
-              g + " migrate --from " + a->rundir() + kVf + " --to-tcp " + hp + "; src=$?\n" +
+  auto r = sh(g + " receive --insecure --socket " + b->rundir() + kVf + " --listen " + hp + " > " + dir +
+              "/recv.out 2>&1 &\n" + g + " migrate --insecure --from " + a->rundir() + kVf + " --to-tcp " + hp +
+              "; src=$?\n" +
               "wait $!; dst=$?\ncat " + dir + "/recv.out\necho \"src=$src dst=$dst\"");
   ASSERT_NE(r.out.find("src=0 dst=0"), std::string::npos) << r.out << r.err;
   EXPECT_NE(r.out.find("pre-copy round 1"), std::string::npos) << r.out;
   EXPECT_NE(r.out.find("every cookie once"), std::string::npos) << r.out;
   EXPECT_NE(r.out.find("verify:"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("is plain TCP (--insecure)"), std::string::npos) << r.out;  // both ends say so
   EXPECT_EQ(state(*a), vfio::MigState::kRunning);
   EXPECT_EQ(state(*b), vfio::MigState::kRunning);
 }
@@ -170,9 +172,146 @@ TEST_F(Migration, BadArgumentsAreRefused) {
   EXPECT_EQ(other.stop(), 0);
   auto n = sh(std::string(GUEST_PATH) + " migrate --from " + a->rundir() + kVf);
   EXPECT_EQ(n.status, 2);
-  auto h = sh(std::string(GUEST_PATH) + " migrate --from " + a->rundir() + kVf + " --to-tcp nohost:1");
+  auto h = sh(std::string(GUEST_PATH) + " migrate --from " + a->rundir() + kVf + " --to-tcp nohost.invalid:1 --insecure");
   EXPECT_EQ(h.status, 1);
-  EXPECT_NE(h.err.find("bad IPv4 address"), std::string::npos) << h.err;
+  EXPECT_NE(h.err.find("cannot resolve 'nohost.invalid'"), std::string::npos) << h.err;
+  // Over TCP, credentials or an explicit --insecure.
+  h = sh(std::string(GUEST_PATH) + " migrate --from " + a->rundir() + kVf + " --to-tcp 127.0.0.1:1");
+  EXPECT_EQ(h.status, 2);
+  EXPECT_NE(h.err.find("needs credentials"), std::string::npos) << h.err;
+  h = sh(std::string(GUEST_PATH) + " migrate --from " + a->rundir() + kVf + " --to-tcp 127.0.0.1:1 --insecure --timeout-ms 300");
+  EXPECT_EQ(h.status, 1);
+  EXPECT_NE(h.err.find("cannot reach the destination 127.0.0.1:1 (tried for 300 ms): Connection refused"),
+            std::string::npos) << h.err;
+}
+
+// ---- TLS on the migration channel (issue 13) ---------------------------------
+
+bool ipv6_loopback() {
+  int fd = socket(AF_INET6, SOCK_STREAM, 0);
+  sockaddr_in6 a{};
+  a.sin6_family = AF_INET6;
+  a.sin6_addr = in6addr_loopback;
+  bool ok = fd >= 0 && bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a)) == 0;
+  if (fd >= 0) close(fd);
+  return ok;
+}
+
+class TlsMigration : public Migration {
+ protected:
+  void SetUp() override {
+    start("16M");
+    creds = dir + "/creds";
+    auto r = sh(std::string(TLS_CREDS_SCRIPT) + " " + creds);
+    ASSERT_EQ(r.status, 0) << r.err;
+  }
+  void TearDown() override {
+    sh("pkill -f 'receive --socket " + b->rundir() + "' || true");
+    Migration::TearDown();
+  }
+  // A `receive` in the background; its output and exit status go to recv.out.
+  void receive(const std::string& listen, const std::string& creds_args) {
+    recv_out = dir + "/recv.out";
+    sh("(" + std::string(GUEST_PATH) + " receive --socket " + b->rundir() + kVf + " --listen " + listen + " " +
+       creds_args + "; echo \"rc=$?\") > " + recv_out + " 2>&1 &");
+    for (int i = 0; i < 200 && slurp(recv_out).find("listening on") == std::string::npos; ++i)
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    ASSERT_NE(slurp(recv_out).find("listening on"), std::string::npos) << slurp(recv_out);
+  }
+  CmdResult migrate_tcp(const std::string& to, const std::string& creds_args) {
+    return sh(std::string(GUEST_PATH) + " migrate --from " + a->rundir() + kVf + " --to-tcp " + to + " " + creds_args);
+  }
+  // The receive's output once it has exited (or what it said so far).
+  std::string receive_result() {
+    for (int i = 0; i < 1500 && slurp(recv_out).find("rc=") == std::string::npos; ++i)
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    return slurp(recv_out);
+  }
+  // A refused attempt: a clear message, the source RUNNING, and nothing of a
+  // device state reached the destination VF.
+  void expect_refused(const CmdResult& r, const std::string& says) {
+    EXPECT_EQ(r.status, 1) << r.out << r.err;
+    EXPECT_NE(r.err.find(says), std::string::npos) << r.err;
+    EXPECT_EQ(r.out.find("pre-copy"), std::string::npos) << r.out;
+    EXPECT_EQ(state(*a), vfio::MigState::kRunning);
+    auto st = sh(b->ctl("stats 0000:08:00.0 --json"));
+    ASSERT_EQ(st.status, 0) << st.err;
+    auto j = nlohmann::json::parse(st.out);
+    EXPECT_EQ(j["migration_state"], "RUNNING") << st.out;
+    EXPECT_EQ(j["migration_bytes"].get<uint64_t>(), 0u) << st.out;
+    EXPECT_EQ(j["requests"].value("MIG_DATA_WRITE", uint64_t{0}), 0u) << st.out;
+  }
+  std::string creds, recv_out;
+};
+
+TEST_F(TlsMigration, X509BothEndsVerifiedAndEveryImpostorRefused) {
+  std::string hp = "127.0.0.1:" + std::to_string(free_port());
+  receive(hp, "--tls-x509-dir " + creds + "/good");
+  // Our CA does not know the destination's certificate.
+  expect_refused(migrate_tcp(hp, "--tls-x509-dir " + creds + "/other"), "The certificate issuer is unknown");
+  // The certificate names someone else.
+  expect_refused(migrate_tcp(hp, "--tls-x509-dir " + creds + "/good --tls-hostname elsewhere.example"),
+                 "The name in the certificate does not match");
+  // A client without TLS.
+  expect_refused(migrate_tcp(hp, "--insecure"), "the destination closed the connection before accepting");
+  // A client whose certificate the destination's CA did not sign.
+  sh("cp " + creds + "/good/ca-cert.pem " + creds + "/other/ca-cert.pem");  // it trusts the server, not vice versa
+  expect_refused(migrate_tcp(hp, "--tls-x509-dir " + creds + "/other"), "TLS: refused by the peer: Certificate");  // (not sent: the destination asked for its CA's)
+  // The destination heard each attempt and is still waiting; now the real one.
+  auto r = migrate_tcp("localhost:" + hp.substr(hp.find(':') + 1), "--tls-x509-dir " + creds + "/good");
+  ASSERT_EQ(r.status, 0) << r.out << r.err;
+  EXPECT_NE(r.out.find("TLS 1.3, AES-256-GCM"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("X.509, both ends verified"), std::string::npos) << r.out;
+  auto out = receive_result();
+  EXPECT_NE(out.find("rc=0"), std::string::npos) << out;
+  EXPECT_NE(out.find("every cookie once"), std::string::npos) << out;
+  EXPECT_NE(out.find("verify:"), std::string::npos) << out;
+  size_t refusals = 0;
+  for (size_t at = 0; (at = out.find("refused a connection from", at)) != std::string::npos; ++at) ++refusals;
+  EXPECT_EQ(refusals, 4u) << out;
+  EXPECT_EQ(state(*b), vfio::MigState::kRunning);
+}
+
+TEST_F(TlsMigration, PreSharedKeyOverIpv6) {
+  if (!ipv6_loopback()) GTEST_SKIP() << "no IPv6 loopback on this machine";
+  std::string hp = "[::1]:" + std::to_string(free_port());
+  receive(hp, "--tls-psk-file " + creds + "/good.psk");
+  expect_refused(migrate_tcp(hp, "--tls-psk-file " + creds + "/wrong.psk"), "TLS handshake refused by the peer");
+  // An identity the file does not have: refused before connecting.
+  expect_refused(migrate_tcp(hp, "--tls-psk-file " + creds + "/good.psk --tls-psk-user nobody"),
+                 "no key for identity 'nobody'");
+  // Authenticated, but the offer does not fit the destination: refused
+  // with the reason, before it enters RESUMING.
+  expect_refused(migrate_tcp(hp, "--tls-psk-file " + creds + "/good.psk --ram 16"),
+                 "the destination refused the migration: different guest RAM sizes");
+  auto r = migrate_tcp(hp, "--tls-psk-file " + creds + "/good.psk");
+  ASSERT_EQ(r.status, 0) << r.out << r.err;
+  EXPECT_NE(r.out.find("pre-shared key"), std::string::npos) << r.out;
+  auto out = receive_result();
+  EXPECT_NE(out.find("rc=0"), std::string::npos) << out;
+  EXPECT_NE(out.find("refused a connection from [::1]:"), std::string::npos) << out;
+  EXPECT_NE(out.find("verify:"), std::string::npos) << out;
+}
+
+// A TLS client against a plain listener, and a peer that connects and says
+// nothing: neither holds up the migration that follows.
+TEST_F(TlsMigration, PlainListenerAndSilentPeers) {
+  std::string port = std::to_string(free_port());
+  receive(port, "--insecure --timeout-ms 30000");
+  expect_refused(migrate_tcp("127.0.0.1:" + port, "--tls-psk-file " + creds + "/good.psk --timeout-ms 2000"),
+                 "TLS handshake");
+  int silent = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  a.sin_port = htons(static_cast<uint16_t>(std::stoi(port)));
+  ASSERT_EQ(connect(silent, reinterpret_cast<sockaddr*>(&a), sizeof(a)), 0);
+  auto r = migrate_tcp("127.0.0.1:" + port, "--insecure");
+  ASSERT_EQ(r.status, 0) << r.out << r.err;
+  close(silent);
+  auto out = receive_result();
+  EXPECT_NE(out.find("rc=0"), std::string::npos) << out;
+  EXPECT_NE(out.find("not a uvfio migration stream (a TLS client?"), std::string::npos) << out;
 }
 
 }  // namespace

@@ -657,8 +657,13 @@ Result<void> migrate(const Options& o) {
   fmt::print("source: {} descriptors done, {} interrupts; migrating ({} MiB device memory, {} MiB RAM) to {}\n",
              wl.st.completed, wl.st.irqs, a.dev_size >> 20, ram_size >> 20, remote ? o.to_tcp : o.to);
   if (remote) {
+    auto t0 = Clock::now();
     auto r = source(o, a, ram_a, wl, *remote);
     remote->shutdown();
+    double secs = std::chrono::duration<double>(Clock::now() - t0).count();
+    if (r)
+      fmt::print("stream: {:.1f} MiB in {:.3f} s, {:.0f} MiB/s ({})\n", static_cast<double>(remote->bytes_out()) / (1 << 20),
+                 secs, static_cast<double>(remote->bytes_out()) / (1 << 20) / secs, remote->describe());
     return r;
   }
   auto [out, in] = TRY(local_pair());

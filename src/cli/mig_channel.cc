@@ -58,8 +58,10 @@ std::string peer_name(int fd) {
 // page become one TCP send (or one TLS record) instead of two.
 class Buffered : public Channel {
  public:
+  uint64_t bytes_out() const override { return bytes_out_; }
   Result<void> write_all(const void* p, size_t n) override {
     auto* b = static_cast<const uint8_t*>(p);
+    bytes_out_ += n;
     if (out_.size() + n > kBuf) TRY(flush());
     if (n >= kBuf) return send_raw(b, n);
     out_.insert(out_.end(), b, b + n);
@@ -87,6 +89,7 @@ class Buffered : public Channel {
   virtual Result<void> send_raw(const uint8_t* p, size_t n) = 0;
   virtual Result<size_t> recv_some(uint8_t* p, size_t n) = 0;
   std::vector<uint8_t> out_;
+  uint64_t bytes_out_ = 0;
 };
 
 class Plain : public Buffered {

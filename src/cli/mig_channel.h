@@ -8,6 +8,7 @@
 
 #include <chrono>
 #include <cstddef>
+#include <cstdint>
 #include <functional>
 #include <memory>
 #include <string>
@@ -48,8 +49,10 @@ class Channel {
   virtual void shutdown() = 0;
   // After the handshake and header: the stream's own idle timeout.
   virtual void set_timeout(std::chrono::milliseconds t) = 0;
-  // "TLS1.3 ... with X.509" / "plain TCP (--insecure)".
+  // "TLS 1.3, AES-256-GCM, ..." / "plain TCP".
   virtual std::string describe() const = 0;
+  // Payload bytes written so far (before TLS framing).
+  virtual uint64_t bytes_out() const = 0;
 };
 
 // A channel over a connected stream socket, without TLS.

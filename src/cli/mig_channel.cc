@@ -339,7 +339,7 @@ Result<void> resolve(const HostPort& hp, bool passive, AddrInfo& out) {
   addrinfo hints{};
   hints.ai_family = AF_UNSPEC;
   hints.ai_socktype = SOCK_STREAM;
-  hints.ai_flags = passive ? AI_PASSIVE : AI_ADDRCONFIG;
+  hints.ai_flags = passive ? AI_PASSIVE : 0;  // no AI_ADDRCONFIG: a host with loopback only still migrates locally
   int rc = getaddrinfo(hp.host.empty() ? nullptr : hp.host.c_str(), hp.port.c_str(), &hints, &out.p);
   if (rc != 0)
     return error_text(rc == EAI_SYSTEM ? errno : EHOSTUNREACH,

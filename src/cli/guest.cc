@@ -421,7 +421,7 @@ Result<void> check_offer(mig::Channel& ch, const Hello& mine) {
     TRY(ch.write_all(why.data(), v.len));
     TRY(ch.flush());
   }
-  return mig::error_text(EINVAL, "refused the migration: " + why);
+  return mig::error_text(EINVAL, "the offer does not fit: " + why);
 }
 
 Result<void> accept_offer(mig::Channel& ch) {

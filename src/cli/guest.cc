@@ -768,6 +768,8 @@ int main(int argc, char** argv) {
         ->check(CLI::Range(100u, 600000u));
   }
   m->add_option("--tls-psk-user", o.tls.psk_user, "The PSK identity to use")->capture_default_str();
+  rc->add_option("--tls-authz", o.tls.authz,
+                 "With --tls-x509-dir: admit only sources whose certificate has this common name (repeatable)");
   m->add_option("--tls-hostname", o.tls.hostname,
                 "The name the destination's certificate must carry (default: the host of --to-tcp)");
   CLI11_PARSE(app, argc, argv);
@@ -777,6 +779,10 @@ int main(int argc, char** argv) {
   if (over_tcp && !o.tls.tls() && !o.tls.insecure) {
     fmt::print(stderr, "uvfio-guest: the migration stream over TCP needs credentials: --tls-x509-dir DIR or "
                        "--tls-psk-file FILE (or --insecure for plain TCP)\n");
+    return 2;
+  }
+  if (!o.tls.authz.empty() && o.tls.x509_dir.empty()) {
+    fmt::print(stderr, "uvfio-guest: --tls-authz needs --tls-x509-dir\n");
     return 2;
   }
   if (!over_tcp && (o.tls.tls() || o.tls.insecure)) {

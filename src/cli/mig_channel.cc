@@ -13,6 +13,7 @@
 
 #include <fmt/core.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <deque>
@@ -285,10 +286,34 @@ class Tls : public Buffered {
                                             x509 ? "" : " (a different pre-shared key or identity?)"));
     }
     if (gnutls_protocol_get_version(s_) != GNUTLS_TLS1_3) return error_text(EPROTO, "the peer did not negotiate TLS 1.3");
+    if (server && x509 && !o.authz.empty()) {
+      std::string cn = peer_common_name();
+      if (std::find(o.authz.begin(), o.authz.end(), cn) == o.authz.end()) {
+        gnutls_alert_send(s_, GNUTLS_AL_FATAL, GNUTLS_A_ACCESS_DENIED);
+        linger(fd_.get());
+        return error_text(EACCES, fmt::format("the peer's certificate names '{}', not one --tls-authz admits", cn));
+      }
+    }
     const char* group = gnutls_group_get_name(gnutls_group_get(s_));
     desc_ = fmt::format("TLS 1.3, {}, {}, {}", gnutls_cipher_get_name(gnutls_cipher_get(s_)), group ? group : "no DH",
                         x509 ? "X.509, both ends verified" : "pre-shared key");
     return ok();
+  }
+  // The common name of the peer's (verified) certificate.
+  std::string peer_common_name() {
+    unsigned n = 0;
+    const gnutls_datum_t* certs = gnutls_certificate_get_peers(s_, &n);
+    if (!certs || n == 0) return "";
+    gnutls_x509_crt_t crt;
+    if (gnutls_x509_crt_init(&crt) < 0) return "";
+    std::string cn;
+    if (gnutls_x509_crt_import(crt, &certs[0], GNUTLS_X509_FMT_DER) >= 0) {
+      char buf[256];
+      size_t len = sizeof(buf);
+      if (gnutls_x509_crt_get_dn_by_oid(crt, GNUTLS_OID_X520_COMMON_NAME, 0, 0, buf, &len) >= 0) cn.assign(buf, len);
+    }
+    gnutls_x509_crt_deinit(crt);
+    return cn;
   }
   void shutdown() override {
     (void)flush();

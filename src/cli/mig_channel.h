@@ -13,6 +13,7 @@
 #include <memory>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "base/result.h"
 #include "base/unique_fd.h"
@@ -29,6 +30,9 @@ struct TlsOptions {
   // The name the destination's certificate must carry (migrate; default:
   // the host part of the address, as QEMU's tls-hostname).
   std::string hostname;
+  // (receive) When not empty, the source's certificate must carry one of
+  // these common names (as QEMU's tls-authz lists the peers it admits).
+  std::vector<std::string> authz;
   bool insecure = false;  // plain TCP
   std::chrono::milliseconds timeout{10000};
   bool tls() const { return !x509_dir.empty() || !psk_file.empty(); }

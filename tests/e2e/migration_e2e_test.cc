@@ -246,7 +246,7 @@ class TlsMigration : public Migration {
 
 TEST_F(TlsMigration, X509BothEndsVerifiedAndEveryImpostorRefused) {
   std::string hp = "127.0.0.1:" + std::to_string(free_port());
-  receive(hp, "--tls-x509-dir " + creds + "/good");
+  receive(hp, "--tls-x509-dir " + creds + "/good --tls-authz uvfio-client");
   // Our CA does not know the destination's certificate.
   expect_refused(migrate_tcp(hp, "--tls-x509-dir " + creds + "/other"), "The certificate issuer is unknown");
   // The certificate names someone else.
@@ -257,6 +257,8 @@ TEST_F(TlsMigration, X509BothEndsVerifiedAndEveryImpostorRefused) {
   // A client whose certificate the destination's CA did not sign.
   sh("cp " + creds + "/good/ca-cert.pem " + creds + "/other/ca-cert.pem");  // it trusts the server, not vice versa
   expect_refused(migrate_tcp(hp, "--tls-x509-dir " + creds + "/other"), "TLS: refused by the peer: Certificate");  // (not sent: the destination asked for its CA's)
+  // Signed by the right CA, but not a source --tls-authz admits.
+  expect_refused(migrate_tcp(hp, "--tls-x509-dir " + creds + "/intruder"), "TLS: refused by the peer: Access was denied");
   // The destination heard each attempt and is still waiting; now the real one.
   auto r = migrate_tcp("localhost:" + hp.substr(hp.find(':') + 1), "--tls-x509-dir " + creds + "/good");
   ASSERT_EQ(r.status, 0) << r.out << r.err;
@@ -268,7 +270,8 @@ TEST_F(TlsMigration, X509BothEndsVerifiedAndEveryImpostorRefused) {
   EXPECT_NE(out.find("verify:"), std::string::npos) << out;
   size_t refusals = 0;
   for (size_t at = 0; (at = out.find("refused a connection from", at)) != std::string::npos; ++at) ++refusals;
-  EXPECT_EQ(refusals, 4u) << out;
+  EXPECT_EQ(refusals, 5u) << out;
+  EXPECT_NE(out.find("names 'uvfio-intruder', not one --tls-authz admits"), std::string::npos) << out;
   EXPECT_EQ(state(*b), vfio::MigState::kRunning);
 }
 

@@ -5,6 +5,7 @@
 #                127.0.0.1, ::1), client-{cert,key}.pem, all from one CA
 #   DIR/other/   the same from another CA (a peer we must not trust)
 #   DIR/wrongname/ the good CA, a server certificate for "elsewhere.example"
+#   DIR/intruder/  the good CA, a client certificate named "uvfio-intruder"
 #   DIR/good.psk, DIR/wrong.psk  "uvfio:HEXKEY" (different keys)
 # Usage: tests/tls/make-creds.sh DIR
 set -euo pipefail
@@ -50,6 +51,13 @@ mkdir -p wrongname
 cp good/ca-cert.pem good/ca-key.pem wrongname/
 leaf wrongname server elsewhere.example
 cp good/client-cert.pem good/client-key.pem wrongname/
+# A source certificate from the good CA under another name (--tls-authz).
+mkdir -p intruder
+cp good/ca-cert.pem good/ca-key.pem intruder/
+key intruder/client-key.pem
+printf 'cn = "uvfio-intruder"\nexpiration_days = 3650\nsigning_key\nencryption_key\ntls_www_client\n' > intruder/client.info
+certtool --generate-certificate --load-privkey intruder/client-key.pem --load-ca-certificate intruder/ca-cert.pem \
+  --load-ca-privkey intruder/ca-key.pem --template intruder/client.info --outfile intruder/client-cert.pem 2>/dev/null
 echo "uvfio:$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')" > good.psk
 echo "uvfio:$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')" > wrong.psk
 chmod 600 good.psk wrong.psk ./*/*-key.pem

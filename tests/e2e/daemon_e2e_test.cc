@@ -649,9 +649,16 @@ vf_driver_override = "mlx5_vfio_pci"
   ASSERT_GT(base.threads, 0);
   auto r = cycle(100);
   ASSERT_EQ(r.status, 0) << r.err << d.log();
-  // A VF's last sockets and threads are gone when sriov 0 returns.
+  // A VF's last sockets and threads are gone when sriov 0 returns. The task
+  // pool's workers come and go with work (an idle one exits after a while),
+  // so the count may sit one or two above or below the baseline for a
+  // moment: wait for it to settle, then no growth.
   Usage after = usage(d.pid());
-  EXPECT_EQ(after.threads, base.threads);
+  for (int i = 0; i < 160 && after.threads > base.threads; ++i) {  // idle workers leave after 5 s
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    after = usage(d.pid());
+  }
+  EXPECT_LE(after.threads, base.threads);
   EXPECT_EQ(after.fds, base.fds);
 #if defined(__SANITIZE_THREAD__) || defined(__SANITIZE_ADDRESS__)
   // The sanitizers' allocators keep freed memory (quarantine, shadow): RSS

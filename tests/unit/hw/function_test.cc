@@ -2,6 +2,9 @@
 
 #include <gtest/gtest.h>
 
+#include <chrono>
+#include <thread>
+
 #include <algorithm>
 #include <cstring>
 
@@ -218,6 +221,13 @@ TEST(BulkMmioTest, BlockReadsEqualAccessByAccessReads) {
     for (size_t i = 0; i < size; ++i) scratch[i] = static_cast<uint8_t>(i * 13 + bar);
     // Fill the plain parts through the block path, then read both ways.
     ASSERT_TRUE(e->mmio_write_block(bar, 0, scratch));
+    // The bytes landing on DMA_GO start a copy on the engine's thread: its
+    // status and count change until it is done (slowly under TSan).
+    if (bar == 0) {
+      for (int i = 0; i < 5000 && *e->mmio_read(0, GenericEndpoint::kRegDmaStatus, 4) == GenericEndpoint::kDmaBusy; ++i)
+        std::this_thread::sleep_for(std::chrono::milliseconds(1));
+      ASSERT_NE(*e->mmio_read(0, GenericEndpoint::kRegDmaStatus, 4), GenericEndpoint::kDmaBusy);
+    }
     std::vector<uint8_t> block(size), single(size);
     ASSERT_TRUE(e->mmio_read_block(bar, 0, block));
     for (uint64_t off = 0; off < size; off += 4) {

@@ -115,6 +115,7 @@ int main(int argc, char** argv) {
   std::printf("%-44s %10llu of %llu bytes = %.2f%% (goal <= 3%%)\n", "left for STOP_COPY after PRE_COPY (1%/round)",
               static_cast<unsigned long long>(final_bytes), static_cast<unsigned long long>(dm->size()),
               100.0 * final_bytes / dm->size());
+  std::printf("%-44s %10llu bytes\n", "the whole stream (PRE_COPY + STOP_COPY)", static_cast<unsigned long long>(total));
   (void)set_state(dev, S::kStop);
   (void)set_state(dev, S::kRunning);
 

@@ -214,7 +214,7 @@ class TlsMigration : public Migration {
     recv_out = dir + "/recv.out";
     sh("(" + std::string(GUEST_PATH) + " receive --socket " + b->rundir() + kVf + " --listen " + listen + " " +
        creds_args + "; echo \"rc=$?\") > " + recv_out + " 2>&1 &");
-    for (int i = 0; i < 200 && slurp(recv_out).find("listening on") == std::string::npos; ++i)
+    for (int i = 0; i < 750 && slurp(recv_out).find("listening on") == std::string::npos; ++i)
       std::this_thread::sleep_for(std::chrono::milliseconds(20));
     ASSERT_NE(slurp(recv_out).find("listening on"), std::string::npos) << slurp(recv_out);
   }

@@ -12,6 +12,7 @@
 
 #include "client/client.h"
 #include "e2e/harness.h"
+#include "net_util.h"
 
 namespace uvfio::e2e {
 namespace {
@@ -123,18 +124,7 @@ TEST_F(Migration, ClientKilledAtEveryStep) {
   EXPECT_EQ(a->log().find("ERROR"), std::string::npos);
 }
 
-// A free TCP port on loopback (the kernel's pick, released for the test).
-int free_port() {
-  int fd = socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  socklen_t l = sizeof(a);
-  bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a));
-  getsockname(fd, reinterpret_cast<sockaddr*>(&a), &l);
-  close(fd);
-  return ntohs(a.sin_port);
-}
+using test::free_port;
 
 // Source and destination as two programs (as on two hosts), the stream over TCP.
 TEST_F(Migration, SourceAndDestinationAsTwoProgramsOverTcp) {

@@ -13,6 +13,7 @@
 #include <thread>
 
 #include "cli/mig_channel.h"
+#include "net_util.h"
 
 namespace uvfio::mig {
 namespace {
@@ -51,17 +52,7 @@ TEST(HostPort, TheFormsAnAdminTypes) {
   }
 }
 
-int free_port() {
-  int fd = socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  socklen_t l = sizeof(a);
-  bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a));
-  getsockname(fd, reinterpret_cast<sockaddr*>(&a), &l);
-  close(fd);
-  return ntohs(a.sin_port);
-}
+using test::free_port;
 
 // A PSK file of our own (no certtool needed for these).
 std::string psk_file(const char* key) {

@@ -561,7 +561,9 @@ int main(int argc, char** argv) {
   int iterations = 0;
   double delay = 1.0;
   auto* top = app.add_subcommand("top", "Per-second rates of every VFIO device, busiest first, until interrupted");
-  top->add_option("-n,--iterations", iterations, "Frames to show (0: until interrupted)")->capture_default_str();
+  top->add_option("-n,--iterations", iterations, "Frames to show (0: until interrupted)")
+      ->check(CLI::Range(0, 100000000))
+      ->capture_default_str();
   top->add_option("-d,--delay", delay, "Seconds between frames")->check(CLI::Range(0.05, 3600.0))->capture_default_str();
   CLI11_PARSE(app, argc, argv);
 

@@ -136,7 +136,12 @@ TEST(Mlx5Migration, PreCopyStopCopyResumeAndCarryOn) {
   auto again = a.dev->device_feature(VFIO_DEVICE_FEATURE_SET | VFIO_DEVICE_FEATURE_DMA_LOGGING_START, start);
   ASSERT_FALSE(again);
   EXPECT_EQ(again.error().code, EINVAL);
-  std::vector<uint8_t> dst_guest = a.guest;  // the VMM's first copy of guest RAM
+  // The VMM's first copy of guest RAM. A real VMM copies while DMA runs and
+  // relies on the dirty log for what changed under it; here the copy waits
+  // for the engine so that the test itself does not race with the device
+  // (TSan). The log still has to report the completions written since START.
+  ASSERT_TRUE(a.hwvf().wait_idle(std::chrono::seconds(10)));
+  std::vector<uint8_t> dst_guest = a.guest;
 
   auto pre = a.set_state(S::kPreCopy);
   ASSERT_TRUE(pre);

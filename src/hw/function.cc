@@ -236,45 +236,48 @@ uint64_t Function::plain_run(unsigned bar, uint64_t off, uint64_t len) const {
   return len;
 }
 
-Result<void> Function::mmio_read_block(unsigned bar, uint64_t off, std::span<uint8_t> out) {
+// A block access as runs: plain memory copied at once (`plain`), the rest
+// (registers, MSI-X) as natural-width accesses (`access`).
+template <class Plain, class Access>
+Result<void> Function::walk_block(unsigned bar, uint64_t off, size_t size, Plain plain, Access access) {
   BarMemory* m = bar_memory(bar);
   if (!m) return Error(EINVAL, "BAR not implemented");
   size_t done = 0;
-  while (done < out.size()) {
+  while (done < size) {
     uint64_t at = off + done;
-    size_t left = out.size() - done;
+    size_t left = size - done;
     if (uint64_t run = plain_run(bar, at, left)) {
-      TRY(m->copy_out(at, out.subspan(done, run)));
+      TRY(plain(*m, at, done, run));
       done += run;
       continue;
     }
     unsigned n = natural_width(at, left);
-    uint64_t v = TRY(mmio_read(bar, at, n));
-    std::memcpy(out.data() + done, &v, n);  // little-endian
+    TRY(access(at, done, n));
     done += n;
   }
   return ok();
 }
 
+Result<void> Function::mmio_read_block(unsigned bar, uint64_t off, std::span<uint8_t> out) {
+  return walk_block(
+      bar, off, out.size(),
+      [&](BarMemory& m, uint64_t at, size_t done, size_t run) { return m.copy_out(at, out.subspan(done, run)); },
+      [&](uint64_t at, size_t done, unsigned n) -> Result<void> {
+        uint64_t v = TRY(mmio_read(bar, at, n));
+        std::memcpy(out.data() + done, &v, n);  // little-endian
+        return ok();
+      });
+}
+
 Result<void> Function::mmio_write_block(unsigned bar, uint64_t off, std::span<const uint8_t> in) {
-  BarMemory* m = bar_memory(bar);
-  if (!m) return Error(EINVAL, "BAR not implemented");
-  size_t done = 0;
-  while (done < in.size()) {
-    uint64_t at = off + done;
-    size_t left = in.size() - done;
-    if (uint64_t run = plain_run(bar, at, left)) {
-      TRY(m->copy_in(at, in.subspan(done, run)));
-      done += run;
-      continue;
-    }
-    unsigned n = natural_width(at, left);
-    uint64_t v = 0;
-    std::memcpy(&v, in.data() + done, n);
-    TRY(mmio_write(bar, at, n, v));
-    done += n;
-  }
-  return ok();
+  return walk_block(
+      bar, off, in.size(),
+      [&](BarMemory& m, uint64_t at, size_t done, size_t run) { return m.copy_in(at, in.subspan(done, run)); },
+      [&](uint64_t at, size_t done, unsigned n) {
+        uint64_t v = 0;
+        std::memcpy(&v, in.data() + done, n);
+        return mmio_write(bar, at, n, v);
+      });
 }
 
 Result<uint64_t> Function::mmio_read(unsigned bar, uint64_t off, unsigned width) {

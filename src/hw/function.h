@@ -92,6 +92,11 @@ class Function {
   // register and no MSI-X structure. 0 if `off` is in one.
   uint64_t plain_run(unsigned bar, uint64_t off, uint64_t len) const;
 
+ private:
+  template <class Plain, class Access>
+  Result<void> walk_block(unsigned bar, uint64_t off, size_t size, Plain plain, Access access);
+
+ public:
   // ---- Interrupts -------------------------------------------------------
   // The sink must outlive its registration (set nullptr to detach; returns
   // after any delivery in progress).

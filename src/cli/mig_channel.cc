@@ -521,7 +521,7 @@ Result<std::unique_ptr<Channel>> Listener::next(const Admit& admit, const Report
     }
     if (!winner) report(fmt::format("refused a connection from {}: {}", peer, r ? "another was accepted" : r.error().context));
   };
-  Result<void> failed = ok();
+  Error failed(EIO, "listener stopped");  // why the loop ended without a winner
   for (int id = 0;; ++id) {
     {
       std::lock_guard lk(mu);
@@ -560,7 +560,7 @@ Result<std::unique_ptr<Channel>> Listener::next(const Admit& admit, const Report
   }
   for (auto& t : workers) t.join();
   if (winner) return winner;
-  return failed ? Error(EIO, "listener stopped") : failed.error();
+  return failed;
 }
 
 }  // namespace uvfio::mig

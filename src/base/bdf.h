@@ -37,7 +37,11 @@ class Bdf {
 
   std::string str() const;
 
-  constexpr auto operator<=>(const Bdf&) const = default;
+  // Ordered by domain, then bus, then devfn: one integer compare (the
+  // fabric looks a function up on every config cycle).
+  constexpr uint32_t key() const { return static_cast<uint32_t>(domain_) << 16 | id(); }
+  constexpr std::strong_ordering operator<=>(const Bdf& o) const { return key() <=> o.key(); }
+  constexpr bool operator==(const Bdf& o) const { return key() == o.key(); }
 
  private:
   uint16_t domain_ = 0;

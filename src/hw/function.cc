@@ -78,7 +78,12 @@ Result<uint16_t> Function::add_ext_capability(uint16_t id, uint8_t version, uint
   return off;
 }
 
-void Function::finish_build() { power_on_.assign(cfg_); }
+void Function::finish_build() {
+  power_on_.assign(cfg_);
+  for (unsigned id = 0; id < cap_at_.size(); ++id) cap_at_[id] = static_cast<uint8_t>(walk_capability(static_cast<uint8_t>(id)));
+  for (unsigned id = 0; id < ext_cap_at_.size(); ++id) ext_cap_at_[id] = walk_ext_capability(static_cast<uint16_t>(id));
+  caps_known_ = true;
+}
 
 void Function::set_multifunction(bool on) {
   for (ConfigSpace* c : {&cfg_, &power_on_}) {
@@ -88,6 +93,15 @@ void Function::set_multifunction(bool on) {
 }
 
 uint16_t Function::find_capability(uint8_t id) const {
+  return caps_known_ ? cap_at_[id] : walk_capability(id);
+}
+
+uint16_t Function::find_ext_capability(uint16_t id) const {
+  if (caps_known_ && id < ext_cap_at_.size()) return ext_cap_at_[id];
+  return walk_ext_capability(id);
+}
+
+uint16_t Function::walk_capability(uint8_t id) const {
   if (!(cfg_.get(kStatus) & PCI_STATUS_CAP_LIST)) return 0;
   uint8_t pos = cfg_.get(kCapabilityList) & ~3;
   for (int i = 0; i < 48 && pos >= PCI_STD_HEADER_SIZEOF; ++i) {
@@ -97,7 +111,7 @@ uint16_t Function::find_capability(uint8_t id) const {
   return 0;
 }
 
-uint16_t Function::find_ext_capability(uint16_t id) const {
+uint16_t Function::walk_ext_capability(uint16_t id) const {
   if (cfg_.size() < kConfigSizeExtended) return 0;
   uint16_t pos = PCI_CFG_SPACE_SIZE;
   for (int i = 0; i < (kConfigSizeExtended - PCI_CFG_SPACE_SIZE) / 8 && pos >= PCI_CFG_SPACE_SIZE; ++i) {

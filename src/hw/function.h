@@ -128,9 +128,14 @@ class Function {
   Function* physfn() const { return physfn_; }
   bool is_virtfn() const { return physfn_ != nullptr; }
 
-  // Capability offsets found at build time (0 if absent).
+  // Capability offsets found at build time (0 if absent). The lists are
+  // read-only hardware, so finish_build() records them once.
   uint16_t find_capability(uint8_t id) const;
   uint16_t find_ext_capability(uint16_t id) const;
+  // The lists walked as config space holds them now (bounded, whatever the
+  // pointers say).
+  uint16_t walk_capability(uint8_t id) const;
+  uint16_t walk_ext_capability(uint16_t id) const;
 
   // ---- Build-time API (used by models' factories and capability builders) --
   void set_ids(const FunctionIds& ids);
@@ -194,6 +199,13 @@ class Function {
   uint16_t last_cap_next_ = PCI_CAPABILITY_LIST;  // where the last "next" pointer lives
   uint16_t next_ext_ = PCI_CFG_SPACE_SIZE;
   uint16_t last_ext_ = 0;  // offset of the last extended header, 0 if none
+  // The capability lists are read-only hardware: finish_build() records
+  // where each capability is, so lookups on every config write need not
+  // walk the list (restoring a function's state writes it a dword at a
+  // time). Written once before the function is shared.
+  bool caps_known_ = false;
+  std::array<uint8_t, 256> cap_at_{};
+  std::array<uint16_t, 64> ext_cap_at_{};
 };
 
 }  // namespace uvfio::hw

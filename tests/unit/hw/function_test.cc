@@ -148,6 +148,15 @@ TEST(FlrTest, ByteWriteOfTheHighByteAlsoResets) {
   EXPECT_EQ(e->config_read(PCI_COMMAND, 2), 0u);
 }
 
+// The capability offsets recorded at build time are what the walk finds.
+TEST(CapabilityTest, RecordedAtBuildAsTheWalkFindsThem) {
+  auto e = endpoint();
+  for (unsigned id = 0; id < 256; ++id) EXPECT_EQ(e->find_capability(static_cast<uint8_t>(id)), e->walk_capability(static_cast<uint8_t>(id))) << id;
+  for (unsigned id = 0; id < 0x40; ++id) EXPECT_EQ(e->find_ext_capability(static_cast<uint16_t>(id)), e->walk_ext_capability(static_cast<uint16_t>(id))) << id;
+  EXPECT_NE(e->find_capability(PCI_CAP_ID_MSIX), 0);
+  EXPECT_EQ(e->find_ext_capability(0x1234), 0);  // beyond the table: walked
+}
+
 // Hostile capability chains: walkers must terminate and never leave the
 // capability area, whatever the pointers say.
 TEST(HostileChainTest, StandardLoopsAndBadPointers) {
@@ -155,33 +164,35 @@ TEST(HostileChainTest, StandardLoopsAndBadPointers) {
   ConfigSpace& c = e->config();
   uint16_t pm = e->find_capability(PCI_CAP_ID_PM);
   c.raw_write(pm + 1, 1, pm);  // self loop
-  EXPECT_EQ(e->find_capability(PCI_CAP_ID_MSIX), 0);
-  EXPECT_EQ(e->find_capability(PCI_CAP_ID_PM), pm);
+  EXPECT_EQ(e->walk_capability(PCI_CAP_ID_MSIX), 0);
+  EXPECT_EQ(e->walk_capability(PCI_CAP_ID_PM), pm);
   c.raw_write(pm + 1, 1, 0x10);  // into the header
-  EXPECT_EQ(e->find_capability(PCI_CAP_ID_MSIX), 0);
+  EXPECT_EQ(e->walk_capability(PCI_CAP_ID_MSIX), 0);
   c.raw_write(PCI_CAPABILITY_LIST, 1, 0x43);  // unaligned: the low bits are ignored
-  EXPECT_EQ(e->find_capability(PCI_CAP_ID_PM), pm);
+  EXPECT_EQ(e->walk_capability(PCI_CAP_ID_PM), pm);
   c.raw_write(PCI_CAPABILITY_LIST, 1, 0x00);
-  EXPECT_EQ(e->find_capability(PCI_CAP_ID_PM), 0);
+  EXPECT_EQ(e->walk_capability(PCI_CAP_ID_PM), 0);
   // Two caps pointing at each other.
   c.raw_write(PCI_CAPABILITY_LIST, 1, 0x40);
   c.raw_write(0x41, 1, 0x50);
   c.raw_write(0x50, 1, 0x01);
   c.raw_write(0x51, 1, 0x40);
-  EXPECT_EQ(e->find_capability(PCI_CAP_ID_EXP), 0);
+  EXPECT_EQ(e->walk_capability(PCI_CAP_ID_EXP), 0);
   c.raw_write(PCI_STATUS, 2, 0);  // no capability list at all
-  EXPECT_EQ(e->find_capability(PCI_CAP_ID_PM), 0);
+  EXPECT_EQ(e->walk_capability(PCI_CAP_ID_PM), 0);
+  // What was found at build time stands: the pointers are read-only.
+  EXPECT_EQ(e->find_capability(PCI_CAP_ID_PM), pm);
 }
 
 TEST(HostileChainTest, ExtendedLoopsAndTerminators) {
   auto e = endpoint();
   ConfigSpace& c = e->config();
   c.raw_write(0x100, 4, PCI_EXT_CAP_ID_DSN | (1u << 16) | (0x100u << 20));  // next = itself
-  EXPECT_EQ(e->find_ext_capability(PCI_EXT_CAP_ID_SRIOV), 0);
+  EXPECT_EQ(e->walk_ext_capability(PCI_EXT_CAP_ID_SRIOV), 0);
   c.raw_write(0x100, 4, PCI_EXT_CAP_ID_DSN | (1u << 16) | (0x040u << 20));  // next below 0x100
-  EXPECT_EQ(e->find_ext_capability(PCI_EXT_CAP_ID_SRIOV), 0);
+  EXPECT_EQ(e->walk_ext_capability(PCI_EXT_CAP_ID_SRIOV), 0);
   c.raw_write(0x100, 4, 0xffffffff);
-  EXPECT_EQ(e->find_ext_capability(PCI_EXT_CAP_ID_DSN), 0);
+  EXPECT_EQ(e->walk_ext_capability(PCI_EXT_CAP_ID_DSN), 0);
   ConfigSpace legacy(kConfigSizeLegacy);
   (void)legacy;
 }

@@ -285,6 +285,13 @@ Result<int> CoreDev::sriov_configure(int num_vfs) {
     pf_.pci_bus().disable_sriov(pf_);
     return 0;
   }
+  // VFs that went away under us (VF Enable cleared or the PF reset by a
+  // config write) leave auxiliary devices for functions that are gone:
+  // they go first, or the new ones' names would collide.
+  if (!aux_devs_.empty()) {
+    log::warn(pf_.name(), "mlx5_core: {} auxiliary devices outlived their VFs; removing them", aux_devs_.size());
+    delete_aux_devices();
+  }
   TRY(pf_.pci_bus().enable_sriov(pf_, static_cast<uint16_t>(num_vfs)));
   for (uint16_t i = 0; i < pf_.sriov_num_vfs(); ++i) {
     PciDevice* vf = pf_.virtfn(i);

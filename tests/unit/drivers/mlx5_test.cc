@@ -52,6 +52,29 @@ TEST(Mlx5Test, SriovZeroToNToZeroWithAuxDevices) {
   EXPECT_EQ(t.list("bus/pci/drivers/mlx5_vfio_pci")->size(), 4u);  // bind, unbind, uevent, 09:00.0
 }
 
+// VF Enable cleared behind mlx5_core's back (a config write to the PF): the
+// VFs are gone, and sriov_numvfs brings them back rather than failing on
+// the auxiliary devices left for them (found by config_fuzz).
+TEST(Mlx5Test, VfsGoneUnderTheDriverCanBeEnabledAgain) {
+  auto sys = seed();
+  auto& t = sys->core().tree();
+  const std::string pf = "bus/pci/devices/0000:07:00.0/sriov_numvfs";
+  const Bdf pf_bdf(0, 7, 0, 0);
+  hw::Function* f = sys->fabric().find(pf_bdf);
+  ASSERT_NE(f, nullptr);
+  uint16_t sriov = f->find_ext_capability(PCI_EXT_CAP_ID_SRIOV);
+  ASSERT_NE(sriov, 0);
+  sys->fabric().config_write(pf_bdf, sriov + PCI_SRIOV_CTRL, 2, 0);
+  EXPECT_EQ(sys->fabric().find(kVf), nullptr);
+  EXPECT_EQ(t.stat("bus/pci/devices/" + kVfName).error().code, ENOENT);
+  ASSERT_TRUE(t.write(pf, "2"));
+  EXPECT_EQ(*t.read("bus/auxiliary/devices/" + kAuxName + "/vf_bdf"), kVfName + "\n");
+  EXPECT_TRUE(sys->mlx5_vfio_pci().paired(kVf));
+  EXPECT_EQ(*t.read(pf), "2\n");
+  ASSERT_TRUE(t.write(pf, "0"));
+  EXPECT_EQ(t.stat("bus/auxiliary/devices/" + kAuxName).error().code, ENOENT);
+}
+
 TEST(Mlx5Test, VfHalfMatchesOnlyThroughDriverOverride) {
   auto sys = seed();
   auto& t = sys->core().tree();

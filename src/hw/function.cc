@@ -78,10 +78,50 @@ Result<uint16_t> Function::add_ext_capability(uint16_t id, uint8_t version, uint
   return off;
 }
 
+namespace {
+
+// The capability lists walked in order, bounded whatever the pointers say:
+// visit(offset, id) for each capability until it returns true; the offset
+// where it did, or 0.
+template <class Visit>
+uint16_t walk_std(const ConfigSpace& cfg, Visit visit) {
+  if (!(cfg.get(kStatus) & PCI_STATUS_CAP_LIST)) return 0;
+  uint8_t pos = cfg.get(kCapabilityList) & ~3;
+  for (int i = 0; i < 48 && pos >= PCI_STD_HEADER_SIZEOF; ++i) {
+    if (visit(pos, static_cast<uint8_t>(cfg.raw_read(pos, 1)))) return pos;
+    pos = cfg.raw_read(pos + 1, 1) & ~3;
+  }
+  return 0;
+}
+
+template <class Visit>
+uint16_t walk_ext(const ConfigSpace& cfg, Visit visit) {
+  if (cfg.size() < kConfigSizeExtended) return 0;
+  uint16_t pos = PCI_CFG_SPACE_SIZE;
+  for (int i = 0; i < (kConfigSizeExtended - PCI_CFG_SPACE_SIZE) / 8 && pos >= PCI_CFG_SPACE_SIZE; ++i) {
+    uint32_t h = cfg.raw_read(pos, 4);
+    if (h == 0 || h == 0xffffffff) return 0;
+    if (visit(pos, static_cast<uint16_t>(PCI_EXT_CAP_ID(h)))) return pos;
+    pos = static_cast<uint16_t>(PCI_EXT_CAP_NEXT(h));
+  }
+  return 0;
+}
+
+}  // namespace
+
 void Function::finish_build() {
   power_on_.assign(cfg_);
-  for (unsigned id = 0; id < cap_at_.size(); ++id) cap_at_[id] = static_cast<uint8_t>(walk_capability(static_cast<uint8_t>(id)));
-  for (unsigned id = 0; id < ext_cap_at_.size(); ++id) ext_cap_at_[id] = walk_ext_capability(static_cast<uint16_t>(id));
+  // One walk of each list; the first capability of an ID is the one found.
+  cap_at_.fill(0);
+  ext_cap_at_.fill(0);
+  walk_std(cfg_, [&](uint16_t pos, uint8_t id) {
+    if (!cap_at_[id]) cap_at_[id] = static_cast<uint8_t>(pos);
+    return false;
+  });
+  walk_ext(cfg_, [&](uint16_t pos, uint16_t id) {
+    if (id < ext_cap_at_.size() && !ext_cap_at_[id]) ext_cap_at_[id] = pos;
+    return false;
+  });
   caps_known_ = true;
 }
 
@@ -102,25 +142,11 @@ uint16_t Function::find_ext_capability(uint16_t id) const {
 }
 
 uint16_t Function::walk_capability(uint8_t id) const {
-  if (!(cfg_.get(kStatus) & PCI_STATUS_CAP_LIST)) return 0;
-  uint8_t pos = cfg_.get(kCapabilityList) & ~3;
-  for (int i = 0; i < 48 && pos >= PCI_STD_HEADER_SIZEOF; ++i) {
-    if (cfg_.raw_read(pos, 1) == id) return pos;
-    pos = cfg_.raw_read(pos + 1, 1) & ~3;
-  }
-  return 0;
+  return walk_std(cfg_, [id](uint16_t, uint8_t cap) { return cap == id; });
 }
 
 uint16_t Function::walk_ext_capability(uint16_t id) const {
-  if (cfg_.size() < kConfigSizeExtended) return 0;
-  uint16_t pos = PCI_CFG_SPACE_SIZE;
-  for (int i = 0; i < (kConfigSizeExtended - PCI_CFG_SPACE_SIZE) / 8 && pos >= PCI_CFG_SPACE_SIZE; ++i) {
-    uint32_t h = cfg_.raw_read(pos, 4);
-    if (h == 0 || h == 0xffffffff) return 0;
-    if (PCI_EXT_CAP_ID(h) == id) return pos;
-    pos = PCI_EXT_CAP_NEXT(h);
-  }
-  return 0;
+  return walk_ext(cfg_, [id](uint16_t, uint16_t cap) { return cap == id; });
 }
 
 bool Function::flr_capable() const {

@@ -4,7 +4,9 @@
 # TARGET is session, server, mig_stream, config, topology or control; RUNS
 # defaults to 10 M. The run starts from a copy of the repo's seed corpus in
 # WORKDIR (default /tmp/uvfio-fuzz-long/TARGET) and logs there; the final
-# stats (executions, coverage, peak RSS) end the log.
+# stats (executions, coverage, peak RSS) end the log. More libFuzzer flags
+# come from UVFIO_FUZZ_FLAGS, e.g. UVFIO_FUZZ_FLAGS=-fork=2 for one
+# campaign on two CPUs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 t=${1:?usage: scripts/fuzz-long.sh TARGET [RUNS] [WORKDIR]}
@@ -22,6 +24,8 @@ extra=()
 # Per-input leak checks stop the server's threads on every input; leaks are
 # still checked at exit.
 [ "$t" = server ] && extra+=(-detect_leaks=0)
+read -r -a more <<<"${UVFIO_FUZZ_FLAGS:-}"
+extra+=("${more[@]}")
 echo "fuzz-long: $t, $runs runs, log in $work/log"
 cd "$work"
 "$OLDPWD/$bin" -runs="$runs" -entropic=0 -max_len=4096 -rss_limit_mb=4096 -print_final_stats=1 \

@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <cctype>
 #include <bit>
 #include <cstring>
 #include <thread>
@@ -121,6 +122,7 @@ bool PciDevice::has_flr() const {
 
 Result<void> PciDevice::flr() {
   if (!has_flr()) return Error(ENOTTY, "no Function Level Reset");
+  std::lock_guard lk(flr_mu_);
   uint16_t exp = find_capability(PCI_CAP_ID_EXP);
   // pci_wait_for_pending_transaction(): up to 4 polls of Transactions Pending.
   for (int i = 0; i < 4 && (config_read(exp + PCI_EXP_DEVSTA, 2) & PCI_EXP_DEVSTA_TRPND); ++i)
@@ -135,6 +137,100 @@ Result<void> PciDevice::flr() {
     std::this_thread::sleep_for(std::chrono::milliseconds(delay));
   }
   return Error(ETIMEDOUT, "function not ready after FLR");
+}
+
+namespace {
+// How many bytes of config space the MSI capability at `msi` spans (its
+// flags: 64-bit address, per-vector masking), rounded up to dwords.
+uint16_t msi_cap_bytes(uint16_t flags) {
+  uint16_t n = (flags & PCI_MSI_FLAGS_64BIT) ? 14 : 10;
+  if (flags & PCI_MSI_FLAGS_MASKBIT) n += 10;
+  return static_cast<uint16_t>((n + 3) & ~3);
+}
+}  // namespace
+
+SavedState PciDevice::save_state(bool msix_table) const {
+  SavedState s;
+  s.config.resize(PCI_CFG_SPACE_SIZE / 4);
+  for (uint16_t i = 0; i < PCI_CFG_SPACE_SIZE; i += 4) s.config[i / 4] = config_read(i, 4);
+  uint16_t msix = find_capability(PCI_CAP_ID_MSIX);
+  if (msix_table && msix) {
+    uint32_t t = config_read(msix + PCI_MSIX_TABLE, 4);
+    unsigned bar = t & PCI_MSIX_TABLE_BIR;
+    uint64_t base = t & PCI_MSIX_TABLE_OFFSET;
+    unsigned n = msix_vec_count();
+    s.msix_table.resize(n);
+    for (unsigned v = 0; v < n; ++v)
+      for (unsigned k = 0; k < 4; ++k) {
+        auto r = bar_read(bar, base + v * PCI_MSIX_ENTRY_SIZE + 4 * k, 4);
+        s.msix_table[v][k] = r ? static_cast<uint32_t>(*r) : 0;
+      }
+  }
+  return s;
+}
+
+void PciDevice::restore_state(const SavedState& s, bool with_irqs) {
+  if (s.config.size() != PCI_CFG_SPACE_SIZE / 4) return;
+  uint16_t msi = find_capability(PCI_CAP_ID_MSI);
+  uint16_t msix = find_capability(PCI_CAP_ID_MSIX);
+  uint16_t pcie = find_capability(PCI_CAP_ID_EXP);
+  uint16_t msi_end = msi ? msi + msi_cap_bytes(static_cast<uint16_t>(s.config[msi / 4] >> 16)) : 0;
+  auto put = [&](uint16_t at, unsigned width, uint32_t v) {
+    if (config_read(at, width) != v) config_write(at, width, v);
+  };
+  for (uint16_t i = PCI_CACHE_LINE_SIZE; i < PCI_CFG_SPACE_SIZE; i += 4) {
+    if (msi && i >= msi && i < msi_end) continue;
+    if (msix && i >= msix && i < msix + PCI_CAP_MSIX_SIZEOF) continue;
+    uint32_t v = s.config[i / 4];
+    if (pcie && i == pcie + PCI_EXP_DEVCTL) {
+      put(i, 2, v & ~PCI_EXP_DEVCTL_BCR_FLR & 0xffff);  // never initiate another FLR
+      continue;
+    }
+    put(i, 4, v);
+  }
+  if (with_irqs) {
+    // pci_restore_msi_state(): MSI's address, data and mask, then its
+    // control; MSI-X's table with the function masked, then its control.
+    if (msi) {
+      for (uint16_t i = msi + 4; i < msi_end; i += 4) put(i, 4, s.config[i / 4]);
+      put(msi + PCI_MSI_FLAGS, 2, s.config[msi / 4] >> 16);
+    }
+    if (msix) {
+      uint16_t ctrl = static_cast<uint16_t>(s.config[msix / 4] >> 16);
+      if (!s.msix_table.empty()) {
+        put(msix + PCI_MSIX_FLAGS, 2, ctrl | PCI_MSIX_FLAGS_MASKALL);
+        uint32_t t = config_read(msix + PCI_MSIX_TABLE, 4);
+        for (size_t v = 0; v < s.msix_table.size(); ++v)
+          for (unsigned k = 0; k < 4; ++k)
+            (void)bar_write(t & PCI_MSIX_TABLE_BIR,
+                            (t & PCI_MSIX_TABLE_OFFSET) + v * PCI_MSIX_ENTRY_SIZE + 4 * k, 4, s.msix_table[v][k]);
+      }
+      put(msix + PCI_MSIX_FLAGS, 2, ctrl);
+    }
+  }
+  put(PCI_COMMAND, 2, s.config[PCI_COMMAND / 4] & 0xffff);
+}
+
+Result<void> PciDevice::reset_function() {
+  if (reset_methods_.empty()) return Error(ENOTTY, "no reset method enabled");
+  if (!vfs_.empty()) return Error(EBUSY, "a function reset would take the PF's VFs away");
+  auto* drv = dynamic_cast<PciDriver*>(driver());
+  driver::Binding* b = binding();
+  // pci_dev_save_and_disable(): the driver told, the state saved, then
+  // Command = INTx Disable so the function stops decoding and mastering.
+  if (drv && b) drv->reset_prepare(*this, *b);
+  SavedState saved = save_state(true);
+  config_write(PCI_COMMAND, 2, PCI_COMMAND_INTX_DISABLE);
+  Result<void> r = Error(ENOTTY, "no reset method worked");
+  for (uint8_t m : reset_methods_) {
+    if (std::string_view(kResetMethodNames[m]) == "flr") r = flr();
+    if (r || r.error().code != ENOTTY) break;
+  }
+  // pci_dev_restore(): whatever the reset did, the state goes back and the
+  // driver hears of it.
+  restore_state(saved, true);
+  if (drv && b) drv->reset_done(*this, *b);
+  return r;
 }
 
 Result<uint64_t> PciDevice::bar_read(unsigned bar, uint64_t off, unsigned width) const {
@@ -615,6 +711,81 @@ Result<void> PciBus::add_device_attributes(driver::Device& d) {
     static const char* names[] = {"D0", "D1", "D2", "D3hot"};
     return std::string(names[p->config_read(pm + PCI_PM_CTRL, 2) & PCI_PM_CTRL_STATE_MASK]) + "\n";
   })));
+  TRY(add_reset_attributes(*dev));
+  return ok();
+}
+
+// pci_init_reset_methods() and the attributes pci-sysfs.c shows only for a
+// function that has a reset method: `reset` (write 1: pci_reset_function)
+// and `reset_method`.
+Result<void> PciBus::add_reset_attributes(PciDevice& d) {
+  d.supported_resets_.clear();
+  for (uint8_t m = 0; m < std::size(kResetMethodNames); ++m)
+    if (std::string_view(kResetMethodNames[m]) == "flr" && d.has_flr()) d.supported_resets_.push_back(m);
+  d.reset_methods_ = d.supported_resets_;
+  if (d.supported_resets_.empty()) return ok();
+  driver::Tree& t = core_.tree();
+  PciDevice* p = &d;
+  TRY(t.add_file(d.dir(), Attribute{"reset", 0200, nullptr, [p](std::string_view v) -> Result<void> {
+                   auto n = parse_u16(v);
+                   if (!n || *n != 1) return Error(EINVAL, "write 1 to reset the function");
+                   return p->reset_function();
+                 }}));
+  TRY(t.add_file(d.dir(), Attribute{"reset_method", 0644,
+                                    [p]() -> Result<std::string> {
+                                      std::string s;
+                                      for (uint8_t m : p->reset_methods_)
+                                        s += (s.empty() ? "" : " ") + std::string(kResetMethodNames[m]);
+                                      return s.empty() ? s : s + "\n";
+                                    },
+                                    [this, p](std::string_view v) { return reset_method_store(*p, v); }}));
+  return ok();
+}
+
+namespace {
+// sysfs_streq(): equal but for one trailing newline on either side.
+bool sysfs_streq(std::string_view a, std::string_view b) {
+  if (!a.empty() && a.back() == '\n') a.remove_suffix(1);
+  return a == b;
+}
+}  // namespace
+
+// reset_method_store(): "" disables every method, "default" brings back what
+// the function supports, otherwise a space-separated list in priority
+// order; an unknown or unsupported name refuses the whole write (EINVAL)
+// and leaves the methods as they were.
+Result<void> PciBus::reset_method_store(PciDevice& d, std::string_view v) {
+  if (sysfs_streq(v, "")) {
+    log::warn(d.name(), "All device reset methods disabled by user");
+    d.reset_methods_.clear();
+    return ok();
+  }
+  if (sysfs_streq(v, "default")) {
+    d.reset_methods_ = d.supported_resets_;
+    return ok();
+  }
+  std::vector<uint8_t> methods;
+  while (!v.empty()) {
+    size_t sp = v.find(' ');
+    std::string_view name = v.substr(0, sp);
+    v = sp == std::string_view::npos ? std::string_view() : v.substr(sp + 1);
+    while (!name.empty() && std::isspace(static_cast<unsigned char>(name.back()))) name.remove_suffix(1);
+    while (!name.empty() && std::isspace(static_cast<unsigned char>(name.front()))) name.remove_prefix(1);
+    if (name.empty()) continue;
+    uint8_t m = 0;
+    while (m < std::size(kResetMethodNames) && name != kResetMethodNames[m]) ++m;
+    if (m == std::size(kResetMethodNames)) {
+      log::error(d.name(), "Invalid reset method '{}'", name);
+      return Error(EINVAL, "invalid reset method");
+    }
+    if (std::find(d.supported_resets_.begin(), d.supported_resets_.end(), m) == d.supported_resets_.end()) {
+      log::error(d.name(), "Unsupported reset method '{}'", name);
+      return Error(EINVAL, "unsupported reset method");
+    }
+    if (methods.size() == std::size(kResetMethodNames)) return Error(EINVAL, "too many reset methods");
+    methods.push_back(m);
+  }
+  d.reset_methods_ = std::move(methods);
   return ok();
 }
 

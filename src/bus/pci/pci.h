@@ -17,6 +17,7 @@
 #include <array>
 #include <map>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <span>
 #include <vector>
@@ -75,6 +76,18 @@ struct BarMapping {
 
 inline constexpr unsigned kNumBars = PCI_STD_NUM_BARS;
 
+// pci_save_state(): what a function reset clears and software puts back —
+// the header and capabilities (the first 256 bytes of config space) and,
+// when asked for, the MSI-X table as read through its BAR.
+struct SavedState {
+  std::vector<uint32_t> config;                     // PCI_CFG_SPACE_SIZE / 4 dwords; empty: none saved
+  std::vector<std::array<uint32_t, 4>> msix_table;  // PCI_MSIX_ENTRY_* dwords per vector
+};
+
+// The Reset Methods a function has (pci_reset_fn_methods[], in the kernel's
+// order and names); uvfio's functions implement "flr".
+inline constexpr const char* kResetMethodNames[] = {"device_specific", "acpi", "flr", "af_flr", "pm", "bus", "cxl_bus"};
+
 // Resource indices as Linux numbers them.
 inline constexpr unsigned kRomResource = 6;
 inline constexpr unsigned kIovResources = 7;      // 7..12: VF BARs (whole range)
@@ -120,7 +133,21 @@ class PciDevice : public driver::Device {
   // pcie_flr(): waits for Transactions Pending to clear, writes Initiate
   // FLR, then waits for the function to answer config cycles again
   // (pci_dev_wait). ENOTTY without FLR, ETIMEDOUT if it never comes back.
+  // One at a time per function.
   Result<void> flr();
+  // pci_save_state() / pci_restore_state(): `with_irqs` false leaves the
+  // MSI and MSI-X capabilities (and the table) to the caller, as
+  // vfio-pci-core reprograms them from its own interrupt state. A dword is
+  // written back only where the reset changed it (pci_restore_config_dword),
+  // Initiate FLR never, Command last.
+  SavedState save_state(bool msix_table) const;
+  void restore_state(const SavedState& s, bool with_irqs);
+  // pci_reset_function() as `echo 1 > reset` runs it (the device lock held):
+  // the bound driver's reset_prepare(), the state saved, the first enabled
+  // reset method, the state restored, the driver's reset_done(). ENOTTY
+  // without an enabled method; EBUSY for a PF with VFs enabled (a PF FLR
+  // would take the VFs away: docs/architecture.md).
+  Result<void> reset_function();
 
   // ---- BARs: memory and I/O cycles (pci_iomap'd accesses, inb/outb) --------
   // `width` bytes (1, 2, 4, 8) at `off` into BAR `bar`; EINVAL for a BAR
@@ -172,6 +199,11 @@ class PciDevice : public driver::Device {
   uint16_t vf_index_ = 0;
   uint16_t sriov_pos_ = 0;
   bool sriov_autoprobe_ = true;
+  // reset_method: indices into kResetMethodNames, in priority order; what
+  // the function supports at add time, changed by the admin.
+  std::vector<uint8_t> reset_methods_;
+  std::vector<uint8_t> supported_resets_;
+  std::mutex flr_mu_;  // one FLR at a time (sysfs reset and a VFIO user's)
   std::vector<PciDevice*> vfs_;
   std::vector<PciDevice*> children_;  // devices on this bridge's secondary bus (scan order)
 };
@@ -186,6 +218,10 @@ class PciDriver : public driver::Driver {
   virtual bool has_sriov_configure() const { return false; }
   // Returns the number of VFs now enabled, or an error.
   virtual Result<int> sriov_configure(PciDevice&, int) { return Error(ENOENT, "no sriov_configure"); }
+  // pci_error_handlers' reset_prepare/reset_done: around a reset the PCI
+  // core performs on a bound device (sysfs `reset`), with its binding.
+  virtual void reset_prepare(PciDevice&, driver::Binding&) {}
+  virtual void reset_done(PciDevice&, driver::Binding&) {}
 
  private:
   std::vector<PciDeviceId> ids_;
@@ -245,6 +281,8 @@ class PciBus : public driver::Bus {
 
  private:
   Result<void> sriov_numvfs_store(PciDevice& pf, std::string_view v);
+  Result<void> reset_method_store(PciDevice& d, std::string_view v);
+  Result<void> add_reset_attributes(PciDevice& d);
   const PciDeviceId* best_id(PciDevice& dev, PciDriver& drv) const;
   PciDevice* create(hw::Function& f, Bdf bdf, driver::Device* parent);
   void scan_bus(uint8_t bus, driver::Device* parent, std::vector<PciDevice*>& out, int depth);

@@ -45,6 +45,11 @@ class Mlx5VfioPci::PciHalf : public bus::pci::PciDriver {
     TRY(vf->register_device());
     return std::unique_ptr<driver::Binding>(std::move(vf));
   }
+  // mlx5vf_err_handlers.reset_done (mlx5vf_pci_aer_reset_done): a reset
+  // by the PCI core ends any migration session; the device is RUNNING.
+  void reset_done(PciDevice&, driver::Binding& b) override {
+    if (auto* vf = dynamic_cast<VfDevice*>(&b)) vf->pci_reset_done();
+  }
 
  private:
   Mlx5VfioPci& mod_;

@@ -145,7 +145,7 @@ Result<void> CoreDevice::enable() {
   // after the reset, we keep the VFs instead: no open-time reset while a PF
   // has VFs.
   if (reset_works_ && !pdev_.sriov_num_vfs()) {
-    saved_config_.clear();
+    saved_ = {};
     save_state();
     (void)pdev_.flr();
     restore_state();
@@ -157,8 +157,8 @@ Result<void> CoreDevice::enable() {
     saved_bars_[i] = pdev_.config_read(static_cast<uint16_t>(PCI_BASE_ADDRESS_0 + 4 * i), 4);
   save_state();
   // pci_store_saved_state(): what close restores, whatever resets the user
-  // does in between (each saves over saved_config_).
-  open_config_ = saved_config_;
+  // does in between (each saves over saved_).
+  open_saved_ = saved_;
   // A PCI 2.3 device (INTx Disable implemented) is handed over with INTx
   // enabled: vfio masks INTx virtually (pci_intx_mask_supported()).
   if (pdev_.intx_mask_supported()) {
@@ -203,7 +203,7 @@ void CoreDevice::disable() {
   // never one a user's reset saved later (which may have bus master on).
   pdev_.config_write(PCI_COMMAND, 2, PCI_COMMAND_INTX_DISABLE);
   if (reset_works_ && !pdev_.sriov_num_vfs()) (void)pdev_.flr();
-  saved_config_ = open_config_;
+  saved_ = open_saved_;
   restore_state();
   config_free();
   if (sriov_pf_) {
@@ -212,38 +212,17 @@ void CoreDevice::disable() {
   }
 }
 
-// pci_save_state()/pci_restore_state() for what an FLR clears: the
-// standard header (BARs, command, cache line) and the capabilities' control
-// registers; not the SR-IOV capability (VFs do not come back by themselves).
-void CoreDevice::save_state() {
-  saved_config_.resize(PCI_CFG_SPACE_SIZE);
-  for (uint16_t i = 0; i < PCI_CFG_SPACE_SIZE; i += 4) {
-    uint32_t v = pdev_.config_read(i, 4);
-    std::memcpy(saved_config_.data() + i, &v, 4);
-  }
-}
+// pci_save_state()/pci_restore_state() (the bus's) for what an FLR clears:
+// the standard header (BARs, command, cache line) and the capabilities'
+// control registers; not the SR-IOV capability (VFs do not come back by
+// themselves). MSI and MSI-X are reprogrammed from the user's interrupt
+// state below.
+void CoreDevice::save_state() { saved_ = pdev_.save_state(false); }
 
 void CoreDevice::restore_state() {
-  if (saved_config_.size() < PCI_CFG_SPACE_SIZE) return;
-  uint16_t msi = pdev_.find_capability(PCI_CAP_ID_MSI);
+  if (saved_.config.empty()) return;
+  pdev_.restore_state(saved_, false);
   uint16_t msix = pdev_.find_capability(PCI_CAP_ID_MSIX);
-  uint16_t pcie = pdev_.find_capability(PCI_CAP_ID_EXP);
-  for (uint16_t i = PCI_CACHE_LINE_SIZE; i < PCI_CFG_SPACE_SIZE; i += 4) {
-    if (msi && i >= msi && i < msi + 24) continue;      // reprogrammed below
-    if (msix && i >= msix && i < msix + 12) continue;   // reprogrammed below
-    if (pcie && i == pcie + PCI_EXP_DEVCTL) {
-      uint32_t v;
-      std::memcpy(&v, saved_config_.data() + i, 4);
-      pdev_.config_write(i, 2, v & ~PCI_EXP_DEVCTL_BCR_FLR & 0xffff);  // never re-trigger FLR
-      continue;
-    }
-    uint32_t v;
-    std::memcpy(&v, saved_config_.data() + i, 4);
-    pdev_.config_write(i, 4, v);
-  }
-  uint32_t cmd;
-  std::memcpy(&cmd, saved_config_.data() + PCI_COMMAND, 4);
-  pdev_.config_write(PCI_COMMAND, 2, cmd & 0xffff);
   // The host's interrupt programming, as the user last set it up.
   if (irq_type_ == VFIO_PCI_MSI_IRQ_INDEX || irq_type_ == VFIO_PCI_MSIX_IRQ_INDEX) {
     bool is_msix = irq_type_ == VFIO_PCI_MSIX_IRQ_INDEX;
@@ -277,9 +256,13 @@ Result<void> CoreDevice::function_reset() {
   save_state();
   TRY(pdev_.flr());
   restore_state();
+  pci_reset_done();
+  return ok();
+}
+
+void CoreDevice::pci_reset_done() {
   reset_done();
   mig_reset_to_running();
-  return ok();
 }
 
 Result<void> CoreDevice::do_reset() {

@@ -72,6 +72,12 @@ class CoreDevice : public Device, public driver::Binding, private hw::IrqSink {
   // The PF's token, if this is a PF that has one.
   VfToken* vf_token() { return vf_token_.get(); }
 
+  // The PCI core reset the function under the driver (sysfs `reset`, the
+  // bound PCI driver's reset_done): the variant's reset_done() and
+  // migration back to RUNNING, as after VFIO_DEVICE_RESET
+  // (mlx5vf_pci_aer_reset_done).
+  void pci_reset_done();
+
   // Diagnostics for tests.
   bool memory_enabled() const;
   int irq_type() const { return irq_type_; }
@@ -180,8 +186,8 @@ class CoreDevice : public Device, public driver::Binding, private hw::IrqSink {
   uint8_t msi_qmax_ = 0;
   uint8_t power_state_ = 0;  // D0..D3hot
   std::array<uint32_t, 6> saved_bars_{};
-  std::vector<uint8_t> saved_config_;  // header restored after reset
-  std::vector<uint8_t> open_config_;   // as saved at open: what close restores
+  bus::pci::SavedState saved_;       // header restored after reset
+  bus::pci::SavedState open_saved_;  // as saved at open: what close restores
 
   // Interrupts (guarded by Device's igate for changes; irq_mu_ for delivery).
   std::mutex irq_mu_;

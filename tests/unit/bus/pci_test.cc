@@ -338,5 +338,133 @@ TEST_F(PciFixture, HardwareVanishingTakesItsDeviceAlong) {
   core.unregister_driver(pfdrv);
 }
 
+
+// pci-sysfs.c shows `reset` and `reset_method` only for a function with a
+// reset method (pci_dev_reset_attr_is_visible): the endpoints advertise FLR
+// in Device Capabilities, the root port has no method.
+TEST_F(PciFixture, ResetAttributesOnlyWhereAResetMethodExists) {
+  auto& t = core.tree();
+  auto st = t.stat("bus/pci/devices/0000:00:03.0/reset");
+  ASSERT_TRUE(st);
+  EXPECT_EQ(st->mode, 0200u);
+  EXPECT_EQ(t.read("bus/pci/devices/0000:00:03.0/reset").error().code, EACCES);
+  EXPECT_EQ(t.stat("bus/pci/devices/0000:00:03.0/reset_method")->mode, 0644u);
+  EXPECT_EQ(*t.read("bus/pci/devices/0000:00:03.0/reset_method"), "flr\n");
+  EXPECT_EQ(t.stat("bus/pci/devices/0000:00:02.0/reset").error().code, ENOENT);
+  EXPECT_EQ(t.stat("bus/pci/devices/0000:00:02.0/reset_method").error().code, ENOENT);
+}
+
+class ResetDriver : public TestDriver {
+ public:
+  using TestDriver::TestDriver;
+  void reset_prepare(PciDevice& d, driver::Binding&) override {
+    events.push_back("prepare " + d.name());
+    // The function is still as the driver left it.
+    cmd_at_prepare = static_cast<uint16_t>(d.config_read(PCI_COMMAND, 2));
+  }
+  void reset_done(PciDevice& d, driver::Binding&) override { events.push_back("done " + d.name()); }
+  std::vector<std::string> events;
+  uint16_t cmd_at_prepare = 0;
+};
+
+// pci_reset_function(): reset_prepare, the state saved, FLR, the state
+// (header, capabilities, MSI-X table) put back, reset_done.
+TEST_F(PciFixture, ResetFunctionRestoresStateAroundAnFlr) {
+  ResetDriver drv("epdrv", {{0x1b36, 0x0005}});
+  ASSERT_TRUE(core.register_driver(*bus, drv));
+  PciDevice& ep = dev(Bdf(0, 0, 3, 0));
+  ASSERT_EQ(ep.driver(), &drv);
+  hw::Function* hwf = fabric.find(Bdf(0, 0, 3, 0));
+  ep.enable_device();
+  uint16_t cmd = static_cast<uint16_t>(ep.config_read(PCI_COMMAND, 2));
+  ASSERT_TRUE(cmd & PCI_COMMAND_MEMORY);
+  ASSERT_TRUE(cmd & PCI_COMMAND_MASTER);
+  uint32_t bar0 = ep.config_read(PCI_BASE_ADDRESS_0, 4);
+  ASSERT_NE(bar0 & PCI_BASE_ADDRESS_MEM_MASK, 0u);
+  ep.config_write(PCI_CACHE_LINE_SIZE, 1, 0x10);
+  // Program MSI-X vector 1 (BAR4 table at 0) and enable MSI-X.
+  uint16_t msix = ep.find_capability(PCI_CAP_ID_MSIX);
+  ASSERT_NE(msix, 0);
+  ASSERT_TRUE(ep.bar_write(4, 16 + PCI_MSIX_ENTRY_LOWER_ADDR, 4, 0xfee01000));
+  ASSERT_TRUE(ep.bar_write(4, 16 + PCI_MSIX_ENTRY_DATA, 4, 0x4321));
+  ASSERT_TRUE(ep.bar_write(4, 16 + PCI_MSIX_ENTRY_VECTOR_CTRL, 4, 0));
+  ep.config_write(msix + PCI_MSIX_FLAGS, 2, PCI_MSIX_FLAGS_ENABLE);
+  // Device state an FLR clears: the scratch register.
+  ASSERT_TRUE(ep.bar_write(0, hw::GenericEndpoint::kRegScratch, 4, 0xabcd));
+  unsigned flrs = hwf->flr_count();
+
+  ASSERT_TRUE(core.tree().write("bus/pci/devices/0000:00:03.0/reset", "1\n"));
+  EXPECT_EQ(hwf->flr_count(), flrs + 1);
+  EXPECT_EQ(*ep.bar_read(0, hw::GenericEndpoint::kRegScratch, 4), 0u);  // the reset happened
+  EXPECT_EQ(ep.config_read(PCI_COMMAND, 2), cmd);
+  EXPECT_EQ(ep.config_read(PCI_BASE_ADDRESS_0, 4), bar0);
+  EXPECT_EQ(ep.config_read(PCI_CACHE_LINE_SIZE, 1), 0x10u);
+  EXPECT_EQ(ep.config_read(msix + PCI_MSIX_FLAGS, 2) & (PCI_MSIX_FLAGS_ENABLE | PCI_MSIX_FLAGS_MASKALL),
+            PCI_MSIX_FLAGS_ENABLE);
+  EXPECT_EQ(*ep.bar_read(4, 16 + PCI_MSIX_ENTRY_LOWER_ADDR, 4), 0xfee01000u);
+  EXPECT_EQ(*ep.bar_read(4, 16 + PCI_MSIX_ENTRY_DATA, 4), 0x4321u);
+  EXPECT_EQ(*ep.bar_read(4, 16 + PCI_MSIX_ENTRY_VECTOR_CTRL, 4) & PCI_MSIX_ENTRY_CTRL_MASKBIT, 0u);
+  EXPECT_EQ(*ep.bar_read(4, PCI_MSIX_ENTRY_VECTOR_CTRL, 4) & PCI_MSIX_ENTRY_CTRL_MASKBIT, 1u);  // vector 0 as it was
+  std::vector<std::string> want{"prepare 0000:00:03.0", "done 0000:00:03.0"};
+  EXPECT_EQ(drv.events, want);
+  EXPECT_EQ(drv.cmd_at_prepare, cmd);
+  core.unregister_driver(drv);
+}
+
+// reset_store(): kstrtoul, then only 1; reset_method_store(): "" disables,
+// "default" restores, names must be known and supported or nothing changes.
+TEST_F(PciFixture, ResetAndResetMethodErrnoRules) {
+  auto& t = core.tree();
+  const std::string r = "bus/pci/devices/0000:00:03.0/reset", m = "bus/pci/devices/0000:00:03.0/reset_method";
+  hw::Function* hwf = fabric.find(Bdf(0, 0, 3, 0));
+  unsigned flrs = hwf->flr_count();
+  EXPECT_EQ(t.write(r, "0").error().code, EINVAL);
+  EXPECT_EQ(t.write(r, "2").error().code, EINVAL);
+  EXPECT_EQ(t.write(r, "yes").error().code, EINVAL);
+  EXPECT_EQ(t.write(r, "").error().code, EINVAL);
+  EXPECT_EQ(hwf->flr_count(), flrs);
+  ASSERT_TRUE(t.write(r, "0x1"));  // base 0, as kstrtoul(buf, 0)
+  EXPECT_EQ(hwf->flr_count(), ++flrs);
+  EXPECT_EQ(t.write(m, "bus").error().code, EINVAL);       // a method, not this function's
+  EXPECT_EQ(t.write(m, "flr warm").error().code, EINVAL);  // no such method: nothing changes
+  EXPECT_EQ(*t.read(m), "flr\n");
+  ASSERT_TRUE(t.write(m, "\n"));
+  EXPECT_EQ(*t.read(m), "");
+  EXPECT_EQ(t.write(r, "1").error().code, ENOTTY);
+  EXPECT_EQ(hwf->flr_count(), flrs);
+  ASSERT_TRUE(t.write(m, "default\n"));
+  EXPECT_EQ(*t.read(m), "flr\n");
+  ASSERT_TRUE(t.write(m, ""));
+  ASSERT_TRUE(t.write(m, "  flr \n"));
+  EXPECT_EQ(*t.read(m), "flr\n");
+  ASSERT_TRUE(t.write(r, "1"));
+  EXPECT_EQ(hwf->flr_count(), ++flrs);
+}
+
+// A PF FLR would take its VFs away (and here remove their devices): refused
+// while VFs are enabled; without VFs the PF resets like any function.
+TEST_F(PciFixture, ResetOfAPfWithVfsIsRefused) {
+  TestDriver drv("pfdrv", {{0x15b3, 0x101d}}, true);
+  ASSERT_TRUE(core.register_driver(*bus, drv));
+  auto& t = core.tree();
+  const std::string r = "bus/pci/devices/0000:01:00.1/reset";
+  hw::Function* pf = fabric.find(Bdf(0, 1, 0, 1));
+  unsigned flrs = pf->flr_count();
+  ASSERT_TRUE(t.write("bus/pci/devices/0000:01:00.1/sriov_numvfs", "2"));
+  EXPECT_EQ(t.write(r, "1").error().code, EBUSY);
+  EXPECT_EQ(pf->flr_count(), flrs);
+  EXPECT_NE(bus->find(Bdf(0, 2, 0, 1)), nullptr);
+  // The VFs have FLR too.
+  EXPECT_EQ(*t.read("bus/pci/devices/0000:02:00.1/reset_method"), "flr\n");
+  hw::Function* vf = fabric.find(Bdf(0, 2, 0, 1));
+  unsigned vf_flrs = vf->flr_count();
+  ASSERT_TRUE(t.write("bus/pci/devices/0000:02:00.1/reset", "1"));
+  EXPECT_EQ(vf->flr_count(), vf_flrs + 1);
+  ASSERT_TRUE(t.write("bus/pci/devices/0000:01:00.1/sriov_numvfs", "0"));
+  ASSERT_TRUE(t.write(r, "1"));
+  EXPECT_EQ(pf->flr_count(), flrs + 1);
+  core.unregister_driver(drv);
+}
+
 }  // namespace
 }  // namespace uvfio::bus::pci

@@ -286,6 +286,31 @@ TEST(Mlx5Migration, PfUnbindDuringPreCopyEndsInError) {
 }
 
 
+// `echo 1 > reset` on a VF in use (pci_reset_function with the driver bound):
+// mlx5_vfio_pci's reset_done ends the migration session and the device is
+// RUNNING again (mlx5vf_pci_aer_reset_done); the function's config (bus
+// master) comes back from the PCI core's saved state.
+TEST(Mlx5Migration, SysfsResetEndsTheSessionAndLeavesRunning) {
+  Side a;
+  a.start_queue();
+  auto pre = a.set_state(S::kPreCopy);
+  ASSERT_TRUE(pre);
+  ASSERT_EQ(a.dev->mig_state(), S::kPreCopy);
+  unsigned flrs = a.hwvf().flr_count();
+  uint32_t cmd = a.sys->fabric().config_read(kVf, PCI_COMMAND, 2);
+  ASSERT_TRUE(cmd & PCI_COMMAND_MASTER);  // (a VF's Memory Space bit is hardwired 0)
+  ASSERT_TRUE(a.sys->core().tree().write("bus/pci/devices/0000:08:00.0/reset", "1"));
+  EXPECT_EQ(a.hwvf().flr_count(), flrs + 1);
+  EXPECT_EQ(a.dev->mig_state(), S::kRunning);
+  std::vector<uint8_t> buf(16);
+  EXPECT_EQ(pre->file->read(buf).error().code, ENODEV);
+  EXPECT_EQ(a.sys->fabric().config_read(kVf, PCI_COMMAND, 2), cmd);
+  // The queue was reset with the function: the user programs it again.
+  EXPECT_EQ(a.r(vfreg::kCtrl), 0u);
+  EXPECT_TRUE(a.set_state(S::kStop));
+  EXPECT_TRUE(a.set_state(S::kRunning));
+}
+
 TEST(Mlx5Migration, SourceAbortsBackToRunningWithTheWorkloadIntact) {
   Side a;
   a.start_queue();

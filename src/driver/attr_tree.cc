@@ -112,7 +112,7 @@ Result<NodeInfo> Tree::stat(std::string_view path) const {
   Node* n = TRY(resolve(path, Follow::kNo));
   switch (n->kind()) {
     case NodeKind::kDir: return NodeInfo{NodeKind::kDir, 0755, 0};
-    case NodeKind::kLink: return NodeInfo{NodeKind::kLink, 0777, static_cast<Link*>(n)->target().size()};
+    case NodeKind::kLink: return NodeInfo{NodeKind::kLink, 0777, 0};  // sysfs links stat as 0 bytes
     case NodeKind::kFile: {
       const Attribute& a = static_cast<File*>(n)->attr();
       return NodeInfo{NodeKind::kFile, a.mode, a.size};

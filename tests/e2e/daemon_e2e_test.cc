@@ -62,6 +62,10 @@ TEST_F(SeedDaemon, SeedLinesByteExactWithLs) {
   EXPECT_EQ(tails[1], "mlx5_core.vfio_pci.2304 -> " + kLink2304);
   r = sh("readlink " + d.sys() + "/bus/auxiliary/devices/mlx5_core.vfio_pci.2048");
   EXPECT_EQ(r.out, kLink2048 + "\n");
+  // Sizes as sysfs stats them: links 0, directories 0, attributes a page.
+  r = sh("stat -c '%s %F' " + d.sys() + "/bus/auxiliary/devices/mlx5_core.vfio_pci.2048 " + d.sys() +
+         "/bus/pci/devices/0000:08:00.0/ " + d.sys() + "/bus/pci/devices/0000:08:00.0/vendor");
+  EXPECT_EQ(r.out, "0 symbolic link\n0 directory\n4096 regular file\n");
   // And the link resolves inside the tree, as on /sys.
   r = sh("cat " + d.sys() + "/bus/auxiliary/devices/mlx5_core.vfio_pci.2304/vf_bdf");
   EXPECT_EQ(r.out, "0000:09:00.0\n");
@@ -143,6 +147,20 @@ TEST_F(SeedDaemon, EchoIntoSysfsWorksLikeLinux) {
   r = sh("echo 1 > " + s + "/bus/pci/devices/0000:07:00.0/vendor");
   EXPECT_NE(r.status, 0);  // read-only
   EXPECT_EQ(sh("stat -c %s " + s + "/bus/pci/devices/0000:07:00.0/config").out, "4096\n");
+  // reset and reset_method, as pci-sysfs.c: a PF with VFs refuses, a VF
+  // resets; the bridges have neither file.
+  std::string vf = s + "/bus/pci/devices/0000:09:00.0";
+  r = sh("stat -c %A " + vf + "/reset " + vf + "/reset_method && cat " + vf + "/reset_method");
+  EXPECT_EQ(r.out, "--w-------\n-rw-r--r--\nflr\n") << r.err;
+  r = sh("echo 1 > " + vf + "/reset");
+  EXPECT_EQ(r.status, 0) << r.err;
+  r = sh("echo 2 > " + vf + "/reset");
+  EXPECT_NE(r.err.find("Invalid argument"), std::string::npos) << r.err;
+  r = sh("echo bus > " + vf + "/reset_method");
+  EXPECT_NE(r.err.find("Invalid argument"), std::string::npos) << r.err;
+  r = sh("echo 1 > " + s + "/bus/pci/devices/0000:07:00.1/reset");
+  EXPECT_NE(r.err.find("Device or resource busy"), std::string::npos) << r.err;
+  EXPECT_NE(sh("test -e " + s + "/bus/pci/devices/0000:06:00.0/reset").status, 0);
 }
 
 TEST_F(SeedDaemon, UvfioctlViewsAndShortcuts) {

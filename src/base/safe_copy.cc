@@ -4,6 +4,7 @@
 #include <signal.h>
 #include <ucontext.h>
 
+#include <atomic>
 #include <cstring>
 #include <mutex>
 
@@ -11,7 +12,12 @@ namespace uvfio {
 
 namespace {
 
-thread_local sigjmp_buf* t_jump = nullptr;  // set while this thread copies
+// Set while this thread copies. volatile: the handler reads it, and nothing
+// the compiler can see does. A plain store followed by memcpy and a store of
+// nullptr is a dead store to the optimizer (memcpy is a builtin it knows
+// does not read t_jump), and -O2 removed it: the handler then found nothing
+// to jump back to and the daemon died of the client's SIGBUS.
+thread_local sigjmp_buf* volatile t_jump = nullptr;
 struct sigaction g_previous;
 
 void on_sigbus(int sig, siginfo_t* info, void* ctx) {
@@ -43,12 +49,16 @@ void install() {
 }
 
 // Kept out of line and free of anything with a destructor: the jump back
-// skips nothing but this frame's own state.
+// skips nothing but this frame's own state. The signal fences keep the copy
+// between the two volatile stores (a compiler may move ordinary memory
+// accesses across a volatile one, not across a fence).
 __attribute__((noinline)) bool copy_guarded(void* dst, const void* src, size_t n) {
   sigjmp_buf jump;
   if (sigsetjmp(jump, 0) != 0) return false;  // came back from the handler
   t_jump = &jump;
+  std::atomic_signal_fence(std::memory_order_seq_cst);
   std::memcpy(dst, src, n);
+  std::atomic_signal_fence(std::memory_order_seq_cst);
   t_jump = nullptr;
   return true;
 }

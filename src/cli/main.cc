@@ -363,7 +363,7 @@ struct DevStats {
 };
 
 constexpr const char* kNumFiles[] = {"region_bytes_read", "region_bytes_written", "dma_ops", "dma_bytes",
-                                     "interrupts", "migration_bytes"};
+                                     "interrupts", "interrupts_dropped", "migration_bytes"};
 
 // "   count NAME" lines (requests, errors).
 std::map<std::string, uint64_t> count_lines(const std::string& text, uint64_t& total) {

@@ -134,6 +134,7 @@ class Device {
   struct Stats {
     Counter region_bytes_read, region_bytes_written;
     Counter interrupts;       // eventfd signals for device interrupts
+    Counter interrupts_dropped;  // signals the client's eventfd could not take (counter full)
     Counter migration_bytes;  // device state read or written (the frontend counts)
     Counter last_stop_ns;     // how long the device was last out of RUNNING/PRE_COPY
   };

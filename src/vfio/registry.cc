@@ -120,6 +120,7 @@ void Registry::add_device_stats(driver::Dir* dir, Device& dev) {
   num("dma_ops", [d] { return d->iommu().dma_ops(); });
   num("dma_bytes", [d] { return d->iommu().dma_bytes(); });
   num("interrupts", [d] { return d->stats().interrupts.get(); });
+  num("interrupts_dropped", [d] { return d->stats().interrupts_dropped.get(); });
   num("migration_bytes", [d] { return d->stats().migration_bytes.get(); });
   num("last_stop_ms", [d] {
     return fmt::format("{:.3f}", static_cast<double>(d->stats().last_stop_ns.get()) / 1e6);

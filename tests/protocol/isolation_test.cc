@@ -4,12 +4,16 @@
 // dropped after the timeout, while the other device answers at once the
 // whole time; the dropped device then takes a new client.
 #include <fcntl.h>
+#include <linux/vfio.h>
 #include <poll.h>
+#include <sys/eventfd.h>
 
 #include <gtest/gtest.h>
 
 #include <chrono>
 #include <fstream>
+
+#include <nlohmann/json.hpp>
 
 #include "e2e/harness.h"
 #include "protocol/raw.h"
@@ -26,7 +30,8 @@ class Isolation : public ::testing::Test {
     dir = make_tmpdir("isolation");
     std::ofstream(dir + "/topo.toml") << kEndpointAndVfTopology;
     d = std::make_unique<Daemon>(std::vector<std::string>{"--config", dir + "/topo.toml", "--no-fuse",
-                                                          "--client-timeout-ms", std::to_string(kTimeoutMs)},
+                                                          "--client-timeout-ms", std::to_string(kTimeoutMs),
+                                                          "--reactors", "1"},
                                  "isolation");
     ASSERT_TRUE(d->wait_ready()) << d->log();
     other = std::make_unique<Raw>(sock("0000:00:10.0"));
@@ -151,6 +156,67 @@ TEST_F(Isolation, ASecondClientGetsEbusyAndTheFirstKeepsItsDevice) {
   EXPECT_EQ(r->hdr.error_no, static_cast<uint32_t>(EBUSY));
   EXPECT_TRUE(second.closed_by_peer());
   EXPECT_TRUE(first.alive());
+}
+
+// SET_IRQS as the spec lays it out (struct vfio_irq_set: argsz, flags,
+// index, start, count; eventfds travel as SCM_RIGHTS fds).
+std::vector<uint8_t> irq_set(uint32_t flags, uint32_t index, uint32_t start, uint32_t count) {
+  uint32_t w[5] = {20, flags, index, start, count};
+  std::vector<uint8_t> p(sizeof(w));
+  std::memcpy(p.data(), w, sizeof(w));
+  return p;
+}
+
+// A client hands over an eventfd whose counter it has filled (a blocking
+// one: write(2) to it would sleep until the client reads) as its REQ
+// trigger, then fires it. The kernel's eventfd_signal never waits; neither
+// may the daemon: the reply comes, the other device on the same reactor is
+// served, the signal is counted as dropped, and SIGTERM still ends uvfiod.
+TEST_F(Isolation, AFullEventfdBlocksNobody) {
+  Raw hostile(sock("0000:00:03.0"));
+  ASSERT_TRUE(hostile.connected());
+  hostile.version();
+  UniqueFd efd(eventfd(0, EFD_CLOEXEC));
+  uint64_t full = 0xfffffffffffffffeULL;
+  ASSERT_EQ(::write(efd.get(), &full, sizeof(full)), 8);
+  ASSERT_EQ(hostile.call(kDeviceSetIrqs,
+                         irq_set(VFIO_IRQ_SET_DATA_EVENTFD | VFIO_IRQ_SET_ACTION_TRIGGER, VFIO_PCI_REQ_IRQ_INDEX, 0, 1),
+                         {efd.get()}),
+            0);
+  for (int i = 0; i < 20; ++i) {
+    auto t0 = Clock::now();
+    ASSERT_EQ(hostile.call(kDeviceSetIrqs,
+                           irq_set(VFIO_IRQ_SET_DATA_NONE | VFIO_IRQ_SET_ACTION_TRIGGER, VFIO_PCI_REQ_IRQ_INDEX, 0, 1)),
+              0);
+    EXPECT_LT(Clock::now() - t0, std::chrono::seconds(1));
+    t0 = Clock::now();
+    EXPECT_TRUE(other->alive());
+    EXPECT_LT(Clock::now() - t0, std::chrono::seconds(1)) << "the other device was held up";
+  }
+  // The same through MSI-X triggers (the device's own interrupts go there).
+  UniqueFd mfd(eventfd(0, EFD_CLOEXEC));
+  ASSERT_EQ(::write(mfd.get(), &full, sizeof(full)), 8);
+  ASSERT_EQ(hostile.call(kDeviceSetIrqs,
+                         irq_set(VFIO_IRQ_SET_DATA_EVENTFD | VFIO_IRQ_SET_ACTION_TRIGGER, VFIO_PCI_MSIX_IRQ_INDEX, 0, 1),
+                         {mfd.get()}),
+            0);
+  ASSERT_EQ(hostile.call(kDeviceSetIrqs,
+                         irq_set(VFIO_IRQ_SET_DATA_NONE | VFIO_IRQ_SET_ACTION_TRIGGER, VFIO_PCI_MSIX_IRQ_INDEX, 0, 1)),
+            0);
+  EXPECT_TRUE(other->alive());
+  uint64_t v = 0;
+  ASSERT_EQ(::read(efd.get(), &v, sizeof(v)), 8);
+  EXPECT_EQ(v, full) << "a signal was added to a full counter";
+  auto res = sh(d->ctl("stats 0000:00:03.0 --json"));
+  ASSERT_EQ(res.status, 0) << res.err;
+  auto j = nlohmann::json::parse(res.out);
+  EXPECT_EQ(j["interrupts_dropped"].get<uint64_t>(), 21u) << res.out;
+  // Once the client has room again, signals arrive.
+  ASSERT_EQ(hostile.call(kDeviceSetIrqs,
+                         irq_set(VFIO_IRQ_SET_DATA_NONE | VFIO_IRQ_SET_ACTION_TRIGGER, VFIO_PCI_REQ_IRQ_INDEX, 0, 1)),
+            0);
+  ASSERT_EQ(::read(efd.get(), &v, sizeof(v)), 8);
+  EXPECT_EQ(v, 1u);
 }
 
 }  // namespace

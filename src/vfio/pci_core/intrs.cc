@@ -8,6 +8,7 @@
 
 #include <cstring>
 
+#include "base/eventfd.h"
 #include "base/log.h"
 #include "vfio/pci_core/core.h"
 
@@ -31,10 +32,13 @@ Result<void> check_eventfd(const UniqueFd& fd) {
 
 }  // namespace
 
+// eventfd_signal(): the eventfd is the client's and it may keep its counter
+// full; the write never waits (base/eventfd.h), a signal that does not fit is
+// dropped and counted, as the kernel's saturating eventfd_signal loses it.
 void CoreDevice::signal(int efd) {
   if (efd < 0) return;
-  uint64_t one = 1;
-  if (::write(efd, &one, sizeof(one)) == sizeof(one)) stats().interrupts.add();
+  if (eventfd_signal(efd) == EventfdSignal::kDelivered) stats().interrupts.add();
+  else stats().interrupts_dropped.add();
 }
 
 void CoreDevice::signal_err() {

@@ -2,6 +2,7 @@
 
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <fcntl.h>
 
 #include <array>
 #include <cstring>
@@ -11,10 +12,41 @@
 
 namespace uvfio::hw {
 
+// One file a client mapped: its fd (the most capable one it sent: a
+// read-write fd replaces a read-only one) shared by the file's windows.
+struct IommuDomain::Backing {
+  UniqueFd fd;
+  bool writable = false;  // fd opened read-write
+  std::vector<std::weak_ptr<Window>> windows;
+};
+
+// A piece of a file mapped once, shared by the maps inside it; unmapped when
+// the last of them goes (always with the domain's lock held).
+struct IommuDomain::Window {
+  std::shared_ptr<Backing> file;
+  uint64_t off = 0, len = 0;
+  uint8_t* base = nullptr;
+  bool writable = false;
+  uint64_t* accounted = nullptr;  // the domain's mapped_bytes_ (the domain outlives its windows)
+  ~Window() {
+    if (base) munmap(base, len);
+    if (accounted) *accounted -= len;
+  }
+};
+
+namespace {
+constexpr uint64_t kWindowAlign = uint64_t{1} << 30;
+
+Result<void> check_range(uint64_t iova, uint64_t size) {
+  if (size == 0 || (iova % kIommuPageSize) || (size % kIommuPageSize)) return Error(EINVAL, "unaligned DMA range");
+  if (iova + size < iova) return Error(EOVERFLOW, "DMA range wraps");
+  return ok();
+}
+}  // namespace
+
 IommuDomain::~IommuDomain() { unmap_all(); }
 
-Result<void> IommuDomain::insert(uint64_t iova, Map m) {
-  std::unique_lock lk(mu_);
+Result<void> IommuDomain::insert_locked(uint64_t iova, Map m) {
   if (maps_.size() >= max_maps_) return Error(ENOSPC, "too many DMA maps");
   auto next = maps_.lower_bound(iova);
   if (next != maps_.end() && next->first < iova + m.size) return Error(EEXIST, "DMA map overlaps");
@@ -26,46 +58,93 @@ Result<void> IommuDomain::insert(uint64_t iova, Map m) {
   return ok();
 }
 
-namespace {
-Result<void> check_range(uint64_t iova, uint64_t size) {
-  if (size == 0 || (iova % kIommuPageSize) || (size % kIommuPageSize)) return Error(EINVAL, "unaligned DMA range");
-  if (iova + size < iova) return Error(EOVERFLOW, "DMA range wraps");
-  return ok();
+// The window of `fd`'s file that holds [offset, offset+size): one already
+// mapped, or a new one of the 1 GiB-aligned pieces around the range (within
+// the file).
+Result<std::shared_ptr<IommuDomain::Window>> IommuDomain::window_locked(UniqueFd fd, uint64_t offset, uint64_t size,
+                                                                       bool writable) {
+  struct stat st;
+  if (fstat(fd.get(), &st) < 0) return Error(errno, "fstat DMA fd");
+  if (!S_ISREG(st.st_mode)) return Error(EINVAL, "DMA fd is not a regular file or memfd");
+  // The whole range must be backed by the file now, as pinning the pages
+  // would require on Linux: a map past the end would fault on first use.
+  uint64_t fsize = static_cast<uint64_t>(st.st_size);
+  if (offset > fsize || size > fsize - offset) return Error(EINVAL, "DMA map extends past the end of its file");
+  int acc = fcntl(fd.get(), F_GETFL) & O_ACCMODE;
+  if (writable && acc != O_RDWR && acc != O_WRONLY) return Error(EACCES, "DMA fd is read-only");
+  auto key = std::make_pair(static_cast<uint64_t>(st.st_dev), static_cast<uint64_t>(st.st_ino));
+  std::shared_ptr<Backing> file;
+  if (auto it = files_.find(key); it != files_.end()) {
+    file = it->second.lock();
+    if (!file) files_.erase(it);
+  }
+  if (file) {
+    for (auto w = file->windows.begin(); w != file->windows.end();) {
+      auto win = w->lock();
+      if (!win) {
+        w = file->windows.erase(w);
+        continue;
+      }
+      if (win->off <= offset && offset + size <= win->off + win->len && (win->writable || !writable)) return win;
+      ++w;
+    }
+  } else {
+    // Prune entries of files whose windows are all gone before counting.
+    for (auto it = files_.begin(); it != files_.end();) it = it->second.expired() ? files_.erase(it) : std::next(it);
+    if (files_.size() >= max_files_) return Error(ENOSPC, "too many distinct files mapped for DMA");
+    file = std::make_shared<Backing>();
+  }
+  if (!file->fd || (!file->writable && acc == O_RDWR)) {
+    file->fd = std::move(fd);  // the first fd of this file, or a more capable one
+    file->writable = acc == O_RDWR;
+  }
+  uint64_t start = offset / kWindowAlign * kWindowAlign;
+  uint64_t end = std::min(fsize, (offset + size + kWindowAlign - 1) / kWindowAlign * kWindowAlign);
+  uint64_t len = end - start;
+  if (len > max_mapped_bytes_ || mapped_bytes_ > max_mapped_bytes_ - len)
+    return Error(ENOSPC, "DMA maps exceed the address space a device may map");
+  int mprot = PROT_READ | (writable ? PROT_WRITE : 0);
+  void* p = mmap(nullptr, len, mprot, MAP_SHARED, file->fd.get(), static_cast<off_t>(start));
+  if (p == MAP_FAILED) return Error(errno == EACCES || errno == EPERM ? EACCES : EINVAL, "cannot map DMA fd");
+  auto win = std::make_shared<Window>();
+  win->file = file;
+  win->off = start;
+  win->len = len;
+  win->base = static_cast<uint8_t*>(p);
+  win->writable = writable;
+  win->accounted = &mapped_bytes_;
+  mapped_bytes_ += len;
+  file->windows.push_back(win);
+  files_[key] = file;
+  return win;
 }
-}  // namespace
 
 Result<void> IommuDomain::map_fd(uint64_t iova, uint64_t size, UniqueFd fd, uint64_t offset, uint32_t prot) {
   TRY(check_range(iova, size));
   if (!fd) return Error(EBADF, "no fd for DMA map");
   if (offset % kIommuPageSize) return Error(EINVAL, "unaligned fd offset");
   if (prot & ~(kDmaRead | kDmaWrite)) return Error(EINVAL, "bad DMA protection");
-  // The whole range must be backed by the file now, as pinning the pages
-  // would require on Linux: a map past the end would fault on first use.
-  struct stat st;
-  if (fstat(fd.get(), &st) < 0) return Error(errno, "fstat DMA fd");
-  if (!S_ISREG(st.st_mode)) return Error(EINVAL, "DMA fd is not a regular file or memfd");
-  if (offset > static_cast<uint64_t>(st.st_size) || size > static_cast<uint64_t>(st.st_size) - offset)
-    return Error(EINVAL, "DMA map extends past the end of its file");
-  int mprot = PROT_READ | ((prot & kDmaWrite) ? PROT_WRITE : 0);
-  void* p = mmap(nullptr, size, mprot, MAP_SHARED, fd.get(), static_cast<off_t>(offset));
-  if (p == MAP_FAILED) return Error(errno == EACCES ? EACCES : EINVAL, "cannot map DMA fd");
-  Map m{size, static_cast<uint8_t*>(p), prot, true, std::move(fd)};
-  auto r = insert(iova, std::move(m));
-  if (!r) munmap(p, size);
-  return r;
+  std::unique_lock lk(mu_);
+  // Refused before any window is made for it.
+  if (maps_.size() >= max_maps_) return Error(ENOSPC, "too many DMA maps");
+  auto win = TRY(window_locked(std::move(fd), offset, size, prot & kDmaWrite));
+  uint8_t* host = win->base + (offset - win->off);
+  return insert_locked(iova, Map{size, host, prot, std::move(win)});
 }
 
 Result<void> IommuDomain::map_host(uint64_t iova, uint64_t size, void* host, uint32_t prot) {
   TRY(check_range(iova, size));
   if (!host) return Error(EINVAL, "no memory");
   if (prot & ~(kDmaRead | kDmaWrite)) return Error(EINVAL, "bad DMA protection");
-  return insert(iova, Map{size, static_cast<uint8_t*>(host), prot, false, UniqueFd()});
+  std::unique_lock lk(mu_);
+  return insert_locked(iova, Map{size, static_cast<uint8_t*>(host), prot, nullptr});
 }
 
 Result<void> IommuDomain::map_remote(uint64_t iova, uint64_t size, uint32_t prot) {
   TRY(check_range(iova, size));
   if (prot & ~(kDmaRead | kDmaWrite)) return Error(EINVAL, "bad DMA protection");
-  return insert(iova, Map{size, nullptr, prot, false, UniqueFd()});
+  std::unique_lock lk(mu_);
+  return insert_locked(iova, Map{size, nullptr, prot, nullptr});
 }
 
 void IommuDomain::set_remote(std::shared_ptr<RemoteDma> r) {
@@ -83,28 +162,52 @@ void IommuDomain::block_remote(bool on) {
   if (peer) peer->cancel();
 }
 
-void IommuDomain::release(Map& m) {
-  if (m.owned) munmap(m.host, m.size);
-}
-
-Result<void> IommuDomain::unmap(uint64_t iova, uint64_t size) {
+Result<uint64_t> IommuDomain::unmap(uint64_t iova, uint64_t size) {
+  if (size == 0 || (iova % kIommuPageSize) || (size % kIommuPageSize)) return Error(EINVAL, "unaligned DMA range");
+  if (iova + size - 1 < iova) return Error(EINVAL, "DMA range wraps");
+  uint64_t last = iova + size - 1;
   std::unique_lock lk(mu_);  // waits for DMA in flight (readers hold it shared)
-  auto it = maps_.find(iova);
-  if (it == maps_.end() || it->second.size != size) return Error(ENOENT, "no such DMA map");
-  release(it->second);
-  maps_.erase(it);
-  return ok();
+  // A map that begins before the range and reaches into it, or one that
+  // begins inside it and ends after it, would be split: EINVAL, nothing
+  // removed (type1 v2).
+  auto first = maps_.lower_bound(iova);
+  if (first != maps_.begin()) {
+    auto prev = std::prev(first);
+    if (prev->first + prev->second.size - 1 >= iova) return Error(EINVAL, "DMA unmap would split a map");
+  }
+  auto end = maps_.upper_bound(last);
+  if (end != maps_.begin()) {
+    auto tail = std::prev(end);
+    if (tail->first >= iova && tail->first + tail->second.size - 1 > last)
+      return Error(EINVAL, "DMA unmap would split a map");
+  }
+  uint64_t removed = 0;
+  for (auto it = first; it != end; ++it) removed += it->second.size;
+  maps_.erase(first, end);  // windows whose last map this was are unmapped here
+  return removed;
 }
 
 void IommuDomain::unmap_all() {
   std::unique_lock lk(mu_);
-  for (auto& [iova, m] : maps_) release(m);
   maps_.clear();
+  files_.clear();
 }
 
 size_t IommuDomain::num_maps() const {
   std::shared_lock lk(mu_);
   return maps_.size();
+}
+
+size_t IommuDomain::num_files() const {
+  std::shared_lock lk(mu_);
+  size_t n = 0;
+  for (auto& [k, f] : files_) n += !f.expired();
+  return n;
+}
+
+uint64_t IommuDomain::mapped_bytes() const {
+  std::shared_lock lk(mu_);
+  return mapped_bytes_;
 }
 
 void IommuDomain::set_write_observer(WriteObserver o) {
@@ -248,7 +351,7 @@ Result<size_t> IommuDomain::produce(uint64_t iova, uint64_t len, const ProduceFn
     if (it != maps_.begin()) {
       --it;
       const Map& m = it->second;
-      if (m.host && !m.owned && iova + len >= iova && iova + len <= it->first + m.size) {
+      if (m.host && !m.win && iova + len >= iova && iova + len <= it->first + m.size) {
         if (!(m.prot & kDmaWrite)) return Error(EPERM, "DMA not permitted by the mapping");
         size_t n = TRY(fn(std::span<uint8_t>(m.host + (iova - it->first), len)));
         if (n > len) return Error(EIO, "produced past the buffer");
@@ -272,7 +375,7 @@ Result<void> IommuDomain::consume(uint64_t iova, uint64_t len, const ConsumeFn& 
     if (it != maps_.begin()) {
       --it;
       const Map& m = it->second;
-      if (m.host && !m.owned && iova + len >= iova && iova + len <= it->first + m.size) {
+      if (m.host && !m.win && iova + len >= iova && iova + len <= it->first + m.size) {
         if (!(m.prot & kDmaRead)) return Error(EPERM, "DMA not permitted by the mapping");
         return fn(std::span<const uint8_t>(m.host + (iova - it->first), len));
       }

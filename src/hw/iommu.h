@@ -5,6 +5,17 @@
 // read-only mapping with EPERM: the device sees an error, nothing else is
 // touched.
 //
+// Maps of one file share its fd and its mappings: a VMM behind a guest IOMMU
+// maps guest RAM a 4 KiB page at a time (tens of thousands of maps of one
+// memfd), and each map holds no fd and no mmap of its own. The file is
+// mapped in windows (1 GiB-aligned pieces, larger when one map needs it),
+// each mapped once and released with its last map.
+//
+// Limits a client cannot exceed (resources of the daemon all devices share):
+// max_maps (65,535 as type1's dma_entry_limit), max_files distinct files
+// (fds held), and max_mapped_bytes of address space in windows; past them,
+// ENOSPC.
+//
 // Thread-safe: maps and DMA may come from different threads. unmap() returns
 // only when no DMA into local memory of that range is in flight; DMA to
 // remote maps (messages to the client) is carried without the domain's
@@ -49,11 +60,20 @@ class IommuDomain {
   // (a vfio-user map without an fd): DMA there goes to the RemoteDma set
   // with set_remote(), or fails with EFAULT without one.
   Result<void> map_remote(uint64_t iova, uint64_t size, uint32_t prot);
-  // Unmaps exactly one earlier map: ENOENT unless [iova, size) matches one.
-  Result<void> unmap(uint64_t iova, uint64_t size);
+  // As type1's VFIO_IOMMU_UNMAP_DMA (vfio_dma_do_unmap, v2 semantics):
+  // removes every map lying wholly inside [iova, iova+size) and returns the
+  // bytes removed (0 when the range covers no map: not an error). EINVAL for
+  // an unaligned or empty range, or one that would split a map (a map
+  // straddles either end).
+  Result<uint64_t> unmap(uint64_t iova, uint64_t size);
   void unmap_all();
   size_t num_maps() const;
+  // Distinct files mapped (fds held) and the address space mapped for them.
+  size_t num_files() const;
+  uint64_t mapped_bytes() const;
   void set_max_maps(size_t n) { max_maps_ = n; }
+  void set_max_files(size_t n) { max_files_ = n; }
+  void set_max_mapped_bytes(uint64_t n) { max_mapped_bytes_ = n; }
 
   // DMA on behalf of the device.
   Result<void> read(uint64_t iova, std::span<uint8_t> out) const;
@@ -103,15 +123,16 @@ class IommuDomain {
   void set_write_observer(WriteObserver o);
 
  private:
+  struct Backing;
+  struct Window;
   struct Map {
     uint64_t size;
     uint8_t* host;  // nullptr: a remote map
     uint32_t prot;
-    bool owned;  // mmapped by us (munmap on unmap)
-    UniqueFd fd;
+    std::shared_ptr<Window> win;  // the file window `host` points into (null: memory lent, or remote)
   };
-  Result<void> insert(uint64_t iova, Map m);
-  void release(Map& m);
+  Result<void> insert_locked(uint64_t iova, Map m);
+  Result<std::shared_ptr<Window>> window_locked(UniqueFd fd, uint64_t offset, uint64_t size, bool writable);
   template <class Fn>
   Result<void> walk(uint64_t iova, uint64_t len, uint32_t need, Fn&& fn) const;
 
@@ -122,7 +143,12 @@ class IommuDomain {
     dma_bytes_.add(bytes);
   }
   std::map<uint64_t, Map> maps_;  // by iova; guarded by mu_
+  // Files with a live window, by (st_dev, st_ino); guarded by mu_.
+  std::map<std::pair<uint64_t, uint64_t>, std::weak_ptr<Backing>> files_;
+  uint64_t mapped_bytes_ = 0;  // windows' lengths; guarded by mu_
   size_t max_maps_ = 65535;
+  size_t max_files_ = 256;
+  uint64_t max_mapped_bytes_ = uint64_t{1} << 40;
   WriteObserver observer_;  // guarded by mu_
   std::shared_ptr<RemoteDma> remote_;  // guarded by mu_
   int remote_blocked_ = 0;              // guarded by mu_

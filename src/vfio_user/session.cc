@@ -160,8 +160,10 @@ Result<void> Session::dma_unmap(Message& m, Reply& r) {
     if (d.address || d.size) return Error(EINVAL, "unmap-all with a range");
     dev_.iommu().unmap_all();
   } else {
-    auto r = dev_.iommu().unmap(d.address, d.size);
-    if (!r) return Error(EINVAL, "no DMA map matches exactly");
+    // type1's rules: every map inside the range goes, one that would be
+    // split is EINVAL, a range with no map succeeds (QEMU's guest-IOMMU path
+    // unmaps ranges that cover several maps, or none).
+    TRY(dev_.iommu().unmap(d.address, d.size));
   }
   put(r.payload, d);
   return ok();

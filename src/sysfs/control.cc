@@ -8,6 +8,7 @@
 
 #include <cstring>
 
+#include "base/accept.h"
 #include "base/log.h"
 
 namespace uvfio::sysfs {
@@ -173,16 +174,34 @@ void ControlServer::reap() {
 }
 
 void ControlServer::accept_loop() {
+  Acceptor acceptor;
+  bool paused = false;
   for (;;) {
-    pollfd p[2] = {{listen_.get(), POLLIN, 0}, {stop_.get(), POLLIN, 0}};
-    if (poll(p, 2, -1) < 0) {
+    // Out of fds with nothing to shed: only the stop fd for a while.
+    pollfd p[2] = {{paused ? -1 : listen_.get(), POLLIN, 0}, {stop_.get(), POLLIN, 0}};
+    int n = poll(p, 2, paused ? static_cast<int>(Acceptor::kBackoff.count()) : -1);
+    if (n < 0) {
       if (errno == EINTR) continue;
       return;
     }
     if (p[1].revents) return;
+    paused = false;
+    if (n == 0) continue;
     reap();
-    UniqueFd c(accept4(listen_.get(), nullptr, nullptr, SOCK_CLOEXEC));
-    if (!c) continue;
+    auto got = acceptor.accept(listen_.get(), SOCK_CLOEXEC, [](int fd) {
+      (void)write_all(fd, fail(Error(EMFILE, "uvfiod is out of file descriptors")).dump() + "\n");
+    }, &paused);
+    if (!got) {
+      if (got.error().code == EMFILE || got.error().code == ENFILE) {
+        auto now = std::chrono::steady_clock::now();
+        if (now - last_emfile_log_ > std::chrono::seconds(1)) {
+          last_emfile_log_ = now;
+          log::warn("uvfiod", "control socket: out of file descriptors: connection refused");
+        }
+      }
+      continue;
+    }
+    UniqueFd c = std::move(*got);
     std::lock_guard lk(mu_);
     if (conns_.size() >= kMaxConnections) {
       (void)write_all(c.get(), fail(Error(EBUSY, "too many control connections")).dump(-1, ' ', false, json::error_handler_t::replace) + "\n");

@@ -12,6 +12,7 @@
 #include <sys/types.h>
 
 #include <atomic>
+#include <chrono>
 #include <list>
 #include <memory>
 #include <mutex>
@@ -55,6 +56,7 @@ class ControlServer {
   UniqueFd listen_;
   UniqueFd stop_;  // eventfd: readable once the server stops
   std::thread acceptor_;
+  std::chrono::steady_clock::time_point last_emfile_log_{};  // acceptor thread only
   std::mutex mu_;
   std::list<Conn> conns_;  // guarded by mu_
 };

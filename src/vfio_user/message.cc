@@ -164,12 +164,20 @@ Result<void> MessageReader::fill(bool spin, bool nonblock) {
       fds.emplace_back(fd);
     }
   }
-  if (mh.msg_flags & MSG_CTRUNC) return Error(EMSGSIZE, "too many fds");
+  // Truncated: more fds than the buffer holds (abuse: the stream goes), or
+  // fewer because the process has no fd left to install them in (the
+  // request they came with is refused, the stream is fine).
+  bool lost = false;
+  if (mh.msg_flags & MSG_CTRUNC) {
+    if (fds.size() >= kCmsgFds) return Error(EMSGSIZE, "too many fds");
+    lost = true;
+    fds.clear();
+  }
   size_t chunk_start = end_;
   drained_ = static_cast<size_t>(n) < iov.iov_len;
   end_ += static_cast<size_t>(n);
   received_ += static_cast<uint64_t>(n);
-  if (!fds.empty()) {
+  if (!fds.empty() || lost) {
     // Find the last message header that starts inside this chunk.
     size_t at = start_, owner = SIZE_MAX;
     while (at + sizeof(Header) <= end_ || at < end_) {
@@ -182,6 +190,7 @@ Result<void> MessageReader::fill(bool spin, bool nonblock) {
     }
     if (owner == SIZE_MAX) return Error(EPROTO, "fds without a message");
     pending_fds_ = std::move(fds);
+    pending_lost_ = lost;
     pending_owner_ = owner;
   }
   return ok();
@@ -218,11 +227,14 @@ Result<bool> MessageReader::take(Message& m) {
   if (h.msg_size < sizeof(Header) || h.msg_size > max_) return Error(EPROTO, "bad message size");
   if (end_ - start_ < h.msg_size) return false;
   m.fds.clear();
+  m.fds_lost = false;
   m.hdr = h;
   m.payload.assign(buf_.begin() + static_cast<long>(start_ + sizeof(Header)), buf_.begin() + static_cast<long>(start_ + h.msg_size));
   if (pending_owner_ == start_) {
     m.fds = std::move(pending_fds_);
+    m.fds_lost = pending_lost_;
     pending_fds_.clear();
+    pending_lost_ = false;
     pending_owner_ = SIZE_MAX;
   }
   start_ += h.msg_size;

@@ -16,6 +16,10 @@ struct Message {
   Header hdr{};
   std::vector<uint8_t> payload;
   std::vector<UniqueFd> fds;
+  // The client attached fds the daemon could not take (out of fds: the
+  // kernel dropped them, MSG_CTRUNC). The bytes are intact; the request is
+  // answered EMFILE.
+  bool fds_lost = false;
 };
 
 // ECONNRESET at EOF; EPROTO when the header's size is below 16 or above
@@ -60,6 +64,7 @@ class MessageReader {
   uint64_t received_ = 0;
   bool drained_ = true;
   std::vector<UniqueFd> pending_fds_;   // came with the chunk being parsed
+  bool pending_lost_ = false;           // ... and some were dropped (no fd to install them)
   size_t pending_owner_ = SIZE_MAX;     // buffer offset of the header they belong to
 };
 

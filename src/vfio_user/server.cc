@@ -15,6 +15,7 @@
 #include <future>
 #include <unordered_map>
 
+#include "base/accept.h"
 #include "base/log.h"
 #include "base/stats.h"
 #include "vfio_user/connection.h"
@@ -116,6 +117,7 @@ struct Server::Endpoint {
   bool removing GUARDED_BY(mu) = false;  // no new open
   bool opened GUARDED_BY(mu) = false;
   bool closing = false;   // the device's close is on its way (reactor only)
+  bool listen_paused = false;  // out of fds: the listener is out of epoll until the next scan (reactor only)
 };
 
 class Server::Reactor {
@@ -178,6 +180,8 @@ class Server::Reactor {
   void shutdown();
   void retire(Endpoint& ep);
   void on_accept(Endpoint& ep);
+  void pause_listener(Endpoint& ep);
+  void resume_listeners();
   void activate(Endpoint& ep, std::shared_ptr<Client> c);
   void read_client(Client& c);
   void service(const std::shared_ptr<Client>& c);
@@ -209,6 +213,9 @@ class Server::Reactor {
   std::shared_ptr<Client> hot_;  // busy-poll: the connection spun on first
   static constexpr int kHotSpins = 64;
   Clock::time_point last_scan_{};
+  Acceptor acceptor_;                  // EMFILE without spinning
+  std::vector<vfio::Device*> paused_;  // endpoints whose listener waits for the next scan
+  Clock::time_point last_emfile_log_{};
 };
 
 // ---- The reactor loop -----------------------------------------------------------
@@ -253,6 +260,7 @@ void Server::Reactor::run() {
         uint64_t ticks;
         (void)!::read(scan_timer_.get(), &ticks, sizeof(ticks));
         scan_timeouts();
+        resume_listeners();
         continue;
       }
       if (auto l = listeners_.find(id); l != listeners_.end()) {
@@ -293,7 +301,7 @@ void Server::Reactor::shutdown() {
 // The socket goes now; the device is closed once no client holds it.
 void Server::Reactor::retire(Endpoint& ep) {
   if (ep.listen) {
-    epoll_ctl(epfd_.get(), EPOLL_CTL_DEL, ep.listen.get(), nullptr);
+    if (!ep.listen_paused) epoll_ctl(epfd_.get(), EPOLL_CTL_DEL, ep.listen.get(), nullptr);
     listeners_.erase(ep.listen_id);
     ::unlink(ep.path.c_str());
     ep.listen.reset();
@@ -330,8 +338,27 @@ void Server::Reactor::close_device(Endpoint& ep) {
 
 void Server::Reactor::on_accept(Endpoint& ep) {
   for (;;) {
-    UniqueFd fd(accept4(ep.listen.get(), nullptr, nullptr, SOCK_CLOEXEC | SOCK_NONBLOCK));
-    if (!fd) return;  // EAGAIN (or an error: the next event tries again)
+    bool pause = false;
+    auto got = acceptor_.accept(ep.listen.get(), SOCK_CLOEXEC | SOCK_NONBLOCK, [&](int fd) {
+      // Out of fds: this client is told why (EMFILE) and closed, best effort.
+      Header h{0, kVersion, sizeof(Header), kTypeReply | kFlagError, EMFILE};
+      (void)!::send(fd, &h, sizeof(h), MSG_DONTWAIT | MSG_NOSIGNAL);
+      ep.stats->refused.add();
+    }, &pause);
+    if (!got) {
+      int e = got.error().code;
+      if (e == EMFILE || e == ENFILE) {
+        auto now = Clock::now();
+        if (now - last_emfile_log_ > std::chrono::seconds(1)) {
+          last_emfile_log_ = now;
+          log::warn(ep.name, "vfio-user: out of file descriptors ({}): new clients refused",
+                    std::strerror(e));
+        }
+        if (pause) pause_listener(ep);
+      }
+      return;  // EAGAIN: nothing more now
+    }
+    UniqueFd fd = std::move(*got);
     if (ep.client && !ep.client->dead) {
       // A client that has just hung up may not be noticed yet.
       char b;
@@ -353,6 +380,31 @@ void Server::Reactor::on_accept(Endpoint& ep) {
       ep.stats->refused.add();
     }
   }
+}
+
+// The listener leaves epoll until the next scan tick (no fd to take its
+// connections with: polling it would only spin).
+void Server::Reactor::pause_listener(Endpoint& ep) {
+  if (!ep.listen || ep.listen_paused) return;
+  epoll_ctl(epfd_.get(), EPOLL_CTL_DEL, ep.listen.get(), nullptr);
+  ep.listen_paused = true;
+  paused_.push_back(ep.dev);
+}
+
+void Server::Reactor::resume_listeners() {
+  for (vfio::Device* dev : paused_) {
+    auto it = eps_.find(dev);
+    if (it == eps_.end()) continue;
+    Endpoint& ep = *it->second;
+    if (!ep.listen_paused) continue;
+    ep.listen_paused = false;
+    if (!ep.listen) continue;
+    epoll_event ev{};
+    ev.events = EPOLLIN;
+    ev.data.u64 = ep.listen_id;
+    epoll_ctl(epfd_.get(), EPOLL_CTL_ADD, ep.listen.get(), &ev);
+  }
+  paused_.clear();
 }
 
 void Server::Reactor::activate(Endpoint& ep, std::shared_ptr<Client> c) {

@@ -42,6 +42,7 @@ Result<void> Session::handle(Message& m, Reply& r) {
   if (type != kTypeCommand) return Error(EINVAL, "not a command");
   if (m.hdr.flags & ~(kFlagsTypeMask | kFlagNoReply)) return Error(EINVAL, "unknown header flags");
   if (m.fds.size() > kMaxMsgFds) return Error(EINVAL, "more fds than max_msg_fds");
+  if (m.fds_lost) return Error(EMFILE, "the daemon had no fd for the client's fds");
   if (!negotiated_ && m.hdr.command != kVersion) return Error(EINVAL, "VERSION must come first");
   switch (m.hdr.command) {
     case kVersion: return version(m, r);

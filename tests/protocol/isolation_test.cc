@@ -6,12 +6,16 @@
 #include <fcntl.h>
 #include <linux/vfio.h>
 #include <poll.h>
+#include <dirent.h>
 #include <sys/eventfd.h>
+#include <sys/mman.h>
+#include <sys/resource.h>
 
 #include <gtest/gtest.h>
 
 #include <chrono>
 #include <fstream>
+#include <sstream>
 
 #include <nlohmann/json.hpp>
 
@@ -217,6 +221,104 @@ TEST_F(Isolation, AFullEventfdBlocksNobody) {
             0);
   ASSERT_EQ(::read(efd.get(), &v, sizeof(v)), 8);
   EXPECT_EQ(v, 1u);
+}
+
+int count_fds(pid_t pid) {
+  int n = 0;
+  std::string d = "/proc/" + std::to_string(pid) + "/fd";
+  if (DIR* dir = opendir(d.c_str())) {
+    while (dirent* e = readdir(dir)) n += e->d_name[0] != '.';
+    closedir(dir);
+  }
+  return n;
+}
+
+double cpu_seconds(pid_t pid) {
+  std::ifstream in("/proc/" + std::to_string(pid) + "/stat");
+  std::string s((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  std::istringstream rest(s.substr(s.rfind(')') + 2));
+  std::string f;
+  unsigned long long utime = 0, stime = 0;
+  for (int i = 3; i <= 15 && rest >> f; ++i) {
+    if (i == 14) utime = std::stoull(f);
+    if (i == 15) stime = std::stoull(f);
+  }
+  return static_cast<double>(utime + stime) / static_cast<double>(sysconf(_SC_CLK_TCK));
+}
+
+// One client takes every fd the daemon may open (its fd limit lowered so the
+// per-client cap does not stop it first): its own maps then fail with
+// EMFILE, a new client is told EMFILE at once instead of waiting, the
+// control socket answers, nothing spins, the other client is served
+// throughout, and once that client leaves everything works again.
+TEST_F(Isolation, OutOfFileDescriptorsCostsOnlyNewWork) {
+  pid_t pid = d->pid();
+  int base = count_fds(pid);
+  rlimit old{}, low{};
+  ASSERT_EQ(prlimit(pid, RLIMIT_NOFILE, nullptr, &old), 0);
+  low.rlim_cur = static_cast<rlim_t>(base + 40);  // the soft limit: restored at the end
+  low.rlim_max = old.rlim_max;
+  ASSERT_EQ(prlimit(pid, RLIMIT_NOFILE, &low, nullptr), 0);
+  auto hostile = std::make_unique<Raw>(sock("0000:00:03.0"));
+  ASSERT_TRUE(hostile->connected());
+  hostile->version();
+  std::vector<UniqueFd> files;
+  int mapped = 0, err = 0;
+  for (int i = 0; i < 200 && !err; ++i) {
+    UniqueFd f(memfd_create("hostile", MFD_CLOEXEC));
+    ASSERT_EQ(ftruncate(f.get(), 4096), 0);
+    // struct vfio_user_dma_map: argsz, flags (READ), offset, address, size
+    std::vector<uint8_t> p(32);
+    uint32_t argsz = 32, flags = 1;
+    uint64_t off = 0, iova = uint64_t(i) << 20, size = 4096;
+    std::memcpy(p.data(), &argsz, 4);
+    std::memcpy(p.data() + 4, &flags, 4);
+    std::memcpy(p.data() + 8, &off, 8);
+    std::memcpy(p.data() + 16, &iova, 8);
+    std::memcpy(p.data() + 24, &size, 8);
+    err = hostile->call(kDmaMap, p, {f.get()});
+    if (!err) ++mapped;
+    files.push_back(std::move(f));
+  }
+  EXPECT_EQ(err, EMFILE) << "after " << mapped << " maps";
+  EXPECT_GT(mapped, 10);
+  EXPECT_TRUE(hostile->alive()) << "the client was dropped for the fds it could not send";
+  EXPECT_TRUE(other->alive());
+  // New clients get an answer, at once, and no spinning follows.
+  double cpu0 = cpu_seconds(pid);
+  auto t0 = Clock::now();
+  for (int i = 0; i < 20; ++i) {
+    Raw late(sock("0000:00:10.0"));
+    ASSERT_TRUE(late.connected());
+    auto r = recv_message(late.fd());
+    ASSERT_TRUE(r) << "no answer";
+    EXPECT_EQ(r->hdr.flags & kFlagError, kFlagError);
+    EXPECT_TRUE(r->hdr.error_no == EMFILE || r->hdr.error_no == EBUSY) << r->hdr.error_no;
+    EXPECT_TRUE(late.closed_by_peer());
+  }
+  auto ctl = sh("timeout 10 " + d->ctl("list"));
+  EXPECT_NE(ctl.status, 124) << "uvfioctl list hung";
+  if (ctl.status != 0) {
+    EXPECT_TRUE(ctl.err.find("file descriptors") != std::string::npos ||
+                ctl.err.find("Too many open files") != std::string::npos)
+        << ctl.err;
+  }
+  std::this_thread::sleep_for(std::chrono::seconds(1));
+  double busy = (cpu_seconds(pid) - cpu0) / std::chrono::duration<double>(Clock::now() - t0).count();
+  EXPECT_LT(busy, 0.5) << "the daemon spins while out of fds";
+  for (int i = 0; i < 5; ++i) {
+    auto t = Clock::now();
+    EXPECT_TRUE(other->alive());
+    EXPECT_LT(Clock::now() - t, std::chrono::seconds(1));
+  }
+  // The client leaves: its fds go, and new clients are served again.
+  hostile.reset();
+  files.clear();
+  for (int i = 0; i < 100 && count_fds(pid) > base + 2; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  EXPECT_LE(count_fds(pid), base + 2);
+  ASSERT_EQ(prlimit(pid, RLIMIT_NOFILE, &old, nullptr), 0);
+  serves_again("0000:00:03.0");
+  EXPECT_EQ(sh(d->ctl("list")).status, 0);
 }
 
 }  // namespace

@@ -80,6 +80,11 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   app.add_flag("--vfio-pci-enable-sriov", opts.vfio_pci_enable_sriov,
                "Let vfio_pci enable SR-IOV on PFs it drives (the vfio-pci module's enable_sriov)");
+  bool keep_state = false;
+  app.add_flag("--keep-state-on-disconnect", keep_state,
+               "Keep a VFIO device open, with its state (config space, queues, device memory), from one "
+               "vfio-user client to the next; by default the device is reset, restored and scrubbed when "
+               "its client disconnects, as on the kernel's last close");
   bool no_stats = false;
   app.add_flag("--no-stats", no_stats,
                "Do not count (the stats/ files under vfio-dev/vfioN stay at 0): for measuring what counting costs");
@@ -147,6 +152,7 @@ int main(int argc, char** argv) {
   vfio_user::ServerOptions vopts;
   vopts.busy_poll = busy_poll;
   vopts.reactors = reactors;
+  vopts.keep_state = keep_state;
   vopts.client_timeout = std::chrono::milliseconds(client_timeout_ms);
   vopts.dma_layout = *vfio_user::parse_dma_layout(dma_layout);  // checked by CLI11 above
   auto vu = vfio_user::Server::start((*sys)->vfio_registry(), *vudir, vopts);

@@ -54,6 +54,11 @@ Result<std::unique_ptr<BarMemory>> BarMemory::create(uint64_t size, const char* 
 
 BarMemory::~BarMemory() { munmap(data_, size_); }
 
+void BarMemory::zero() {
+  if (fallocate(fd_.get(), FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, 0, static_cast<off_t>(size_)) == 0) return;
+  std::memset(data_, 0, size_);  // a filesystem without hole punching
+}
+
 namespace {
 // Naturally aligned accesses are single-copy atomic, as on a PCIe device:
 // a register the device's own thread updates (a DMA status) is read whole

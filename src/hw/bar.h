@@ -53,6 +53,10 @@ class BarMemory {
   // what memcpy gives, as on a PCIe memory BAR). EINVAL when out of range.
   Result<void> copy_out(uint64_t off, std::span<uint8_t> out) const;
   Result<void> copy_in(uint64_t off, std::span<const uint8_t> in);
+  // Back to all zeros, the pages given back (a hole punched in the memfd:
+  // every mapping, the clients' included, reads zeros; untouched memory
+  // stays unallocated).
+  void zero();
 
  private:
   BarMemory(UniqueFd fd, uint8_t* data, uint64_t size) : fd_(std::move(fd)), data_(data), size_(size) {}

@@ -603,7 +603,19 @@ void Server::Reactor::drop(const std::shared_ptr<Client>& c, const char* why) {
 void Server::Reactor::start_cleanup(const std::shared_ptr<Client>& c) {
   vfio::Device* dev = c->ep->dev;
   s_.pool_.submit([this, c, dev] {
-    if (c->admitted) {
+    if (c->admitted && !s_.opts_.keep_state) {
+      // The last close: the next client opens the device anew. opened is
+      // cleared first (no VERSION runs meanwhile: the next client is
+      // activated only once this cleanup is done); after close() the
+      // registry may destroy a device being removed, so nothing touches
+      // `dev` after it.
+      {
+        MutexLock lk(c->ep->mu);
+        c->ep->opened = false;
+      }
+      dev->iommu().set_remote(nullptr);
+      dev->close();
+    } else if (c->admitted) {
       dev->iommu().set_remote(nullptr);
       dev->release_user_resources();
       // A client gone mid-migration leaves no half-saved or half-loaded

@@ -16,9 +16,15 @@
 // `client_timeout`.
 //
 // One client per device at a time; a second connection gets an EBUSY error
-// message and is closed. The device is opened at its first client's VERSION
-// and stays open across clients: on disconnect its DMA maps and eventfds are
-// dropped and its state kept (vfio-user "client disconnects"). When the
+// message and is closed. The device is opened at a client's VERSION and
+// closed when that client goes, as the kernel's last close of a device fd:
+// interrupts off, the function reset (an FLR, which also returns a VF's
+// device memory to zeros) and its open-time config state restored, so the
+// next tenant finds nothing of the last one. With keep_state the device
+// stays open across clients instead (the vfio-user spec's "client
+// disconnects": DMA maps and eventfds dropped, state kept, for a client that
+// reconnects), except that a client gone mid-migration still leaves a reset
+// device behind. When the
 // device is unregistered the socket goes at once; a connected client is
 // asked to leave through the REQ irq (the registry's cooperative unbind),
 // and the device is closed when it does. No thread is held per device.
@@ -54,6 +60,10 @@ struct ServerOptions {
   DmaLayoutMode dma_layout{};
   // Reactor threads; 0: one per core.
   unsigned reactors = 0;
+  // Keep the device open, and its state, from one client to the next
+  // (uvfiod --keep-state-on-disconnect). Off: each client gets the device
+  // as a new open would.
+  bool keep_state = false;
   // A client that has not sent VERSION, or stopped mid-message, or left its
   // replies unread for this long is dropped.
   std::chrono::milliseconds client_timeout{10000};

@@ -287,7 +287,48 @@ TEST_F(QemuSequence, ConnectRealizeAndGuestWorkload) {
   EXPECT_EQ(read32(r, 0, EP::kRegId), EP::kIdValue);
 }
 
-TEST_F(QemuSequence, DisconnectDropsMapsAndKeepsState) {
+// Tenant isolation: the next client of a device finds nothing of the last
+// one — as the kernel's last close of a device fd (vfio_pci_core_disable:
+// interrupts off, the function reset, its open-time state restored) and
+// libvfio-user's reset on a lost connection.
+TEST_F(QemuSequence, DisconnectResetsTheDeviceForTheNextClient) {
+  Guest g;
+  uint32_t cmd0;
+  {
+    Raw r(sock);
+    r.version();
+    cmd0 = read32(r, VFIO_PCI_CONFIG_REGION_INDEX, PCI_COMMAND) & 0xffff;  // as an open leaves it
+    DmaMapMsg ram{32, kDmaFlagRead | kDmaFlagWrite, 0, kRam, kRamSize};
+    ASSERT_EQ(r.call(kDmaMap, b(ram), {g.mem.get()}), 0);
+    write32(r, VFIO_PCI_CONFIG_REGION_INDEX, PCI_COMMAND, PCI_COMMAND_MEMORY | PCI_COMMAND_MASTER);
+    write32(r, 0, EP::kRegScratch, 0x5a5a5a5a);
+    write32(r, 0, 0x100, 0x11223344);  // plain BAR0 memory past the registers
+  }
+  Raw r(sock);
+  for (int i = 0; i < 100 && !r.connected(); ++i) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  r.version();
+  EXPECT_EQ(read32(r, VFIO_PCI_CONFIG_REGION_INDEX, PCI_COMMAND) & 0xffff, cmd0) << "the last client's Command";
+  EXPECT_EQ(cmd0 & PCI_COMMAND_MASTER, 0u);
+  write32(r, VFIO_PCI_CONFIG_REGION_INDEX, PCI_COMMAND, PCI_COMMAND_MEMORY);
+  EXPECT_EQ(read32(r, 0, EP::kRegScratch), 0u) << "the last client's register";
+  EXPECT_EQ(read32(r, 0, 0x100), 0u) << "the last client's data";
+  EXPECT_EQ(read32(r, 0, EP::kRegId), EP::kIdValue);
+  write32(r, VFIO_PCI_CONFIG_REGION_INDEX, PCI_COMMAND, PCI_COMMAND_MEMORY | PCI_COMMAND_MASTER);
+  write64(r, 0, EP::kRegDmaSrc, kRam);
+  write64(r, 0, EP::kRegDmaDst, kRam + 4096);
+  write32(r, 0, EP::kRegDmaLen, 64);
+  write32(r, 0, EP::kRegDmaGo, 1);
+  EXPECT_EQ(dma_status(r), static_cast<uint32_t>(EFAULT));  // the maps went with the client
+}
+
+// uvfiod --keep-state-on-disconnect: the spec's "client disconnects" (maps
+// and eventfds dropped, the device's state kept for a client that comes back).
+TEST_F(QemuSequence, KeepStateOnDisconnectDropsMapsAndKeepsState) {
+  d->stop();
+  d = std::make_unique<Daemon>(
+      std::vector<std::string>{"--config", dir + "/topo.toml", "--no-fuse", "--keep-state-on-disconnect"}, "qemu");
+  ASSERT_TRUE(d->wait_ready()) << d->log();
+  sock = d->rundir() + "/vfio-user/0000:00:03.0.sock";
   Guest g;
   {
     Raw r(sock);

@@ -256,6 +256,42 @@ TEST_F(Protocol, PageSizedMapsOfOneFileUpToTheLimitThenOneWideUnmap) {
   EXPECT_LE(count_fds(d_->pid()), fds0 + 2);
 }
 
+// Device memory is data: a VF's BAR2 written by one tenant reads as zeros
+// for the next (the last close resets the function, and the VF's FLR
+// returns device memory to zeros), also through a mapping the first tenant
+// kept of it.
+TEST_F(Protocol, TheNextClientOfAVfFindsItsDeviceMemoryScrubbed) {
+  std::vector<uint8_t> secret(4096, 0xc5);
+  UniqueFd bar2;
+  {
+    Raw r(vf());
+    r.version();
+    ASSERT_EQ(r.call(kRegionWrite, region_access(VFIO_PCI_CONFIG_REGION_INDEX, PCI_COMMAND, 2, {0x06, 0})), 0);
+    ASSERT_EQ(r.call(kRegionWrite, region_access(2, 0x3000, 4096, secret)), 0);
+    Message m;
+    ASSERT_EQ(r.call(kRegionRead, region_access(2, 0x3000, 16), {}, &m), 0);
+    ASSERT_EQ(m.payload.size(), 16u + 16u);
+    EXPECT_EQ(m.payload[16], 0xc5);
+    RegionInfoMsg q{64, 0, 2, 0, 0, 0};
+    ASSERT_EQ(r.call(kDeviceGetRegionInfo, b(q), {}, &m), 0);
+    ASSERT_EQ(m.fds.size(), 1u);
+    bar2 = std::move(m.fds[0]);
+  }
+  Raw r(vf());
+  for (int i = 0; i < 100 && !r.connected(); ++i) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  r.version();
+  ASSERT_EQ(r.call(kRegionWrite, region_access(VFIO_PCI_CONFIG_REGION_INDEX, PCI_COMMAND, 2, {0x06, 0})), 0);
+  Message m;
+  ASSERT_EQ(r.call(kRegionRead, region_access(2, 0x3000, 4096), {}, &m), 0);
+  ASSERT_EQ(m.payload.size(), 16u + 4096u);
+  EXPECT_EQ(std::vector<uint8_t>(m.payload.begin() + 16, m.payload.end()), std::vector<uint8_t>(4096, 0))
+      << "the last tenant's device memory";
+  void* p = mmap(nullptr, 0x4000 + 4096, PROT_READ, MAP_SHARED, bar2.get(), 0);
+  ASSERT_NE(p, MAP_FAILED);
+  EXPECT_EQ(static_cast<uint8_t*>(p)[0x3000 + 17], 0);
+  munmap(p, 0x4000 + 4096);
+}
+
 // A client's memory cannot fault the daemon: a map past the end of its file
 // is refused (as pinning would fail on Linux), a file shrunk after the map
 // fails the one DMA that touches the missing part (EFAULT), and the fds we

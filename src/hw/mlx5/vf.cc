@@ -69,6 +69,9 @@ void Vf::on_reset() {
     quiesce_ = busy_ = false;
     BarMemory* regs = bar_memory(0);
     std::memset(regs->data(), 0, regs->size());
+    // Device memory too: whoever has the function next (another tenant,
+    // after the last close) finds nothing of the one before.
+    if (BarMemory* dm = bar_memory(2)) dm->zero();
   }
   // An image being saved or loaded ends with the function.
   std::lock_guard ik(img_mu_);

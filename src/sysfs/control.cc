@@ -256,13 +256,16 @@ Result<ControlClient> ControlClient::connect(const std::string& path) {
 }
 
 Result<json> ControlClient::call(const json& request) {
-  if (!write_all(fd_.get(), request.dump(-1, ' ', false, json::error_handler_t::replace) + "\n")) return Error(EPIPE, "control socket closed");
+  // A server that refused the connection (out of fds, too many
+  // connections) has said why before closing: read that even when our
+  // request could not be written.
+  bool sent = write_all(fd_.get(), request.dump(-1, ' ', false, json::error_handler_t::replace) + "\n");
   char chunk[65536];
   size_t nl;
   while ((nl = buf_.find('\n')) == std::string::npos) {
     ssize_t n = recv(fd_.get(), chunk, sizeof(chunk), 0);
     if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) return Error(ECONNRESET, "control socket closed");
+    if (n <= 0) return Error(sent ? ECONNRESET : EPIPE, "control socket closed");
     buf_.append(chunk, static_cast<size_t>(n));
   }
   json reply = json::parse(std::string_view(buf_).substr(0, nl), nullptr, false);

@@ -1,5 +1,7 @@
 #include "vfio_user/server.h"
 
+#include <dirent.h>
+#include <fcntl.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <sys/timerfd.h>
@@ -681,12 +683,35 @@ void Server::Reactor::scan_timeouts() {
 
 // ---- Server ------------------------------------------------------------------------
 
+namespace {
+// The directory is ours (the daemon holds the run directory's lock): a
+// socket in it now was left by a daemon that died, and a device that is no
+// longer configured would leave clients ECONNREFUSED instead of ENOENT.
+// Sockets of devices we serve are made again as they are registered.
+void remove_stale_sockets(const std::string& dir) {
+  DIR* d = opendir(dir.c_str());
+  if (!d) return;
+  std::vector<std::string> stale;
+  while (dirent* e = readdir(d)) {
+    std::string_view name(e->d_name);
+    if (name.size() < 6 || name.substr(name.size() - 5) != ".sock") continue;
+    struct stat st;
+    if (fstatat(dirfd(d), e->d_name, &st, AT_SYMLINK_NOFOLLOW) == 0 && S_ISSOCK(st.st_mode)) stale.emplace_back(name);
+  }
+  for (const auto& n : stale) {
+    if (unlinkat(dirfd(d), n.c_str(), 0) == 0) log::info("uvfiod", "vfio-user: removed stale socket {}/{}", dir, n);
+  }
+  closedir(d);
+}
+}  // namespace
+
 Server::Server(vfio::Registry& r, std::string dir, const ServerOptions& opts)
     : registry_(r), dir_(std::move(dir)), opts_(opts) {}
 
 Result<std::unique_ptr<Server>> Server::start(vfio::Registry& registry, const std::string& dir,
                                              const ServerOptions& opts) {
   if (::mkdir(dir.c_str(), 0700) < 0 && errno != EEXIST) return Error(errno, "mkdir vfio-user dir");
+  remove_stale_sockets(dir);
   std::unique_ptr<Server> s(new Server(registry, dir, opts));
   unsigned n = opts.reactors ? opts.reactors : std::max(1u, std::thread::hardware_concurrency());
   for (unsigned i = 0; i < n; ++i) s->reactors_.push_back(std::make_unique<Reactor>(*s, i));

@@ -459,6 +459,34 @@ TEST(DaemonLifecycle, BadConfigIsRefusedAndNothingStarts) {
   sh("rm -rf " + dir);
 }
 
+// A daemon killed outright leaves its sockets; the next one on the same run
+// directory removes every socket it does not serve, so a client of a device
+// that is no longer configured gets ENOENT, not ECONNREFUSED.
+TEST(DaemonLifecycle, StaleSocketsAreRemovedAtStart) {
+  std::string dir;
+  {
+    Daemon first({"--no-fuse"}, "stale");
+    ASSERT_TRUE(first.wait_ready()) << first.log();
+    dir = first.keep_dir();
+    first.stop(SIGKILL);
+  }
+  std::string vu = dir + "/run/vfio-user/";
+  ASSERT_EQ(access((vu + "0000:08:00.0.sock").c_str(), F_OK), 0) << "SIGKILL left no socket: nothing to test";
+  std::ofstream(dir + "/topo.toml") << "[[device]]\naddress = \"0000:00:03.0\"\nmodel = \"endpoint\"\n"
+                                       "driver_override = \"vfio-pci\"\n";
+  Daemon second({"--no-fuse", "--config", dir + "/topo.toml"}, "stale", dir);
+  ASSERT_TRUE(second.wait_ready()) << second.log();
+  for (int i = 0; i < 100 && access((vu + "0000:00:03.0.sock").c_str(), F_OK) != 0; ++i)
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  for (const char* gone : {"0000:08:00.0.sock", "0000:09:00.0.sock"}) {
+    EXPECT_NE(access((vu + gone).c_str(), F_OK), 0) << gone << " left behind";
+    EXPECT_EQ(errno, ENOENT);
+  }
+  EXPECT_TRUE(can_connect(vu + "0000:00:03.0.sock"));
+  EXPECT_NE(second.log().find("removed stale socket"), std::string::npos) << second.log();
+  EXPECT_EQ(second.stop(), 0);
+}
+
 TEST(DaemonLifecycle, ConfigFileAndNoFuse) {
   std::string dir = make_tmpdir("cfg2");
   std::string cfg = dir + "/topo.toml";

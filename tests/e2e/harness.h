@@ -81,8 +81,10 @@ inline bool is_mounted(const std::string& path) {
 
 class Daemon {
  public:
-  explicit Daemon(std::vector<std::string> extra = {}, const char* tag = "d") {
-    dir_ = make_tmpdir(tag);
+  // `reuse`: the directory of an earlier Daemon (kept with keep_dir()), for
+  // a restart on the same run directory.
+  explicit Daemon(std::vector<std::string> extra = {}, const char* tag = "d", std::string reuse = "") {
+    dir_ = reuse.empty() ? make_tmpdir(tag) : reuse;
     rundir_ = dir_ + "/run";
     log_ = dir_ + "/uvfiod.log";
     std::vector<std::string> args{UVFIOD_PATH, "--rundir", rundir_};
@@ -99,7 +101,12 @@ class Daemon {
   }
   ~Daemon() {
     if (pid_ > 0) stop();
-    sh("rm -rf " + dir_);
+    if (!keep_dir_) sh("rm -rf " + dir_);
+  }
+  // The directory (run directory, log) outlives this Daemon.
+  const std::string& keep_dir() {
+    keep_dir_ = true;
+    return dir_;
   }
 
   // Waits until the control socket answers (or the daemon exits).
@@ -152,6 +159,7 @@ class Daemon {
 
  private:
   std::string dir_, rundir_, log_;
+  bool keep_dir_ = false;
   pid_t pid_ = -1;
   int exit_ = -1;
 };

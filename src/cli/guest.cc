@@ -773,6 +773,11 @@ int main(int argc, char** argv) {
   m->add_option("--tls-hostname", o.tls.hostname,
                 "The name the destination's certificate must carry (default: the host of --to-tcp)");
   CLI11_PARSE(app, argc, argv);
+  // A peer that goes away (the destination daemon, the other uvfio-guest)
+  // is an error reported in words with a non-zero exit, never a SIGPIPE.
+  signal(SIGPIPE, SIG_IGN);
+  // Progress lines reach a log file as they happen, not at exit.
+  setvbuf(stdout, nullptr, _IOLBF, 0);
   crash_at = crash;
   o.tls.timeout = std::chrono::milliseconds(timeout_ms);
   bool over_tcp = (app.got_subcommand(m) && !o.to_tcp.empty()) || app.got_subcommand(rc);

@@ -19,6 +19,8 @@
 #include <deque>
 #include <map>
 #include <mutex>
+#include <condition_variable>
+#include <system_error>
 #include <thread>
 #include <vector>
 
@@ -131,7 +133,9 @@ class Plain : public Buffered {
 // ---- TLS (GnuTLS) ----------------------------------------------------------
 
 Error tls_error(const char* what, int rc) {
-  int code = rc == GNUTLS_E_AGAIN ? ETIMEDOUT : rc == GNUTLS_E_PREMATURE_TERMINATION ? EPIPE : EPROTO;
+  if (rc == GNUTLS_E_PUSH_ERROR || rc == GNUTLS_E_PULL_ERROR || rc == GNUTLS_E_PREMATURE_TERMINATION)
+    return error_text(EPIPE, fmt::format("{}: the peer closed the connection", what));
+  int code = rc == GNUTLS_E_AGAIN ? ETIMEDOUT : EPROTO;
   return error_text(code, fmt::format("{}: {}", what, gnutls_strerror(rc)));
 }
 
@@ -234,7 +238,10 @@ class Tls : public Buffered {
   }
   // Handshake (bounded by the socket timeout already set) and verification.
   Result<void> handshake(bool server, const TlsOptions& o) {
-    if (int rc = gnutls_init(&s_, server ? GNUTLS_SERVER : GNUTLS_CLIENT); rc < 0) return tls_error("TLS", rc);
+    // GNUTLS_NO_SIGNAL: a peer gone mid-stream is an EPIPE error, not a
+    // SIGPIPE that kills the program without a word.
+    if (int rc = gnutls_init(&s_, (server ? GNUTLS_SERVER : GNUTLS_CLIENT) | GNUTLS_NO_SIGNAL); rc < 0)
+      return tls_error("TLS", rc);
     bool x509 = creds_->x509 != nullptr;
     const char* err_pos = nullptr;
     if (int rc = gnutls_priority_set_direct(s_, x509 ? kPrioX509 : kPrioPsk, &err_pos); rc < 0)
@@ -267,7 +274,7 @@ class Tls : public Buffered {
         linger(fd_.get());
       }
       if (rc == GNUTLS_E_PULL_ERROR || rc == GNUTLS_E_PREMATURE_TERMINATION)
-        return error_text(EACCES, "the peer closed the connection during the TLS handshake");
+        return error_text(ECONNRESET, "the peer closed the connection during the TLS handshake");
       if (rc == GNUTLS_E_CERTIFICATE_VERIFICATION_ERROR) {
         unsigned status = gnutls_session_get_verify_cert_status(s_);
         gnutls_datum_t txt{};
@@ -431,34 +438,51 @@ Result<std::unique_ptr<Channel>> connect(const std::string& hostport, const TlsO
   AddrInfo ai;
   TRY(resolve(hp, false, ai));
   auto deadline = Clock::now() + opt.timeout;
-  Error last(ETIMEDOUT);
-  UniqueFd fd;
-  // A refused connection is tried again until the deadline (the receiver
-  // may not listen yet); anything else at once fails that address.
-  while (fd.get() < 0) {
-    bool refused = false;
-    for (auto* a = ai.p; a && fd.get() < 0; a = a->ai_next) {
-      auto s = connect_one(a, deadline);
-      if (s) fd = std::move(*s);
-      else {
-        last = s.error();
-        refused |= last.code == ECONNREFUSED;
+  for (;;) {
+    Error last(ETIMEDOUT);
+    UniqueFd fd;
+    // A refused connection is tried again until the deadline (the receiver
+    // may not listen yet); anything else at once fails that address.
+    while (fd.get() < 0) {
+      bool refused = false;
+      for (auto* a = ai.p; a && fd.get() < 0; a = a->ai_next) {
+        auto s = connect_one(a, deadline);
+        if (s) fd = std::move(*s);
+        else {
+          last = s.error();
+          refused |= last.code == ECONNREFUSED;
+        }
       }
+      if (fd.get() >= 0) break;
+      if (!refused || Clock::now() + std::chrono::milliseconds(50) >= deadline)
+        return error_text(last.code, fmt::format("cannot reach the destination {}{}", hostport,
+                                                 last.code == ECONNREFUSED || last.code == ETIMEDOUT
+                                                     ? fmt::format(" (tried for {} ms)", opt.timeout.count())
+                                                     : ""));
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
     }
-    if (fd.get() >= 0) break;
-    if (!refused || Clock::now() + std::chrono::milliseconds(50) >= deadline)
-      return error_text(last.code, fmt::format("cannot reach the destination {}{}", hostport,
-                                               last.code == ECONNREFUSED || last.code == ETIMEDOUT
-                                                   ? fmt::format(" (tried for {} ms)", opt.timeout.count())
-                                                   : ""));
-    std::this_thread::sleep_for(std::chrono::milliseconds(50));
-  }
-  set_io_timeout(fd.get(), opt.timeout);
-  if (!opt.tls()) return plain_channel(std::move(fd));
-  auto t = std::make_unique<Tls>(std::move(fd), creds);
-  if (auto r = t->handshake(false, opt); !r)
+    auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now());
+    set_io_timeout(fd.get(), std::max(left, std::chrono::milliseconds(100)));
+    if (!opt.tls()) {
+      set_io_timeout(fd.get(), opt.timeout);
+      return plain_channel(std::move(fd));
+    }
+    auto t = std::make_unique<Tls>(std::move(fd), creds);
+    auto r = t->handshake(false, opt);
+    if (r) {
+      t->set_timeout(opt.timeout);
+      return std::unique_ptr<Channel>(std::move(t));
+    }
+    // Closed without a word during the handshake: the destination dropped
+    // us (it keeps room for new connections when silent ones hold it), or
+    // is not a TLS listener. Tried again within the timeout; a refusal with
+    // a reason (an alert) is final.
+    if (r.error().code == ECONNRESET && Clock::now() + std::chrono::milliseconds(100) < deadline) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+      continue;
+    }
     return error_text(r.error().code, fmt::format("{}: {}", hostport, r.error().context));
-  return std::unique_ptr<Channel>(std::move(t));
+  }
 }
 
 Listener::~Listener() = default;
@@ -486,7 +510,7 @@ Result<std::unique_ptr<Listener>> Listener::listen(const std::string& hostport, 
     int one = 1, zero = 0;
     setsockopt(s.get(), SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
     if (a->ai_family == AF_INET6 && hp.host.empty()) setsockopt(s.get(), IPPROTO_IPV6, IPV6_V6ONLY, &zero, sizeof(zero));
-    if (bind(s.get(), a->ai_addr, a->ai_addrlen) != 0 || ::listen(s.get(), 4) != 0) {
+    if (bind(s.get(), a->ai_addr, a->ai_addrlen) != 0 || ::listen(s.get(), kMaxInProgress) != 0) {
       last = Error(errno);
       continue;
     }
@@ -497,11 +521,37 @@ Result<std::unique_ptr<Listener>> Listener::listen(const std::string& hostport, 
   return error_text(last.code, fmt::format("cannot listen on {}: {}", hostport, errno_name(last.code)));
 }
 
+namespace {
+// The address without the port: what "one source" means for the limits.
+std::string source_of(const std::string& peer) {
+  size_t colon = peer.rfind(':');
+  return colon == std::string::npos ? peer : peer.substr(0, colon);
+}
+}  // namespace
+
+// Each connection is handled on a thread of its own (a handshake blocks);
+// the threads are joined as soon as they finish, so what a stream of
+// connections costs is bounded by the limits, not by how many came.
+// Unauthenticated connections (before the TLS handshake completes, or before
+// the header of a plain one is read) are bounded per source and in total; a
+// new one takes the place of the oldest of its own source, or, at the total
+// limit, of the oldest of the source holding the most, so silent peers cannot
+// keep a legitimate one out (the source retries within its timeout if its
+// connection was the one dropped).
 Result<std::unique_ptr<Channel>> Listener::next(const Admit& admit, const Report& report) {
+  struct Pending {
+    int fd;
+    std::string source;
+    Clock::time_point since;
+    bool authenticated = false;
+    bool evicted = false;
+  };
   std::mutex mu;
+  std::condition_variable done_cv;
   std::unique_ptr<Channel> winner;
-  std::map<int, int> pending;  // connection number -> its socket, while it is being handled
-  std::vector<std::thread> workers;
+  std::map<int, Pending> pending;      // connection number -> its state, while it is being handled
+  std::map<int, std::thread> workers;  // connection number -> its thread
+  std::vector<int> finished;           // threads to join
   auto work = [&](UniqueFd c, int id, std::string peer) {
     std::unique_ptr<Channel> ch;
     Result<void> r = ok();
@@ -509,20 +559,66 @@ Result<std::unique_ptr<Channel>> Listener::next(const Admit& admit, const Report
       auto t = std::make_unique<Tls>(std::move(c), creds_);
       r = t->handshake(true, o_);
       ch = std::move(t);
+      if (r) {
+        std::lock_guard lk(mu);
+        if (auto it = pending.find(id); it != pending.end()) it->second.authenticated = true;
+      }
     } else {
       ch = plain_channel(std::move(c));
     }
     if (r) r = admit(*ch);
     std::lock_guard lk(mu);
+    bool evicted = pending.count(id) && pending[id].evicted;
     pending.erase(id);
+    finished.push_back(id);
+    done_cv.notify_all();
     if (r && !winner) {
       winner = std::move(ch);
       return;
     }
-    if (!winner) report(fmt::format("refused a connection from {}: {}", peer, r ? "another was accepted" : r.error().context));
+    if (!winner) {
+      report(fmt::format("refused a connection from {}: {}", peer,
+                         evicted ? "dropped, unauthenticated, for a newer connection"
+                         : r     ? "another was accepted"
+                                 : r.error().context));
+    }
+  };
+  // Drops the oldest unauthenticated connection of `source` (or, empty, of
+  // the source holding the most). With `mu` held.
+  auto evict_oldest = [&](const std::string& source) {
+    std::map<std::string, int> per;
+    for (auto& [id, p] : pending)
+      if (!p.authenticated && !p.evicted) per[p.source]++;
+    std::string from = source;
+    if (from.empty()) {
+      int most = 0;
+      for (auto& [src, n] : per)
+        if (n > most) most = n, from = src;
+    }
+    Pending* oldest = nullptr;
+    for (auto& [id, p] : pending)
+      if (!p.authenticated && !p.evicted && p.source == from && (!oldest || p.since < oldest->since)) oldest = &p;
+    if (!oldest) return false;
+    oldest->evicted = true;
+    ::shutdown(oldest->fd, SHUT_RDWR);  // its handshake or header read ends now
+    return true;
+  };
+  auto reap = [&] {
+    std::vector<int> ids;
+    {
+      std::lock_guard lk(mu);
+      ids.swap(finished);
+    }
+    for (int id : ids) {
+      auto it = workers.find(id);
+      if (it == workers.end()) continue;
+      it->second.join();
+      workers.erase(it);
+    }
   };
   Error failed(EIO, "listener stopped");  // why the loop ended without a winner
   for (int id = 0;; ++id) {
+    reap();
     {
       std::lock_guard lk(mu);
       if (winner) break;
@@ -538,27 +634,57 @@ Result<std::unique_ptr<Channel>> Listener::next(const Admit& admit, const Report
     }
     UniqueFd c(accept4(fd_.get(), nullptr, nullptr, SOCK_CLOEXEC));
     if (c.get() < 0) {
+      if (errno == EMFILE || errno == ENFILE) std::this_thread::sleep_for(std::chrono::milliseconds(50));
       if (errno == EINTR || errno == ECONNABORTED || errno == EAGAIN || errno == EMFILE || errno == ENFILE) continue;
       failed = Error(errno, "accept");
       break;
     }
     std::string peer = peer_name(c.get());
+    std::string source = source_of(peer);
     int one = 1;
     setsockopt(c.get(), IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
     set_io_timeout(c.get(), o_.timeout);
-    std::lock_guard lk(mu);
-    if (static_cast<int>(pending.size()) >= kMaxPending) {
-      report(fmt::format("refused a connection from {}: {} others are being authenticated", peer, kMaxPending));
-      continue;
+    std::unique_lock lk(mu);
+    int unauth = 0, from_source = 0;
+    for (auto& [i, q] : pending) {
+      if (q.authenticated || q.evicted) continue;
+      ++unauth;
+      from_source += q.source == source;
     }
-    pending[id] = c.get();
-    workers.emplace_back(work, std::move(c), id, std::move(peer));
+    if (from_source >= kMaxPendingPerSource) {
+      evict_oldest(source);
+    } else if (unauth >= kMaxPending) {
+      evict_oldest("");
+    }
+    // Authenticated peers are trusted, but threads are not free: a bound on
+    // everything in progress (evicted ones leave within moments).
+    if (static_cast<int>(pending.size()) >= kMaxInProgress) {
+      done_cv.wait_for(lk, std::chrono::seconds(1),
+                       [&] { return static_cast<int>(pending.size()) < kMaxInProgress || winner; });
+      if (static_cast<int>(pending.size()) >= kMaxInProgress) {
+        report(fmt::format("refused a connection from {}: {} connections in progress", peer, kMaxInProgress));
+        continue;
+      }
+    }
+    int fd = c.get();
+    pending[id] = Pending{fd, source, Clock::now()};
+    lk.unlock();
+    try {
+      workers.emplace(id, std::thread(work, std::move(c), id, peer));
+    } catch (const std::system_error& e) {
+      // No thread to be had (a limit of the host): this connection only.
+      lk.lock();
+      pending.erase(id);
+      lk.unlock();
+      ::shutdown(fd, SHUT_RDWR);
+      report(fmt::format("refused a connection from {}: no thread for it ({})", peer, e.what()));
+    }
   }
   {
     std::lock_guard lk(mu);  // the rest lose: their reads end now
-    for (auto& [id, fd] : pending) ::shutdown(fd, SHUT_RDWR);
+    for (auto& [id, q] : pending) ::shutdown(q.fd, SHUT_RDWR);
   }
-  for (auto& t : workers) t.join();
+  for (auto& [id, t] : workers) t.join();
   if (winner) return winner;
   return failed;
 }

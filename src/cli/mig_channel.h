@@ -81,13 +81,19 @@ class Listener {
   ~Listener();
   // Serves connections until one authenticates and `admit` takes it (the
   // stream's header: it may refuse); returns that one. Handshakes run side
-  // by side (a silent or slow peer holds up nobody), at most kMaxPending at
-  // once; every refused connection is closed and reported, and the listener
-  // stays open for the next call.
+  // by side (a silent or slow peer holds up nobody). Unauthenticated
+  // connections are bounded per source (kMaxPendingPerSource) and in all
+  // (kMaxPending): a new one replaces the oldest of its source, or of the
+  // source holding the most; everything in progress is bounded by
+  // kMaxInProgress. Every refused connection is closed and reported, its
+  // thread joined when it ends, and the listener stays open for the next
+  // call.
   using Admit = std::function<Result<void>(Channel&)>;
   using Report = std::function<void(const std::string&)>;
   Result<std::unique_ptr<Channel>> next(const Admit& admit, const Report& report);
-  static constexpr int kMaxPending = 8;
+  static constexpr int kMaxPending = 32;
+  static constexpr int kMaxPendingPerSource = 4;
+  static constexpr int kMaxInProgress = 64;
   std::string address() const { return address_; }
 
  private:

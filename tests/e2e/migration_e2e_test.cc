@@ -7,10 +7,13 @@
 #include <arpa/inet.h>
 #include <netinet/in.h>
 
+#include <poll.h>
+
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
 #include "client/client.h"
+#include "base/unique_fd.h"
 #include "e2e/harness.h"
 #include "net_util.h"
 
@@ -305,6 +308,105 @@ TEST_F(TlsMigration, PlainListenerAndSilentPeers) {
   auto out = receive_result();
   EXPECT_NE(out.find("rc=0"), std::string::npos) << out;
   EXPECT_NE(out.find("not a uvfio migration stream (a TLS client?"), std::string::npos) << out;
+}
+
+// Silent TCP connections held open by someone who can reach the listener
+// (no TLS, nothing sent) keep nobody out: a new connection takes the place
+// of the oldest unauthenticated one of its source, and the source retries
+// within its timeout if its own connection was the one dropped.
+TEST_F(TlsMigration, SilentConnectionsHoldUpNobody) {
+  std::string port = std::to_string(free_port());
+  std::string hp = "127.0.0.1:" + port;
+  receive(hp, "--tls-x509-dir " + creds + "/good");
+  std::vector<UniqueFd> silent;
+  for (int i = 0; i < 50; ++i) {
+    UniqueFd fd(socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    a.sin_port = htons(static_cast<uint16_t>(std::stoi(port)));
+    ASSERT_EQ(connect(fd.get(), reinterpret_cast<sockaddr*>(&a), sizeof(a)), 0);
+    silent.push_back(std::move(fd));
+  }
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  auto t0 = std::chrono::steady_clock::now();
+  auto r = migrate_tcp(hp, "--tls-x509-dir " + creds + "/good");
+  double took = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  ASSERT_EQ(r.status, 0) << r.out << r.err;
+  EXPECT_LT(took, 8.0) << "the migration waited for the silent peers' handshake timeout";
+  auto out = receive_result();
+  EXPECT_NE(out.find("rc=0"), std::string::npos) << out;
+  EXPECT_NE(out.find("dropped, unauthenticated, for a newer connection"), std::string::npos) << out;
+}
+
+int threads_of(const std::string& pattern) {
+  auto r = sh("pgrep -n -f '" + pattern + "'");
+  if (r.status != 0) return -1;
+  std::string status = slurp("/proc/" + std::to_string(std::stoi(r.out)) + "/status");
+  size_t at = status.find("Threads:");
+  return at == std::string::npos ? -1 : std::stoi(status.substr(at + 8));
+}
+
+// A flood of connections closed at once with RST, before any TLS: each
+// connection's thread is released when it ends (they once piled up until a
+// migration won, and the listener aborted when no thread could be made).
+TEST_F(TlsMigration, AConnectionFloodCostsBoundedResources) {
+  std::string port = std::to_string(free_port());
+  std::string hp = "127.0.0.1:" + port;
+  receive(hp, "--tls-x509-dir " + creds + "/good");
+  std::string pattern = "receive --socket " + b->rundir();
+  int peak = 0;
+  for (int i = 0; i < 3000; ++i) {
+    // Non-blocking: a SYN the full backlog dropped is not waited for.
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    a.sin_port = htons(static_cast<uint16_t>(std::stoi(port)));
+    if (connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a)) == 0 || errno == EINPROGRESS) {
+      pollfd p{fd, POLLOUT, 0};
+      (void)poll(&p, 1, 50);
+      linger l{1, 0};  // close with RST
+      setsockopt(fd, SOL_SOCKET, SO_LINGER, &l, sizeof(l));
+    }
+    close(fd);
+    if (i % 500 == 0) peak = std::max(peak, threads_of(pattern));
+  }
+  std::this_thread::sleep_for(std::chrono::milliseconds(500));
+  int after = threads_of(pattern);
+  ASSERT_GT(after, 0) << "the listener died:\n" << slurp(recv_out);
+  EXPECT_LT(std::max(peak, after), 80) << "threads pile up per connection";
+  auto r = migrate_tcp(hp, "--tls-x509-dir " + creds + "/good");
+  ASSERT_EQ(r.status, 0) << r.out << r.err;
+  EXPECT_NE(receive_result().find("rc=0"), std::string::npos) << slurp(recv_out);
+}
+
+// The destination dies mid-stream: the source says so and exits 1 (it was
+// once killed by SIGPIPE, exit 141, without a word), and its VF runs on.
+TEST_F(TlsMigration, TheDestinationDyingMidStreamIsReportedInWords) {
+  std::string hp = "127.0.0.1:" + std::to_string(free_port());
+  recv_out = dir + "/recv.out";
+  std::string src_out = dir + "/src.out";
+  sh("(" + std::string(GUEST_PATH) + " receive --socket " + b->rundir() + kVf + " --listen " + hp +
+     " --ram 1024 --tls-psk-file " + creds + "/good.psk; echo \"rc=$?\") > " + recv_out + " 2>&1 &");
+  for (int i = 0; i < 750 && slurp(recv_out).find("listening on") == std::string::npos; ++i)
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  sh("(" + std::string(GUEST_PATH) + " migrate --from " + a->rundir() + kVf + " --to-tcp " + hp +
+     " --ram 1024 --ms 100 --tls-psk-file " + creds + "/good.psk; echo \"rc=$?\") > " + src_out + " 2>&1 &");
+  for (int i = 0; i < 1500 && slurp(src_out).find("pre-copy round 1:") == std::string::npos; ++i)
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  ASSERT_NE(slurp(src_out).find("pre-copy round 1:"), std::string::npos) << slurp(recv_out) << slurp(src_out);
+  auto killed = sh("pkill -KILL -f 'receive --socket " + b->rundir() + "'");
+  ASSERT_EQ(killed.status, 0) << killed.out << killed.err;
+  std::string out;
+  for (int i = 0; i < 1500 && (out = slurp(src_out)).find("rc=") == std::string::npos; ++i)
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  EXPECT_NE(out.find("rc=1"), std::string::npos) << out << "\nreceive:\n" << slurp(recv_out);
+  EXPECT_NE(out.find("uvfio-guest: "), std::string::npos) << out;
+  EXPECT_NE(out.find("closed the connection"), std::string::npos) << out;
+  for (int i = 0; i < 250 && state(*a) != vfio::MigState::kRunning; ++i)
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  EXPECT_EQ(state(*a), vfio::MigState::kRunning);
 }
 
 }  // namespace

@@ -3,11 +3,16 @@
 # lspci/setpci with their libraries and pci.ids, and vf_check, with an init
 # that prints `lspci -vvv` of the mlx5 VFs, runs vf_check and powers off
 # (or, with uvfio.hold on the kernel command line, waits to be killed).
-#   make-initramfs.sh OUT.cpio.gz VF_CHECK_BINARY
+# With MODULES_DIR (uvfio_vf_dma.ko, dmatest.ko: tests/qemu/build-modules.sh)
+# and uvfio.dmatest=ITERATIONS on the kernel command line, the init loads
+# the VF's dmaengine driver instead and runs the kernel's dmatest on every
+# channel (guest/linux/dmatest-run.sh).
+#   make-initramfs.sh OUT.cpio.gz VF_CHECK_BINARY [MODULES_DIR]
 # Needs: busybox-static, pciutils, cpio (scripts/setup.sh installs them).
 set -euo pipefail
 out=$1
 check=$2
+modules=${3:-}
 busybox=$(command -v busybox || true)
 [ -n "$busybox" ] && file -L "$busybox" 2>/dev/null | grep -q "statically linked" || busybox=/bin/busybox
 for need in "$busybox" /usr/bin/lspci /usr/bin/setpci /usr/share/misc/pci.ids "$check"; do
@@ -18,7 +23,7 @@ root=$(mktemp -d)
 trap 'rm -rf "$root"' EXIT
 mkdir -p "$root"/{bin,sbin,proc,sys,dev,tmp,usr/share/misc,lib64}
 cp "$busybox" "$root/bin/busybox"
-for c in sh mount poweroff sleep cat grep dmesg echo ls; do ln -s busybox "$root/bin/$c"; done
+for c in sh mount poweroff sleep cat grep dmesg echo ls insmod rmmod sed head tr wc seq; do ln -s busybox "$root/bin/$c"; done
 cp /usr/bin/lspci /usr/bin/setpci "$root/bin/"
 cp /usr/share/misc/pci.ids "$root/usr/share/misc/"
 # The dynamic loader and every library lspci/setpci need, at their paths.
@@ -27,6 +32,12 @@ for lib in $(ldd /usr/bin/lspci /usr/bin/setpci | awk '$2 == "=>" && $3 ~ /^\// 
   cp -L "$lib" "$root$lib"
 done
 cp "$check" "$root/bin/vf_check"
+if [ -n "$modules" ]; then
+  mkdir -p "$root/lib/uvfio"
+  cp "$modules/uvfio_vf_dma.ko" "$modules/dmatest.ko" "$root/lib/uvfio/"
+  cp "$(dirname "$0")/../../guest/linux/dmatest-run.sh" "$root/bin/dmatest-run"
+  chmod +x "$root/bin/dmatest-run"
+fi
 cat > "$root/init" <<'INIT'
 #!/bin/sh
 mount -t proc proc /proc
@@ -36,7 +47,11 @@ echo "GUEST-BOOT-OK $(cat /proc/sys/kernel/osrelease)"
 echo "=== lspci"
 lspci -vvv -nn -d 15b3:101e 2>&1
 echo "=== end lspci"
-/bin/vf_check 0x10000000 208
+if grep -q uvfio.dmatest= /proc/cmdline && [ -x /bin/dmatest-run ]; then
+  /bin/dmatest-run
+else
+  /bin/vf_check 0x10000000 208
+fi
 echo "GUEST-DONE"
 if grep -q uvfio.hold /proc/cmdline; then
   echo "GUEST-HOLDING"

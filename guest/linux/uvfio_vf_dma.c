@@ -351,36 +351,41 @@ static void uvf_issue_pending(struct dma_chan *c)
 	spin_unlock_irqrestore(&u->lock, flags);
 }
 
+static bool uvf_failed(struct uvf_dev *u, dma_cookie_t cookie)
+{
+	unsigned long flags;
+	unsigned int i;
+	bool failed = false;
+
+	spin_lock_irqsave(&u->lock, flags);
+	for (i = 0; i < UVF_FAILED_KEPT && !failed; i++)
+		failed = u->failed[i] == cookie;
+	spin_unlock_irqrestore(&u->lock, flags);
+	return failed;
+}
+
 static enum dma_status uvf_tx_status(struct dma_chan *c, dma_cookie_t cookie,
 				     struct dma_tx_state *state)
 {
 	struct uvf_dev *u = to_uvf(c);
 	enum dma_status st;
 	unsigned long flags;
-	unsigned int i;
 	bool reaped;
 
+	if (uvf_failed(u, cookie))
+		return DMA_ERROR;
 	st = dma_cookie_status(c, cookie, state);
-	if (st != DMA_COMPLETE) {
-		/* Polling clients: reap here; callbacks still run from the tasklet. */
-		spin_lock_irqsave(&u->lock, flags);
-		reaped = uvf_reap_locked(u);
-		spin_unlock_irqrestore(&u->lock, flags);
-		if (reaped)
-			tasklet_schedule(&u->tasklet);
-		st = dma_cookie_status(c, cookie, state);
-	}
-	if (st != DMA_COMPLETE)
+	if (st == DMA_COMPLETE)
 		return st;
+	/* Polling clients: reap here; callbacks still run from the tasklet. */
 	spin_lock_irqsave(&u->lock, flags);
-	for (i = 0; i < UVF_FAILED_KEPT; i++) {
-		if (u->failed[i] == cookie) {
-			st = DMA_ERROR;
-			break;
-		}
-	}
+	reaped = uvf_reap_locked(u);
 	spin_unlock_irqrestore(&u->lock, flags);
-	return st;
+	if (reaped)
+		tasklet_schedule(&u->tasklet);
+	if (uvf_failed(u, cookie))
+		return DMA_ERROR;
+	return dma_cookie_status(c, cookie, state);
 }
 
 /*
@@ -413,6 +418,10 @@ static int uvf_terminate_all(struct dma_chan *c)
 
 	spin_lock_irqsave(&u->lock, flags);
 	uvf_abort_all_locked(u, &aborted);
+	/* Whoever polls an aborted transfer learns it did not complete. */
+	list_for_each_entry(d, &aborted, node)
+		if (d->txd.cookie > 0)
+			uvf_remember_failed_locked(u, d->txd.cookie);
 	spin_unlock_irqrestore(&u->lock, flags);
 	list_for_each_entry_safe(d, n, &aborted, node) {
 		list_del(&d->node);
@@ -421,11 +430,6 @@ static int uvf_terminate_all(struct dma_chan *c)
 	return 0;
 }
 
-/*
- * No DMA of a terminated transfer after this: the device finishes the
- * parts it has (it cannot drop a descriptor it fetched), and we wait for
- * their completions.
- */
 /* Waits (up to 2 s) until every part on the ring has completed. */
 static void uvf_drain(struct uvf_dev *u)
 {

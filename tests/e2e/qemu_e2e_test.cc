@@ -18,68 +18,10 @@
 #include <set>
 
 #include "e2e/harness.h"
+#include "e2e/qemu.h"
 
 namespace uvfio::e2e {
 namespace {
-
-bool required() { return std::getenv("UVFIO_REQUIRE_QEMU") != nullptr; }
-
-bool exists(const std::string& p) { return access(p.c_str(), R_OK) == 0; }
-
-// One QEMU process; its serial console (stdout) and stderr go to `log`.
-class Qemu {
- public:
-  Qemu(const std::vector<std::string>& args, const std::string& log) : log_(log) {
-    std::vector<std::string> a = args;
-    std::vector<char*> argv;
-    for (auto& s : a) argv.push_back(s.data());
-    argv.push_back(nullptr);
-    posix_spawn_file_actions_t fa;
-    posix_spawn_file_actions_init(&fa);
-    posix_spawn_file_actions_addopen(&fa, 1, log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    posix_spawn_file_actions_adddup2(&fa, 1, 2);
-    posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0);
-    if (posix_spawn(&pid_, a[0].c_str(), &fa, nullptr, argv.data(), environ) != 0) pid_ = -1;
-    posix_spawn_file_actions_destroy(&fa);
-  }
-  ~Qemu() { kill(); }
-  bool started() const { return pid_ > 0; }
-  std::string output() const { return slurp(log_); }
-  // Waits until `marker` appears in the output or QEMU exits.
-  bool wait_for(const std::string& marker, int timeout_s) {
-    for (int i = 0; i < timeout_s * 10; ++i) {
-      if (output().find(marker) != std::string::npos) return true;
-      if (reap(false)) return output().find(marker) != std::string::npos;
-      std::this_thread::sleep_for(std::chrono::milliseconds(100));
-    }
-    return false;
-  }
-  // Exit status, or -1 on timeout.
-  int wait_exit(int timeout_s) {
-    for (int i = 0; i < timeout_s * 10 && pid_ > 0; ++i) {
-      if (reap(false)) break;
-      std::this_thread::sleep_for(std::chrono::milliseconds(100));
-    }
-    return pid_ > 0 ? -1 : status_;
-  }
-  void kill() {
-    if (pid_ <= 0) return;
-    ::kill(pid_, SIGKILL);
-    reap(true);
-  }
-
- private:
-  bool reap(bool block) {
-    int st;
-    if (waitpid(pid_, &st, block ? 0 : WNOHANG) != pid_) return false;
-    status_ = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
-    pid_ = -1;
-    return true;
-  }
-  std::string log_;
-  pid_t pid_ = -1;
-  int status_ = -1;
-};
 
 const char* kVfs[] = {"0000:08:00.0", "0000:09:00.0"};
 // What vf_check reports for each VF; every one must PASS.

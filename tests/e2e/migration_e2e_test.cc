@@ -393,13 +393,14 @@ TEST_F(TlsMigration, TheDestinationDyingMidStreamIsReportedInWords) {
     std::this_thread::sleep_for(std::chrono::milliseconds(20));
   sh("(" + std::string(GUEST_PATH) + " migrate --from " + a->rundir() + kVf + " --to-tcp " + hp +
      " --ram 1024 --ms 100 --tls-psk-file " + creds + "/good.psk; echo \"rc=$?\") > " + src_out + " 2>&1 &");
-  for (int i = 0; i < 1500 && slurp(src_out).find("pre-copy round 1:") == std::string::npos; ++i)
+  // Streaming has begun (1 GiB of guest RAM to go): the destination dies.
+  for (int i = 0; i < 6000 && slurp(src_out).find("migrating (") == std::string::npos; ++i)
     std::this_thread::sleep_for(std::chrono::milliseconds(10));
-  ASSERT_NE(slurp(src_out).find("pre-copy round 1:"), std::string::npos) << slurp(recv_out) << slurp(src_out);
+  ASSERT_NE(slurp(src_out).find("migrating ("), std::string::npos) << slurp(recv_out) << slurp(src_out);
   auto killed = sh("pkill -KILL -f 'receive --socket " + b->rundir() + "'");
   ASSERT_EQ(killed.status, 0) << killed.out << killed.err;
   std::string out;
-  for (int i = 0; i < 1500 && (out = slurp(src_out)).find("rc=") == std::string::npos; ++i)
+  for (int i = 0; i < 3000 && (out = slurp(src_out)).find("rc=") == std::string::npos; ++i)
     std::this_thread::sleep_for(std::chrono::milliseconds(20));
   EXPECT_NE(out.find("rc=1"), std::string::npos) << out << "\nreceive:\n" << slurp(recv_out);
   EXPECT_NE(out.find("uvfio-guest: "), std::string::npos) << out;

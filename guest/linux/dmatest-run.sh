@@ -6,6 +6,7 @@
 #   uvfio.dmatest=ITERATIONS  iterations per thread (threads_per_chan=2,
 #                             test_buf_size=16384, verification on)
 #   uvfio.corrupt=N           uvfio_vf_dma's test-only corrupt_every=N
+#   uvfio.maptest=MIB         uvfio_vf_dma's test-only map_test_mib=MIB
 # memcpy and memset, each with interrupts and polled; then a function reset
 # of every VF under the bound driver and a short run again; then rmmod.
 #
@@ -22,6 +23,7 @@ arg() {
 
 iters=$(arg uvfio.dmatest)
 corrupt=$(arg uvfio.corrupt)
+maptest=$(arg uvfio.maptest)
 params="test_buf_size=16384 timeout=30000"
 
 run() {	# run TYPE POLLED ITERATIONS
@@ -41,7 +43,8 @@ run() {	# run TYPE POLLED ITERATIONS
 }
 
 dmesg -c > /dev/null
-insmod /lib/uvfio/uvfio_vf_dma.ko ${corrupt:+corrupt_every=$corrupt} ||
+insmod /lib/uvfio/uvfio_vf_dma.ko ${corrupt:+corrupt_every=$corrupt} \
+	${maptest:+map_test_mib=$maptest} ||
 	echo "DMATEST-DRIVER-LOAD-FAILED"
 echo "=== driver"
 dmesg | grep uvfio_vf_dma

@@ -62,6 +62,11 @@ module_param(corrupt_every, uint, 0644);
 MODULE_PARM_DESC(corrupt_every,
 		 "Test only: shorten every Nth copy by one byte (0: never), to show a test harness catches corruption");
 
+static unsigned int map_test_mib;
+module_param(map_test_mib, uint, 0444);
+MODULE_PARM_DESC(map_test_mib,
+		 "Test only: at probe, map this many MiB for the device at once (4 MiB pieces), fill each through the engine, verify, unmap");
+
 struct uvf_hw_desc {
 	u8	opcode;
 	u8	flags;
@@ -573,6 +578,77 @@ static void uvf_reset_done(struct pci_dev *pdev)
 	spin_unlock_irqrestore(&u->lock, flags);
 }
 
+/*
+ * map_test_mib: many MiB mapped for the device at the same time (through a
+ * guest IOMMU, the VMM maps them all for the device), every piece filled by
+ * the engine while all are mapped, then checked by the CPU.
+ */
+static int uvf_map_test(struct uvf_dev *u)
+{
+	struct device *dev = &u->pdev->dev;
+	unsigned int n = DIV_ROUND_UP(map_test_mib, 4), i, mapped = 0;
+	unsigned int order = get_order(SZ_4M);
+	struct page **pages;
+	dma_addr_t *iova;
+	int ret = 0;
+
+	pages = kcalloc(n, sizeof(*pages), GFP_KERNEL);
+	iova = kcalloc(n, sizeof(*iova), GFP_KERNEL);
+	if (!pages || !iova) {
+		ret = -ENOMEM;
+		goto out;
+	}
+	for (mapped = 0; mapped < n; mapped++) {
+		pages[mapped] = alloc_pages(GFP_KERNEL | __GFP_NOWARN, order);
+		if (!pages[mapped]) {
+			ret = -ENOMEM;
+			break;
+		}
+		iova[mapped] = dma_map_page(dev, pages[mapped], 0, SZ_4M,
+					    DMA_BIDIRECTIONAL);
+		if (dma_mapping_error(dev, iova[mapped])) {
+			__free_pages(pages[mapped], order);
+			ret = -EIO;
+			break;
+		}
+	}
+	for (i = 0; i < mapped && !ret; i++) {
+		struct dma_async_tx_descriptor *tx;
+		dma_cookie_t cookie;
+
+		tx = uvf_prep(&u->chan, UVF_OP_FILL, iova[i], (u8)(0x5a + i),
+			      SZ_4M, DMA_CTRL_ACK);
+		if (!tx) {
+			ret = -ENOMEM;
+			break;
+		}
+		cookie = dmaengine_submit(tx);
+		if (dma_sync_wait(&u->chan, cookie) != DMA_COMPLETE)
+			ret = -EIO;
+	}
+	for (i = 0; i < mapped; i++) {
+		u8 *p;
+
+		dma_unmap_page(dev, iova[i], SZ_4M, DMA_BIDIRECTIONAL);
+		p = page_address(pages[i]);
+		if (!ret && (p[0] != (u8)(0x5a + i) ||
+			     p[SZ_2M + 7] != (u8)(0x5a + i) ||
+			     p[SZ_4M - 1] != (u8)(0x5a + i)))
+			ret = -EILSEQ;
+		__free_pages(pages[i], order);
+	}
+	if (ret)
+		dev_err(dev, "map test: failed (%d) with %u MiB mapped\n", ret,
+			mapped * 4);
+	else
+		dev_info(dev, "map test: %u MiB mapped at once in %u pieces, filled by the device and verified\n",
+			 mapped * 4, mapped);
+out:
+	kfree(pages);
+	kfree(iova);
+	return ret;
+}
+
 static const struct pci_error_handlers uvf_err_handlers = {
 	.reset_prepare	= uvf_reset_prepare,
 	.reset_done	= uvf_reset_done,
@@ -662,6 +738,8 @@ static int uvf_probe(struct pci_dev *pdev, const struct pci_device_id *id)
 	dev_info(dev, "uvfio VF DMA engine: %s, ring %u, version %u\n",
 		 dma_chan_name(&u->chan), UVF_RING,
 		 readl(u->regs + UVF_REG_VERSION));
+	if (map_test_mib)
+		uvf_map_test(u);
 	return 0;
 
 err_stop:

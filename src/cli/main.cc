@@ -363,6 +363,7 @@ struct DevStats {
 };
 
 constexpr const char* kNumFiles[] = {"region_bytes_read", "region_bytes_written", "dma_ops", "dma_bytes",
+                                     "dma_maps", "dma_map_bytes", "dma_map_bytes_peak",
                                      "interrupts", "interrupts_dropped", "migration_bytes"};
 
 // "   count NAME" lines (requests, errors).

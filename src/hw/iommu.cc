@@ -54,6 +54,8 @@ Result<void> IommuDomain::insert_locked(uint64_t iova, Map m) {
     auto prev = std::prev(next);
     if (prev->first + prev->second.size > iova) return Error(EEXIST, "DMA map overlaps");
   }
+  map_bytes_ += m.size;
+  map_bytes_peak_ = std::max(map_bytes_peak_, map_bytes_);
   maps_.emplace(iova, std::move(m));
   return ok();
 }
@@ -183,6 +185,7 @@ Result<uint64_t> IommuDomain::unmap(uint64_t iova, uint64_t size) {
   }
   uint64_t removed = 0;
   for (auto it = first; it != end; ++it) removed += it->second.size;
+  map_bytes_ -= removed;
   maps_.erase(first, end);  // windows whose last map this was are unmapped here
   return removed;
 }
@@ -191,6 +194,7 @@ void IommuDomain::unmap_all() {
   std::unique_lock lk(mu_);
   maps_.clear();
   files_.clear();
+  map_bytes_ = 0;
 }
 
 size_t IommuDomain::num_maps() const {
@@ -203,6 +207,16 @@ size_t IommuDomain::num_files() const {
   size_t n = 0;
   for (auto& [k, f] : files_) n += !f.expired();
   return n;
+}
+
+uint64_t IommuDomain::map_bytes() const {
+  std::shared_lock lk(mu_);
+  return map_bytes_;
+}
+
+uint64_t IommuDomain::map_bytes_peak() const {
+  std::shared_lock lk(mu_);
+  return map_bytes_peak_;
 }
 
 uint64_t IommuDomain::mapped_bytes() const {

@@ -71,6 +71,10 @@ class IommuDomain {
   // Distinct files mapped (fds held) and the address space mapped for them.
   size_t num_files() const;
   uint64_t mapped_bytes() const;
+  // The bytes the user's maps cover now, and the most they ever covered at
+  // once (for the attribute tree: what a VM mapped for the device).
+  uint64_t map_bytes() const;
+  uint64_t map_bytes_peak() const;
   void set_max_maps(size_t n) { max_maps_ = n; }
   void set_max_files(size_t n) { max_files_ = n; }
   void set_max_mapped_bytes(uint64_t n) { max_mapped_bytes_ = n; }
@@ -146,6 +150,7 @@ class IommuDomain {
   // Files with a live window, by (st_dev, st_ino); guarded by mu_.
   std::map<std::pair<uint64_t, uint64_t>, std::weak_ptr<Backing>> files_;
   uint64_t mapped_bytes_ = 0;  // windows' lengths; guarded by mu_
+  uint64_t map_bytes_ = 0, map_bytes_peak_ = 0;  // sizes of the maps; guarded by mu_
   size_t max_maps_ = 65535;
   size_t max_files_ = 256;
   uint64_t max_mapped_bytes_ = uint64_t{1} << 40;

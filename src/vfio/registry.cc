@@ -119,6 +119,9 @@ void Registry::add_device_stats(driver::Dir* dir, Device& dev) {
   num("region_bytes_written", [d] { return d->stats().region_bytes_written.get(); });
   num("dma_ops", [d] { return d->iommu().dma_ops(); });
   num("dma_bytes", [d] { return d->iommu().dma_bytes(); });
+  num("dma_maps", [d] { return d->iommu().num_maps(); });
+  num("dma_map_bytes", [d] { return d->iommu().map_bytes(); });
+  num("dma_map_bytes_peak", [d] { return d->iommu().map_bytes_peak(); });
   num("interrupts", [d] { return d->stats().interrupts.get(); });
   num("interrupts_dropped", [d] { return d->stats().interrupts_dropped.get(); });
   num("migration_bytes", [d] { return d->stats().migration_bytes.get(); });

@@ -162,6 +162,9 @@ Result<std::unique_ptr<FuseMount>> FuseMount::mount(const driver::Tree& tree, co
   m->loop_ = std::thread([f] {
     fuse_loop_config* cfg = fuse_loop_cfg_create();
     fuse_loop_cfg_set_max_threads(cfg, 8);
+    // Workers beyond one leave when idle: a burst of admin reads costs
+    // threads only while it lasts.
+    fuse_loop_cfg_set_idle_threads(cfg, 1);
     fuse_loop_mt(f, cfg);
     fuse_loop_cfg_destroy(cfg);
   });

@@ -168,6 +168,11 @@ class Server::Reactor {
     ev.events = EPOLLIN;
     ev.data.u64 = e->listen_id;
     epoll_ctl(epfd_.get(), EPOLL_CTL_ADD, e->listen.get(), &ev);
+    // A device at the address of one whose endpoint is still winding down
+    // (its last client's cleanup closed it, the registry destroyed it, and
+    // a bind made a new one in its memory): the old endpoint stays alive,
+    // apart, until its own work is done (forget()).
+    if (auto old = eps_.find(e->dev); old != eps_.end()) retired_.push_back(std::move(old->second));
     eps_[e->dev] = std::move(ep);
     if (stopping_) retire(*e);  // added while the server stops
   }
@@ -206,6 +211,15 @@ class Server::Reactor {
   std::vector<std::function<void()>> posted_ GUARDED_BY(post_mu_);
   // Reactor thread only:
   std::map<vfio::Device*, std::shared_ptr<Endpoint>> eps_;
+  std::vector<std::shared_ptr<Endpoint>> retired_;  // replaced in eps_ while winding down
+  // Drops an endpoint whose work is done, wherever it is kept.
+  void forget(Endpoint& ep) {
+    if (auto it = eps_.find(ep.dev); it != eps_.end() && it->second.get() == &ep) {
+      eps_.erase(it);
+      return;
+    }
+    std::erase_if(retired_, [&](const std::shared_ptr<Endpoint>& e) { return e.get() == &ep; });
+  }
   std::unordered_map<uint64_t, Endpoint*> listeners_;
   std::unordered_map<uint64_t, std::shared_ptr<Client>> clients_;
   std::deque<std::shared_ptr<Client>> runq_;
@@ -229,7 +243,7 @@ void Server::Reactor::run() {
   current_ = this;
   epoll_event events[64];
   for (;;) {
-    if (stopping_ && eps_.empty()) return;
+    if (stopping_ && eps_.empty() && retired_.empty()) return;
     if (s_.opts_.busy_poll && runq_.empty() && hot_ && !hot_->dead && !hot_->busy) {
       // Busy-poll: spin on the connection that was last active, as a
       // dedicated server would on its socket, and look at epoll (every
@@ -297,6 +311,7 @@ void Server::Reactor::shutdown() {
   stopping_ = true;
   std::vector<Endpoint*> all;
   for (auto& [d, ep] : eps_) all.push_back(ep.get());
+  for (auto& ep : retired_) all.push_back(ep.get());
   for (Endpoint* ep : all) retire(*ep);
 }
 
@@ -325,14 +340,15 @@ void Server::Reactor::close_device(Endpoint& ep) {
     opened = ep.opened;
   }
   if (!opened) {
-    eps_.erase(ep.dev);  // never opened: nothing to wait for
+    forget(ep);  // never opened (or closed already): nothing to wait for
     return;
   }
   ep.closing = true;
   vfio::Device* dev = ep.dev;
-  s_.pool_.submit([this, dev] {
+  Endpoint* epp = &ep;
+  s_.pool_.submit([this, dev, epp] {
     dev->close();  // after this the registry may destroy the device
-    post([this, dev] { eps_.erase(dev); });
+    post([this, epp] { forget(*epp); });
   });
 }
 

@@ -72,3 +72,9 @@ rmmod uvfio_vf_dma && echo "DMATEST-RMMOD-OK" || echo "DMATEST-RMMOD-FAILED"
 echo "=== removed"
 dmesg | grep uvfio_vf_dma
 echo "=== end"
+
+# Loaded again after the remove: it binds both VFs and works as before.
+dmesg -c > /dev/null
+insmod /lib/uvfio/uvfio_vf_dma.ko && echo "DMATEST-RELOAD-OK" || echo "DMATEST-RELOAD-FAILED"
+run 1 0 30
+rmmod uvfio_vf_dma && echo "DMATEST-RMMOD-AGAIN-OK" || echo "DMATEST-RMMOD-AGAIN-FAILED"

@@ -647,25 +647,6 @@ TEST(ControlPlane, ASriovChangeWaitingForAClientHoldsOnlyThatPf) {
   EXPECT_EQ(d.stop(), 0) << d.log();
 }
 
-namespace {
-struct Usage {
-  long threads = 0, fds = 0, rss_kb = 0;
-};
-Usage usage(pid_t pid) {
-  Usage u;
-  std::string st = slurp("/proc/" + std::to_string(pid) + "/status");
-  auto field = [&](const char* key) {
-    size_t at = st.find(key);
-    return at == std::string::npos ? -1 : std::strtol(st.c_str() + at + std::strlen(key), nullptr, 10);
-  };
-  u.threads = field("Threads:");
-  u.rss_kb = field("VmRSS:");
-  auto r = sh("ls /proc/" + std::to_string(pid) + "/fd | wc -l");
-  u.fds = std::strtol(r.out.c_str(), nullptr, 10);
-  return u;
-}
-}  // namespace
-
 // Removing VFs gives back everything they took: after 100 cycles of
 // sriov 8 / sriov 0 the daemon has the threads and fds it had after the
 // first, and about the same memory.

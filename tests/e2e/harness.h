@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include <array>
+#include <atomic>
 #include <chrono>
 #include <cstdio>
 #include <cstring>
@@ -49,7 +50,9 @@ inline std::string make_tmpdir(const char* tag) {
 // Runs `cmd` with bash (whose echo reports the errno text, as an admin sees
 // it); captures stdout and stderr separately.
 inline CmdResult sh(const std::string& cmd) {
-  static int seq = 0;
+  // Several threads of a test may run commands at once (the soak): each
+  // gets its own files.
+  static std::atomic<int> seq{0};
   std::string base = "/tmp/uvfio-e2e-cmd-" + std::to_string(getpid()) + "-" + std::to_string(seq++);
   std::ofstream(base + ".sh") << cmd << "\n";
   std::string full = "bash " + base + ".sh >" + base + ".out 2>" + base + ".err";
@@ -77,6 +80,27 @@ inline bool can_connect(const std::string& path) {
 inline bool is_mounted(const std::string& path) {
   std::string mi = slurp("/proc/self/mountinfo");
   return mi.find(" " + path + " ") != std::string::npos;
+}
+
+// What a process holds: threads, open fds, resident memory, and its
+// threads' names (for a failure message).
+struct Usage {
+  long threads = 0, fds = 0, rss_kb = 0;
+  std::string names;
+};
+inline Usage usage(pid_t pid) {
+  Usage u;
+  std::string st = slurp("/proc/" + std::to_string(pid) + "/status");
+  auto field = [&](const char* key) {
+    size_t at = st.find(key);
+    return at == std::string::npos ? -1 : std::strtol(st.c_str() + at + std::strlen(key), nullptr, 10);
+  };
+  u.threads = field("Threads:");
+  u.rss_kb = field("VmRSS:");
+  auto r = sh("ls /proc/" + std::to_string(pid) + "/fd | wc -l");
+  u.fds = std::strtol(r.out.c_str(), nullptr, 10);
+  u.names = sh("cat /proc/" + std::to_string(pid) + "/task/*/comm | sort | uniq -c | tr -s ' \\n' ' '").out;
+  return u;
 }
 
 class Daemon {

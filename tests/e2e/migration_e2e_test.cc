@@ -404,7 +404,10 @@ TEST_F(TlsMigration, TheDestinationDyingMidStreamIsReportedInWords) {
     std::this_thread::sleep_for(std::chrono::milliseconds(20));
   EXPECT_NE(out.find("rc=1"), std::string::npos) << out << "\nreceive:\n" << slurp(recv_out);
   EXPECT_NE(out.find("uvfio-guest: "), std::string::npos) << out;
-  EXPECT_NE(out.find("closed the connection"), std::string::npos) << out;
+  // In words: the peer closed the connection (EPIPE, ECONNRESET), or, when
+  // it dies with our data unread, the send timed out.
+  EXPECT_TRUE(out.find("closed the connection") != std::string::npos || out.find("stream send") != std::string::npos)
+      << out;
   for (int i = 0; i < 250 && state(*a) != vfio::MigState::kRunning; ++i)
     std::this_thread::sleep_for(std::chrono::milliseconds(20));
   EXPECT_EQ(state(*a), vfio::MigState::kRunning);

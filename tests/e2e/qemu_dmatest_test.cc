@@ -34,6 +34,7 @@ constexpr int kIterations = 500;     // per thread, per run
 // (dmatest's polled mode terminates the channel's transfers after each test).
 int threads_per_chan(int polled) { return polled ? 1 : 2; }
 constexpr int kAfterReset = 50;      // the run after the FLR
+constexpr int kAfterReload = 30;     // the run after rmmod and insmod
 const char* kVfs[] = {"0000:08:00.0", "0000:09:00.0"};
 
 struct Machine {
@@ -111,6 +112,10 @@ std::vector<std::string> check_dmatest(const std::string& out, int iterations, l
       bad.push_back("the VF's counters at remove: " + it->str());
   }
   if (removals != 2) bad.push_back(std::to_string(removals) + " VFs released at rmmod, not 2");
+  // Loaded again after the remove, it works as before, and goes again.
+  if (out.find("DMATEST-RELOAD-OK") == std::string::npos) bad.push_back("insmod after rmmod failed");
+  check_run(1, 0, kAfterReload);
+  if (out.find("DMATEST-RMMOD-AGAIN-OK") == std::string::npos) bad.push_back("the second rmmod failed");
   // QEMU refused nothing and lost nothing.
   for (const char* q : {"error reply", "hardware error", "vfio_user", "vfio-user"})
     if (out.find(q) != std::string::npos) bad.push_back(std::string("QEMU said '") + q + "'");

@@ -30,25 +30,6 @@ using Clock = std::chrono::steady_clock;
 
 bool exists_file(const std::string& p) { return access(p.c_str(), F_OK) == 0; }
 
-struct Usage {
-  long threads = 0, fds = 0, rss_kb = 0;
-  std::string names;  // the threads' names, for a failure message
-};
-Usage usage(pid_t pid) {
-  Usage u;
-  std::string st = slurp("/proc/" + std::to_string(pid) + "/status");
-  auto field = [&](const char* key) {
-    size_t at = st.find(key);
-    return at == std::string::npos ? -1 : std::strtol(st.c_str() + at + std::strlen(key), nullptr, 10);
-  };
-  u.threads = field("Threads:");
-  u.rss_kb = field("VmRSS:");
-  auto r = sh("ls /proc/" + std::to_string(pid) + "/fd | wc -l");
-  u.fds = std::strtol(r.out.c_str(), nullptr, 10);
-  u.names = sh("cat /proc/" + std::to_string(pid) + "/task/*/comm | sort | uniq -c | tr -s ' \\n' ' '").out;
-  return u;
-}
-
 // Four PFs of 8 VFs each: PF k at 00:0(4+k).0, its VFs at 00:(10+k).0-7.
 std::string topology() {
   std::string t;
@@ -117,14 +98,7 @@ void hostile(const std::string& sock, int k, std::mt19937& rng) {
       for (int i = 0; i < 300; ++i) {
         UniqueFd f(memfd_create("hostile", MFD_CLOEXEC));
         if (ftruncate(f.get(), 4096) != 0) break;
-        std::vector<uint8_t> p(32);
-        uint32_t argsz = 32, flags = 3;
-        uint64_t off = 0, iova = uint64_t(i) << 20, size = 4096;
-        std::memcpy(p.data(), &argsz, 4);
-        std::memcpy(p.data() + 4, &flags, 4);
-        std::memcpy(p.data() + 8, &off, 8);
-        std::memcpy(p.data() + 16, &iova, 8);
-        std::memcpy(p.data() + 24, &size, 8);
+        auto p = dma_map_msg(uint64_t(i) << 20, 4096, 0);
         int e = call(r.fd(), kDmaMap, p, {f.get()});
         if (e) break;  // ENOSPC at the per-device cap, or gone
         if (i == 3) (void)ftruncate(f.get(), 0);

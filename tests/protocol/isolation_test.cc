@@ -267,15 +267,7 @@ TEST_F(Isolation, OutOfFileDescriptorsCostsOnlyNewWork) {
   for (int i = 0; i < 200 && !err; ++i) {
     UniqueFd f(memfd_create("hostile", MFD_CLOEXEC));
     ASSERT_EQ(ftruncate(f.get(), 4096), 0);
-    // struct vfio_user_dma_map: argsz, flags (READ), offset, address, size
-    std::vector<uint8_t> p(32);
-    uint32_t argsz = 32, flags = 1;
-    uint64_t off = 0, iova = uint64_t(i) << 20, size = 4096;
-    std::memcpy(p.data(), &argsz, 4);
-    std::memcpy(p.data() + 4, &flags, 4);
-    std::memcpy(p.data() + 8, &off, 8);
-    std::memcpy(p.data() + 16, &iova, 8);
-    std::memcpy(p.data() + 24, &size, 8);
+    auto p = dma_map_msg(uint64_t(i) << 20, 4096, 0, 1);  // READ
     err = hostile->call(kDmaMap, p, {f.get()});
     if (!err) ++mapped;
     files.push_back(std::move(f));

@@ -190,18 +190,7 @@ TEST_F(Protocol, PageSizedMapsOfOneFileUpToTheLimitThenOneWideUnmap) {
   UniqueFd mem(memfd_create("guest", MFD_CLOEXEC));
   ASSERT_EQ(ftruncate(mem.get(), static_cast<off_t>((kMaps + 1) * 4096)), 0);
   int fds0 = count_fds(d_->pid());
-  auto map_msg = [](uint64_t iova, uint64_t off) {
-    // struct vfio_user_dma_map: argsz, flags (READ|WRITE), offset, address, size
-    std::vector<uint8_t> p(32);
-    uint32_t argsz = 32, flags = 3;
-    uint64_t size = 4096;
-    std::memcpy(p.data(), &argsz, 4);
-    std::memcpy(p.data() + 4, &flags, 4);
-    std::memcpy(p.data() + 8, &off, 8);
-    std::memcpy(p.data() + 16, &iova, 8);
-    std::memcpy(p.data() + 24, &size, 8);
-    return p;
-  };
+  auto map_msg = [](uint64_t iova, uint64_t off) { return dma_map_msg(iova, 4096, off); };
   int peak = 0;
   for (uint64_t i = 0; i < kMaps;) {
     uint64_t batch = std::min<uint64_t>(256, kMaps - i);
@@ -254,6 +243,60 @@ TEST_F(Protocol, PageSizedMapsOfOneFileUpToTheLimitThenOneWideUnmap) {
   EXPECT_EQ(status(), uint32_t{EFAULT}) << "DMA reached memory the client unmapped";
   EXPECT_EQ(r.call(kDmaMap, map_msg(0x1000, 0), {mem.get()}), 0);  // room again
   EXPECT_LE(count_fds(d_->pid()), fds0 + 2);
+}
+
+// An unmap racing the device's DMA: the device copies into a map while the
+// client unmaps it (the copy started, not waited for). Once the unmap's reply
+// is in, nothing more lands in that memory, and the copy ended either done
+// or with EFAULT.
+TEST_F(Protocol, AnUnmapRacingDeviceDmaLeavesNothingAfterItsReply) {
+  Raw r(ep());
+  r.version();
+  constexpr uint64_t kSrc = 0x100000, kDst = 0x200000, kLen = 64 << 10;
+  UniqueFd src(memfd_create("src", MFD_CLOEXEC)), dst(memfd_create("dst", MFD_CLOEXEC));
+  ASSERT_EQ(ftruncate(src.get(), kLen), 0);
+  ASSERT_EQ(ftruncate(dst.get(), kLen), 0);
+  std::vector<uint8_t> ones(kLen, 0xa5);
+  ASSERT_EQ(pwrite(src.get(), ones.data(), kLen, 0), static_cast<ssize_t>(kLen));
+  auto* d = static_cast<uint8_t*>(mmap(nullptr, kLen, PROT_READ | PROT_WRITE, MAP_SHARED, dst.get(), 0));
+  ASSERT_NE(d, MAP_FAILED);
+  auto reg = [&](uint32_t off, unsigned w, uint64_t v) {
+    std::vector<uint8_t> b(w);
+    std::memcpy(b.data(), &v, w);
+    return r.call(kRegionWrite, region_access(0, off, w, b));
+  };
+  ASSERT_EQ(r.call(kRegionWrite, region_access(VFIO_PCI_CONFIG_REGION_INDEX, PCI_COMMAND, 2, {0x06, 0})), 0);
+  ASSERT_EQ(r.call(kDmaMap, dma_map_msg(kSrc, kLen, 0, 1), {src.get()}), 0);
+  ASSERT_EQ(reg(hw::GenericEndpoint::kRegDmaSrc, 8, kSrc), 0);
+  ASSERT_EQ(reg(hw::GenericEndpoint::kRegDmaDst, 8, kDst), 0);
+  ASSERT_EQ(reg(hw::GenericEndpoint::kRegDmaLen, 4, kLen), 0);
+  std::vector<uint8_t> um(24);
+  uint32_t argsz = 24, flags = 0;
+  uint64_t a = kDst, sz = kLen;
+  std::memcpy(um.data(), &argsz, 4);
+  std::memcpy(um.data() + 4, &flags, 4);
+  std::memcpy(um.data() + 8, &a, 8);
+  std::memcpy(um.data() + 16, &sz, 8);
+  int done = 0, faulted = 0;
+  for (int i = 0; i < 200; ++i) {
+    ASSERT_EQ(r.call(kDmaMap, dma_map_msg(kDst, kLen, 0), {dst.get()}), 0);
+    ASSERT_EQ(reg(hw::GenericEndpoint::kRegDmaGo, 4, 1), 0);  // posted: the copy runs on
+    ASSERT_EQ(r.call(kDmaUnmap, um), 0);
+    std::memset(d, 0, kLen);  // after the reply: must stay zero
+    uint32_t st = hw::GenericEndpoint::kDmaBusy;
+    for (int k = 0; k < 1000 && st == hw::GenericEndpoint::kDmaBusy; ++k) {
+      Message m;
+      ASSERT_EQ(r.call(kRegionRead, region_access(0, hw::GenericEndpoint::kRegDmaStatus, 4), {}, &m), 0);
+      std::memcpy(&st, m.payload.data() + 16, 4);
+      if (st == hw::GenericEndpoint::kDmaBusy) std::this_thread::sleep_for(std::chrono::microseconds(200));
+    }
+    ASSERT_TRUE(st == 0 || st == EFAULT) << st;
+    (st == 0 ? done : faulted)++;
+    for (uint64_t k = 0; k < kLen; k += 509) ASSERT_EQ(d[k], 0) << "DMA landed after the unmap's reply, round " << i;
+  }
+  RecordProperty("copies_done", done);
+  RecordProperty("copies_faulted", faulted);
+  munmap(d, kLen);
 }
 
 // Device memory is data: a VF's BAR2 written by one tenant reads as zeros

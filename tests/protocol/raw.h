@@ -101,6 +101,19 @@ std::vector<uint8_t> b(const T& v) {
   return p;
 }
 
+// DMA_MAP as the spec lays it out: u32 argsz (32), u32 flags (READ 1,
+// WRITE 2), u64 offset (into the fd), u64 address, u64 size.
+inline std::vector<uint8_t> dma_map_msg(uint64_t address, uint64_t size, uint64_t offset, uint32_t flags = 3) {
+  std::vector<uint8_t> p(32);
+  uint32_t argsz = 32;
+  std::memcpy(p.data(), &argsz, 4);
+  std::memcpy(p.data() + 4, &flags, 4);
+  std::memcpy(p.data() + 8, &offset, 8);
+  std::memcpy(p.data() + 16, &address, 8);
+  std::memcpy(p.data() + 24, &size, 8);
+  return p;
+}
+
 inline std::vector<uint8_t> region_access(uint32_t region, uint64_t off, uint32_t count, std::vector<uint8_t> data = {}) {
   RegionAccessMsg a{off, region, count};
   // Sized once and filled: GCC 12 at -O3 misreads insert() after a

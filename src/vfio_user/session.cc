@@ -356,7 +356,11 @@ Result<void> Session::mig_data_read(Message& m, Reply& r) {
   TRY(no_fds(m));
   MigDataMsg d = TRY(take<MigDataMsg>(m));
   if (d.size > kMaxDataXfer) return Error(EINVAL, "MIG_DATA_READ size above max_data_xfer_size");
-  if (d.argsz < sizeof(d) + uint64_t{d.size}) return Error(EINVAL, "MIG_DATA_READ argsz below 8 + size");
+  // argsz covers the struct at least. QEMU sends 8 + size; libvfio-user
+  // (the reference server, and its own tests) and an earlier revision of the
+  // spec use the 8-byte struct alone: both are accepted, and the reply is
+  // bounded by `size` either way.
+  if (d.argsz < sizeof(d)) return Error(EINVAL, "MIG_DATA_READ argsz below 8");
   vfio::MigState s = dev_.mig_state();
   if (!mig_ || (s != vfio::MigState::kPreCopy && s != vfio::MigState::kPreCopyP2P && s != vfio::MigState::kStopCopy))
     return Error(EINVAL, "not in a saving state");

@@ -8,7 +8,7 @@ _uvfioctl() {
     words=("${COMP_WORDS[@]}")
     cword=$COMP_CWORD
   }
-  local subs="ls cat readlink write tree list bind unbind info config sriov stats top"
+  local subs="ls cat readlink write tree list bind unbind info config sriov stats top mount"
   local rundir=() i sub=""
   for ((i = 1; i < cword; i++)); do
     case ${words[i]} in
@@ -40,6 +40,8 @@ _uvfioctl() {
       elif [ "$n" -eq 2 ]; then COMPREPLY=($(compgen -W "$(drivers)" -- "$cur")); fi ;;
     unbind | info | config | sriov | stats)
       [ "$n" -eq 1 ] && COMPREPLY=($(compgen -W "$(bdfs)" -- "$cur")) ;;
+    mount)
+      [ "$n" -eq 1 ] && COMPREPLY=($(compgen -d -- "$cur")) ;;
     ls | cat | readlink | write)
       if [ "$n" -eq 1 ]; then
         local dir=${cur%/*}

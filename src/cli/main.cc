@@ -2,6 +2,9 @@
 // the attribute tree the way an admin works on /sys: ls, cat, readlink,
 // write, plus tree/list views and bind/unbind/sriov shortcuts.
 // Errors print the errno text and exit non-zero.
+#include <csignal>
+#include <sys/mount.h>
+#include <sys/stat.h>
 #include <CLI/CLI.hpp>
 #include <unistd.h>
 
@@ -18,6 +21,8 @@
 #include "client/client.h"
 #include "base/rundir.h"
 #include "sysfs/control.h"
+#include "sysfs/fuse_fs.h"
+#include "sysfs/remote_tree.h"
 
 using namespace uvfio;
 using nlohmann::json;
@@ -517,6 +522,36 @@ void cmd_top(sysfs::ControlClient& c, int iterations, double delay) {
 
 }  // namespace
 
+// uvfioctl mount: the tree of a daemon that runs without FUSE (in a sandbox
+// whose mounts never reach the host), mounted here from its control socket.
+int cmd_mount(const std::string& rundir, const std::string& dir) {
+  std::string sock = rundir + "/control.sock";
+  // Started beside the daemon (systemd): give it 10 s to be listening.
+  for (int i = 0;; ++i) {
+    auto probe = sysfs::ControlClient::connect(sock);
+    if (probe) break;
+    if (i == 100) die("cannot reach uvfiod at " + sock, probe.error());
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  sigset_t sigs;
+  sigemptyset(&sigs);
+  sigaddset(&sigs, SIGTERM);
+  sigaddset(&sigs, SIGINT);
+  sigaddset(&sigs, SIGHUP);
+  pthread_sigmask(SIG_BLOCK, &sigs, nullptr);  // before FUSE's threads start: they inherit it
+  signal(SIGPIPE, SIG_IGN);
+  struct stat st;
+  if (lstat(dir.c_str(), &st) < 0 && errno == ENOTCONN) umount2(dir.c_str(), MNT_DETACH | UMOUNT_NOFOLLOW);
+  auto m = sysfs::FuseMount::mount(std::make_unique<sysfs::RemoteTree>(sock), dir, "uvfioctl");
+  if (!m) die("mount " + dir, m.error());
+  std::fprintf(stderr, "uvfioctl: %s mounted from %s\n", dir.c_str(), sock.c_str());
+  int sig = 0;
+  while (sigwait(&sigs, &sig) != 0 || sig == SIGHUP) {
+  }
+  m->reset();
+  return 0;
+}
+
 int main(int argc, char** argv) {
   CLI::App app{"uvfioctl — administer uvfiod's devices through its sysfs tree"};
   app.require_subcommand(1);
@@ -566,7 +601,14 @@ int main(int argc, char** argv) {
       ->check(CLI::Range(0, 100000000))
       ->capture_default_str();
   top->add_option("-d,--delay", delay, "Seconds between frames")->check(CLI::Range(0.05, 3600.0))->capture_default_str();
+  std::string mount_dir;
+  auto* mount = app.add_subcommand(
+      "mount", "Mount the daemon's attribute tree at DIR with FUSE, served through the control socket, until "
+               "SIGTERM or SIGINT (for a daemon run with --no-fuse in a sandbox)");
+  mount->add_option("dir", mount_dir, "Mount point")->required();
   CLI11_PARSE(app, argc, argv);
+
+  if (*mount) return cmd_mount(rundir, mount_dir);
 
   if (*info || *config) {
     auto b = Bdf::parse(bdf);

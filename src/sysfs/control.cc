@@ -265,12 +265,18 @@ Result<json> ControlClient::call(const json& request) {
   while ((nl = buf_.find('\n')) == std::string::npos) {
     ssize_t n = recv(fd_.get(), chunk, sizeof(chunk), 0);
     if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) return Error(sent ? ECONNRESET : EPIPE, "control socket closed");
+    if (n <= 0) {
+      broken_ = true;
+      return Error(sent ? ECONNRESET : EPIPE, "control socket closed");
+    }
     buf_.append(chunk, static_cast<size_t>(n));
   }
   json reply = json::parse(std::string_view(buf_).substr(0, nl), nullptr, false);
   buf_.erase(0, nl + 1);
-  if (reply.is_discarded() || !reply.is_object()) return Error(EPROTO, "bad reply from uvfiod");
+  if (reply.is_discarded() || !reply.is_object()) {
+    broken_ = true;
+    return Error(EPROTO, "bad reply from uvfiod");
+  }
   if (!reply.contains("ok") || !reply["ok"].is_boolean() || !reply["ok"].get<bool>()) {
     int e = reply.contains("errno") && reply["errno"].is_number_integer() ? reply["errno"].get<int>() : EIO;
     return Error(e);
@@ -287,6 +293,22 @@ Result<std::string> ControlClient::read(const std::string& path) {
 Result<void> ControlClient::write(const std::string& path, const std::string& data) {
   TRY(call(json{{"op", "write"}, {"path", path}, {"data_hex", to_hex(data)}}));
   return ok();
+}
+
+Result<driver::NodeInfo> ControlClient::stat(const std::string& path) {
+  json r = TRY(call(json{{"op", "stat"}, {"path", path}}));
+  if (!r.contains("kind") || !r["kind"].is_string() || !r.contains("mode") || !r["mode"].is_number_unsigned() ||
+      !r.contains("size") || !r["size"].is_number_unsigned())
+    return Error(EPROTO, "bad reply");
+  std::string k = r["kind"].get<std::string>();
+  driver::NodeInfo info{};
+  if (k == "dir") info.kind = driver::NodeKind::kDir;
+  else if (k == "file") info.kind = driver::NodeKind::kFile;
+  else if (k == "link") info.kind = driver::NodeKind::kLink;
+  else return Error(EPROTO, "bad reply");
+  info.mode = static_cast<mode_t>(r["mode"].get<uint64_t>() & 07777);
+  info.size = r["size"].get<uint64_t>();
+  return info;
 }
 
 Result<std::string> ControlClient::readlink(const std::string& path) {

@@ -73,11 +73,15 @@ class ControlClient {
   Result<void> write(const std::string& path, const std::string& data);
   Result<std::string> readlink(const std::string& path);
   Result<std::vector<std::pair<std::string, std::string>>> ls(const std::string& path);  // name, kind
+  Result<driver::NodeInfo> stat(const std::string& path);
+  // The connection failed (closed, garbled): this client is done.
+  bool broken() const { return broken_; }
 
  private:
   explicit ControlClient(UniqueFd fd) : fd_(std::move(fd)) {}
   UniqueFd fd_;
   std::string buf_;
+  bool broken_ = false;
 };
 
 std::string to_hex(std::string_view bytes);

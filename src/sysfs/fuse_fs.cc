@@ -13,11 +13,25 @@
 namespace uvfio::sysfs {
 
 struct FuseContext {
-  const driver::Tree* tree;
+  TreeSource* tree;
   time_t mounted;
 };
 
 namespace {
+
+// The daemon's own tree.
+class LocalTree : public TreeSource {
+ public:
+  explicit LocalTree(const driver::Tree& t) : t_(t) {}
+  Result<driver::NodeInfo> stat(std::string_view p) override { return t_.stat(p); }
+  Result<std::vector<driver::DirEntry>> list(std::string_view p) override { return t_.list(p); }
+  Result<std::string> read(std::string_view p) override { return t_.read(p); }
+  Result<void> write(std::string_view p, std::string_view d) override { return t_.write(p, d); }
+  Result<std::string> readlink(std::string_view p) override { return t_.readlink(p); }
+
+ private:
+  const driver::Tree& t_;  // outlives the mount
+};
 
 FuseContext* ctx() { return static_cast<FuseContext*>(fuse_get_context()->private_data); }
 
@@ -144,11 +158,17 @@ const fuse_operations kOps = [] {
 FuseMount::FuseMount(std::string mp) : mountpoint_(std::move(mp)) {}
 
 Result<std::unique_ptr<FuseMount>> FuseMount::mount(const driver::Tree& tree, const std::string& mountpoint) {
+  return mount(std::make_unique<LocalTree>(tree), mountpoint);
+}
+
+Result<std::unique_ptr<FuseMount>> FuseMount::mount(std::unique_ptr<TreeSource> source, const std::string& mountpoint,
+                                                    const char* name) {
   if (access("/dev/fuse", R_OK | W_OK) != 0) return Error(errno, "/dev/fuse not usable");
   ::mkdir(mountpoint.c_str(), 0755);
   std::unique_ptr<FuseMount> m(new FuseMount(mountpoint));
-  m->ctx_ = std::make_unique<FuseContext>(FuseContext{&tree, time(nullptr)});
-  const char* argv[] = {"uvfiod", "-o", "fsname=uvfio,subtype=uvfio,default_permissions", nullptr};
+  m->source_ = std::move(source);
+  m->ctx_ = std::make_unique<FuseContext>(FuseContext{m->source_.get(), time(nullptr)});
+  const char* argv[] = {name, "-o", "fsname=uvfio,subtype=uvfio,default_permissions", nullptr};
   fuse_args args = FUSE_ARGS_INIT(3, const_cast<char**>(argv));
   m->fuse_ = fuse_new(&args, &kOps, sizeof(kOps), m->ctx_.get());
   fuse_opt_free_args(&args);

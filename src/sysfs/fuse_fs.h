@@ -12,6 +12,8 @@
 #include <memory>
 #include <new>
 #include <string>
+#include <string_view>
+#include <vector>
 #include <thread>
 
 #include "base/result.h"
@@ -43,11 +45,28 @@ struct FuseGuard<Fn> {
 template <auto Fn>
 inline constexpr auto fuse_guarded = &FuseGuard<Fn>::call;
 
+// What the filesystem serves: the daemon's own tree (in process), or a
+// daemon's tree reached through its control socket (`uvfioctl mount`, so
+// the mount can be made outside the daemon's sandbox). Called from FUSE's
+// worker threads, several at once.
+class TreeSource {
+ public:
+  virtual ~TreeSource() = default;
+  virtual Result<driver::NodeInfo> stat(std::string_view path) = 0;
+  virtual Result<std::vector<driver::DirEntry>> list(std::string_view path) = 0;
+  virtual Result<std::string> read(std::string_view path) = 0;
+  virtual Result<void> write(std::string_view path, std::string_view data) = 0;
+  virtual Result<std::string> readlink(std::string_view path) = 0;
+};
+
 class FuseMount {
  public:
   // Mounts at `mountpoint` (created if missing) and serves from a thread
   // pool. ENODEV/EPERM etc. when FUSE is not available here.
   static Result<std::unique_ptr<FuseMount>> mount(const driver::Tree& tree, const std::string& mountpoint);
+  // The same for any source; `name` is the program named in the mount table.
+  static Result<std::unique_ptr<FuseMount>> mount(std::unique_ptr<TreeSource> source, const std::string& mountpoint,
+                                                  const char* name = "uvfiod");
   // Unmounts and joins.
   ~FuseMount();
 
@@ -56,6 +75,7 @@ class FuseMount {
  private:
   explicit FuseMount(std::string mp);
   std::string mountpoint_;
+  std::unique_ptr<TreeSource> source_;
   std::unique_ptr<FuseContext> ctx_;
   struct fuse* fuse_ = nullptr;
   std::thread loop_;

@@ -43,6 +43,42 @@ TEST_F(SeedDaemon, SeedLinesThroughUvfioctl) {
   EXPECT_EQ(r.out, "0000:08:00.0\n");
 }
 
+// The tree mounted from outside the daemon (`uvfioctl mount`, as the
+// confined systemd units do it) is the daemon's own: the same files, modes,
+// sizes and links as its in-process mount, the same contents, and a write
+// (unbind, bind) goes through; the mount goes when uvfioctl is stopped.
+TEST_F(SeedDaemon, TheTreeMountedThroughTheControlSocketIsTheSame) {
+  need_fuse();
+  std::string mnt = d.rundir() + "/proxy";
+  auto started = sh(d.ctl("mount " + mnt) + " > " + d.rundir() + "/mount.log 2>&1 & echo $!");
+  pid_t pid = static_cast<pid_t>(std::stol(started.out));
+  bool up = false;
+  for (int i = 0; i < 200 && !(up = is_mounted(mnt)); ++i) std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  ASSERT_TRUE(up) << slurp(d.rundir() + "/mount.log");
+  auto listing = [&](const std::string& root) {
+    return sh("cd " + root + " && find . -maxdepth 7 -printf '%y %m %s %p %l\\n' | sort").out;
+  };
+  std::string in_process = listing(d.sys()), proxied = listing(mnt);
+  EXPECT_GT(in_process.size(), 1000u);
+  EXPECT_EQ(proxied, in_process);
+  const std::string dev = "/bus/pci/devices/0000:08:00.0/";
+  for (const char* f : {"vendor", "device", "class", "sriov_numvfs", "driver_override", "config"})
+    EXPECT_EQ(slurp(mnt + dev + f), slurp(d.sys() + dev + f)) << f;
+  EXPECT_EQ(sh("ls -l " + mnt + "/bus/auxiliary/devices/ | cut -c1-10,42-").out,
+            sh("ls -l " + d.sys() + "/bus/auxiliary/devices/ | cut -c1-10,42-").out);
+  EXPECT_EQ(sh("echo 0000:08:00.0 > " + mnt + "/bus/pci/drivers/mlx5_vfio_pci/unbind").status, 0);
+  EXPECT_NE(sh("readlink " + d.sys() + dev + "driver").status, 0) << "the unbind did not reach the daemon";
+  EXPECT_EQ(sh("echo 0000:08:00.0 > " + mnt + "/bus/pci/drivers/mlx5_vfio_pci/bind").status, 0);
+  EXPECT_EQ(sh("readlink " + mnt + dev + "driver").out, "../../../../../../bus/pci/drivers/mlx5_vfio_pci\n");
+  auto denied = sh("echo x > " + mnt + dev + "vendor");
+  EXPECT_NE(denied.status, 0);
+  EXPECT_NE(denied.err.find("Permission denied"), std::string::npos) << denied.err;
+  kill(pid, SIGTERM);
+  bool gone = false;
+  for (int i = 0; i < 200 && !(gone = !is_mounted(mnt)); ++i) std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  EXPECT_TRUE(gone) << "uvfioctl mount left its mount behind";
+}
+
 TEST_F(SeedDaemon, SeedLinesByteExactWithLs) {
   need_fuse();
   auto r = sh("ls -l " + d.sys() + "/bus/auxiliary/devices/");

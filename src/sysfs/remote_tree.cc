@@ -1,0 +1,71 @@
+#include "sysfs/remote_tree.h"
+
+#include <optional>
+
+namespace uvfio::sysfs {
+
+namespace {
+constexpr size_t kMaxIdle = 8;  // FUSE's worker threads at most
+}  // namespace
+
+template <class Fn>
+auto RemoteTree::with_client(Fn&& fn) -> decltype(fn(std::declval<ControlClient&>())) {
+  for (int attempt = 0;; ++attempt) {
+    std::optional<ControlClient> c;
+    {
+      std::lock_guard lk(mu_);
+      if (!idle_.empty()) {
+        c.emplace(std::move(idle_.back()));
+        idle_.pop_back();
+      }
+    }
+    if (!c) {
+      auto fresh = ControlClient::connect(path_);
+      if (!fresh) return fresh.error();
+      c.emplace(std::move(*fresh));
+    }
+    auto r = fn(*c);
+    if (c->broken()) {
+      // A pooled connection the daemon closed (it restarted): the request
+      // was not written (EPIPE), so it is made once more on a new one.
+      if (attempt == 0 && !r && r.error().code == EPIPE) continue;
+      return r;
+    }
+    std::lock_guard lk(mu_);
+    if (idle_.size() < kMaxIdle) idle_.push_back(std::move(*c));
+    return r;
+  }
+}
+
+Result<driver::NodeInfo> RemoteTree::stat(std::string_view p) {
+  return with_client([&](ControlClient& c) { return c.stat(std::string(p)); });
+}
+
+Result<std::vector<driver::DirEntry>> RemoteTree::list(std::string_view p) {
+  return with_client([&](ControlClient& c) -> Result<std::vector<driver::DirEntry>> {
+    auto entries = TRY(c.ls(std::string(p)));
+    std::vector<driver::DirEntry> out;
+    out.reserve(entries.size());
+    for (auto& [name, kind] : entries) {
+      driver::NodeKind k = kind == "dir" ? driver::NodeKind::kDir
+                           : kind == "link" ? driver::NodeKind::kLink
+                                            : driver::NodeKind::kFile;
+      out.push_back(driver::DirEntry{std::move(name), k});
+    }
+    return out;
+  });
+}
+
+Result<std::string> RemoteTree::read(std::string_view p) {
+  return with_client([&](ControlClient& c) { return c.read(std::string(p)); });
+}
+
+Result<void> RemoteTree::write(std::string_view p, std::string_view data) {
+  return with_client([&](ControlClient& c) { return c.write(std::string(p), std::string(data)); });
+}
+
+Result<std::string> RemoteTree::readlink(std::string_view p) {
+  return with_client([&](ControlClient& c) { return c.readlink(std::string(p)); });
+}
+
+}  // namespace uvfio::sysfs

@@ -22,6 +22,7 @@
 #include <linux/io-64-nonatomic-lo-hi.h>
 #include <linux/module.h>
 #include <linux/pci.h>
+#include <linux/sizes.h>
 #include <linux/slab.h>
 #include <linux/spinlock.h>
 
@@ -54,7 +55,7 @@
 #define UVF_OP_FILL		4
 
 #define UVF_RING		256		/* entries in each ring */
-#define UVF_MAX_LEN		(1U << 20)	/* bytes per descriptor */
+#define UVF_MAX_LEN		SZ_1M		/* bytes per descriptor */
 #define UVF_FAILED_KEPT		32		/* failed cookies tx_status reports */
 
 static unsigned int corrupt_every;

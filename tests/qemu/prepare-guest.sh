@@ -10,8 +10,9 @@
 # linux-headers-<abi>-common and linux-kbuild-<version> unpacked under
 # DIR/kernel/root, and from linux-source-<version> of the same package
 # version only drivers/dma/dmatest.c (Debian's kernel does not build it)
-# and drivers/dma/dmaengine.h (the helpers providers take), under
-# DIR/kernel/src. Nothing is installed on the host.
+# and drivers/dma/dmaengine.h (the helpers providers take), and
+# scripts/checkpatch.pl with its data (the kernel's style check for our
+# driver), under DIR/kernel/src. Nothing is installed on the host.
 #
 # The guest kernel's ABI is chosen here, in one place: UVFIO_GUEST_ABI
 # (e.g. 6.1.0-57), by default the one linux-image-amd64 depends on now
@@ -68,7 +69,7 @@ if [ ! -s "$dir/vmlinuz" ]; then
   echo "prepare-guest: $dir/vmlinuz from $pkg"
 fi
 k=$dir/kernel
-if [ ! -s "$k/ready" ]; then
+if [ ! -s "$k/ready" ] || [ ! -f "$k/src/scripts/checkpatch.pl" ]; then
   rm -rf "$k"
   mkdir -p "$k/root" "$k/src"
   tmp=$(mktemp -d)
@@ -85,7 +86,9 @@ if [ ! -s "$k/ready" ]; then
   sed -i "s|/usr/src/|$(cd "$k/root" && pwd)/usr/src/|" "$k/root/usr/src/linux-headers-$abi-amd64/Makefile"
   dpkg-deb --fsys-tarfile "$tmp"/linux-source-*.deb | tar -x -O "./usr/src/linux-source-$series.tar.xz" |
     xz -dc | tar -x -C "$k/src" --strip-components=1 \
-      "linux-source-$series/drivers/dma/dmatest.c" "linux-source-$series/drivers/dma/dmaengine.h"
+      "linux-source-$series/drivers/dma/dmatest.c" "linux-source-$series/drivers/dma/dmaengine.h" \
+      "linux-source-$series/scripts/checkpatch.pl" "linux-source-$series/scripts/spelling.txt" \
+      "linux-source-$series/scripts/const_structs.checkpatch"
   rm -rf "$tmp"
   echo "linux-headers-$abi-amd64 $ver" > "$k/ready"
   echo "prepare-guest: $k: headers, kbuild and dmatest.c of $abi ($ver)"

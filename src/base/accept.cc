@@ -32,15 +32,19 @@ Result<UniqueFd> Acceptor::accept(int listen_fd, int flags, const std::function<
     reserve_.reset();
     UniqueFd victim(::accept4(listen_fd, nullptr, nullptr, flags));
     bool got = static_cast<bool>(victim);
-    if (got) {
-      if (shed) shed(victim.get());
-      ++shed_;
-    }
+    if (got && shed) shed(victim.get());
     victim.reset();
     reserve_ = open_reserve();
     *pause = !got || !reserve_;
     return Error(err, "out of file descriptors: connection shed");
   }
+}
+
+bool Acceptor::warn_due() {
+  auto now = std::chrono::steady_clock::now();
+  if (now - last_warn_ < std::chrono::seconds(1)) return false;
+  last_warn_ = now;
+  return true;
 }
 
 }  // namespace uvfio

@@ -26,11 +26,13 @@ class Acceptor {
   // none could be: then `pause` is set and the caller should stop polling
   // the listener for kBackoff. Other errors as accept4().
   Result<UniqueFd> accept(int listen_fd, int flags, const std::function<void(int)>& shed, bool* pause);
-  uint64_t shed_count() const { return shed_; }
+  // True at most once a second: whether an EMFILE now is worth a log line
+  // (a flood of refused connections must not flood the log).
+  bool warn_due();
 
  private:
   UniqueFd reserve_;
-  uint64_t shed_ = 0;
+  std::chrono::steady_clock::time_point last_warn_{};
 };
 
 }  // namespace uvfio

@@ -15,6 +15,13 @@ namespace uvfio::sysfs {
 
 using nlohmann::json;
 
+std::optional<driver::NodeKind> parse_kind(std::string_view name) {
+  if (name == "dir") return driver::NodeKind::kDir;
+  if (name == "file") return driver::NodeKind::kFile;
+  if (name == "link") return driver::NodeKind::kLink;
+  return std::nullopt;
+}
+
 const char* kind_name(driver::NodeKind k) {
   switch (k) {
     case driver::NodeKind::kDir: return "dir";
@@ -192,13 +199,8 @@ void ControlServer::accept_loop() {
       (void)write_all(fd, fail(Error(EMFILE, "uvfiod is out of file descriptors")).dump() + "\n");
     }, &paused);
     if (!got) {
-      if (got.error().code == EMFILE || got.error().code == ENFILE) {
-        auto now = std::chrono::steady_clock::now();
-        if (now - last_emfile_log_ > std::chrono::seconds(1)) {
-          last_emfile_log_ = now;
-          log::warn("uvfiod", "control socket: out of file descriptors: connection refused");
-        }
-      }
+      if ((got.error().code == EMFILE || got.error().code == ENFILE) && acceptor.warn_due())
+        log::warn("uvfiod", "control socket: out of file descriptors: connection refused");
       continue;
     }
     UniqueFd c = std::move(*got);
@@ -300,12 +302,10 @@ Result<driver::NodeInfo> ControlClient::stat(const std::string& path) {
   if (!r.contains("kind") || !r["kind"].is_string() || !r.contains("mode") || !r["mode"].is_number_unsigned() ||
       !r.contains("size") || !r["size"].is_number_unsigned())
     return Error(EPROTO, "bad reply");
-  std::string k = r["kind"].get<std::string>();
+  auto kind = parse_kind(r["kind"].get<std::string>());
+  if (!kind) return Error(EPROTO, "bad reply");
   driver::NodeInfo info{};
-  if (k == "dir") info.kind = driver::NodeKind::kDir;
-  else if (k == "file") info.kind = driver::NodeKind::kFile;
-  else if (k == "link") info.kind = driver::NodeKind::kLink;
-  else return Error(EPROTO, "bad reply");
+  info.kind = *kind;
   info.mode = static_cast<mode_t>(r["mode"].get<uint64_t>() & 07777);
   info.size = r["size"].get<uint64_t>();
   return info;

@@ -12,11 +12,11 @@
 #include <sys/types.h>
 
 #include <atomic>
-#include <chrono>
 #include <list>
 #include <memory>
 #include <mutex>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <string>
 #include <thread>
 
@@ -56,7 +56,6 @@ class ControlServer {
   UniqueFd listen_;
   UniqueFd stop_;  // eventfd: readable once the server stops
   std::thread acceptor_;
-  std::chrono::steady_clock::time_point last_emfile_log_{};  // acceptor thread only
   std::mutex mu_;
   std::list<Conn> conns_;  // guarded by mu_
 };
@@ -87,5 +86,7 @@ class ControlClient {
 std::string to_hex(std::string_view bytes);
 Result<std::string> from_hex(std::string_view hex);
 const char* kind_name(driver::NodeKind k);
+// kind_name's inverse; nullopt for a name it never gives.
+std::optional<driver::NodeKind> parse_kind(std::string_view name);
 
 }  // namespace uvfio::sysfs

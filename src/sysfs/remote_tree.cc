@@ -46,12 +46,8 @@ Result<std::vector<driver::DirEntry>> RemoteTree::list(std::string_view p) {
     auto entries = TRY(c.ls(std::string(p)));
     std::vector<driver::DirEntry> out;
     out.reserve(entries.size());
-    for (auto& [name, kind] : entries) {
-      driver::NodeKind k = kind == "dir" ? driver::NodeKind::kDir
-                           : kind == "link" ? driver::NodeKind::kLink
-                                            : driver::NodeKind::kFile;
-      out.push_back(driver::DirEntry{std::move(name), k});
-    }
+    for (auto& [name, kind] : entries)
+      out.push_back(driver::DirEntry{std::move(name), parse_kind(kind).value_or(driver::NodeKind::kFile)});
     return out;
   });
 }

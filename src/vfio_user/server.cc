@@ -231,7 +231,6 @@ class Server::Reactor {
   Clock::time_point last_scan_{};
   Acceptor acceptor_;                  // EMFILE without spinning
   std::vector<vfio::Device*> paused_;  // endpoints whose listener waits for the next scan
-  Clock::time_point last_emfile_log_{};
 };
 
 // ---- The reactor loop -----------------------------------------------------------
@@ -366,12 +365,8 @@ void Server::Reactor::on_accept(Endpoint& ep) {
     if (!got) {
       int e = got.error().code;
       if (e == EMFILE || e == ENFILE) {
-        auto now = Clock::now();
-        if (now - last_emfile_log_ > std::chrono::seconds(1)) {
-          last_emfile_log_ = now;
-          log::warn(ep.name, "vfio-user: out of file descriptors ({}): new clients refused",
-                    std::strerror(e));
-        }
+        if (acceptor_.warn_due())
+          log::warn(ep.name, "vfio-user: out of file descriptors ({}): new clients refused", std::strerror(e));
         if (pause) pause_listener(ep);
       }
       return;  // EAGAIN: nothing more now
@@ -621,6 +616,7 @@ void Server::Reactor::drop(const std::shared_ptr<Client>& c, const char* why) {
 void Server::Reactor::start_cleanup(const std::shared_ptr<Client>& c) {
   vfio::Device* dev = c->ep->dev;
   s_.pool_.submit([this, c, dev] {
+    if (c->admitted) dev->iommu().set_remote(nullptr);
     if (c->admitted && !s_.opts_.keep_state) {
       // The last close: the next client opens the device anew. opened is
       // cleared first (no VERSION runs meanwhile: the next client is
@@ -631,10 +627,8 @@ void Server::Reactor::start_cleanup(const std::shared_ptr<Client>& c) {
         MutexLock lk(c->ep->mu);
         c->ep->opened = false;
       }
-      dev->iommu().set_remote(nullptr);
       dev->close();
     } else if (c->admitted) {
-      dev->iommu().set_remote(nullptr);
       dev->release_user_resources();
       // A client gone mid-migration leaves no half-saved or half-loaded
       // device behind: as the kernel does when the fd holding a migration

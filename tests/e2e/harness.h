@@ -2,6 +2,7 @@
 // CLI, coreutils, pciutils) against it, stop it with SIGTERM.
 #pragma once
 
+#include <dirent.h>
 #include <fcntl.h>
 #include <signal.h>
 #include <spawn.h>
@@ -82,6 +83,17 @@ inline bool is_mounted(const std::string& path) {
   return mi.find(" " + path + " ") != std::string::npos;
 }
 
+// The fds a process has open now.
+inline int count_fds(pid_t pid) {
+  int n = 0;
+  std::string d = "/proc/" + std::to_string(pid) + "/fd";
+  if (DIR* dir = opendir(d.c_str())) {
+    while (dirent* e = readdir(dir)) n += e->d_name[0] != '.';
+    closedir(dir);
+  }
+  return n;
+}
+
 // What a process holds: threads, open fds, resident memory, and its
 // threads' names (for a failure message).
 struct Usage {
@@ -97,8 +109,7 @@ inline Usage usage(pid_t pid) {
   };
   u.threads = field("Threads:");
   u.rss_kb = field("VmRSS:");
-  auto r = sh("ls /proc/" + std::to_string(pid) + "/fd | wc -l");
-  u.fds = std::strtol(r.out.c_str(), nullptr, 10);
+  u.fds = count_fds(pid);
   u.names = sh("cat /proc/" + std::to_string(pid) + "/task/*/comm | sort | uniq -c | tr -s ' \\n' ' '").out;
   return u;
 }

@@ -45,13 +45,6 @@ std::string vf(int pf, int i) {
   return b;
 }
 
-std::vector<uint8_t> u32s(std::initializer_list<uint32_t> w) {
-  std::vector<uint8_t> p(w.size() * 4);
-  size_t at = 0;
-  for (uint32_t v : w) std::memcpy(p.data() + 4 * at++, &v, 4);
-  return p;
-}
-
 // Requests that may fail (the device may be unbinding): the reply's errno,
 // -1 when the connection is gone. Never asserts.
 int call(int fd, uint16_t cmd, const std::vector<uint8_t>& p, std::vector<int> fds = {}) {
@@ -88,9 +81,11 @@ void hostile(const std::string& sock, int k, std::mt19937& rng) {
       uint64_t full = 0xfffffffffffffffeULL;
       (void)!::write(efd.get(), &full, 8);
       (void)call(r.fd(), kDeviceSetIrqs,
-                 u32s({20, VFIO_IRQ_SET_DATA_EVENTFD | VFIO_IRQ_SET_ACTION_TRIGGER, 4, 0, 1}), {efd.get()});
+                 irq_set_msg(VFIO_IRQ_SET_DATA_EVENTFD | VFIO_IRQ_SET_ACTION_TRIGGER, VFIO_PCI_REQ_IRQ_INDEX, 0, 1),
+                 {efd.get()});
       for (int i = 0; i < 5; ++i)
-        (void)call(r.fd(), kDeviceSetIrqs, u32s({20, VFIO_IRQ_SET_DATA_NONE | VFIO_IRQ_SET_ACTION_TRIGGER, 4, 0, 1}));
+        (void)call(r.fd(), kDeviceSetIrqs,
+                   irq_set_msg(VFIO_IRQ_SET_DATA_NONE | VFIO_IRQ_SET_ACTION_TRIGGER, VFIO_PCI_REQ_IRQ_INDEX, 0, 1));
       break;
     }
     case 2: {  // distinct files until the daemon says no, then a shrunk one

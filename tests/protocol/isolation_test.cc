@@ -162,15 +162,6 @@ TEST_F(Isolation, ASecondClientGetsEbusyAndTheFirstKeepsItsDevice) {
   EXPECT_TRUE(first.alive());
 }
 
-// SET_IRQS as the spec lays it out (struct vfio_irq_set: argsz, flags,
-// index, start, count; eventfds travel as SCM_RIGHTS fds).
-std::vector<uint8_t> irq_set(uint32_t flags, uint32_t index, uint32_t start, uint32_t count) {
-  uint32_t w[5] = {20, flags, index, start, count};
-  std::vector<uint8_t> p(sizeof(w));
-  std::memcpy(p.data(), w, sizeof(w));
-  return p;
-}
-
 // A client hands over an eventfd whose counter it has filled (a blocking
 // one: write(2) to it would sleep until the client reads) as its REQ
 // trigger, then fires it. The kernel's eventfd_signal never waits; neither
@@ -184,13 +175,13 @@ TEST_F(Isolation, AFullEventfdBlocksNobody) {
   uint64_t full = 0xfffffffffffffffeULL;
   ASSERT_EQ(::write(efd.get(), &full, sizeof(full)), 8);
   ASSERT_EQ(hostile.call(kDeviceSetIrqs,
-                         irq_set(VFIO_IRQ_SET_DATA_EVENTFD | VFIO_IRQ_SET_ACTION_TRIGGER, VFIO_PCI_REQ_IRQ_INDEX, 0, 1),
+                         irq_set_msg(VFIO_IRQ_SET_DATA_EVENTFD | VFIO_IRQ_SET_ACTION_TRIGGER, VFIO_PCI_REQ_IRQ_INDEX, 0, 1),
                          {efd.get()}),
             0);
   for (int i = 0; i < 20; ++i) {
     auto t0 = Clock::now();
     ASSERT_EQ(hostile.call(kDeviceSetIrqs,
-                           irq_set(VFIO_IRQ_SET_DATA_NONE | VFIO_IRQ_SET_ACTION_TRIGGER, VFIO_PCI_REQ_IRQ_INDEX, 0, 1)),
+                           irq_set_msg(VFIO_IRQ_SET_DATA_NONE | VFIO_IRQ_SET_ACTION_TRIGGER, VFIO_PCI_REQ_IRQ_INDEX, 0, 1)),
               0);
     EXPECT_LT(Clock::now() - t0, std::chrono::seconds(1));
     t0 = Clock::now();
@@ -201,11 +192,11 @@ TEST_F(Isolation, AFullEventfdBlocksNobody) {
   UniqueFd mfd(eventfd(0, EFD_CLOEXEC));
   ASSERT_EQ(::write(mfd.get(), &full, sizeof(full)), 8);
   ASSERT_EQ(hostile.call(kDeviceSetIrqs,
-                         irq_set(VFIO_IRQ_SET_DATA_EVENTFD | VFIO_IRQ_SET_ACTION_TRIGGER, VFIO_PCI_MSIX_IRQ_INDEX, 0, 1),
+                         irq_set_msg(VFIO_IRQ_SET_DATA_EVENTFD | VFIO_IRQ_SET_ACTION_TRIGGER, VFIO_PCI_MSIX_IRQ_INDEX, 0, 1),
                          {mfd.get()}),
             0);
   ASSERT_EQ(hostile.call(kDeviceSetIrqs,
-                         irq_set(VFIO_IRQ_SET_DATA_NONE | VFIO_IRQ_SET_ACTION_TRIGGER, VFIO_PCI_MSIX_IRQ_INDEX, 0, 1)),
+                         irq_set_msg(VFIO_IRQ_SET_DATA_NONE | VFIO_IRQ_SET_ACTION_TRIGGER, VFIO_PCI_MSIX_IRQ_INDEX, 0, 1)),
             0);
   EXPECT_TRUE(other->alive());
   uint64_t v = 0;
@@ -217,20 +208,10 @@ TEST_F(Isolation, AFullEventfdBlocksNobody) {
   EXPECT_EQ(j["interrupts_dropped"].get<uint64_t>(), 21u) << res.out;
   // Once the client has room again, signals arrive.
   ASSERT_EQ(hostile.call(kDeviceSetIrqs,
-                         irq_set(VFIO_IRQ_SET_DATA_NONE | VFIO_IRQ_SET_ACTION_TRIGGER, VFIO_PCI_REQ_IRQ_INDEX, 0, 1)),
+                         irq_set_msg(VFIO_IRQ_SET_DATA_NONE | VFIO_IRQ_SET_ACTION_TRIGGER, VFIO_PCI_REQ_IRQ_INDEX, 0, 1)),
             0);
   ASSERT_EQ(::read(efd.get(), &v, sizeof(v)), 8);
   EXPECT_EQ(v, 1u);
-}
-
-int count_fds(pid_t pid) {
-  int n = 0;
-  std::string d = "/proc/" + std::to_string(pid) + "/fd";
-  if (DIR* dir = opendir(d.c_str())) {
-    while (dirent* e = readdir(dir)) n += e->d_name[0] != '.';
-    closedir(dir);
-  }
-  return n;
 }
 
 double cpu_seconds(pid_t pid) {

@@ -26,16 +26,6 @@ using namespace vfio_user;
 
 const char* kTopology = kEndpointAndVfTopology;
 
-int count_fds(pid_t pid) {
-  std::string d = "/proc/" + std::to_string(pid) + "/fd";
-  DIR* dir = opendir(d.c_str());
-  if (!dir) return -1;
-  int n = 0;
-  while (readdir(dir)) ++n;
-  closedir(dir);
-  return n;
-}
-
 class Protocol : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
@@ -231,14 +221,7 @@ TEST_F(Protocol, PageSizedMapsOfOneFileUpToTheLimitThenOneWideUnmap) {
   ASSERT_EQ(pread(mem.get(), got.data(), got.size(), 40000 * 4096 + 7), static_cast<ssize_t>(got.size()));
   EXPECT_EQ(got, pattern);
   // One unmap over everything (and the unmapped page after it).
-  std::vector<uint8_t> um(24);
-  uint32_t argsz = 24, flags = 0;
-  uint64_t a = kBase, sz = (kMaps + 1) * 4096;
-  std::memcpy(um.data(), &argsz, 4);
-  std::memcpy(um.data() + 4, &flags, 4);
-  std::memcpy(um.data() + 8, &a, 8);
-  std::memcpy(um.data() + 16, &sz, 8);
-  EXPECT_EQ(r.call(kDmaUnmap, um), 0);
+  EXPECT_EQ(r.call(kDmaUnmap, dma_unmap_msg(kBase, (kMaps + 1) * 4096)), 0);
   ASSERT_EQ(reg(hw::GenericEndpoint::kRegDmaGo, 4, 1), 0);
   EXPECT_EQ(status(), uint32_t{EFAULT}) << "DMA reached memory the client unmapped";
   EXPECT_EQ(r.call(kDmaMap, map_msg(0x1000, 0), {mem.get()}), 0);  // room again
@@ -270,13 +253,7 @@ TEST_F(Protocol, AnUnmapRacingDeviceDmaLeavesNothingAfterItsReply) {
   ASSERT_EQ(reg(hw::GenericEndpoint::kRegDmaSrc, 8, kSrc), 0);
   ASSERT_EQ(reg(hw::GenericEndpoint::kRegDmaDst, 8, kDst), 0);
   ASSERT_EQ(reg(hw::GenericEndpoint::kRegDmaLen, 4, kLen), 0);
-  std::vector<uint8_t> um(24);
-  uint32_t argsz = 24, flags = 0;
-  uint64_t a = kDst, sz = kLen;
-  std::memcpy(um.data(), &argsz, 4);
-  std::memcpy(um.data() + 4, &flags, 4);
-  std::memcpy(um.data() + 8, &a, 8);
-  std::memcpy(um.data() + 16, &sz, 8);
+  auto um = dma_unmap_msg(kDst, kLen);
   int done = 0, faulted = 0;
   for (int i = 0; i < 200; ++i) {
     ASSERT_EQ(r.call(kDmaMap, dma_map_msg(kDst, kLen, 0), {dst.get()}), 0);

@@ -114,6 +114,27 @@ inline std::vector<uint8_t> dma_map_msg(uint64_t address, uint64_t size, uint64_
   return p;
 }
 
+// DMA_UNMAP as the spec lays it out: u32 argsz (24), u32 flags, u64
+// address, u64 size.
+inline std::vector<uint8_t> dma_unmap_msg(uint64_t address, uint64_t size, uint32_t flags = 0) {
+  std::vector<uint8_t> p(24);
+  uint32_t argsz = 24;
+  std::memcpy(p.data(), &argsz, 4);
+  std::memcpy(p.data() + 4, &flags, 4);
+  std::memcpy(p.data() + 8, &address, 8);
+  std::memcpy(p.data() + 16, &size, 8);
+  return p;
+}
+
+// DEVICE_SET_IRQS as the spec lays it out (struct vfio_irq_set: u32 argsz
+// (20), flags, index, start, count); eventfds travel as SCM_RIGHTS fds.
+inline std::vector<uint8_t> irq_set_msg(uint32_t flags, uint32_t index, uint32_t start, uint32_t count) {
+  uint32_t w[5] = {20, flags, index, start, count};
+  std::vector<uint8_t> p(sizeof(w));
+  std::memcpy(p.data(), w, sizeof(w));
+  return p;
+}
+
 inline std::vector<uint8_t> region_access(uint32_t region, uint64_t off, uint32_t count, std::vector<uint8_t> data = {}) {
   RegionAccessMsg a{off, region, count};
   // Sized once and filled: GCC 12 at -O3 misreads insert() after a

@@ -5,11 +5,17 @@
 // (a client can raise it to 0xfffffffffffffffe and leave it there), unless
 // the file is O_NONBLOCK — and the file description is the client's, shared
 // with its process, so its flags are not ours to change. Here: poll(POLLOUT,
-// 0) first (a full counter drops the signal at once), then the write under a
-// per-thread guard timer that interrupts it (EINTR) should the client fill
-// the counter between the two. A signal that cannot be delivered is dropped
-// and reported; the caller counts it. The worst a hostile client can cost
-// the calling thread is one guard interval per signal (kGuardInterval).
+// 0) first (a full counter drops the signal at once), then the write, marked
+// as in progress; a watchdog thread interrupts (EINTR, a signal the thread
+// takes only inside that write) a write that has waited longer than
+// kGuardInterval, should the client have filled the counter between the
+// two. A signal that cannot be delivered is dropped and reported; the caller
+// counts it. The worst a hostile client can cost the calling thread is
+// about one watchdog tick per signal it wins that race on.
+//
+// (A per-thread timer armed around each write bounded it tighter, but
+// arming and disarming a timer costs ~9 µs in a VM, 50x the write:
+// bench/eventfd_bench.)
 #pragma once
 
 #include <chrono>
@@ -23,6 +29,7 @@ enum class EventfdSignal {
 };
 
 inline constexpr std::chrono::microseconds kGuardInterval{200};
+inline constexpr std::chrono::milliseconds kWatchdogTick{10};
 
 EventfdSignal eventfd_signal(int fd);
 

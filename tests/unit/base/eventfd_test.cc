@@ -57,7 +57,7 @@ TEST(EventfdSignal, NotAnEventfd) {
 
 // The client fills the counter between our check and our write, again and
 // again (one thread empties it, another fills it to the top, as a hostile
-// client would): every call still returns within the guard interval (plus
+// client would): every call still returns within a watchdog tick (plus
 // scheduling), delivered or dropped.
 TEST(EventfdSignal, AClientRacingTheCounterNeverBlocksTheCaller) {
   UniqueFd fd(eventfd(0, EFD_CLOEXEC));

@@ -90,8 +90,7 @@ void start_watchdog() {
 }
 
 Writer::Writer() {
-  static std::once_flag once;
-  std::call_once(once, start_watchdog);
+  eventfd_guard_start();
   sigemptyset(&guard_set);
   sigaddset(&guard_set, guard_signo());
   pthread_sigmask(SIG_BLOCK, &guard_set, nullptr);  // taken only inside the guarded write
@@ -107,6 +106,11 @@ Writer::~Writer() {
 std::atomic<void (*)(int)> g_race_hook{nullptr};
 
 }  // namespace
+
+void eventfd_guard_start() {
+  static std::once_flag once;
+  std::call_once(once, start_watchdog);
+}
 
 namespace testing {
 void set_eventfd_race_hook(void (*hook)(int)) { g_race_hook = hook; }

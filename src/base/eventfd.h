@@ -33,6 +33,11 @@ inline constexpr std::chrono::milliseconds kWatchdogTick{10};
 
 EventfdSignal eventfd_signal(int fd);
 
+// Starts the watchdog thread now rather than at the first signal (idempotent):
+// a daemon calls it at start-up, so the thread is there from the beginning
+// instead of appearing under the first client.
+void eventfd_guard_start();
+
 namespace testing {
 // Called between the poll and the write (the window a racing client
 // aims at), so a test can fill the counter there. nullptr: none.

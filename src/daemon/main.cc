@@ -17,6 +17,7 @@
 #include "daemon/system.h"
 #include "daemon/topology.h"
 #include "sysfs/control.h"
+#include "base/eventfd.h"
 #include "sysfs/fuse_fs.h"
 #include "vfio_user/connection.h"
 #include "vfio_user/server.h"
@@ -125,6 +126,9 @@ int main(int argc, char** argv) {
   sigaddset(&sigs, SIGHUP);
   pthread_sigmask(SIG_BLOCK, &sigs, nullptr);
   signal(SIGPIPE, SIG_IGN);
+  // The thread that keeps a client's full eventfd from blocking ours: there
+  // from the start, not born under the first client.
+  eventfd_guard_start();
 
   // The run directory is ours alone: a second daemon, a symlink or a
   // directory someone else owns or can write is refused before anything is

@@ -61,15 +61,19 @@ TEST(EventfdSignal, NotAnEventfd) {
 // scheduling), delivered or dropped.
 TEST(EventfdSignal, AClientRacingTheCounterNeverBlocksTheCaller) {
   UniqueFd fd(eventfd(0, EFD_CLOEXEC));
-  std::atomic<bool> stop{false};
+  std::atomic<bool> stop{false}, filling{true};
   std::atomic<int> left{2};
+  // The emptier outlives the filler (a filler blocked on a non-empty counter
+  // needs its reads); the main thread only ever signals, never reads, so no
+  // blocking read of ours can be left waiting at the end.
   std::thread emptier([&] {
     uint64_t v;
-    while (!stop.load()) (void)!::read(fd.get(), &v, sizeof(v));
+    while (!stop.load() || filling.load()) (void)!::read(fd.get(), &v, sizeof(v));
     left.fetch_sub(1);
   });
   std::thread filler([&] {
     while (!stop.load()) (void)!::write(fd.get(), &kFull, sizeof(kFull));
+    filling = false;
     left.fetch_sub(1);
   });
   Clock::duration worst{};
@@ -81,13 +85,11 @@ TEST(EventfdSignal, AClientRacingTheCounterNeverBlocksTheCaller) {
     (r == EventfdSignal::kDelivered ? delivered : dropped)++;
   }
   stop = true;
-  // Unblock whichever of them waits: a read lets the filler's write in, a
-  // signal (never blocking) wakes the emptier.
+  // A signal (never blocking) wakes an emptier waiting on an empty counter;
+  // the emptier's reads let a waiting filler's write in.
   while (left.load()) {
-    pollfd p{fd.get(), POLLIN, 0};
-    uint64_t v;
-    if (poll(&p, 1, 1) > 0) (void)!::read(fd.get(), &v, sizeof(v));
     (void)eventfd_signal(fd.get());
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
   }
   emptier.join();
   filler.join();

@@ -19,10 +19,11 @@ cmake --build --preset release -j "$jobs"
 export ASAN_OPTIONS=detect_leaks=1:abort_on_error=1
 export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
 status=0
-# The kernel's dmatest under QEMU (label qemu-dmatest, minutes of TCG) runs
-# against the Release and ASan/UBSan daemons; debug and TSan skip it.
+# The kernel's dmatest and VFIO selftests under QEMU (labels qemu-dmatest,
+# qemu-kselftest: minutes of TCG) run against the Release and ASan/UBSan
+# daemons; debug and TSan skip them.
 echo "== tests (debug)"
-ctest --preset debug -j "$jobs" -LE qemu-dmatest || status=1
+ctest --preset debug -j "$jobs" -LE "qemu-dmatest|qemu-kselftest" || status=1
 echo "== tests (asan-ubsan)"
 ctest --preset asan-ubsan -j "$jobs" || status=1
 # The configuration the packages ship: every suite (an optimizer once
@@ -64,5 +65,5 @@ echo "== tests (tsan: every suite)"
 export TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1
 cmake --preset tsan >/dev/null
 cmake --build --preset tsan -j "$jobs"
-ctest --preset tsan -j "$jobs" -LE qemu-dmatest || status=1
+ctest --preset tsan -j "$jobs" -LE "qemu-dmatest|qemu-kselftest" || status=1
 exit $status

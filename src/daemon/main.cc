@@ -16,6 +16,7 @@
 #include "daemon/rundir.h"
 #include "daemon/system.h"
 #include "daemon/topology.h"
+#include "hw/mlx5/vf.h"
 #include "sysfs/control.h"
 #include "base/eventfd.h"
 #include "sysfs/fuse_fs.h"
@@ -129,6 +130,8 @@ int main(int argc, char** argv) {
   // The thread that keeps a client's full eventfd from blocking ours: there
   // from the start, not born under the first client.
   eventfd_guard_start();
+  if (unsigned n = hw::mlx5::vf_copy_fault_every())
+    log::warn("uvfiod", "TEST FAULT INJECTION: every {}th VF copy fails with EIO (UVFIO_TEST_FAULT_VF_COPY)", n);
 
   // The run directory is ours alone: a second daemon, a symlink or a
   // directory someone else owns or can write is refused before anything is

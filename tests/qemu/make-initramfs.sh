@@ -7,12 +7,19 @@
 # and uvfio.dmatest=ITERATIONS on the kernel command line, the init loads
 # the VF's dmaengine driver instead and runs the kernel's dmatest on every
 # channel (guest/linux/dmatest-run.sh).
-#   make-initramfs.sh OUT.cpio.gz VF_CHECK_BINARY [MODULES_DIR]
+# With KSELFTEST_DIR (the static VFIO selftests: tests/kselftest/build.sh)
+# and VFIO_MODULES_DIR (the guest kernel's own vfio modules:
+# tests/qemu/prepare-guest.sh) and uvfio.kselftest on the kernel command
+# line, the init runs the kernel's VFIO selftests on every VF
+# (tests/kselftest/kselftest-run.sh).
+#   make-initramfs.sh OUT.cpio.gz VF_CHECK_BINARY [MODULES_DIR [KSELFTEST_DIR VFIO_MODULES_DIR]]
 # Needs: busybox-static, pciutils, cpio (scripts/setup.sh installs them).
 set -euo pipefail
 out=$1
 check=$2
 modules=${3:-}
+kselftest=${4:-}
+vfio_modules=${5:-}
 busybox=$(command -v busybox || true)
 [ -n "$busybox" ] && file -L "$busybox" 2>/dev/null | grep -q "statically linked" || busybox=/bin/busybox
 for need in "$busybox" /usr/bin/lspci /usr/bin/setpci /usr/share/misc/pci.ids "$check"; do
@@ -23,7 +30,7 @@ root=$(mktemp -d)
 trap 'rm -rf "$root"' EXIT
 mkdir -p "$root"/{bin,sbin,proc,sys,dev,tmp,usr/share/misc,lib64}
 cp "$busybox" "$root/bin/busybox"
-for c in sh mount poweroff sleep cat grep dmesg echo ls insmod rmmod sed head tr wc seq; do ln -s busybox "$root/bin/$c"; done
+for c in sh mount poweroff sleep cat grep dmesg echo ls insmod rmmod sed head tr wc seq sort readlink date; do ln -s busybox "$root/bin/$c"; done
 cp /usr/bin/lspci /usr/bin/setpci "$root/bin/"
 cp /usr/share/misc/pci.ids "$root/usr/share/misc/"
 # The dynamic loader and every library lspci/setpci need, at their paths.
@@ -38,6 +45,13 @@ if [ -n "$modules" ]; then
   cp "$(dirname "$0")/../../guest/linux/dmatest-run.sh" "$root/bin/dmatest-run"
   chmod +x "$root/bin/dmatest-run"
 fi
+if [ -n "$kselftest" ]; then
+  mkdir -p "$root/bin/kselftest" "$root/lib/vfio"
+  cp "$kselftest"/* "$root/bin/kselftest/"
+  cp "$vfio_modules"/*.ko "$root/lib/vfio/"
+  cp "$(dirname "$0")/../kselftest/kselftest-run.sh" "$root/bin/kselftest-run"
+  chmod +x "$root/bin/kselftest-run"
+fi
 cat > "$root/init" <<'INIT'
 #!/bin/sh
 mount -t proc proc /proc
@@ -47,7 +61,9 @@ echo "GUEST-BOOT-OK $(cat /proc/sys/kernel/osrelease)"
 echo "=== lspci"
 lspci -vvv -nn -d 15b3:101e 2>&1
 echo "=== end lspci"
-if grep -q uvfio.dmatest= /proc/cmdline && [ -x /bin/dmatest-run ]; then
+if grep -q uvfio.kselftest /proc/cmdline && [ -x /bin/kselftest-run ]; then
+  /bin/kselftest-run
+elif grep -q uvfio.dmatest= /proc/cmdline && [ -x /bin/dmatest-run ]; then
   /bin/dmatest-run
 else
   /bin/vf_check 0x10000000 208

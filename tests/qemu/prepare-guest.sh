@@ -68,6 +68,22 @@ if [ ! -s "$dir/vmlinuz" ]; then
   rm -rf "$tmp"
   echo "prepare-guest: $dir/vmlinuz from $pkg"
 fi
+# The guest kernel's own VFIO modules (for the kernel's VFIO selftests in
+# the guest), from the same image package.
+if [ ! -s "$dir/vfio-modules/vfio-pci.ko" ]; then
+  tmp=$(mktemp -d)
+  chmod 755 "$tmp"
+  download "$tmp" "linux-image-$abi-amd64"
+  deb=$(ls "$tmp"/*.deb)
+  dpkg-deb --fsys-tarfile "$deb" | tar -x -C "$tmp" --wildcards \
+    './lib/modules/*/kernel/drivers/vfio/*.ko' './lib/modules/*/kernel/virt/lib/irqbypass.ko'
+  mkdir -p "$dir/vfio-modules"
+  find "$tmp/lib/modules" -name '*.ko' -exec cp {} "$dir/vfio-modules/" \;
+  rm -rf "$tmp"
+  echo "prepare-guest: $dir/vfio-modules from linux-image-$abi-amd64"
+fi
+# The kernel's VFIO selftests, from Debian unstable's newest kernel source.
+tests/kselftest/fetch-source.sh "$dir/kselftest"
 k=$dir/kernel
 if [ ! -s "$k/ready" ] || [ ! -f "$k/src/scripts/checkpatch.pl" ]; then
   rm -rf "$k"

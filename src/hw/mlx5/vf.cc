@@ -2,6 +2,7 @@
 // State images are in vf_state.cc.
 #include "hw/mlx5/vf.h"
 
+#include <cstdlib>
 #include <cstring>
 
 #include "base/crc32c.h"
@@ -212,6 +213,18 @@ void Vf::reg_write(const RegDef& r, uint64_t value, uint64_t mask) {
 
 // ---- The work queue -------------------------------------------------------------------
 
+// Test-only fault injection (docs/devices/mlx5-vf.md): with
+// UVFIO_TEST_FAULT_VF_COPY=N in the daemon's environment, every Nth COPY a
+// VF runs completes with EIO and moves nothing, so a test can prove that an
+// outside test suite notices a broken device. Read once; unset or 0: off.
+unsigned vf_copy_fault_every() {
+  static const unsigned n = [] {
+    const char* e = std::getenv("UVFIO_TEST_FAULT_VF_COPY");
+    return e ? static_cast<unsigned>(std::strtoul(e, nullptr, 10)) : 0u;
+  }();
+  return n;
+}
+
 VfCompletion Vf::execute(const VfDescriptor& d) {
   VfCompletion c{d.cookie, 0, 0};
   IommuDomain* dom = iommu();
@@ -229,6 +242,7 @@ VfCompletion Vf::execute(const VfDescriptor& d) {
   auto dev_range_ok = [&](uint64_t off) { return dm && off <= dm->size() && dm->size() - off >= d.length; };
   switch (static_cast<VfOp>(d.opcode)) {
     case VfOp::kCopy:  // guest to guest: one copy where both sides are mapped memory
+      if (unsigned n = vf_copy_fault_every(); n && ++copies_ % n == 0) return fail(EIO);
       if (auto r = dom->copy(d.src, d.dst, d.length, scratch_); !r) return fail(r.error().code);
       break;
     case VfOp::kToDevice:  // straight into device memory

@@ -21,6 +21,10 @@ namespace uvfio::hw::mlx5 {
 
 class Pf;
 
+// Test-only: N when UVFIO_TEST_FAULT_VF_COPY=N makes every Nth COPY of a VF
+// fail with EIO (docs/devices/mlx5-vf.md), else 0.
+unsigned vf_copy_fault_every();
+
 class Vf : public Function, private RegisterHandler {
  public:
   static Result<std::unique_ptr<Vf>> create(Pf& pf, uint16_t index);
@@ -126,6 +130,7 @@ class Vf : public Function, private RegisterHandler {
   // Image state: one save and one load at a time (the firmware serializes
   // commands per function); guarded by img_mu_.
   std::vector<uint8_t> scratch_;  // the engine's buffer (engine thread only)
+  uint64_t copies_ = 0;           // COPY descriptors run (engine thread only; fault injection)
   std::mutex img_mu_;
   PageHashes page_hash_;  // not valid: no image sent yet (the next one is full)
   struct Save {

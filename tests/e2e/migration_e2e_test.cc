@@ -30,17 +30,29 @@ class Migration : public ::testing::Test {
     for (size_t at = 0; (at = seed.find("\"16M\"", at)) != std::string::npos; at += 2 + memory.size())
       seed.replace(at, 5, "\"" + memory + "\"");
     std::ofstream(dir + "/topo.toml") << seed;
-    a = std::make_unique<Daemon>(std::vector<std::string>{"--config", dir + "/topo.toml", "--no-fuse"}, "migA");
-    b = std::make_unique<Daemon>(std::vector<std::string>{"--config", dir + "/topo.toml", "--no-fuse"}, "migB");
+    // TSan slows the migrating tool ten-fold; with another test beside it
+    // on two cores, one of its steps can outlast the default 10 s a client
+    // may leave a reply unread (CI saw a reset once).
+#if defined(__SANITIZE_THREAD__)
+    const char* timeout = "60000";
+#else
+    const char* timeout = "10000";
+#endif
+    std::vector<std::string> args{"--config", dir + "/topo.toml", "--no-fuse", "--client-timeout-ms", timeout};
+    a = std::make_unique<Daemon>(args, "migA");
+    b = std::make_unique<Daemon>(args, "migB");
     ASSERT_TRUE(a->wait_ready()) << a->log();
     ASSERT_TRUE(b->wait_ready()) << b->log();
   }
   void TearDown() override {
+    bool failed = HasFailure();
     if (a) {
       EXPECT_EQ(a->stop(), 0) << a->log();
+      if (failed) std::fprintf(stderr, "--- source daemon's log\n%s\n", a->log().c_str());
     }
     if (b) {
       EXPECT_EQ(b->stop(), 0) << b->log();
+      if (failed) std::fprintf(stderr, "--- destination daemon's log\n%s\n", b->log().c_str());
     }
     sh("rm -rf " + dir);
   }

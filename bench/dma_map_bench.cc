@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSD-3-Clause
 // What a DMA map costs the device's IOMMU domain: a guest IOMMU makes QEMU
 // map guest RAM a page at a time (65,535 maps of 4 KiB, each DMA_MAP
 // bringing its own fd of the same memfd), against one map of the same

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSD-3-Clause
 // The mlx5 VF's work queue COPY throughput when guest memory is reached
 // through DMA_READ/DMA_WRITE messages (QEMU's default RAM: maps without an
 // fd, QEMU's layout) against the same work with guest memory in a shared

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSD-3-Clause
 // What signalling an interrupt costs now that it never waits on the client:
 // eventfd_signal (poll for room, then the write under a per-thread guard
 // timer) against the plain write(2) it replaced, on the same eventfd, rounds

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: BSD-3-Clause
 # REGION_READ latency against a running uvfiod, measured by bench/vu_pingpong
 # (a plain C client, not uvfio's library) against the raw AF_UNIX floor of
 # the same sizes, interleaved. The daemon (one reactor), the floor server and

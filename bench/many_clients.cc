@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSD-3-Clause
 // Many VFs, one closed-loop client each, against a running uvfiod: each
 // client (a thread with a raw socket — not uvfio's client library) sends
 // VERSION, then REGION_READs of 4 bytes of BAR0 back to back for the run's

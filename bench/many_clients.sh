@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: BSD-3-Clause
 # 255 VFs on one PF (the seed's switch), each with its own closed-loop
 # client (bench/many_clients.cc), against one uvfiod with its default
 # reactors (one per core): aggregate ops/s, fairness, latency percentiles,

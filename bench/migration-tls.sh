@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: BSD-3-Clause
 # What TLS costs a live migration: a busy VF with 256 MiB of device memory
 # migrated between two daemons on this host by `uvfio-guest migrate --to-tcp`
 # into a `uvfio-guest receive`, alternately over TLS 1.3 (X.509 and PSK) and

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: BSD-3-Clause
 # Whole live migrations of a busy VF between two daemons on this host
 # (uvfio-guest migrate: the workload runs throughout, the tool reports each
 # pre-copy round and the downtime: STOP_COPY requested on the source until

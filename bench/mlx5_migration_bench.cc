@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSD-3-Clause
 // mlx5 migration and DMA-engine numbers, each against memcpy in the same run:
 //  - STOP_COPY throughput: bytes of device state streamed per second through
 //    the whole path (firmware SAVE by DMA into the PF driver's buffer, the

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSD-3-Clause
 // The migration channel's bulk throughput: GiB of 1 MiB writes from
 // mig::connect to a mig::Listener over 127.0.0.1, plain TCP against TLS 1.3
 // (X.509, PSK), interleaved rounds; medians. The credentials come from

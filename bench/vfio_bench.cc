@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSD-3-Clause
 // Micro-benchmarks of the vfio-pci-core access paths, in process. Each
 // virtualized path has its raw-hardware baseline in the same run, so the
 // report is a ratio (docs/PERFORMANCE.md): what the virtualization costs on

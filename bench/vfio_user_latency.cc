@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSD-3-Clause
 // REGION_READ of 4 bytes through the vfio-user client library against the
 // server, and in the same run the floor: a raw AF_UNIX ping-pong of the same
 // message sizes (32-byte request, 36-byte reply) where each side does one

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSD-3-Clause
 /* A minimal vfio-user client in plain C — not uvfio's client library — for
  * latency measurements, and the floor it is compared with: a raw AF_UNIX
  * ping-pong of the same message sizes, served by this same program.

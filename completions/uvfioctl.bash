@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: BSD-3-Clause
 # bash completion for uvfioctl(8): subcommands, PCI addresses and driver
 # names, the latter two asked of the running daemon.
 _uvfioctl() {

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSD-3-Clause
 /* Example: drive an mlx5 VF served by uvfiod through the uvfio client C API.
  *
  * Connects to the VF's socket, prints its identity from config space, gives

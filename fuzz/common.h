@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSD-3-Clause
 // Shared by the libFuzzer targets: a quiet log and a System built from a
 // topology, rebuilt when an input has changed it beyond use.
 #pragma once

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSD-3-Clause
 // libFuzzer target: config-space reads and writes to every device model —
 // the bridge, the generic endpoint, the mlx5 PF (SR-IOV, MSI-X, FLR) and its
 // VFs — both as config cycles on the fabric (what the host's bus sees) and

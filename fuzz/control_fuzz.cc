@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSD-3-Clause
 // libFuzzer target: lines on the control socket (the JSON requests uvfioctl
 // sends) against a live system's attribute tree — reads, writes (bind,
 // unbind, driver_override, sriov_numvfs, config, reset...), links and

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSD-3-Clause
 // libFuzzer target: the mlx5 migration stream as the RESUMING side of the
 // real mlx5_vfio_pci takes it — the record parser, its size bounds, the
 // chunked load into the VF through the PF's firmware — then STOP (the

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSD-3-Clause
 // libFuzzer target: the vfio-user server over a real socket, as a hostile
 // client drives it — raw bytes and well-formed messages with fds attached
 // (memfds it later shrinks, eventfds, files that are neither), DMA maps with

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSD-3-Clause
 // libFuzzer target: arbitrary bytes as a vfio-user stream into a session on
 // a real VFIO device (the generic endpoint under vfio_pci): the decoder,
 // every command's validation and the device contract behind it. No input

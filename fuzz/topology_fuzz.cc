@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSD-3-Clause
 // libFuzzer target: topology files (TOML) through the loader, and those it
 // accepts built into a running system and torn down — the parser, every
 // validation rule, and the assembly of hardware, buses and drivers from

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: BSD-3-Clause
 # Build the benchmarks (release) and run them with repetitions; every
 # benchmark has its baseline in the same run (see docs/PERFORMANCE.md).
 set -euo pipefail

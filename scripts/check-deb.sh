@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: BSD-3-Clause
 # Builds the Debian packages from the committed tree (git archive of HEAD, so
 # nothing from build/ leaks in) with dpkg-buildpackage -b -us -uc, unpacks
 # them with dpkg -x into an empty root and checks the layout: every file the

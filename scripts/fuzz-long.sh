@@ -1,4 +1,5 @@
 #!/bin/bash
+# SPDX-License-Identifier: BSD-3-Clause
 # A long libFuzzer run of one target, as recorded in docs/fuzzing.md:
 #   scripts/fuzz-long.sh TARGET [RUNS] [WORKDIR]
 # TARGET is session, server, mig_stream, config, topology or control; RUNS

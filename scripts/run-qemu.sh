@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: BSD-3-Clause
 # Boots the test guest under QEMU 10.2 with the seed's two VFs attached over
 # vfio-user, with the command line the CI test (tests/e2e/qemu_e2e_test.cc)
 # uses. Run ./scripts/run.sh first (in another terminal); the guest prints

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: BSD-3-Clause
 # Set up, build (release) and run uvfiod in the foreground with the seed
 # topology. Extra arguments go to uvfiod (e.g. --rundir DIR, --config FILE).
 set -euo pipefail

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: BSD-3-Clause
 # Installs what uvfio needs to build, test and run on Debian 12 (bookworm).
 # Idempotent: installs only the packages that are missing.
 set -euo pipefail

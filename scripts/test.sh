@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: BSD-3-Clause
 # Set up, build, and run every test suite: the debug, ASan/UBSan, Release
 # and TSan builds, in parallel where it is safe.
 set -euo pipefail

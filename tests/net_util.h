@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSD-3-Clause
 // Small socket helpers shared by tests.
 #pragma once
 

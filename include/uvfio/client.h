@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSD-3-Clause
 /* uvfio client: a vfio-user client library with a C API, for VMMs and tools
  * that drive a VFIO device served by uvfiod (or any vfio-user server).
  *

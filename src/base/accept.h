@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSD-3-Clause
 // accept4() for a listener that must not spin when the process is out of
 // file descriptors. With EMFILE/ENFILE the pending connection stays in the
 // backlog and a level-triggered poll reports it again at once: a loop at

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSD-3-Clause
 // Bdf: a PCI function address (domain, bus, device, function).
 //
 // Printed as Linux prints pci_name(): "dddd:bb:dd.f", lower-case hex. id() is

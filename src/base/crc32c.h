@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSD-3-Clause
 // CRC32C (Castagnoli, reflected polynomial 0x82f63b78), as iSCSI and ext4
 // use it: with the SSE4.2 instruction where the CPU has it, a table
 // otherwise. `crc` chains calls (0 to start).

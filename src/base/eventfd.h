@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSD-3-Clause
 // Signalling an eventfd that belongs to someone else (a client's interrupt
 // trigger), as the kernel's eventfd_signal() does it: never waits.
 //

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSD-3-Clause
 // A small logger: one line per message on stderr, with a level and an optional
 // device prefix ("0000:08:00.0 mlx5_vfio_pci: ...") as the kernel's dev_info().
 #pragma once

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSD-3-Clause
 // Mutex and MutexLock: std::mutex and std::unique_lock with thread-safety
 // annotations, so clang checks that data marked GUARDED_BY(mu_) is only
 // touched with mu_ held. Condition waits go through the MutexLock, which

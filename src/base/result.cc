@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSD-3-Clause
 // Text for errno codes, including the driver core's internal ones.
 #include "base/result.h"
 

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSD-3-Clause
 // Result<T>: a value or an Error (errno code + short static context).
 //
 // Why: every fallible call in uvfio reports an errno that must travel unchanged

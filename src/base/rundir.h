@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSD-3-Clause
 // Where uvfiod keeps its sockets and mount: --rundir, else $UVFIO_RUNDIR,
 // else /run/uvfio for root and $XDG_RUNTIME_DIR/uvfio (or /tmp/uvfio-UID)
 // for others. Shared by uvfiod and uvfioctl so both agree by default.

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSD-3-Clause
 // Copies that survive a SIGBUS: memory mapped from a client's file can
 // vanish under the mapping when the client shrinks the file (a memfd
 // truncated after DMA_MAP). A plain memcpy would kill the whole daemon; a

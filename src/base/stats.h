@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSD-3-Clause
 // Statistics counters: relaxed atomics, bumped on hot paths, read by the
 // attribute tree. One process-wide switch (uvfiod --no-stats) turns every
 // bump into a predicted branch, so their cost can be measured against

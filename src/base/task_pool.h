@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSD-3-Clause
 // TaskPool: runs tasks that may block (a device reset, a migration arc
 // waiting for firmware) off the threads that must never block (the
 // vfio-user reactors). Threads are started when tasks wait and none is idle,

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSD-3-Clause
 // Clang's thread-safety analysis (-Wthread-safety): which lock guards which
 // data, which functions need a lock held or must not hold it. Checked by
 // the clang builds (the fuzz preset in CI); no effect on other compilers.

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSD-3-Clause
 // UniqueFd: sole owner of a file descriptor. A received fd becomes one at once,
 // so every error path closes it.
 #pragma once

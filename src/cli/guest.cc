@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSD-3-Clause
 // uvfio-guest: a guest and its VMM in one program, for mlx5 VFs served over
 // vfio-user. It owns memfd guest RAM, maps it for the VF, drives the VF's
 // work queue with a deterministic DMA workload, checks every completion

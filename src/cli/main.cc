@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSD-3-Clause
 // uvfioctl: the admin CLI. Talks to uvfiod over DIR/control.sock and works on
 // the attribute tree the way an admin works on /sys: ls, cat, readlink,
 // write, plus tree/list views and bind/unbind/sriov shortcuts.

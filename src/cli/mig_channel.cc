@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSD-3-Clause
 #include "cli/mig_channel.h"
 
 #include <arpa/inet.h>

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSD-3-Clause
 // The migration channel of uvfio-guest: the byte stream between `migrate
 // --to-tcp` and `receive --listen`. TLS 1.3 (GnuTLS) with both ends
 // authenticated, by X.509 certificates or a pre-shared key, in the style of

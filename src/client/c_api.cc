@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSD-3-Clause
 // The C API (include/uvfio/client.h) over the C++ client: opaque handles,
 // negative errnos, nothing thrown across it.
 #include "uvfio/client.h"

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSD-3-Clause
 // A C++ vfio-user client: connect and negotiate, DMA maps of memfd-backed
 // memory, region info/read/write/mmap, IRQ eventfds, reset, device
 // features, migration state and data. Tests, benchmarks and tools use it.

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSD-3-Clause
 // uvfiod: hosts the emulated topology, its drivers and the attribute tree.
 // Foreground; logs to stderr; SIGTERM/SIGINT shut it down cleanly (FUSE
 // unmounted, sockets removed, every device unbound and removed).

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSD-3-Clause
 // The daemon's run directory, which only the daemon owns: it holds the
 // control socket, the vfio-user sockets and the FUSE mount that root's
 // tools trust. RunDir::claim() makes sure nobody else can have put anything

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSD-3-Clause
 // System: everything uvfiod hosts, assembled from a topology — the emulated
 // fabric, the driver core with its PCI and auxiliary buses, and the drivers —
 // with an orderly teardown (devices unbound and removed children first,

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSD-3-Clause
 // Topology file parsing and validation. toml11 reports syntax errors by
 // exception; they are caught here, at the boundary, and become TopologyError.
 #include "daemon/topology.h"

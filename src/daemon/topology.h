@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSD-3-Clause
 // The topology file: which emulated functions exist, where, and how they
 // start (TOML; docs/topology.md has the format). With no file, uvfiod uses
 // the seed topology of ARCHITECTURE.md.

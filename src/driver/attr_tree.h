@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSD-3-Clause
 // The attribute tree: a sysfs-shaped tree of directories, attribute files and
 // symbolic links that the driver core keeps as devices, drivers and buses come
 // and go. Frontends (FUSE, the control socket) walk it by path.

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSD-3-Clause
 // DriverCore: registers buses, devices and drivers, matches them, probes,
 // binds and unbinds, and keeps the attribute tree in step — the parts of
 // Linux's drivers/base (bus.c, dd.c, core.c) that uvfio needs.

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSD-3-Clause
 // CoreMutex: the driver core's lock. Recursive (probe() and remove() run
 // with it held and register or remove further devices), held only for
 // short, non-blocking work: it is released entirely — at whatever depth the

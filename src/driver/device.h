@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSD-3-Clause
 // Device, Driver, Bus, Binding: the objects of the driver core, after Linux's
 // struct device, device_driver, bus_type and drvdata.
 //

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSD-3-Clause
 // BARs of emulated functions: what a BAR decodes (kind, size, prefetchable)
 // and the memory behind it. The memory is a memfd so a frontend can later hand
 // the same pages to a client for mmap.

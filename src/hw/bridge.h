@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSD-3-Clause
 // PCIe bridges: root port, switch upstream port, switch downstream port.
 // Type 1 headers with bus numbers and forwarding windows the host programs.
 // IDs are those QEMU uses for its root port (1b36:000c) and its TI XIO3130

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSD-3-Clause
 // Capability builders for emulated functions: each lays out one PCI or PCIe
 // capability in a Function's config space with the spec's read-only, RW and
 // RW1C bits, and links it into the chain. Layouts follow PCI Local Bus 3.0 §6.7,

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSD-3-Clause
 // ConfigSpace: the 256-byte or 4 KiB configuration space of one emulated PCI
 // function, with hardware write semantics per bit.
 //

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSD-3-Clause
 // GenericEndpoint: a small PCIe endpoint for tests and for vfio_pci on
 // something that is not an mlx5 function. Ids default to QEMU's test device
 // (1b36:0005). BAR2 is a 64-bit prefetchable memory window (mmappable); the

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSD-3-Clause
 // Fabric: one PCI segment (domain) — the routing table from requester ids to
 // emulated functions, as config cycles see it. A config read of an absent
 // function returns all-ones, like a master abort.

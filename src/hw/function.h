@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSD-3-Clause
 // Function: one emulated PCI function — config space with hardware semantics,
 // BARs with memory behind them, capabilities, and Function Level Reset.
 //

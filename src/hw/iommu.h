@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSD-3-Clause
 // IommuDomain: the I/O address space a function's DMA goes through. A VMM's
 // DMA_MAPs build it (IOVA ranges backed by a memory fd, or by memory the
 // caller owns); the device model's DMA engine reads and writes through it.

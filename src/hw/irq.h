@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSD-3-Clause
 // IrqSink: where a function's interrupts go — the platform's interrupt
 // controller, as the function's driver set it up. Part of the hardware's
 // interface to drivers (what a kernel driver gets from request_irq()).

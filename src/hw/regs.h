@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSD-3-Clause
 // Register blocks: how a device model's MMIO registers decode accesses of
 // every width. A model declares its registers as a table (offset, size,
 // access); the block turns any access of 1, 2, 4 or 8 bytes into whole-

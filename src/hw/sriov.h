@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSD-3-Clause
 // SR-IOV extended capability (PCIe SR-IOV 1.1 §3.3) and the VFs it creates.
 //
 // The PF model owns one SriovCapability. Setting VF Enable in SR-IOV Control

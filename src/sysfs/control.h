@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSD-3-Clause
 // The control socket: the attribute tree served over a UNIX stream socket, one
 // JSON object per line each way, for uvfioctl and tests (and wherever FUSE is
 // not available).

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSD-3-Clause
 #define FUSE_USE_VERSION 312
 #include "sysfs/fuse_fs.h"
 

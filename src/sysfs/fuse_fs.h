@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSD-3-Clause
 // The attribute tree as a FUSE filesystem (libfuse3), so `ls -l`, `readlink`,
 // `cat`, `echo > bind` and pciutils work on it as on /sys.
 //

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSD-3-Clause
 // A daemon's attribute tree reached through its control socket, served by a
 // FUSE mount made outside the daemon (`uvfioctl mount`): the daemon itself
 // can then run in a sandbox whose mounts never reach the host (systemd's

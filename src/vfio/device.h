@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSD-3-Clause
 // vfio::Device: the VFIO device contract of <linux/vfio.h> as C++ calls —
 // what the kernel's vfio_main.c does for every driver (open counting,
 // argument validation, VFIO_DEVICE_FEATURE dispatch, the migration v2 state

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSD-3-Clause
 #include "vfio/migration.h"
 
 namespace uvfio::vfio {

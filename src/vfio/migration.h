@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSD-3-Clause
 // Migration v2 (reference/kernel-vfio.md §3): the state graph every driver
 // walks one arc at a time, and the data stream of a migration session.
 #pragma once

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSD-3-Clause
 // Registry: where bound VFIO devices are announced to frontends (the
 // vfio-user server) and shown in sysfs as vfio-dev/vfio<N>, and where an
 // unbinding driver waits for the user to let go (reference §5.2).

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSD-3-Clause
 // The kernel's VFIO uAPI (<linux/vfio.h> from Debian's linux-libc-dev), plus
 // what the 6.1 headers lack (PRE_COPY, precopy info, MIG_DATA_SIZE: Linux
 // 6.2), defined here only when missing, with the kernel's values.

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSD-3-Clause
 // UUIDs as VFIO spells them (the VF token).
 #include "vfio/device.h"
 

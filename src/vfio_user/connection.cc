@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSD-3-Clause
 #include "vfio_user/connection.h"
 
 #include <fcntl.h>

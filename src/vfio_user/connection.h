@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSD-3-Clause
 // One client connection, as the event-driven server uses it: a non-blocking
 // socket, the reader of the client's messages (driven by the connection's
 // reactor thread), and an output queue any thread may add to without ever

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSD-3-Clause
 #include "vfio_user/message.h"
 
 #include <sys/socket.h>

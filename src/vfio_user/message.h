@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSD-3-Clause
 // Reading and writing vfio-user messages on a stream socket: a message is
 // sent with one sendmsg (its fds with it); received with its fds taken from
 // the first recvmsg (the header), then the rest of its bytes.

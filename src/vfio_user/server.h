@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSD-3-Clause
 // The vfio-user server: every registered VFIO device gets a socket
 // DIR/<dddd:bb:dd.f>.sock (mode 0600), and a fixed set of reactor threads
 // (one per core, epoll) serves all of them, whatever their number.

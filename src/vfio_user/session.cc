@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSD-3-Clause
 #include "vfio_user/session.h"
 
 #include <nlohmann/json.hpp>

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSD-3-Clause
 // One vfio-user connection to one VFIO device: decodes and validates every
 // request (header, sizes, argsz, counts, indices, fds) before the device
 // sees it, calls the vfio::Device contract, and encodes the reply. The errno

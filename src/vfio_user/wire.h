@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSD-3-Clause
 // vfio-user wire format (QEMU docs/interop/vfio-user.rst; reference/
 // vfio-user.md §1): the 16-byte header, command numbers and the payload
 // structs the protocol does not borrow from <linux/vfio.h>. Shared by the

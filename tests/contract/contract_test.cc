@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSD-3-Clause
 // The VFIO contract, run against every (driver, device) pair: vfio_pci on
 // the generic endpoint, vfio_pci on an mlx5 VF, mlx5_vfio_pci on an mlx5 VF.
 // Mirrors what the kernel's VFIO selftests check, plus the config-space

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSD-3-Clause
 // VF token (reference §5.1), as the kernel's vfio_pci_sriov_uapi_test: a PF
 // bound to vfio_pci enables a VF, which binds to vfio_pci through the PF's
 // driver_override capture; opening the VF needs the PF's token.

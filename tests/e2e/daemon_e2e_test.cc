@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSD-3-Clause
 // uvfiod + uvfioctl + the FUSE tree + real tools (ls, readlink, cat, echo,
 // lspci) on the seed topology.
 #include <gtest/gtest.h>

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSD-3-Clause
 // e2e harness: start uvfiod in a private run directory, run commands (our
 // CLI, coreutils, pciutils) against it, stop it with SIGTERM.
 #pragma once

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSD-3-Clause
 // Live migration of a busy mlx5 VF between two uvfiod daemons, driven by
 // uvfio-guest over the daemons' vfio-user sockets: every descriptor
 // completed exactly once, guest RAM and device memory equal to the replayed

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSD-3-Clause
 // Shared by the QEMU e2e tests: one QEMU process with its serial console in
 // a file, and whether a missing QEMU or guest is a failure (CI) or a skip.
 #pragma once

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSD-3-Clause
 // The VF judged by Linux itself: the real QEMU 10.2 boots Debian's kernel
 // with both seed VFs; inside the guest our dmaengine driver
 // (guest/linux/uvfio_vf_dma.c) registers a channel per VF and the kernel's

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSD-3-Clause
 // The real peer: unmodified QEMU 10.2 (vfio-user-pci) boots Debian's Linux
 // kernel with both seed VFs attached over uvfiod's sockets. Inside the guest
 // lspci decodes them and vf_check (tests/qemu/guest/vf_check.c) drives each

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSD-3-Clause
 // The kernel's own VFIO selftests (tools/testing/selftests/vfio, from the
 // newest Debian kernel source that has them: tests/kselftest/) against both
 // seed VFs, inside the real QEMU 10.2 with a guest IOMMU (intel-iommu,

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSD-3-Clause
 // The soak: a bounded run of mixed hostile and honest clients across 32 VFs
 // while two admins storm the control plane, one through uvfioctl (SR-IOV
 // off and on), one through the FUSE tree (unbind and bind). At the end: the

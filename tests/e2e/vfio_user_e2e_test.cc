@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSD-3-Clause
 // QEMU 10.2's vfio-user-pci connect sequence (reference/vfio-user.md §2.1),
 // played byte for byte against uvfiod, then a guest-like workload: BAR
 // registers, the mmapped BAR, device DMA into memfd guest RAM, MSI-X and

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: BSD-3-Clause
 # The project as a user gets it: `cmake --install` into a fresh prefix, the
 # C example built against the installed package with pkg-config and with
 # find_package (shared and static), each run against the installed uvfiod;

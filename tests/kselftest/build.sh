@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: GPL-2.0-only OR BSD-3-Clause
 # Builds the kernel's VFIO selftests, statically, for the QEMU guest, from
 # the source tests/kselftest/fetch-source.sh unpacked, with that source's
 # own UAPI headers and Makefiles. What is changed, every change checked

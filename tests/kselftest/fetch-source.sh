@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: GPL-2.0-only OR BSD-3-Clause
 # Fetches the kernel's VFIO selftests for the QEMU kselftest test: the
 # newest linux-source-<N> in Debian's unstable suite (bookworm's 6.1 and
 # backports' 6.12 do not carry tools/testing/selftests/vfio), downloaded with

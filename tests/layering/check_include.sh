@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: BSD-3-Clause
 # Usage: check_include.sh CXX INCLUDE_ROOT SOURCE [extra flags...]
 # The drivers layer's include root must let a driver include the device's
 # interface header and refuse its model header: the first compile succeeds,

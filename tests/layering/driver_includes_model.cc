@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSD-3-Clause
 // Compiled by check_include.sh with the drivers layer's include root: a
 // driver that includes a device model must not compile. The positive
 // control includes the device's programming interface instead.

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSD-3-Clause
 // Bounded resources against a running uvfiod: a VF with 64 GiB of device
 // memory saved through STOP_COPY with the daemon's memory measured the whole
 // way (peak RSS from /proc), and a resuming stream that claims a 2^36-byte

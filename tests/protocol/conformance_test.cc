@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSD-3-Clause
 // Conformance, command by command: every command sent as raw bytes at the
 // spec's size (what QEMU 10.2 sends, hw/vfio-user/protocol.h) and, where the
 // kernel's struct differs, at the kernel's size; each reply checked for its

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSD-3-Clause
 // Server->client DMA in both wire layouts, against a running uvfiod, with a
 // scripted client that answers DMA_READ and checks every DMA_WRITE byte for
 // byte: the spec's (u64 address, u64 count, data at 16) and QEMU 10.x's

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSD-3-Clause
 // One misbehaving client costs only its own device: against a running
 // uvfiod (--client-timeout-ms 600), a client that never sends VERSION, one
 // that stops mid-message and one that never reads its replies are each

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSD-3-Clause
 // vfio-user protocol abuse, as raw bytes on the socket of a running uvfiod:
 // every malformed class gets the right errno and a connection that still
 // works (or a close, where the stream cannot be trusted or the spec says

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSD-3-Clause
 // A raw vfio-user connection for tests: messages built by hand, replies
 // read as they come, so tests can send what a well-behaved client never
 // would and pipeline as QEMU does.

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: BSD-3-Clause
 # Builds the guest's kernel modules for the QEMU e2e tests, out of tree,
 # against exactly the guest kernel (tests/qemu/prepare-guest.sh unpacks its
 # headers): uvfio_vf_dma.ko (guest/linux/, our VF's dmaengine driver) and

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: BSD-3-Clause
 # Builds the guest's initramfs for the QEMU e2e test: busybox (static),
 # lspci/setpci with their libraries and pci.ids, and vf_check, with an init
 # that prints `lspci -vvv` of the mlx5 VFs, runs vf_check and powers off

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: BSD-3-Clause
 # Fetches the guest kernel for the QEMU e2e test: Debian's linux-image-amd64
 # (the package's vmlinuz only, extracted with dpkg-deb: nothing is installed
 # on the host), into DIR/vmlinuz (default build/guest). Idempotent.

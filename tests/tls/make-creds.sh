@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: BSD-3-Clause
 # Test credentials for the migration channel, made with GnuTLS's certtool in
 # the layout of QEMU's tls-creds-x509 directories:
 #   DIR/good/    ca-cert.pem, server-{cert,key}.pem (names: localhost,

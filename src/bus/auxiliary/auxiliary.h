@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSD-3-Clause
 // The auxiliary bus (drivers/base/auxiliary.c): devices named
 // "<modname>.<devname>.<id>" that a parent driver registers to hand part of
 // its device to a driver in another module; drivers match the name up to its

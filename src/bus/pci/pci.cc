@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSD-3-Clause
 #include "bus/pci/pci.h"
 
 #include <fmt/format.h>

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSD-3-Clause
 // The PCI bus type: turns emulated functions into driver-core devices with
 // Linux's sysfs attributes, matches PCI drivers by id table and
 // driver_override, assigns BAR addresses as firmware would, and implements

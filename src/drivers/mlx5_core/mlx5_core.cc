@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSD-3-Clause
 #include "drivers/mlx5_core/mlx5_core.h"
 
 #include <cstring>

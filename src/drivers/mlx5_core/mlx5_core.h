@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSD-3-Clause
 // mlx5_core: the PF driver of the emulated mlx5 NIC.
 //
 // It binds the PFs (15b3:101d), enables VFs through sriov_configure (the

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSD-3-Clause
 #include "drivers/mlx5_vfio_pci/migration.h"
 
 #include <cstring>

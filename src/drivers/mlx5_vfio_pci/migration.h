@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSD-3-Clause
 // mlx5_vfio_pci's migration: the v2 arcs turned into PF firmware commands
 // (reference/kernel-vfio.md §3.6), and the device-state stream.
 //

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSD-3-Clause
 // mlx5_vfio_pci: the variant driver of the seed. It binds each VF twice — a
 // PCI driver for the VF itself (override-only id table: 15b3:101e binds only
 // through driver_override) and an auxiliary driver for the PF's

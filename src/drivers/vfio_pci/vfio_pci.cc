@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSD-3-Clause
 #include "drivers/vfio_pci/vfio_pci.h"
 
 #include "vfio/pci_core/core.h"

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSD-3-Clause
 // vfio_pci: the generic VFIO driver — a thin wrapper around vfio-pci-core,
 // as drivers/vfio/pci/vfio_pci.c is. Its id table is one override-only
 // any-device entry: it binds only what driver_override hands it.

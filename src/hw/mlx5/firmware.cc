@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSD-3-Clause
 // The PF's firmware: the command queue's slot threads and what each
 // command does to its target VF (docs/devices/mlx5-pf.md). Part of the Pf
 // model (src/hw/mlx5/pf.h); the PF's registers and SR-IOV are in pf.cc.

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSD-3-Clause
 // The programming interface of the emulated mlx5 functions — what a
 // datasheet defines, in the role of Linux's include/linux/mlx5/mlx5_ifc.h:
 // ids, BAR layout, register offsets and bits, the PF's command queue and

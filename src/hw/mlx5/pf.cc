@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSD-3-Clause
 // The mlx5 PF model: identity and capabilities, the command queue
 // registers, SR-IOV. The firmware that runs the commands is firmware.cc.
 #include "hw/mlx5/pf.h"

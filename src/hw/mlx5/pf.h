@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSD-3-Clause
 // The emulated mlx5 PF (15b3:101d): SR-IOV capability (it creates its VFs),
 // BAR0 with the command queue (mlx5_ifc.h), and the firmware that runs the
 // commands: migration of its VFs (suspend/resume, state images in chunks),

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSD-3-Clause
 // The mlx5 VF model: identity, registers, the work queue engine.
 // State images are in vf_state.cc.
 #include "hw/mlx5/vf.h"

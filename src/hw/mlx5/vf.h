@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSD-3-Clause
 // The emulated mlx5 VF (15b3:101e): BAR0 registers (a RegisterBlock), the
 // work queue executed on the device's own thread through its IOMMU domain,
 // BAR2 device memory, MSI-X; and its migratable state as the PF's firmware

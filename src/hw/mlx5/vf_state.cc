@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSD-3-Clause
 // The mlx5 VF's state images, saved and loaded in chunks of whole records
 // (docs/devices/mlx5-vf.md, "State image"):
 //   header (32)  u64 magic "MLX5VFST", u32 version 2, u32 flags (bit0

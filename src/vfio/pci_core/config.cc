@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSD-3-Clause
 // Config-space virtualization (drivers/vfio/pci/vfio_pci_config.c rules,
 // reference/kernel-vfio.md §2): a per-byte owner map, per-capability
 // permission tables of virtualized and writable bits, hidden capabilities

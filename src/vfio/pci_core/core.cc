@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSD-3-Clause
 // vfio-pci-core lifecycle, regions, reset, features and the VF token
 // (drivers/vfio/pci/vfio_pci_core.c; reference §1.2-1.3, §1.8, §5).
 #include "vfio/pci_core/core.h"

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSD-3-Clause
 // vfio-pci-core: the VFIO device contract for a PCI function, as Linux's
 // drivers/vfio/pci/vfio_pci_core.c, _config.c, _intrs.c and _rdwr.c build it.
 // Generic drivers (vfio_pci) use CoreDevice as is; variant drivers derive

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSD-3-Clause
 // Interrupts (drivers/vfio/pci/vfio_pci_intrs.c, reference §1.4-1.5): INTx
 // (level, auto-masked after each trigger), MSI and MSI-X (host vectors
 // programmed into the function; each vector's eventfd signalled when the

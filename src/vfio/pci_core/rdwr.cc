@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSD-3-Clause
 // BAR access (drivers/vfio/pci/vfio_pci_rdwr.c): gated on memory decode,
 // split into naturally aligned accesses of 8/4/2/1 bytes, the MSI-X table
 // reading as all-ones and dropping writes.

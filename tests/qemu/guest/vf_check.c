@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSD-3-Clause
 // vf_check: runs inside a Linux guest under QEMU and drives every mlx5 VF
 // (15b3:101e) it finds the way a guest driver would, written from the
 // register map in docs/devices/mlx5-vf.md only (no uvfio code): BAR0

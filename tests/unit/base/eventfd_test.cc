@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSD-3-Clause
 // eventfd_signal: a client's eventfd whose counter is full (or filled while
 // we write) costs a dropped signal, never a blocked thread.
 #include "base/eventfd.h"

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSD-3-Clause
 // safe_memcpy against memory that vanishes under its mapping (a client's
 // memfd shrunk after DMA_MAP). Runs in every build: the optimizer once removed
 // the store the SIGBUS handler needed, and only the Release build died.

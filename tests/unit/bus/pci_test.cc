@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSD-3-Clause
 // The PCI bus type: enumeration, BAR assignment, sysfs attributes, id-table
 // matching with driver_override/override_only, and SR-IOV per iov.c.
 #include "bus/pci/pci.h"

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSD-3-Clause
 // The migration channel (src/cli/mig_channel): addresses, and what a
 // listener does with peers that are not what it expects.
 #include <arpa/inet.h>

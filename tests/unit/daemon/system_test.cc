@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSD-3-Clause
 // The seed scenario, in process: the tree shows exactly the seed's lines.
 #include "daemon/system.h"
 

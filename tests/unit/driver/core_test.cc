@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSD-3-Clause
 // The driver core against a fake bus: binding rules, errno semantics of the
 // sysfs writes, deferred probe, lifetimes.
 #include "driver/core.h"

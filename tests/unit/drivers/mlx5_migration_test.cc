@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSD-3-Clause
 // mlx5_vfio_pci's migration v2 between two systems (two "daemons", in
 // process): PRE_COPY rounds, STOP_COPY, DMA logging of the guest's memory,
 // RESUMING and RUNNING on the destination, the workload carrying on; and the

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSD-3-Clause
 // mlx5_core and the two halves of mlx5_vfio_pci on the seed topology:
 // SR-IOV with auxiliary devices, pairing in every bind order, and PF-side
 // teardown while the VF half is bound.

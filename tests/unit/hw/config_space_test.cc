@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSD-3-Clause
 #include "hw/config_space.h"
 
 #include <gtest/gtest.h>

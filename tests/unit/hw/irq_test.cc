@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSD-3-Clause
 // Interrupt delivery of emulated functions: MSI-X (table, PBA, masks), MSI
 // (multiple message, per-vector mask) and INTx (level, INTx Disable).
 #include <gtest/gtest.h>

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSD-3-Clause
 // The mlx5 PF's command interface and its firmware acting on the VFs:
 // migration state query, suspend/resume, save/load images by DMA, the page
 // tracker of the VF's DMA writes.

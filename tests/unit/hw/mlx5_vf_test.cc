@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSD-3-Clause
 // The mlx5 VF model's work queue: descriptors executed on the device's own
 // thread through its IOMMU domain, completions and MSI-X, errors contained.
 #include <sys/stat.h>

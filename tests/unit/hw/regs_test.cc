@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSD-3-Clause
 // Registers at every legal width, for every register of every model, driven
 // by each model's own register table: a 64-bit register reads and writes as
 // one 64-bit access, as two 32-bit halves and as bytes, and agrees with

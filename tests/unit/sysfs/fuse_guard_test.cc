@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSD-3-Clause
 // FUSE callbacks never let an exception reach libfuse (C code): the guard
 // turns it into an errno for that one call.
 #include <gtest/gtest.h>

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSD-3-Clause
 // The migration v2 graph, exhaustively: every (from, to) pair for every
 // supported-state set, against the kernel's arcs, shortest paths and the
 // ERROR termination. And the device-level loop with a fake driver.

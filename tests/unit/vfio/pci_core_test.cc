@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSD-3-Clause
 // vfio-pci-core against the kernel, where the generic endpoint can be built
 // with the capability layouts a test needs (an MSI capability without
 // per-vector masking, an AER capability) and the hardware's writable bits

@@ -2,6 +2,7 @@
 #include "vfio/device.h"
 
 #include <algorithm>
+#include <bit>
 #include <cstring>
 
 #include "base/log.h"
@@ -328,30 +329,44 @@ Result<FeatureReply> Device::logging_feature(uint32_t id, uint32_t flags, std::s
     return FeatureReply{};
   }
   if (id == VFIO_DEVICE_FEATURE_DMA_LOGGING_START) {
+    // The core's checks (vfio_ioctl_device_feature_logging_start): too many
+    // ranges E2BIG, a range not a multiple of page_size EINVAL, one that
+    // wraps EOVERFLOW, overlapping ranges EINVAL. Where vfio-user and the
+    // kernel differ, the vfio-user peers win: zero ranges means all of the
+    // device's DMA (the spec; libvfio-user's client starts logging so). The
+    // kernel refuses neither an empty range (it covers nothing) nor a page
+    // size that is not a power of two (the driver picks its granule and
+    // writes it back: the next power of two here, as mlx5 rounds).
     if (TRY(check_feature(flags, payload, VFIO_DEVICE_FEATURE_SET, 16)) == 0) return FeatureReply{};
     uint64_t page_size;
     uint32_t n;
     std::memcpy(&page_size, payload.data(), 8);
     std::memcpy(&n, payload.data() + 8, 4);
-    if (n == 0) return Error(EINVAL, "no ranges");
     if (n > kDmaLoggingMaxRanges) return Error(E2BIG, "too many ranges");
     if (payload.size() < 16 + size_t{n} * 16) return Error(EINVAL, "ranges missing");
-    if (!is_pow2(page_size)) return Error(EINVAL, "page size not a power of two");
-    std::vector<DmaRange> ranges(n);
+    if (page_size == 0 || page_size > (uint64_t{1} << 62)) return Error(EINVAL, "page size");
+    std::vector<DmaRange> ranges;
     for (uint32_t i = 0; i < n; ++i) {
-      std::memcpy(&ranges[i].iova, payload.data() + 16 + 16 * i, 8);
-      std::memcpy(&ranges[i].length, payload.data() + 24 + 16 * i, 8);
-      const DmaRange& r = ranges[i];
-      if (r.iova % page_size || r.length % page_size || !r.length) return Error(EINVAL, "range not page aligned");
+      DmaRange r;
+      std::memcpy(&r.iova, payload.data() + 16 + 16 * i, 8);
+      std::memcpy(&r.length, payload.data() + 24 + 16 * i, 8);
+      if (r.iova % page_size || r.length % page_size) return Error(EINVAL, "range not page aligned");
       if (r.iova + r.length < r.iova) return Error(EOVERFLOW, "range wraps");
+      if (r.length) ranges.push_back(r);
+    }
+    uint64_t granule = std::bit_ceil(page_size);
+    if (n == 0) {
+      ranges.push_back(DmaRange{0, 0 - granule});  // all of the IOVA space but its last granule
+    } else if (ranges.empty()) {
+      return Error(EINVAL, "every range is empty");
     }
     auto sorted = ranges;
     std::sort(sorted.begin(), sorted.end(), [](auto& a, auto& b) { return a.iova < b.iova; });
     for (size_t i = 1; i < sorted.size(); ++i)
       if (sorted[i - 1].iova + sorted[i - 1].length > sorted[i].iova) return Error(EINVAL, "ranges overlap");
-    TRY(log_start(page_size, ranges));
+    TRY(log_start(granule, ranges));
     std::vector<uint8_t> out(payload.begin(), payload.end());
-    std::memcpy(out.data(), &page_size, 8);  // the granularity the device chose
+    std::memcpy(out.data(), &granule, 8);  // the granularity the device chose
     return FeatureReply{out, nullptr};
   }
   // REPORT

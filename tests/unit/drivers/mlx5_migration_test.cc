@@ -118,6 +118,42 @@ Result<void> feed(vfio::MigrationFile& f, const std::vector<uint8_t>& s, unsigne
   return ok();
 }
 
+// DMA logging START with zero ranges (the vfio-user spec, libvfio-user's
+// client) tracks all of the VF's DMA: the PF's page tracker reports the
+// pages the device wrote wherever they are.
+TEST(Mlx5Migration, DmaLoggingWithZeroRangesTracksEverything) {
+  Side a;
+  a.start_queue();
+  std::vector<uint8_t> start(16, 0);
+  uint64_t page = 4096;
+  std::memcpy(start.data(), &page, 8);  // num_ranges 0
+  ASSERT_TRUE(a.dev->device_feature(VFIO_DEVICE_FEATURE_SET | VFIO_DEVICE_FEATURE_DMA_LOGGING_START, start));
+  // Fill two pages far apart (and the completion ring).
+  a.post(VfOp::kFill, 4096, 0xab, kData, 1);
+  a.post(VfOp::kFill, 4096, 0xcd, kGuest - 4096, 2);
+  a.w(vfreg::kSqTail, a.tail);
+  ASSERT_TRUE(a.hwvf().wait_idle(std::chrono::seconds(10)));
+  ASSERT_EQ(a.guest[kGuest - 1], 0xcd);
+  std::vector<uint64_t> rep(3 + kGuest / 4096 / 64, 0);
+  rep[0] = 0;
+  rep[1] = kGuest;
+  rep[2] = 4096;
+  auto report = a.dev->device_feature(VFIO_DEVICE_FEATURE_GET | VFIO_DEVICE_FEATURE_DMA_LOGGING_REPORT,
+                                      std::span<const uint8_t>(reinterpret_cast<uint8_t*>(rep.data()), rep.size() * 8));
+  ASSERT_TRUE(report);
+  std::set<uint64_t> dirty;
+  for (uint64_t p = 0; p < kGuest / 4096; ++p) {
+    uint64_t word;
+    std::memcpy(&word, report->data.data() + 24 + (p / 64) * 8, 8);
+    if (word >> (p % 64) & 1) dirty.insert(p * 4096);
+  }
+  EXPECT_TRUE(dirty.count(kData));
+  EXPECT_TRUE(dirty.count(kGuest - 4096));
+  EXPECT_TRUE(dirty.count(kCq));
+  EXPECT_FALSE(dirty.count(kData + 4096));
+  EXPECT_TRUE(a.dev->device_feature(VFIO_DEVICE_FEATURE_SET | VFIO_DEVICE_FEATURE_DMA_LOGGING_STOP, {}));
+}
+
 TEST(Mlx5Migration, PreCopyStopCopyResumeAndCarryOn) {
   Side a, b;
   a.start_queue();

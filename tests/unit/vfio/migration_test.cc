@@ -280,7 +280,10 @@ TEST(DmaLoggingTest, ArgumentChecks) {
   FakeMigDevice d(kMigStopCopy);
   ASSERT_TRUE(d.open());
   const uint32_t start = VFIO_DEVICE_FEATURE_SET | VFIO_DEVICE_FEATURE_DMA_LOGGING_START;
-  EXPECT_EQ(d.device_feature(start, start_payload(4096, {})).error().code, EINVAL);
+  // Zero ranges is all of the device's DMA (the vfio-user spec; libvfio-user's
+  // client sends it); tested below with the other lenient cases.
+  EXPECT_EQ(d.device_feature(start, start_payload(0, {{0, 4096}})).error().code, EINVAL);
+  EXPECT_EQ(d.device_feature(start, start_payload(4096, {{0, 0}, {8192, 0}})).error().code, EINVAL);
   std::vector<DmaRange> many(257, DmaRange{0, 4096});
   for (size_t i = 0; i < many.size(); ++i) many[i].iova = i * 8192;
   EXPECT_EQ(d.device_feature(start, start_payload(4096, many)).error().code, E2BIG);
@@ -288,7 +291,7 @@ TEST(DmaLoggingTest, ArgumentChecks) {
   EXPECT_EQ(d.device_feature(start, start_payload(4096, {{0, 100}})).error().code, EINVAL);
   EXPECT_EQ(d.device_feature(start, start_payload(4096, {{~0ull - 4095, 8192}})).error().code, EOVERFLOW);
   EXPECT_EQ(d.device_feature(start, start_payload(4096, {{0, 8192}, {4096, 4096}})).error().code, EINVAL);
-  EXPECT_EQ(d.device_feature(start, start_payload(3000, {{0, 8192}})).error().code, EINVAL);
+  EXPECT_EQ(d.device_feature(start, start_payload(3000, {{0, 8192}})).error().code, EINVAL);  // 8192 % 3000
   auto ok = d.device_feature(start, start_payload(4096, {{0x100000, 0x10000}, {0, 4096}}));
   ASSERT_TRUE(ok);
   EXPECT_EQ(d.log_ranges.size(), 2u);
@@ -321,6 +324,39 @@ TEST(DmaLoggingTest, ArgumentChecks) {
   EXPECT_TRUE(d.device_feature(VFIO_DEVICE_FEATURE_SET | VFIO_DEVICE_FEATURE_DMA_LOGGING_STOP, {}));
   d.logging = false;
   EXPECT_EQ(d.device_feature(start, start_payload(4096, {{0, 4096}})).error().code, ENOTTY);
+}
+
+// Where the kernel's ioctl and vfio-user differ, the vfio-user peers win,
+// and where the kernel is lenient (vfio_ioctl_device_feature_logging_start
+// refuses neither an empty range nor a page size that is not a power of
+// two), so are we.
+TEST(DmaLoggingTest, VfioIoctlDeviceFeatureLoggingStartLeniency) {
+  const uint32_t start = VFIO_DEVICE_FEATURE_SET | VFIO_DEVICE_FEATURE_DMA_LOGGING_START;
+  const uint32_t stop = VFIO_DEVICE_FEATURE_SET | VFIO_DEVICE_FEATURE_DMA_LOGGING_STOP;
+  FakeMigDevice d(kMigStopCopy);
+  ASSERT_TRUE(d.open());
+  // Zero ranges: everything the device may reach.
+  auto all = d.device_feature(start, start_payload(4096, {}));
+  ASSERT_TRUE(all) << all.error().context;
+  ASSERT_EQ(d.log_ranges.size(), 1u);
+  EXPECT_EQ(d.log_ranges[0].iova, 0u);
+  EXPECT_EQ(d.log_ranges[0].length, 0 - uint64_t{4096});
+  ASSERT_TRUE(d.device_feature(stop, {}));
+  // An empty range beside a real one is dropped, not refused.
+  ASSERT_TRUE(d.device_feature(start, start_payload(4096, {{0x10000, 0}, {0, 4096}})));
+  ASSERT_EQ(d.log_ranges.size(), 1u);
+  EXPECT_EQ(d.log_ranges[0].iova, 0u);
+  ASSERT_TRUE(d.device_feature(stop, {}));
+  // 12 KiB pages: ranges in multiples of 12 KiB; the driver is asked for
+  // the next power of two (16 KiB), and the granule it chose (this fake
+  // always takes 8 KiB) is written back.
+  auto odd = d.device_feature(start, start_payload(3 * 4096, {{0, 6 * 4096}}));
+  ASSERT_TRUE(odd) << odd.error().context;
+  EXPECT_EQ(d.log_page, 16384u);
+  uint64_t chosen;
+  std::memcpy(&chosen, odd->data.data(), 8);
+  EXPECT_EQ(chosen, 8192u);
+  ASSERT_TRUE(d.device_feature(stop, {}));
 }
 
 TEST(RegionInfoTest, CapabilityChainsAndArgsz) {

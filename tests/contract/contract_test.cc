@@ -376,6 +376,25 @@ TEST_P(Contract, BarAccessRefusedWhileMemClear) {
   EXPECT_EQ(dev->region_read(bar, pdev->resource(0).size(), buf).error().code, EINVAL);
 }
 
+// vfio_pci_core_do_io_rw() gates memory BARs on memory decode (test_mem)
+// and I/O BARs on nothing: an I/O BAR answers with I/O decode off.
+TEST_P(Contract, VfioPciCoreDoIoRwGatesMemoryBarsOnly) {
+  bool any = false;
+  for (uint32_t bar = 0; bar < 6; ++bar) {
+    if (!(pdev->resource(bar).flags & bus::pci::kResIo)) continue;
+    any = true;
+    uint32_t v = 0;
+    std::span<uint8_t> buf(reinterpret_cast<uint8_t*>(&v), 4);
+    uint16_t cmd = static_cast<uint16_t>(cfg_read(PCI_COMMAND, 2));
+    cfg_write(PCI_COMMAND, 2, cmd & ~(PCI_COMMAND_IO | PCI_COMMAND_MEMORY));
+    EXPECT_FALSE(cfg_read(PCI_COMMAND, 2) & PCI_COMMAND_IO);
+    EXPECT_TRUE(dev->region_read(bar, 0, buf)) << "BAR" << bar;
+    EXPECT_TRUE(dev->region_write(bar, 0, buf)) << "BAR" << bar;
+    cfg_write(PCI_COMMAND, 2, cmd);
+  }
+  if (!any) GTEST_SKIP() << "no I/O BAR";
+}
+
 TEST_P(Contract, MsixTableReadsAllOnesAndDropsWrites) {
   uint16_t cap = hwf().find_capability(PCI_CAP_ID_MSIX);
   uint32_t t = pdev->config_read(cap + PCI_MSIX_TABLE, 4);
@@ -583,6 +602,29 @@ TEST_P(Contract, ResetKeepsInterruptsWorking) {
   hwf().raise_irq(0);
   EXPECT_EQ(efd_read(e.get()), 1);
   EXPECT_EQ(dev->mig_state(), vfio::MigState::kRunning);
+}
+
+// vfio_pci_ioctl_reset() -> pci_dev_save_and_disable(): a function in
+// D3hot is woken to D0 before the reset, and is in D0 after it, so BAR
+// access works again. The same through sysfs `reset` (pci_reset_function).
+TEST_P(Contract, VfioPciIoctlResetLeavesTheFunctionInD0) {
+  uint16_t pm = hwf().find_capability(PCI_CAP_ID_PM);
+  if (!pm) GTEST_SKIP() << "no power management capability";
+  if (!(dev->get_info()->flags & VFIO_DEVICE_FLAGS_RESET)) GTEST_SKIP() << "no reset";
+  uint32_t v = 0;
+  std::span<uint8_t> buf(reinterpret_cast<uint8_t*>(&v), 4);
+  cfg_write(pm + PCI_PM_CTRL, 2, (cfg_read(pm + PCI_PM_CTRL, 2) & ~PCI_PM_CTRL_STATE_MASK) | 3);
+  ASSERT_EQ(pdev->config_read(pm + PCI_PM_CTRL, 2) & PCI_PM_CTRL_STATE_MASK, 3u);
+  EXPECT_EQ(dev->region_read(0, 0, buf).error().code, EIO) << "BAR access in D3hot";
+  ASSERT_TRUE(dev->reset());
+  EXPECT_EQ(pdev->config_read(pm + PCI_PM_CTRL, 2) & PCI_PM_CTRL_STATE_MASK, 0u) << "the hardware";
+  EXPECT_EQ(cfg_read(pm + PCI_PM_CTRL, 2) & PCI_PM_CTRL_STATE_MASK, 0u) << "what the user reads";
+  EXPECT_TRUE(dev->region_read(0, 0, buf));
+  // pci_reset_function() (sysfs reset), the function in D3hot again.
+  cfg_write(pm + PCI_PM_CTRL, 2, (cfg_read(pm + PCI_PM_CTRL, 2) & ~PCI_PM_CTRL_STATE_MASK) | 3);
+  ASSERT_EQ(pdev->config_read(pm + PCI_PM_CTRL, 2) & PCI_PM_CTRL_STATE_MASK, 3u);
+  ASSERT_TRUE(pdev->reset_function());
+  EXPECT_EQ(pdev->config_read(pm + PCI_PM_CTRL, 2) & PCI_PM_CTRL_STATE_MASK, 0u);
 }
 
 TEST_P(Contract, ExclusiveOpenAndClosedDevice) {

@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 
 #include "daemon/system.h"
+#include "vfio/pci_core/core.h"
 
 namespace uvfio {
 namespace {
@@ -154,6 +155,55 @@ TEST_F(VfToken, BindingVfioPciToAPfWithVfsIsRefused) {
   sys->pci().disable_sriov(*pdev);
   EXPECT_TRUE(t.write("bus/pci/drivers/vfio-pci/bind", "0000:00:05.0"));
   EXPECT_NE(sys->vfio_device(Bdf(0, 0, 5, 0)), nullptr);
+}
+
+// A second vfio-pci-core driver (as a vendor's variant driver is), bound
+// to the VF while the PF stays with vfio-pci.
+class OtherVfioPciCoreDriver : public bus::pci::PciDriver {
+ public:
+  explicit OtherVfioPciCoreDriver(vfio::Registry& r)
+      : PciDriver("other-vfio-pci", {bus::pci::PciDeviceId{bus::pci::kPciAnyId, bus::pci::kPciAnyId,
+                                                           bus::pci::kPciAnyId, bus::pci::kPciAnyId, 0, 0, true}}),
+        registry_(r) {}
+  Result<std::unique_ptr<driver::Binding>> probe(bus::pci::PciDevice& dev, const bus::pci::PciDeviceId&) override {
+    auto core = std::make_unique<vfio::pci::CoreDevice>(dev, *this, registry_);
+    TRY(core->register_device());
+    return std::unique_ptr<driver::Binding>(std::move(core));
+  }
+
+ private:
+  vfio::Registry& registry_;
+};
+
+// vfio_pci_vf_init(): a VF finds its PF among every vfio-pci-core PF
+// (vfio_pci_sriov_pfs), whichever driver each is bound to, so the token
+// guards a VF bound to another vfio-pci-core driver than its PF's too.
+TEST_F(VfToken, VfioPciVfInitFindsThePfUnderAnyVfioPciCoreDriver) {
+  OtherVfioPciCoreDriver other(sys->vfio_registry());
+  ASSERT_TRUE(sys->pci().core().register_driver(sys->pci(), other));
+  struct Unregister {
+    daemon::System& s;
+    OtherVfioPciCoreDriver& d;
+    ~Unregister() { s.pci().core().unregister_driver(d); }
+  } unregister{*sys, other};
+  auto& t = sys->core().tree();
+  vf = nullptr;
+  ASSERT_TRUE(t.write("bus/pci/drivers/vfio-pci/unbind", "0000:00:10.0"));
+  ASSERT_TRUE(t.write("bus/pci/devices/0000:00:10.0/driver_override", "other-vfio-pci"));
+  ASSERT_TRUE(t.write("bus/pci/drivers/other-vfio-pci/bind", "0000:00:10.0"));
+  vf = sys->vfio_device(kVf);
+  ASSERT_NE(vf, nullptr);
+  ASSERT_TRUE(pf->open(OpenArgs{kU1}));
+  EXPECT_EQ(vf->open(OpenArgs{}).error().code, EACCES);
+  EXPECT_EQ(vf->open(OpenArgs{kU2}).error().code, EACCES);
+  ASSERT_TRUE(vf->open(OpenArgs{kU1}));
+  vf->close();
+  pf->close();
+  // Unbinding the PF takes SR-IOV (and this VF) down first.
+  ASSERT_TRUE(t.write("bus/pci/drivers/vfio-pci/unbind", "0000:00:04.0"));
+  vf = nullptr;
+  pf = nullptr;
+  EXPECT_EQ(sys->pci().find(kVf), nullptr);
 }
 
 TEST_F(VfToken, TokenWhereThereIsNone) {

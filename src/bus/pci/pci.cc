@@ -220,6 +220,12 @@ Result<void> PciDevice::reset_function() {
   // pci_dev_save_and_disable(): the driver told, the state saved, then
   // Command = INTx Disable so the function stops decoding and mastering.
   if (drv && b) drv->reset_prepare(*this, *b);
+  // pci_set_power_state(dev, PCI_D0) before pci_save_state(): a reset
+  // leaves the function in D0, whatever state it was in.
+  if (uint16_t pm = find_capability(PCI_CAP_ID_PM)) {
+    uint16_t ctrl = static_cast<uint16_t>(config_read(pm + PCI_PM_CTRL, 2));
+    if (ctrl & PCI_PM_CTRL_STATE_MASK) config_write(pm + PCI_PM_CTRL, 2, ctrl & ~PCI_PM_CTRL_STATE_MASK);
+  }
   SavedState saved = save_state(true);
   config_write(PCI_COMMAND, 2, PCI_COMMAND_INTX_DISABLE);
   Result<void> r = Error(ENOTTY, "no reset method worked");

@@ -51,10 +51,10 @@ Result<void> CoreDevice::register_device() {
     });
   }
   if (pdev_.is_virtfn()) {
-    // The VF token applies when the PF is bound to this same vfio driver
-    // (pci_iov_get_pf_drvdata(vf, vf's driver)).
+    // vfio_pci_vf_init(): the VF token applies when the PF is bound to any
+    // vfio-pci-core driver (the kernel's list of vfio PFs), not only this one.
     PciDevice* pf = pdev_.physfn();
-    if (pf && pf->driver() == &drv_) sriov_pf_ = pf->binding_as<CoreDevice>();
+    if (pf && pf->driver()) sriov_pf_ = pf->binding_as<CoreDevice>();
     if (sriov_pf_ && !sriov_pf_->vf_token_) sriov_pf_ = nullptr;
   }
   reset_works_ = pdev_.has_flr();
@@ -254,6 +254,14 @@ void CoreDevice::restore_state() {
 }
 
 Result<void> CoreDevice::function_reset() {
+  // pci_dev_save_and_disable(): the function is woken to D0 before its
+  // state is saved (the PM registers default to D0 after a reset, and a
+  // register restore does not return to a lower state anyway).
+  if (uint16_t pm = pdev_.find_capability(PCI_CAP_ID_PM)) {
+    uint16_t ctrl = static_cast<uint16_t>(pdev_.config_read(pm + PCI_PM_CTRL, 2));
+    if (ctrl & PCI_PM_CTRL_STATE_MASK) pdev_.config_write(pm + PCI_PM_CTRL, 2, ctrl & ~PCI_PM_CTRL_STATE_MASK);
+  }
+  power_state_ = 0;
   save_state();
   TRY(pdev_.flr());
   restore_state();

@@ -1,5 +1,5 @@
 // SPDX-License-Identifier: BSD-3-Clause
-// BAR access (drivers/vfio/pci/vfio_pci_rdwr.c): gated on memory decode,
+// BAR access (drivers/vfio/pci/vfio_pci_rdwr.c): memory BARs gated on memory decode,
 // split into naturally aligned accesses of 8/4/2/1 bytes, the MSI-X table
 // reading as all-ones and dropping writes.
 #include <cstring>
@@ -22,8 +22,9 @@ Result<size_t> CoreDevice::bar_rw(uint32_t bar, uint64_t off, std::span<uint8_t>
   // running over it is cut at the end (the short count is the answer).
   if (off >= size) return Error(EINVAL, "BAR access out of range");
   if (buf.size() > size - off) buf = buf.first(static_cast<size_t>(size - off));
+  // vfio_pci_core_do_io_rw(): memory BARs are gated on memory decode (and
+  // D0); I/O BARs on nothing.
   if (!io && !memory_enabled()) return Error(EIO, "memory decode disabled");
-  if (io && !(vget(PCI_COMMAND, 2) & PCI_COMMAND_IO)) return Error(EIO, "I/O decode disabled");
   bool msix = bar == msix_bar_ && msix_table_len_;
   size_t done = 0;
   while (done < buf.size()) {

@@ -653,9 +653,10 @@ Result<void> PciBus::add_device_attributes(driver::Device& d) {
     return s;
   })));
   uint16_t cfg_size = dev->cfg_size();
-  // config: the function's config space as config cycles see it. Writable as
-  // on Linux (setpci); the bus copes with hardware vanishing underneath.
-  TRY(t.add_file(dir, Attribute{"config", 0644,
+  // config: the function's config space as config cycles see it. Read-only
+  // here (0444): Linux lets root write it (setpci), which needs writes at an
+  // offset that the attribute tree does not carry yet.
+  TRY(t.add_file(dir, Attribute{"config", 0444,
                                 [p, cfg_size]() -> Result<std::string> {
                                   std::string s(cfg_size, '\0');
                                   for (uint16_t i = 0; i < cfg_size; i += 4) {

@@ -9,6 +9,9 @@ cd "$(dirname "$0")/.."
 # qemu tests fail rather than skip when it is missing.
 tests/qemu/prepare-guest.sh
 export UVFIO_REQUIRE_QEMU=1
+# The FUSE tests (reset, unbind and sriov through a real mount) fail rather
+# than skip when the tree cannot be mounted.
+export UVFIO_REQUIRE_FUSE=1
 jobs=$(nproc)
 cmake --preset debug >/dev/null
 cmake --preset asan-ubsan >/dev/null

@@ -563,6 +563,11 @@ TEST_P(Contract, SetIrqsValidation) {
       {"bools shorter than count", B | T, VFIO_PCI_MSIX_IRQ_INDEX, 0, 2, 0, EINVAL},
       {"loopback on a disabled index", N | T, VFIO_PCI_MSIX_IRQ_INDEX, 0, 1, 0, EINVAL},
       {"ERR with count 2", N | T, VFIO_PCI_ERR_IRQ_INDEX, 0, 2, 0, EINVAL},
+      // vfio_pci_set_ctx_trigger_single(): EVENTFD and BOOL need their one datum.
+      {"ERR eventfd with count 0", E | T, VFIO_PCI_ERR_IRQ_INDEX, 0, 0, 0, EINVAL},
+      {"REQ eventfd with count 0", E | T, VFIO_PCI_REQ_IRQ_INDEX, 0, 0, 0, EINVAL},
+      {"ERR bool with count 0", B | T, VFIO_PCI_ERR_IRQ_INDEX, 0, 0, 0, EINVAL},
+      {"REQ bool with count 0", B | T, VFIO_PCI_REQ_IRQ_INDEX, 0, 0, 0, EINVAL},
       {"INTx unmask while disabled", N | VFIO_IRQ_SET_ACTION_UNMASK, VFIO_PCI_INTX_IRQ_INDEX, 0, 1, 0, EINVAL},
   };
   for (const IrqErr& c : cases) {

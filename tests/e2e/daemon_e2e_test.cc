@@ -26,6 +26,7 @@ class SeedDaemon : public ::testing::Test {
     fuse = is_mounted(d.sys());
   }
   void need_fuse() {
+    if (!fuse && fuse_required()) FAIL() << "FUSE is required (UVFIO_REQUIRE_FUSE) but not mounted: " << d.log();
     if (!fuse) GTEST_SKIP() << "FUSE is not available here: " << d.log();
   }
   Daemon d;

@@ -101,6 +101,11 @@ struct Usage {
   long threads = 0, fds = 0, rss_kb = 0;
   std::string names;
 };
+// Whether a missing FUSE fails the FUSE tests (CI sets UVFIO_REQUIRE_FUSE:
+// the only tests of reset, unbind and sriov through a real mount must not
+// skip there) or skips them.
+inline bool fuse_required() { return std::getenv("UVFIO_REQUIRE_FUSE") != nullptr; }
+
 inline Usage usage(pid_t pid) {
   Usage u;
   std::string st = slurp("/proc/" + std::to_string(pid) + "/status");

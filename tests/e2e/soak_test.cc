@@ -133,6 +133,7 @@ TEST(Soak, HostileAndHonestClientsUnderAdminStorms) {
   bool fuse = false;
   for (int i = 0; i < 100 && !(fuse = exists_file(d.sys() + "/bus/pci/devices/" + vf(3, 7))); ++i)
     std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  if (!fuse && fuse_required()) FAIL() << "FUSE is required (UVFIO_REQUIRE_FUSE) but not mounted\n" << d.log();
   if (!fuse) GTEST_SKIP() << "no FUSE here: the second admin needs the mounted tree";
   for (int i = 0; i < 500 && !can_connect(d.rundir() + "/vfio-user/" + vf(3, 7) + ".sock"); ++i)
     std::this_thread::sleep_for(std::chrono::milliseconds(10));

@@ -334,6 +334,14 @@ class VfTokenOverTheWire : public ::testing::Test {
 };
 
 TEST_F(VfTokenOverTheWire, RefusedWithoutOrWithAWrongTokenAcceptedWithThePfs) {
+  // The daemon has seen the client go (the next user is the only one).
+  auto wait_log = [&](const std::string& line) {
+    for (int i = 0; i < 500; ++i) {
+      if (d->log().find(line) != std::string::npos) return true;
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+    return false;
+  };
   const std::string kU1 = "3a1f4c2e-9b7d-4e6a-8f01-23456789abcd", kU2 = "00000000-1111-4222-8333-444444444444";
   // No token: VERSION answered EACCES and the connection closed (the
   // kernel's "VF token required to access device").
@@ -374,8 +382,7 @@ TEST_F(VfTokenOverTheWire, RefusedWithoutOrWithAWrongTokenAcceptedWithThePfs) {
   EXPECT_TRUE((*vfc)->get_info());
   // With the VF in use, a new user of the PF needs the token too.
   pfc->reset();
-  for (int i = 0; i < 200 && d->log().find("0000:00:04.0: vfio-user: client disconnected") == std::string::npos; ++i)
-    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  ASSERT_TRUE(wait_log("0000:00:04.0: vfio-user: client disconnected")) << d->log();
   auto nopf = client::Client::connect(pf());
   ASSERT_FALSE(nopf);
   EXPECT_EQ(nopf.error().code, EACCES);
@@ -383,8 +390,7 @@ TEST_F(VfTokenOverTheWire, RefusedWithoutOrWithAWrongTokenAcceptedWithThePfs) {
   ASSERT_TRUE(pf2) << errno_name(pf2.error().code);
   // uvfioctl presents it too.
   vfc->reset();
-  for (int i = 0; i < 200 && d->log().find("0000:00:10.0: vfio-user: client disconnected") == std::string::npos; ++i)
-    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  ASSERT_TRUE(wait_log("0000:00:10.0: vfio-user: client disconnected")) << d->log();
   auto r = sh(d->ctl("info 0000:00:10.0 --vf-token " + kU1));
   EXPECT_EQ(r.status, 0) << r.err;
   r = sh(d->ctl("info 0000:00:10.0"));

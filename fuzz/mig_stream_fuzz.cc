@@ -2,9 +2,11 @@
 // libFuzzer target: the mlx5 migration stream as the RESUMING side of the
 // real mlx5_vfio_pci takes it — the record parser, its size bounds, the
 // chunked load into the VF through the PF's firmware — then STOP (the
-// image is loaded) and RUNNING. A stream the device refuses leaves it in
-// ERROR, which the reset a VMM would do clears. Nothing may crash, hang,
-// allocate beyond the stream's bounds or trip a sanitizer.
+// image is loaded) and RUNNING. A stream the device refuses fails the STOP
+// arc and leaves it RESUMING (as the kernel's mlx5 driver does), and the
+// reset a VMM would do brings RUNNING back: both checked, a device
+// elsewhere is a finding. Nothing may crash, hang, allocate beyond the
+// stream's bounds or trip a sanitizer.
 //
 // UVFIO_FUZZ_WRITE_SEED=FILE writes a valid stream (saved from the other VF
 // after writing some device memory) to FILE and exits: the seed corpus.
@@ -100,7 +102,26 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     off += *w;
     piece = piece * 3 + 1;
   }
+  // mlx5vf_pci_step_device_state_locked(): RESUMING -> STOP loads the image;
+  // a refused one fails the arc and the device stays RESUMING (the kernel's
+  // driver does not move to ERROR); the VMM then resets it. Either way the
+  // device must end where the rules say, or it is a finding.
   bool loaded = static_cast<bool>(set_state(dev, vfio::MigState::kStop));
-  if (!loaded || !set_state(dev, vfio::MigState::kRunning)) (void)dev.reset();
+  if (!loaded) {
+    if (dev.mig_state() != vfio::MigState::kResuming) {
+      std::fprintf(stderr, "mig_stream_fuzz: a refused stream left state %d, not RESUMING\n",
+                   static_cast<int>(dev.mig_state()));
+      std::abort();
+    }
+    if (!dev.reset() || dev.mig_state() != vfio::MigState::kRunning) {
+      std::fprintf(stderr, "mig_stream_fuzz: the reset after a refused stream did not bring RUNNING back\n");
+      std::abort();
+    }
+    return 0;
+  }
+  if (!set_state(dev, vfio::MigState::kRunning)) {
+    std::fprintf(stderr, "mig_stream_fuzz: a loaded device cannot run\n");
+    std::abort();
+  }
   return 0;
 }

@@ -836,6 +836,13 @@ Result<void> PciBus::enable_sriov(PciDevice& pf, uint16_t n) {
   if (!pos || !pf.registered()) return Error(ENODEV, "not an SR-IOV PF");
   if (n == 0 || n > pf.sriov_total_vfs()) return Error(EINVAL, "bad VF count");
   if (!pf.vfs_.empty()) return Error(EINVAL, "VFs already enabled");
+  // VF Enable set behind the bus's back (a raw config write): cleared first,
+  // as sriov_init() clears one it finds set, so that NumVFs is writable and
+  // the VFs appear on the 0 -> 1 edge below.
+  if (uint16_t c = static_cast<uint16_t>(pf.config_read(pos + PCI_SRIOV_CTRL, 2)); c & PCI_SRIOV_CTRL_VFE) {
+    log::warn(pf.name(), "VF Enable was set without VFs known to the bus: cleared before enabling");
+    pf.config_write(pos + PCI_SRIOV_CTRL, 2, c & ~(PCI_SRIOV_CTRL_VFE | PCI_SRIOV_CTRL_MSE));
+  }
   pf.config_write(pos + PCI_SRIOV_NUM_VF, 2, n);
   // Offset and stride may change with NumVFs: read them after writing it.
   uint16_t offset = static_cast<uint16_t>(pf.config_read(pos + PCI_SRIOV_VF_OFFSET, 2));

@@ -276,6 +276,28 @@ INSTANTIATE_TEST_SUITE_P(
                       SriovCase{"hex", true, true, "", "0x4", 0, 4}),
     [](const auto& i) { return std::to_string(i.index); });
 
+// sriov_init() clears a VF Enable it finds set; enabling SR-IOV here does
+// the same when a raw config write set VF Enable behind the bus's back (the
+// config fuzzer found "VF did not appear": NumVFs cannot change while VF
+// Enable is set, and the VFs never saw a 0 -> 1 edge).
+TEST_F(PciFixture, SriovEnableClearsAVfEnableSetBehindTheBusBack) {
+  TestDriver drv("pfdrv", {{0x15b3, 0x101d}}, true);
+  ASSERT_TRUE(core.register_driver(*bus, drv));
+  PciDevice& pf = dev(Bdf(0, 1, 0, 1));
+  uint16_t pos = pf.find_ext_capability(PCI_EXT_CAP_ID_SRIOV);
+  ASSERT_NE(pos, 0);
+  pf.config_write(pos + PCI_SRIOV_NUM_VF, 2, 1);
+  pf.config_write(pos + PCI_SRIOV_CTRL, 2, PCI_SRIOV_CTRL_VFE);
+  ASSERT_TRUE(pf.config_read(pos + PCI_SRIOV_CTRL, 2) & PCI_SRIOV_CTRL_VFE);
+  EXPECT_EQ(*core.tree().read("bus/pci/devices/0000:01:00.1/sriov_numvfs"), "0\n");
+  ASSERT_TRUE(core.tree().write("bus/pci/devices/0000:01:00.1/sriov_numvfs", "2"));
+  EXPECT_NE(bus->find(Bdf(0, 2, 0, 1)), nullptr);
+  EXPECT_NE(bus->find(Bdf(0, 2, 0, 2)), nullptr);
+  EXPECT_EQ(pf.config_read(pos + PCI_SRIOV_NUM_VF, 2), 2u);
+  ASSERT_TRUE(core.tree().write("bus/pci/devices/0000:01:00.1/sriov_numvfs", "0"));
+  core.unregister_driver(drv);
+}
+
 TEST_F(PciFixture, VfsAppearWithLinksAndGoAgain) {
   TestDriver drv("pfdrv", {{0x15b3, 0x101d}}, true);
   ASSERT_TRUE(core.register_driver(*bus, drv));

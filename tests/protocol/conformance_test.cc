@@ -17,12 +17,10 @@
 #include "client/client.h"
 #include "e2e/harness.h"
 #include "protocol/raw.h"
-#include "vfio_user/message.h"
 
 namespace uvfio::e2e {
 namespace {
 
-using namespace vfio_user;
 
 const char* kTopology = kEndpointAndVfTopology;
 

@@ -18,12 +18,10 @@
 #include "e2e/harness.h"
 #include "hw/endpoint.h"
 #include "protocol/raw.h"
-#include "vfio_user/message.h"
 
 namespace uvfio::e2e {
 namespace {
 
-using namespace vfio_user;
 
 const char* kTopology = kEndpointAndVfTopology;
 

@@ -1,7 +1,8 @@
 // SPDX-License-Identifier: BSD-3-Clause
-// A raw vfio-user connection for tests: messages built by hand, replies
-// read as they come, so tests can send what a well-behaved client never
-// would and pipeline as QEMU does.
+// A raw vfio-user connection for tests: messages built by hand from the
+// spec's layouts (protocol/spec.h, no code of src/), replies read as they
+// come, so tests can send what a well-behaved client never would and
+// pipeline as QEMU does.
 #pragma once
 
 #include <sys/socket.h>
@@ -14,11 +15,12 @@
 #include <vector>
 
 #include "base/unique_fd.h"
-#include "vfio_user/message.h"
+#include "protocol/spec.h"
 
 namespace uvfio::e2e {
 
-using namespace vfio_user;
+// The peer's bytes come from the spec (protocol/spec.h), never from src/.
+using namespace spec;
 
 class Raw {
  public:
@@ -36,8 +38,7 @@ class Raw {
   void send(uint16_t cmd, std::vector<uint8_t> payload, uint32_t flags = 0, std::vector<int> fds = {},
             int32_t size_delta = 0) {
     Header h{id_++, cmd, 0, flags, 0};
-    ASSERT_TRUE(send_message(fd_.get(), h, payload, fds));
-    (void)size_delta;
+    ASSERT_TRUE(send_message(fd_.get(), h, payload, fds, size_delta));
   }
   void send_bytes(const void* p, size_t n) { ASSERT_EQ(::send(fd_.get(), p, n, MSG_NOSIGNAL), static_cast<ssize_t>(n)); }
   // The reply's errno (0 for success).

@@ -7,8 +7,11 @@
 // decoding rule itself, on a fake.
 #include <gtest/gtest.h>
 
+#include <fstream>
 #include <functional>
 #include <map>
+#include <regex>
+#include <sstream>
 
 #include "hw/bar.h"
 #include "hw/endpoint.h"
@@ -74,6 +77,7 @@ TEST(RegisterBlock, DecodesEveryWidthAndFallsBackToMemory) {
 struct Model {
   std::string name;
   std::function<Function*(Fabric&)> make;
+  const char* doc = "";  // docs/devices/<doc>.md, whose BAR0 register table is the model's contract
 };
 void PrintTo(const Model& m, std::ostream* os) { *os << m.name; }
 
@@ -176,9 +180,37 @@ TEST_P(RegisterWidths, WritesAtEveryWidthReadBackAtEveryWidth) {
   }
 }
 
+// The device document's register table and the model's register block are
+// one contract: every row of the table (offset, name, RO/RW/WO, 64-bit or
+// not) is a register of the model, and every register of the model is a
+// row. A table that drifts from the code fails here, whichever moved.
+TEST_P(RegisterWidths, TheDeviceDocumentsTableIsTheModelsRegisterBlock) {
+  std::ifstream in(std::string(UVFIO_DOCS_DIR) + "/devices/" + GetParam().doc + ".md");
+  ASSERT_TRUE(in) << GetParam().doc;
+  std::regex row(R"(^\| (0x[0-9a-fA-F]+) \| ([A-Z0-9_]+) \| (RO|RW|WO)([^|]*)\|)");
+  std::map<uint32_t, std::string> doc, model;
+  std::string line;
+  bool in_bar0 = false;
+  while (std::getline(in, line)) {
+    if (line.rfind("## ", 0) == 0) in_bar0 = line.find("Registers") != std::string::npos;
+    std::smatch m;
+    if (!in_bar0 || !std::regex_search(line, m, row)) continue;
+    bool wide = m[4].str().find("64-bit") != std::string::npos;
+    doc[static_cast<uint32_t>(std::stoul(m[1].str(), nullptr, 16))] =
+        m[2].str() + " " + m[3].str() + (wide ? " 64-bit" : "");
+  }
+  ASSERT_FALSE(doc.empty()) << "no register table found in " << GetParam().doc << ".md";
+  static const char* kAccess[] = {"RO", "RW", "WO"};
+  for (const RegDef& r : block->regs()) {
+    std::string a = r.access == RegAccess::kRO ? kAccess[0] : r.access == RegAccess::kRW ? kAccess[1] : kAccess[2];
+    model[r.offset] = std::string(r.name) + " " + a + (r.size == 8 ? " 64-bit" : "");
+  }
+  EXPECT_EQ(doc, model);
+}
+
 INSTANTIATE_TEST_SUITE_P(AllModels, RegisterWidths,
-                         ::testing::Values(Model{"mlx5_vf", make_vf}, Model{"mlx5_pf", make_pf},
-                                           Model{"endpoint", make_endpoint}),
+                         ::testing::Values(Model{"mlx5_vf", make_vf, "mlx5-vf"}, Model{"mlx5_pf", make_pf, "mlx5-pf"},
+                                           Model{"endpoint", make_endpoint, "endpoint"}),
                          [](const auto& i) { return i.param.name; });
 
 }  // namespace

@@ -17,6 +17,10 @@ struct Counter {
   void add(uint64_t n = 1) {
     if (g_stats_enabled.load(std::memory_order_relaxed)) v.fetch_add(n, std::memory_order_relaxed);
   }
+  // A gauge's value (e.g. the last downtime); off with the counters too.
+  void set(uint64_t n) {
+    if (g_stats_enabled.load(std::memory_order_relaxed)) v.store(n, std::memory_order_relaxed);
+  }
   uint64_t get() const { return v.load(std::memory_order_relaxed); }
 };
 

@@ -300,7 +300,7 @@ Result<FeatureReply> Device::mig_feature(uint32_t flags, std::span<const uint8_t
     if (running(mig_state_) && !running(next)) stopped_at_ = std::chrono::steady_clock::now();
     if (!running(mig_state_) && next == MigState::kRunning && stopped_at_.time_since_epoch().count()) {
       auto ns = std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - stopped_at_);
-      stats_.last_stop_ns.v.store(static_cast<uint64_t>(ns.count()), std::memory_order_relaxed);
+      stats_.last_stop_ns.set(static_cast<uint64_t>(ns.count()));  // nothing with --no-stats, as every counter
     }
     mig_state_ = next;
     file = std::move(*r);

@@ -710,7 +710,7 @@ vf_driver_override = "mlx5_vfio_pci"
     return sh(cmd);
   };
   ASSERT_EQ(cycle(2).status, 0) << d.log();
-  Usage base = usage(d.pid());
+  Usage base = settled_usage(d.pid());
   ASSERT_GT(base.threads, 0);
   auto r = cycle(100);
   ASSERT_EQ(r.status, 0) << r.err << d.log();
@@ -718,11 +718,7 @@ vf_driver_override = "mlx5_vfio_pci"
   // pool's workers come and go with work (an idle one exits after a while),
   // so the count may sit one or two above or below the baseline for a
   // moment: wait for it to settle, then no growth.
-  Usage after = usage(d.pid());
-  for (int i = 0; i < 160 && after.threads > base.threads; ++i) {  // idle workers leave after 5 s
-    std::this_thread::sleep_for(std::chrono::milliseconds(50));
-    after = usage(d.pid());
-  }
+  Usage after = usage_back_to(d.pid(), base);
   EXPECT_LE(after.threads, base.threads);
   EXPECT_EQ(after.fds, base.fds);
 #if defined(__SANITIZE_THREAD__) || defined(__SANITIZE_ADDRESS__)

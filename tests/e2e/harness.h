@@ -120,6 +120,31 @@ inline Usage usage(pid_t pid) {
   return u;
 }
 
+// A baseline of `usage`: sampled until the fd and thread counts have held
+// for 300 ms (a client the daemon has not yet seen leave, an idle worker
+// about to exit, would otherwise be counted in it).
+inline Usage settled_usage(pid_t pid) {
+  Usage base = usage(pid);
+  for (int still = 0, i = 0; still < 6 && i < 200; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    Usage now = usage(pid);
+    still = now.fds == base.fds && now.threads == base.threads ? still + 1 : 0;
+    base = now;
+  }
+  return base;
+}
+
+// After the work: the usage once fds are back to `base` and threads at or
+// below it, or what it is after `seconds` (idle pool workers leave after 5 s).
+inline Usage usage_back_to(pid_t pid, const Usage& base, int seconds = 15) {
+  Usage after = usage(pid);
+  for (int i = 0; i < seconds * 20 && (after.threads > base.threads || after.fds != base.fds); ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    after = usage(pid);
+  }
+  return after;
+}
+
 class Daemon {
  public:
   // `reuse`: the directory of an earlier Daemon (kept with keep_dir()), for

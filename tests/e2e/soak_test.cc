@@ -137,15 +137,8 @@ TEST(Soak, HostileAndHonestClientsUnderAdminStorms) {
   if (!fuse) GTEST_SKIP() << "no FUSE here: the second admin needs the mounted tree";
   for (int i = 0; i < 500 && !can_connect(d.rundir() + "/vfio-user/" + vf(3, 7) + ".sock"); ++i)
     std::this_thread::sleep_for(std::chrono::milliseconds(10));
-  // The probe's connection is still open in the daemon until it reads the
-  // EOF: the baseline is taken once the fd count has held for 300 ms.
-  Usage base = usage(d.pid());
-  for (int still = 0, i = 0; still < 6 && i < 200; ++i) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(50));
-    Usage now = usage(d.pid());
-    still = now.fds == base.fds && now.threads == base.threads ? still + 1 : 0;
-    base = now;
-  }
+  // (The readiness probe's connection may still be open in the daemon.)
+  Usage base = settled_usage(d.pid());
   auto deadline = Clock::now() + std::chrono::seconds(seconds);
   std::atomic<int> honest_runs{0}, honest_failed{0}, hostile_sessions{0}, storms_a{0}, storms_b{0};
   std::vector<std::string> failures;
@@ -204,11 +197,7 @@ TEST(Soak, HostileAndHonestClientsUnderAdminStorms) {
     if (sh("readlink " + d.sys() + "/bus/pci/devices/" + f + "/driver").status != 0)
       sh("echo " + f + " > " + d.sys() + "/bus/pci/drivers/mlx5_vfio_pci/bind");
   }
-  Usage after = usage(d.pid());
-  for (int i = 0; i < 300 && (after.threads > base.threads || after.fds > base.fds); ++i) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(50));  // clients' cleanups, idle pool workers (5 s)
-    after = usage(d.pid());
-  }
+  Usage after = usage_back_to(d.pid(), base);  // clients' cleanups, idle pool workers (5 s)
   RecordProperty("seconds", seconds);
   RecordProperty("honest_runs", honest_runs.load());
   RecordProperty("hostile_sessions", hostile_sessions.load());

@@ -14,6 +14,7 @@ _uvfioctl() {
   for ((i = 1; i < cword; i++)); do
     case ${words[i]} in
       --rundir) rundir=(--rundir "${words[i + 1]}"); ((i++)) ;;
+      --format | -o | --output) ((i++)) ;;
       --rundir=*) rundir=("${words[i]}") ;;
       -*) ;;
       *) [ -z "$sub" ] && sub=${words[i]} ;;
@@ -23,6 +24,16 @@ _uvfioctl() {
     COMPREPLY=($(compgen -d -- "$cur"))
     return
   fi
+  if [ "$sub" = stats ]; then
+    case $prev in
+      --format) COMPREPLY=($(compgen -W "text json prometheus" -- "$cur")); return ;;
+      -o | --output) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+    esac
+    if [[ $cur == -* ]]; then
+      COMPREPLY=($(compgen -W "--format --output --json --help" -- "$cur"))
+      return
+    fi
+  fi
   if [ -z "$sub" ]; then
     COMPREPLY=($(compgen -W "$subs --rundir --json --help" -- "$cur"))
     return
@@ -30,7 +41,7 @@ _uvfioctl() {
   # Words after the subcommand (not options).
   local n=0
   for ((i = 1; i < cword; i++)); do
-    case ${words[i]} in --rundir) ((i++)) ;; -*) ;; *) ((n++)) ;; esac
+    case ${words[i]} in --rundir | --format | -o | --output) ((i++)) ;; -*) ;; *) ((n++)) ;; esac
   done
   local bdfs drivers
   bdfs() { uvfioctl "${rundir[@]}" ls bus/pci/devices 2>/dev/null; }

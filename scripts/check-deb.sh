@@ -34,6 +34,7 @@ root=$work/root
 arch=$(dpkg-architecture -qDEB_HOST_MULTIARCH)
 want=(usr/bin/uvfiod usr/bin/uvfioctl usr/bin/uvfio-guest
       usr/lib/systemd/system/uvfiod.service usr/lib/systemd/system/uvfio-sysfs.service
+      usr/lib/systemd/system/uvfio-metrics.service usr/lib/systemd/system/uvfio-metrics.timer
       usr/share/man/man8/uvfiod.8.gz usr/share/man/man8/uvfioctl.8.gz
       usr/share/man/man1/uvfio-guest.1.gz usr/share/man/man5/uvfio-topology.5.gz
       usr/share/bash-completion/completions/uvfioctl

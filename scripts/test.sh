@@ -8,6 +8,9 @@ cd "$(dirname "$0")/.."
 # The QEMU guest (kernel, initramfs tools, QEMU's runtime libraries); the
 # qemu tests fail rather than skip when it is missing.
 tests/qemu/prepare-guest.sh
+# Prometheus's promtool checks `uvfioctl stats --format prometheus`.
+scripts/fetch-promtool.sh build/tools
+export UVFIO_PROMTOOL=$PWD/build/tools/promtool
 export UVFIO_REQUIRE_QEMU=1
 # The FUSE tests (reset, unbind and sriov through a real mount) fail rather
 # than skip when the tree cannot be mounted.

@@ -4,6 +4,7 @@
 // write, plus tree/list views and bind/unbind/sriov shortcuts.
 // Errors print the errno text and exit non-zero.
 #include <csignal>
+#include <fcntl.h>
 #include <sys/mount.h>
 #include <sys/stat.h>
 #include <CLI/CLI.hpp>
@@ -16,9 +17,11 @@
 #include <map>
 #include <sstream>
 #include <thread>
+#include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
 #include "base/bdf.h"
+#include "base/unique_fd.h"
 #include "client/client.h"
 #include "base/rundir.h"
 #include "sysfs/control.h"
@@ -419,7 +422,112 @@ std::string human(double v) {
   return b;
 }
 
-void cmd_stats(sysfs::ControlClient& c, const std::string& bdf, bool as_json) {
+// Prometheus's text exposition format (version 0.0.4): one family per
+// metric, its HELP and TYPE first; counters end in _total; label values
+// escaped. Families with no samples are left out.
+std::string prometheus_label(const std::string& v) {
+  std::string o;
+  for (char ch : v) {
+    if (ch == '\\' || ch == '"') o += '\\';
+    if (ch == '\n') {
+      o += "\\n";
+      continue;
+    }
+    o += ch;
+  }
+  return o;
+}
+
+std::string prometheus_text(const std::vector<DevStats>& all) {
+  struct Family {
+    const char* name;
+    const char* type;
+    const char* help;
+    std::string samples;
+  };
+  std::vector<Family> fams;
+  auto family = [&](const char* name, const char* type, const char* help) -> std::string& {
+    for (auto& f : fams)
+      if (!std::strcmp(f.name, name)) return f.samples;
+    fams.push_back(Family{name, type, help, ""});
+    return fams.back().samples;
+  };
+  // The files of vfio-dev/vfioN/stats/ and what they become.
+  struct Num {
+    const char* file;
+    const char* metric;
+    const char* type;
+    const char* help;
+  };
+  static const Num kNums[] = {
+      {"region_bytes_read", "uvfio_region_read_bytes_total", "counter", "Bytes the VFIO user read from the device's regions."},
+      {"region_bytes_written", "uvfio_region_written_bytes_total", "counter", "Bytes the VFIO user wrote to the device's regions."},
+      {"dma_ops", "uvfio_dma_operations_total", "counter", "DMA operations the device made through its IOMMU domain."},
+      {"dma_bytes", "uvfio_dma_bytes_total", "counter", "Bytes the device moved by DMA."},
+      {"dma_maps", "uvfio_dma_maps", "gauge", "DMA mappings the VFIO user holds now."},
+      {"dma_map_bytes", "uvfio_dma_map_bytes", "gauge", "Bytes the VFIO user has mapped for DMA now."},
+      {"dma_map_bytes_peak", "uvfio_dma_map_bytes_peak", "gauge", "The most bytes mapped for DMA at once."},
+      {"interrupts", "uvfio_interrupts_total", "counter", "Interrupts signalled to the VFIO user's eventfds."},
+      {"interrupts_dropped", "uvfio_interrupts_dropped_total", "counter", "Interrupts not signalled: the user's eventfd was full."},
+      {"migration_bytes", "uvfio_migration_bytes_total", "counter", "Bytes of migration data read or written."},
+  };
+  static const char* kStates[] = {"ERROR", "STOP", "RUNNING", "STOP_COPY", "RESUMING", "RUNNING_P2P", "PRE_COPY",
+                                  "PRE_COPY_P2P"};
+  for (const DevStats& s : all) {
+    std::string dev = "device=\"" + prometheus_label(s.address) + "\",vfio=\"" + prometheus_label(s.vfio) + "\"";
+    for (const Num& n : kNums) {
+      auto it = s.num.find(n.file);
+      family(n.metric, n.type, n.help) += fmt::format("{}{{{}}} {}\n", n.metric, dev, it == s.num.end() ? 0 : it->second);
+    }
+    family("uvfio_last_stop_seconds", "gauge", "How long the device was last out of RUNNING/PRE_COPY (a migration's downtime).") +=
+        fmt::format("uvfio_last_stop_seconds{{{}}} {}\n", dev, s.last_stop_ms / 1000.0);
+    std::string& st = family("uvfio_migration_state", "gauge", "The device's VFIO migration state: 1 for the state it is in.");
+    for (const char* name : kStates)
+      st += fmt::format("uvfio_migration_state{{{},state=\"{}\"}} {}\n", dev, name, s.state == name ? 1 : 0);
+    if (!s.served) continue;
+    std::string& rq = family("uvfio_requests_total", "counter", "vfio-user requests served, by command.");
+    for (auto& [cmd, n] : s.requests)
+      rq += fmt::format("uvfio_requests_total{{{},command=\"{}\"}} {}\n", dev, prometheus_label(cmd), n);
+    std::string& er = family("uvfio_request_errors_total", "counter", "vfio-user requests answered with an error, by errno.");
+    for (auto& [e, n] : s.errors)
+      er += fmt::format("uvfio_request_errors_total{{{},errno=\"{}\"}} {}\n", dev, prometheus_label(e), n);
+  }
+  std::string out;
+  for (auto& f : fams) {
+    if (f.samples.empty()) continue;
+    out += fmt::format("# HELP {} {}\n# TYPE {} {}\n", f.name, f.help, f.name, f.type);
+    out += f.samples;
+  }
+  return out;
+}
+
+// Writes `text` to `path` as node_exporter's textfile collector wants it:
+// a temporary file in the same directory, renamed over the old one, so a
+// scrape never sees half a file.
+void write_atomically(const std::string& path, const std::string& text) {
+  std::string tmp = path + ".tmp." + std::to_string(getpid());
+  UniqueFd fd(open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644));
+  if (!fd) die("stats --output " + tmp, Error(errno));
+  size_t done = 0;
+  while (done < text.size()) {
+    ssize_t n = write(fd.get(), text.data() + done, text.size() - done);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) {
+      int e = errno;
+      unlink(tmp.c_str());
+      die("stats --output " + tmp, Error(e));
+    }
+    done += static_cast<size_t>(n);
+  }
+  if (fsync(fd.get()) != 0 || rename(tmp.c_str(), path.c_str()) != 0) {
+    int e = errno;
+    unlink(tmp.c_str());
+    die("stats --output " + path, Error(e));
+  }
+}
+
+void cmd_stats(sysfs::ControlClient& c, const std::string& bdf, bool as_json, const std::string& format = "",
+               const std::string& output = "") {
   std::string only;
   if (!bdf.empty()) {
     auto b = Bdf::parse(bdf);
@@ -428,6 +536,13 @@ void cmd_stats(sysfs::ControlClient& c, const std::string& bdf, bool as_json) {
   }
   auto all = read_stats(c, only);
   if (!only.empty() && all.empty()) die("stats " + only + " (not bound to a VFIO driver)", Error(ENODEV));
+  if (format == "prometheus") {
+    std::string text = prometheus_text(all);
+    if (output.empty()) std::cout << text;
+    else write_atomically(output, text);
+    return;
+  }
+  if (format == "json") as_json = true;
   if (as_json) {
     json a = json::array();
     for (auto& s : all) {
@@ -595,6 +710,12 @@ int main(int argc, char** argv) {
   auto* stats = app.add_subcommand("stats", "Counters of VFIO devices (vfio-dev/vfioN/stats/): requests, errors, "
                                             "region and DMA bytes, interrupts, migration");
   stats->add_option("bdf", bdf, "Only this device, with its requests and errors by name");
+  std::string stats_format = "text", stats_output;
+  stats->add_option("--format", stats_format, "text, json, or prometheus (the text exposition format)")
+      ->check(CLI::IsMember({"text", "json", "prometheus"}))
+      ->capture_default_str();
+  stats->add_option("-o,--output", stats_output,
+                    "With --format prometheus: write this file atomically (node_exporter's textfile collector)");
   int iterations = 0;
   double delay = 1.0;
   auto* top = app.add_subcommand("top", "Per-second rates of every VFIO device, busiest first, until interrupted");
@@ -672,7 +793,9 @@ int main(int argc, char** argv) {
     if (!cur) die("unbind " + b->str(), cur.error().code == ENOENT ? Error(ENODEV) : cur.error());
     must(c.write("bus/pci/drivers/" + base_name(*cur) + "/unbind", b->str() + "\n"), "unbind " + b->str());
   } else if (*stats) {
-    cmd_stats(c, bdf, as_json);
+    if (!stats_output.empty() && stats_format != "prometheus")
+      die("stats --output", Error(EINVAL, "--output goes with --format prometheus"));
+    cmd_stats(c, bdf, as_json, stats_format, stats_output);
   } else if (*top) {
     cmd_top(c, iterations, delay);
   } else if (*sriov) {

@@ -4,6 +4,9 @@
 #include <gtest/gtest.h>
 
 #include <atomic>
+#include <regex>
+#include <set>
+#include <sstream>
 #include <thread>
 
 #include <nlohmann/json.hpp>
@@ -32,6 +35,92 @@ class SeedDaemon : public ::testing::Test {
   Daemon d;
   bool fuse = false;
 };
+
+// Prometheus's text exposition format, checked line by line as a scraper
+// parses it: every family's HELP and TYPE before its samples and only
+// once, metric and label names of the allowed characters, counters named
+// *_total, every value a number. Returns the samples by their full name
+// with labels, and what is wrong in `bad`.
+std::map<std::string, double> parse_prometheus(const std::string& text, std::vector<std::string>& bad) {
+  std::map<std::string, double> samples;
+  std::map<std::string, std::string> types;
+  std::set<std::string> helped, seen_family;
+  std::string current;
+  std::regex help(R"(^# HELP ([a-zA-Z_:][a-zA-Z0-9_:]*) \S.*$)");
+  std::regex type(R"(^# TYPE ([a-zA-Z_:][a-zA-Z0-9_:]*) (counter|gauge|histogram|summary|untyped)$)");
+  std::regex sample(
+      R"(^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{([a-zA-Z_][a-zA-Z0-9_]*="(?:[^"\\\n]|\\[\\"n])*"(,[a-zA-Z_][a-zA-Z0-9_]*="(?:[^"\\\n]|\\[\\"n])*")*)?\})? (\S+)$)");
+  std::istringstream in(text);
+  std::string line;
+  while (std::getline(in, line)) {
+    std::smatch m;
+    if (std::regex_match(line, m, help)) {
+      if (!helped.insert(m[1]).second) bad.push_back("HELP twice: " + line);
+      current = m[1];
+    } else if (std::regex_match(line, m, type)) {
+      if (types.count(m[1])) bad.push_back("TYPE twice: " + line);
+      if (m[1] != current) bad.push_back("TYPE without its HELP just before: " + line);
+      types[m[1]] = m[2];
+      if (m[2] == "counter" && !std::string(m[1]).ends_with("_total")) bad.push_back("counter not *_total: " + line);
+      if (!seen_family.insert(m[1]).second) bad.push_back("family declared again: " + line);
+    } else if (std::regex_match(line, m, sample)) {
+      if (m[1] != current || !types.count(m[1])) bad.push_back("sample outside its family: " + line);
+      char* end = nullptr;
+      double v = std::strtod(m[5].str().c_str(), &end);
+      if (!end || *end) bad.push_back("value not a number: " + line);
+      std::string key = m[1].str() + m[2].str();
+      if (samples.count(key)) bad.push_back("sample twice: " + line);
+      samples[key] = v;
+    } else {
+      bad.push_back("not exposition format: " + line);
+    }
+  }
+  return samples;
+}
+
+// uvfioctl stats --format prometheus: valid exposition text (by our parser
+// and, where CI fetched it, by Prometheus's own promtool), counting what a
+// client did, and --output writes node_exporter's textfile atomically.
+TEST_F(SeedDaemon, StatsInPrometheusFormat) {
+  {
+    Raw c(d.rundir() + "/vfio-user/0000:08:00.0.sock");
+    ASSERT_TRUE(c.connected());
+    c.version();
+    for (int i = 0; i < 5; ++i) ASSERT_EQ(c.call(kRegionRead, region_access(0, 0, 4)), 0);
+    EXPECT_EQ(c.call(kRegionRead, region_access(0, 1ull << 40, 4)), EINVAL);  // past BAR0
+  }
+  auto r = sh(d.ctl("stats --format prometheus"));
+  ASSERT_EQ(r.status, 0) << r.err;
+  std::vector<std::string> bad;
+  auto s = parse_prometheus(r.out, bad);
+  for (auto& b : bad) ADD_FAILURE() << b;
+  const std::string dev = R"({device="0000:08:00.0",vfio="vfio0")";
+  EXPECT_EQ(s[std::string("uvfio_requests_total") + dev + R"(,command="REGION_READ"})"], 6) << r.out;
+  EXPECT_EQ(s[std::string("uvfio_request_errors_total") + dev + R"(,errno="EINVAL"})"], 1) << r.out;
+  EXPECT_GE(s["uvfio_region_read_bytes_total" + dev + "}"], 20) << r.out;
+  EXPECT_EQ(s["uvfio_migration_state" + dev + R"(,state="RUNNING"})"], 1) << r.out;
+  EXPECT_EQ(s["uvfio_migration_state" + dev + R"(,state="STOP"})"], 0) << r.out;
+  EXPECT_TRUE(s.count(R"(uvfio_dma_maps{device="0000:09:00.0",vfio="vfio1"})")) << r.out;
+  if (const char* promtool = std::getenv("UVFIO_PROMTOOL")) {
+    std::string f = d.dir() + "/metrics.prom";
+    std::ofstream(f) << r.out;
+    auto p = sh(std::string(promtool) + " check metrics < " + f);
+    EXPECT_EQ(p.status, 0) << "promtool: " << p.out << p.err;
+  }
+  // --output: the file appears whole, no temporary left beside it.
+  std::string out = d.dir() + "/textfile/uvfio.prom";
+  sh("mkdir -p " + d.dir() + "/textfile");
+  auto w = sh(d.ctl("stats --format prometheus --output " + out));
+  ASSERT_EQ(w.status, 0) << w.err;
+  bad.clear();
+  auto again = parse_prometheus(slurp(out), bad);
+  EXPECT_TRUE(bad.empty());
+  EXPECT_EQ(again[std::string("uvfio_requests_total") + dev + R"(,command="REGION_READ"})"], 6);
+  EXPECT_EQ(sh("ls " + d.dir() + "/textfile").out, "uvfio.prom\n");
+  // --output without the format it belongs to, or into nowhere: an error.
+  EXPECT_NE(sh(d.ctl("stats --output " + out)).status, 0);
+  EXPECT_NE(sh(d.ctl("stats --format prometheus --output /nonexistent/dir/x.prom")).status, 0);
+}
 
 TEST_F(SeedDaemon, SeedLinesThroughUvfioctl) {
   auto r = sh(d.ctl("readlink bus/auxiliary/devices/mlx5_core.vfio_pci.2048"));
@@ -408,6 +497,9 @@ TEST_F(SeedDaemon, BashCompletionAsksTheDaemon) {
   EXPECT_NE(drivers.find("mlx5_vfio_pci\n"), std::string::npos) << drivers;
   EXPECT_NE(drivers.find("vfio-pci\n"), std::string::npos) << drivers;
   EXPECT_EQ(complete(rd + "stats 0000:09", 4), "0000:09:00.0\n");
+  EXPECT_EQ(complete(rd + "stats --format p", 5), "prometheus\n");
+  EXPECT_EQ(complete(rd + "stats --format prometheus --out", 6), "--output\n");
+  EXPECT_EQ(complete(rd + "stats --format prometheus 0000:09", 6), "0000:09:00.0\n");
   EXPECT_EQ(complete(rd + "cat bus/auxiliary/dev", 4), "bus/auxiliary/devices\n");
 }
 

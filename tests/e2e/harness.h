@@ -216,6 +216,7 @@ class Daemon {
 
   pid_t pid() const { return pid_; }
   const std::string& rundir() const { return rundir_; }
+  const std::string& dir() const { return dir_; }  // the test's directory (rundir and log inside)
   std::string sys() const { return rundir_ + "/sys"; }
   std::string control() const { return rundir_ + "/control.sock"; }
   std::string log() const { return slurp(log_); }

@@ -47,7 +47,13 @@ MANPATH=$prefix/share/man: systemd-analyze verify "$work/uvfiod.service"
 sed -e "s|^ExecStart=[^ ]*/uvfioctl|ExecStart=$prefix/bin/uvfioctl|" "$prefix/lib/systemd/system/uvfio-sysfs.service" \
   > "$work/uvfio-sysfs.service"
 MANPATH=$prefix/share/man: systemd-analyze verify "$work/uvfio-sysfs.service"
-for u in uvfiod:20 uvfio-sysfs:35; do
+# The Prometheus textfile writer and its timer: both verify; the writer,
+# which only reads the control socket and writes one file, at 2.0 or below.
+sed -e "s|^ExecStart=[^ ]*/uvfioctl|ExecStart=$prefix/bin/uvfioctl|" "$prefix/lib/systemd/system/uvfio-metrics.service" \
+  > "$work/uvfio-metrics.service"
+cp "$prefix/lib/systemd/system/uvfio-metrics.timer" "$work/uvfio-metrics.timer"
+(cd "$work" && MANPATH=$prefix/share/man: systemd-analyze verify uvfio-metrics.service uvfio-metrics.timer)
+for u in uvfiod:20 uvfio-sysfs:35 uvfio-metrics:20; do
   systemd-analyze security --offline=true --threshold=${u#*:} "$work/${u%:*}.service" > "$work/security.txt" ||
     { grep -v "✓" "$work/security.txt"; echo "${u%:*}.service: exposure above ${u#*:}/10"; exit 1; }
   tail -1 "$work/security.txt"

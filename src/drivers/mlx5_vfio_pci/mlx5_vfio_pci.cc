@@ -90,16 +90,17 @@ void VfDevice::pf_attached() {
   log::info(vf().name(), "{}: paired with {}", kDriverName, vf().physfn() ? vf().physfn()->name() : "?");
 }
 
+// mlx5fv_vf_event(MLX5_PF_NOTIFY_DISABLE_VF): the migration files are
+// closed and the page tracker freed (mlx5vf_cmd_close_migratable), and the
+// device is marked detached. The migration state is kept and no REQ is
+// sent: the next step that needs the PF's firmware fails with ENOTCONN
+// (mdev_detach), leaving the state where it was. REQ comes, as for any
+// VFIO device, if and when the VF itself is removed.
 void VfDevice::pf_detached() {
   ++detaches_;
-  log::warn(vf().name(), "{}: PF services gone", kDriverName);
-  vfio::MigState s = mig_state();
-  if (s != vfio::MigState::kRunning) {
-    end_sessions();
-    mig_set_error();  // a migration in flight cannot go on without its PF
-  }
-  // An open user learns of it through the device request (REQ) irq.
-  if (is_open()) request(0);
+  log::warn(vf().name(), "{}: PF services gone: migration steps fail with ENOTCONN until they return", kDriverName);
+  end_sessions();
+  log_page_ = 0;  // the tracker went with the PF
 }
 
 // ---- Migration (reference §3.6: arcs as PF firmware commands) -----------------------

@@ -9,6 +9,7 @@
 // the VF half is told (VfBinding::pf_detached()).
 #pragma once
 
+#include <atomic>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -86,7 +87,7 @@ class VfDevice : public vfio::pci::CoreDevice {
   std::mutex sess_mu_;
   std::shared_ptr<SaveFile> save_;      // guarded by sess_mu_
   std::shared_ptr<ResumeFile> resume_;  // guarded by sess_mu_
-  uint64_t log_page_ = 0;
+  std::atomic<uint64_t> log_page_{0};  // 0: not logging; the PF going (another thread) clears it
 
   Mlx5VfioPci& mod_;
   std::shared_ptr<PfLink> link_ = std::make_shared<PfLink>();

@@ -301,25 +301,48 @@ TEST(Mlx5Migration, CorruptTruncatedAndForeignStreamsAreRefused) {
   EXPECT_TRUE(b.set_state(S::kRunning));
 }
 
-TEST(Mlx5Migration, PfUnbindDuringPreCopyEndsInError) {
+// mlx5fv_vf_event(MLX5_PF_NOTIFY_DISABLE_VF): the PF's services going
+// closes the migration files and the page tracker, and nothing else: the
+// state stays, no REQ is sent, and the next step that needs the firmware
+// fails with ENOTCONN, leaving the state where it was.
+TEST(Mlx5Migration, Mlx5fvVfEventDisableVfKeepsTheStateAndFailsTheNextStep) {
   Side a;
   a.start_queue();
   UniqueFd req = a.irq_eventfd(VFIO_PCI_REQ_IRQ_INDEX);
+  std::vector<uint8_t> start(32, 0);
+  uint64_t ctl[4] = {4096, 1, 0, kGuest};
+  std::memcpy(start.data(), &ctl[0], 8);
+  uint32_t nr = 1;
+  std::memcpy(start.data() + 8, &nr, 4);
+  std::memcpy(start.data() + 16, &ctl[2], 16);
+  ASSERT_TRUE(a.dev->device_feature(VFIO_DEVICE_FEATURE_SET | VFIO_DEVICE_FEATURE_DMA_LOGGING_START, start));
   auto pre = a.set_state(S::kPreCopy);
   ASSERT_TRUE(pre);
   // The PF's aux device goes (mlx5_core's aux half unbound): the VF stays,
   // its PF services do not.
   ASSERT_TRUE(a.sys->core().tree().write("bus/auxiliary/drivers/mlx5_vfio_pci.vfio_pci_ex/unbind",
                                          "mlx5_core.vfio_pci.2048"));
-  EXPECT_EQ(a.dev->mig_state(), S::kError);
+  EXPECT_EQ(a.dev->mig_state(), S::kPreCopy);
   std::vector<uint8_t> buf(64);
-  EXPECT_EQ(pre->file->read(buf).error().code, ENODEV);
+  EXPECT_EQ(pre->file->read(buf).error().code, ENODEV);  // the file was closed
   uint64_t v = 0;
-  EXPECT_EQ(::read(req.get(), &v, 8), 8);  // the user was asked to let go
-  EXPECT_EQ(a.set_state(S::kRunning).error().code, EINVAL);  // only a reset leaves ERROR
+  EXPECT_EQ(::read(req.get(), &v, 8), -1) << "REQ for a PF going";
+  EXPECT_EQ(errno, EAGAIN);
+  // Leaving PRE_COPY for RUNNING needs no firmware: it works.
+  ASSERT_TRUE(a.set_state(S::kRunning));
+  // A step that needs the firmware fails, and the state stays.
+  EXPECT_EQ(a.set_state(S::kStop).error().code, ENOTCONN);
+  EXPECT_EQ(a.dev->mig_state(), S::kRunning);
+  // DMA logging went with the tracker: a report is refused, a new START
+  // needs the PF.
+  uint64_t rep[4] = {0, kGuest, 4096, 0};
+  EXPECT_FALSE(a.dev->device_feature(VFIO_DEVICE_FEATURE_GET | VFIO_DEVICE_FEATURE_DMA_LOGGING_REPORT,
+                                     std::span<const uint8_t>(reinterpret_cast<uint8_t*>(rep), 32)));
+  EXPECT_EQ(a.dev->device_feature(VFIO_DEVICE_FEATURE_SET | VFIO_DEVICE_FEATURE_DMA_LOGGING_START, start).error().code,
+            ENOTCONN);
+  // The device still works as a device.
   ASSERT_TRUE(a.dev->reset());
   EXPECT_EQ(a.dev->mig_state(), S::kRunning);
-  EXPECT_EQ(a.set_state(S::kStop).error().code, ENOTCONN);  // no PF services
 }
 
 
@@ -383,11 +406,16 @@ TEST(Mlx5Migration, SriovDisabledWhileTheVfIsOpen) {
     EXPECT_TRUE(a.sys->core().tree().write("bus/pci/devices/0000:07:00.0/sriov_numvfs", "0"));
     done = true;
   });
-  // The user hears REQ (the PF's services went first), sees ERROR, lets go.
+  // The user hears REQ (the VF is being removed); its migration file was
+  // closed when the PF's services went (mlx5vf_cmd_close_migratable), the
+  // state kept.
   pollfd p{req.get(), POLLIN, 0};
   ASSERT_EQ(poll(&p, 1, 5000), 1);
-  for (int i = 0; i < 200 && dev->mig_state() != S::kError; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(5));
-  EXPECT_EQ(dev->mig_state(), S::kError);
+  std::vector<uint8_t> buf(16);
+  for (int i = 0; i < 200 && pre->file->read(buf).error().code != ENODEV; ++i)
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  EXPECT_EQ(pre->file->read(buf).error().code, ENODEV);
+  EXPECT_EQ(dev->mig_state(), S::kPreCopy);
   EXPECT_FALSE(done);  // waiting for the user, not crashing or going on
   dev->close();
   admin.join();

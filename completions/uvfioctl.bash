@@ -9,12 +9,12 @@ _uvfioctl() {
     words=("${COMP_WORDS[@]}")
     cword=$COMP_CWORD
   }
-  local subs="ls cat readlink write tree list bind unbind info config sriov stats top mount"
+  local subs="ls cat readlink write tree list bind unbind info config sriov stats top trace mount"
   local rundir=() i sub=""
   for ((i = 1; i < cword; i++)); do
     case ${words[i]} in
       --rundir) rundir=(--rundir "${words[i + 1]}"); ((i++)) ;;
-      --format | -o | --output) ((i++)) ;;
+      --format | -o | --output | -c | --command) ((i++)) ;;
       --rundir=*) rundir=("${words[i]}") ;;
       -*) ;;
       *) [ -z "$sub" ] && sub=${words[i]} ;;
@@ -22,6 +22,19 @@ _uvfioctl() {
   done
   if [ "$prev" = --rundir ]; then
     COMPREPLY=($(compgen -d -- "$cur"))
+    return
+  fi
+  if [ "$sub" = trace ]; then
+    case $prev in
+      -c | --command)
+        COMPREPLY=($(compgen -W "VERSION DMA_MAP DMA_UNMAP DEVICE_GET_INFO DEVICE_GET_REGION_INFO DEVICE_GET_REGION_IO_FDS DEVICE_GET_IRQ_INFO DEVICE_SET_IRQS REGION_READ REGION_WRITE DMA_READ DMA_WRITE DEVICE_RESET REGION_WRITE_MULTI DEVICE_FEATURE MIG_DATA_READ MIG_DATA_WRITE" -- "$cur"))
+        return ;;
+    esac
+    if [[ $cur == -* ]]; then
+      COMPREPLY=($(compgen -W "--command --json --help" -- "$cur"))
+    else
+      COMPREPLY=($(compgen -W "$(uvfioctl "${rundir[@]}" ls bus/pci/devices 2>/dev/null)" -- "$cur"))
+    fi
     return
   fi
   if [ "$sub" = stats ]; then
@@ -41,7 +54,7 @@ _uvfioctl() {
   # Words after the subcommand (not options).
   local n=0
   for ((i = 1; i < cword; i++)); do
-    case ${words[i]} in --rundir | --format | -o | --output) ((i++)) ;; -*) ;; *) ((n++)) ;; esac
+    case ${words[i]} in --rundir | --format | -o | --output | -c | --command) ((i++)) ;; -*) ;; *) ((n++)) ;; esac
   done
   local bdfs drivers
   bdfs() { uvfioctl "${rundir[@]}" ls bus/pci/devices 2>/dev/null; }

@@ -6,7 +6,9 @@
 #include <csignal>
 #include <fcntl.h>
 #include <sys/mount.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/un.h>
 #include <CLI/CLI.hpp>
 #include <unistd.h>
 
@@ -18,6 +20,7 @@
 #include <sstream>
 #include <thread>
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 #include <nlohmann/json.hpp>
 
 #include "base/bdf.h"
@@ -668,6 +671,77 @@ int cmd_mount(const std::string& rundir, const std::string& dir) {
   return 0;
 }
 
+// uvfioctl trace: the daemon's live, decoded stream of vfio-user requests
+// (docs: uvfioctl(8)), one line each, until interrupted or the daemon goes.
+int cmd_trace(const std::string& rundir, const std::vector<std::string>& bdfs, const std::vector<std::string>& commands,
+              bool as_json) {
+  std::vector<std::string> devices;
+  for (auto& s : bdfs) {
+    auto b = Bdf::parse(s);
+    if (!b) die("trace: " + s, b.error());
+    devices.push_back(b->str());
+  }
+  std::string sock = rundir + "/control.sock";
+  UniqueFd fd(socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  sockaddr_un a{};
+  a.sun_family = AF_UNIX;
+  if (!fd || sock.size() >= sizeof(a.sun_path)) die("cannot reach uvfiod at " + sock, Error(ENAMETOOLONG));
+  std::memcpy(a.sun_path, sock.c_str(), sock.size() + 1);
+  if (connect(fd.get(), reinterpret_cast<sockaddr*>(&a), sizeof(a)) < 0) die("cannot reach uvfiod at " + sock, Error(errno));
+  std::string req = json{{"op", "trace"}, {"path", ""}, {"devices", devices}, {"commands", commands}}.dump() + "\n";
+  if (::send(fd.get(), req.data(), req.size(), MSG_NOSIGNAL) != static_cast<ssize_t>(req.size()))
+    die("trace: send", Error(errno));
+  std::setvbuf(stdout, nullptr, _IOLBF, 0);  // each line as it comes (pipes, files)
+  std::string buf;
+  char chunk[65536];
+  bool first = true;
+  for (;;) {
+    ssize_t n = recv(fd.get(), chunk, sizeof(chunk), 0);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) break;
+    buf.append(chunk, static_cast<size_t>(n));
+    size_t nl;
+    while ((nl = buf.find('\n')) != std::string::npos) {
+      std::string line = buf.substr(0, nl);
+      buf.erase(0, nl + 1);
+      json j = json::parse(line, nullptr, false);
+      if (j.is_discarded()) continue;
+      if (first) {
+        first = false;
+        if (!j.value("ok", false)) die("trace", Error(j.value("errno", EINVAL), "refused by uvfiod"));
+        std::fprintf(stderr, "uvfioctl: tracing %s\n",
+                     devices.empty() ? "every device" : fmt::format("{}", fmt::join(devices, " ")).c_str());
+        continue;
+      }
+      if (j.value("dropped", false)) {
+        std::fprintf(stderr, "uvfioctl: uvfiod dropped this tracer: it did not keep up\n");
+        return 1;
+      }
+      if (as_json) {
+        std::printf("%s\n", line.c_str());
+        continue;
+      }
+      // HH:MM:SS.uuuuuu DEV #ID CMD field=value ... -> ok|ERRNO (N us)
+      double t = j.value("t", 0.0);
+      time_t secs = static_cast<time_t>(t);
+      struct tm tmv;
+      localtime_r(&secs, &tmv);
+      std::string out = fmt::format("{:02}:{:02}:{:02}.{:06} {} #{} {}", tmv.tm_hour, tmv.tm_min, tmv.tm_sec,
+                                    static_cast<int>((t - static_cast<double>(secs)) * 1e6), j.value("dev", "?"),
+                                    j.value("id", 0), j.value("cmd", "?"));
+      for (auto& [k, v] : j.items()) {
+        if (k == "t" || k == "dev" || k == "id" || k == "cmd" || k == "errno" || k == "us") continue;
+        out += " " + k + "=" + (v.is_string() ? v.get<std::string>() : v.dump());
+      }
+      auto e = j["errno"];
+      out += fmt::format(" -> {} ({} us)", e.is_string() ? e.get<std::string>() : std::string("ok"), j.value("us", 0.0));
+      std::printf("%s\n", out.c_str());
+    }
+  }
+  if (first) die("trace: uvfiod closed the connection", Error(ECONNRESET));
+  return 0;
+}
+
 int main(int argc, char** argv) {
   CLI::App app{"uvfioctl — administer uvfiod's devices through its sysfs tree"};
   app.require_subcommand(1);
@@ -723,6 +797,11 @@ int main(int argc, char** argv) {
       ->check(CLI::Range(0, 100000000))
       ->capture_default_str();
   top->add_option("-d,--delay", delay, "Seconds between frames")->check(CLI::Range(0.05, 3600.0))->capture_default_str();
+  std::vector<std::string> trace_bdfs, trace_cmds;
+  auto* trace = app.add_subcommand("trace", "A live, decoded stream of the vfio-user requests devices get, one line "
+                                            "each (--json: one JSON object each), until interrupted");
+  trace->add_option("bdf", trace_bdfs, "Only these devices (default: every one)");
+  trace->add_option("-c,--command", trace_cmds, "Only these commands (REGION_READ, DMA_MAP, ...); repeatable");
   std::string mount_dir;
   auto* mount = app.add_subcommand(
       "mount", "Mount the daemon's attribute tree at DIR with FUSE, served through the control socket, until "
@@ -731,6 +810,7 @@ int main(int argc, char** argv) {
   CLI11_PARSE(app, argc, argv);
 
   if (*mount) return cmd_mount(rundir, mount_dir);
+  if (*trace) return cmd_trace(rundir, trace_bdfs, trace_cmds, as_json);
 
   if (*info || *config) {
     auto b = Bdf::parse(bdf);

@@ -23,6 +23,7 @@
 #include "sysfs/fuse_fs.h"
 #include "vfio_user/connection.h"
 #include "vfio_user/server.h"
+#include "vfio_user/trace.h"
 
 using namespace uvfio;
 
@@ -188,7 +189,20 @@ int main(int argc, char** argv) {
       log::warn("uvfiod", "FUSE unavailable ({}): serving the control socket only", to_string(m.error()));
     }
   }
-  auto ctl = sysfs::ControlServer::start(tree, rundir + "/control.sock");
+  // uvfioctl trace: a live, decoded stream of devices' vfio-user requests.
+  std::map<std::string, sysfs::ControlServer::Stream> streams;
+  streams["trace"] = [](int fd, const nlohmann::json& req, int stop_fd) {
+    std::vector<std::string> devices, commands;
+    auto strings = [&](const char* key, std::vector<std::string>& out) {
+      if (!req.contains(key) || !req[key].is_array()) return;
+      for (auto& v : req[key])
+        if (v.is_string()) out.push_back(v.get<std::string>());
+    };
+    strings("devices", devices);
+    strings("commands", commands);
+    vfio_user::serve_tracer(fd, devices, commands, stop_fd);
+  };
+  auto ctl = sysfs::ControlServer::start(tree, rundir + "/control.sock", std::move(streams));
   if (!ctl) {
     std::fprintf(stderr, "uvfiod: control socket %s/control.sock: %s\n", rundir.c_str(), to_string(ctl.error()).c_str());
     fuse.reset();

@@ -134,7 +134,8 @@ json handle_request(const driver::Tree& tree, std::string_view line) {
   return fail(Error(EINVAL, "unknown op"));
 }
 
-Result<std::unique_ptr<ControlServer>> ControlServer::start(const driver::Tree& tree, const std::string& path) {
+Result<std::unique_ptr<ControlServer>> ControlServer::start(const driver::Tree& tree, const std::string& path,
+                                                            std::map<std::string, Stream> streams) {
   sockaddr_un addr = TRY(unix_addr(path));
   UniqueFd fd = make_unix_socket();
   if (!fd) return Error(errno, "socket");
@@ -150,7 +151,7 @@ Result<std::unique_ptr<ControlServer>> ControlServer::start(const driver::Tree& 
   if (listen(fd.get(), 16) < 0) return Error(errno, "listen");
   UniqueFd stop(eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
   if (!stop) return Error(errno, "eventfd");
-  std::unique_ptr<ControlServer> s(new ControlServer(tree, path, std::move(fd), std::move(stop)));
+  std::unique_ptr<ControlServer> s(new ControlServer(tree, path, std::move(fd), std::move(stop), std::move(streams)));
   s->acceptor_ = std::thread([p = s.get()] { p->accept_loop(); });
   return s;
 }
@@ -236,6 +237,17 @@ void ControlServer::serve(Conn& c) {
     size_t nl;
     bool alive = true;
     while (alive && (nl = buf.find('\n')) != std::string::npos) {
+      if (!streams_.empty()) {
+        json req = json::parse(std::string_view(buf).substr(0, nl), nullptr, /*allow_exceptions=*/false);
+        if (req.is_object() && req.contains("op") && req["op"].is_string()) {
+          auto it = streams_.find(req["op"].get<std::string>());
+          if (it != streams_.end()) {
+            it->second(c.fd.get(), req, stop_.get());  // the connection is the stream's now
+            c.fd.reset();
+            return;
+          }
+        }
+      }
       json reply = handle_request(tree_, std::string_view(buf).substr(0, nl));
       buf.erase(0, nl + 1);
       alive = write_all(c.fd.get(), reply.dump(-1, ' ', false, json::error_handler_t::replace) + "\n");

@@ -13,7 +13,9 @@
 #include <sys/types.h>
 
 #include <atomic>
+#include <functional>
 #include <list>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <nlohmann/json.hpp>
@@ -35,8 +37,15 @@ nlohmann::json handle_request(const driver::Tree& tree, std::string_view line);
 
 class ControlServer {
  public:
+  // A request whose op is a stream's name turns its connection into that
+  // stream: the handler writes to the connection's fd until it returns
+  // (the client hung up, or `stop_fd` became readable: the server stops),
+  // and the connection ends. uvfiod's "trace" is one.
+  using Stream = std::function<void(int fd, const nlohmann::json& request, int stop_fd)>;
+
   // Listens on `path` (mode 0600; a stale socket file is replaced).
-  static Result<std::unique_ptr<ControlServer>> start(const driver::Tree& tree, const std::string& path);
+  static Result<std::unique_ptr<ControlServer>> start(const driver::Tree& tree, const std::string& path,
+                                                      std::map<std::string, Stream> streams = {});
   // Stops accepting, closes every connection, joins, removes the socket file.
   ~ControlServer();
 
@@ -46,8 +55,10 @@ class ControlServer {
     std::thread thread;
     std::atomic<bool> done{false};
   };
-  ControlServer(const driver::Tree& tree, std::string path, UniqueFd listen, UniqueFd stop)
-      : tree_(tree), path_(std::move(path)), listen_(std::move(listen)), stop_(std::move(stop)) {}
+  ControlServer(const driver::Tree& tree, std::string path, UniqueFd listen, UniqueFd stop,
+                std::map<std::string, Stream> streams)
+      : tree_(tree), path_(std::move(path)), listen_(std::move(listen)), stop_(std::move(stop)),
+        streams_(std::move(streams)) {}
   void accept_loop();
   void serve(Conn& c);
   void reap();
@@ -56,6 +67,7 @@ class ControlServer {
   std::string path_;
   UniqueFd listen_;
   UniqueFd stop_;  // eventfd: readable once the server stops
+  const std::map<std::string, Stream> streams_;
   std::thread acceptor_;
   std::mutex mu_;
   std::list<Conn> conns_;  // guarded by mu_

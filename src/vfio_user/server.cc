@@ -1,5 +1,6 @@
 // SPDX-License-Identifier: BSD-3-Clause
 #include "vfio_user/server.h"
+#include "vfio_user/trace.h"
 
 #include <dirent.h>
 #include <fcntl.h>
@@ -580,8 +581,16 @@ void Server::Reactor::run_request(const std::shared_ptr<Client>& c, Message m) {
 bool Server::Reactor::handle(Client& c, Message& m) {
   thread_local Reply reply;  // reused: no allocation per request once warm
   bool no_reply = m.hdr.flags & kFlagNoReply;
+  // uvfioctl trace: a relaxed load when nobody traces.
+  TraceHub& trace = TraceHub::instance();
+  bool traced = trace.active() && trace.wants(c.ep->name, m.hdr.command);
+  auto t0 = traced ? std::chrono::steady_clock::now() : std::chrono::steady_clock::time_point{};
   auto r = c.session->handle(m, reply);
   c.ep->stats->request(m.hdr.command, r ? 0 : r.error().code);
+  if (traced) {
+    double us = std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - t0).count();
+    trace.publish(c.ep->name, m.hdr.command, trace_line(c.ep->name, m, r ? 0 : r.error().code, us));
+  }
   if (!r) {
     if (!no_reply || (m.hdr.flags & kFlagsTypeMask) != kTypeCommand) {
       if (!c.conn->send_error(m.hdr, r.error().code)) return true;

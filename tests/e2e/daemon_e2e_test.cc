@@ -2,6 +2,8 @@
 // uvfiod + uvfioctl + the FUSE tree + real tools (ls, readlink, cat, echo,
 // lspci) on the seed topology.
 #include <gtest/gtest.h>
+#include <sys/socket.h>
+#include <sys/un.h>
 
 #include <atomic>
 #include <regex>
@@ -120,6 +122,106 @@ TEST_F(SeedDaemon, StatsInPrometheusFormat) {
   // --output without the format it belongs to, or into nowhere: an error.
   EXPECT_NE(sh(d.ctl("stats --output " + out)).status, 0);
   EXPECT_NE(sh(d.ctl("stats --format prometheus --output /nonexistent/dir/x.prom")).status, 0);
+}
+
+// uvfioctl trace: two tracers at once (one in text, one in JSON filtered to
+// REGION_READ) while a client sends a known sequence; each decoded line is
+// compared with what was sent.
+TEST_F(SeedDaemon, TraceDecodesWhatAClientSends) {
+  std::string dir = d.dir();
+  auto start_tracer = [&](const std::string& args, const std::string& name) {
+    auto r = sh(d.ctl("trace " + args) + " > " + dir + "/" + name + ".out 2> " + dir + "/" + name + ".err & echo $!");
+    pid_t pid = static_cast<pid_t>(std::atoi(r.out.c_str()));
+    for (int i = 0; i < 200 && slurp(dir + "/" + name + ".err").find("tracing") == std::string::npos; ++i)
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    return pid;
+  };
+  pid_t text = start_tracer("0000:08:00.0", "text");
+  pid_t js = start_tracer("0000:08:00.0 --json --command REGION_READ", "json");
+  ASSERT_NE(slurp(dir + "/text.err").find("tracing 0000:08:00.0"), std::string::npos) << slurp(dir + "/text.err");
+  ASSERT_NE(slurp(dir + "/json.err").find("tracing"), std::string::npos) << slurp(dir + "/json.err");
+  {
+    Raw c(d.rundir() + "/vfio-user/0000:08:00.0.sock");
+    ASSERT_TRUE(c.connected());
+    c.version();                                                                  // #1
+    DeviceInfoMsg i{sizeof(DeviceInfoMsg), 0, 0, 0};
+    ASSERT_EQ(c.call(kDeviceGetInfo, b(i)), 0);                                   // #2
+    ASSERT_EQ(c.call(kRegionRead, region_access(0, 0, 4)), 0);                    // #3
+    ASSERT_EQ(c.call(kRegionRead, region_access(0, 1ull << 40, 4)), EINVAL);      // #4
+    ASSERT_EQ(c.call(kDeviceSetIrqs, irq_set_msg(VFIO_IRQ_SET_DATA_NONE | VFIO_IRQ_SET_ACTION_TRIGGER,
+                                                 VFIO_PCI_MSIX_IRQ_INDEX, 0, 1)),
+              EINVAL);                                                            // #5
+  }
+  const std::vector<std::string> want = {
+      R"(#1 VERSION size=\d+ version=0\.0 -> ok)",
+      R"(#2 DEVICE_GET_INFO size=32 -> ok)",
+      R"(#3 REGION_READ count=4 offset=0x0 region=0 size=32 -> ok)",
+      R"(#4 REGION_READ count=4 offset=0x10000000000 region=0 size=32 -> EINVAL)",
+      R"(#5 DEVICE_SET_IRQS count=1 flags=0x21 index=2 size=36 start=0 -> EINVAL)",
+  };
+  std::vector<std::string> lines;
+  for (int i = 0; i < 300; ++i) {
+    lines.clear();
+    std::istringstream in(slurp(dir + "/text.out"));
+    for (std::string l; std::getline(in, l);) lines.push_back(l);
+    if (lines.size() >= want.size()) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  ASSERT_EQ(lines.size(), want.size()) << slurp(dir + "/text.out");
+  for (size_t k = 0; k < want.size(); ++k)
+    EXPECT_TRUE(std::regex_match(lines[k], std::regex(R"(^\d\d:\d\d:\d\d\.\d{6} 0000:08:00\.0 )" + want[k] +
+                                                      R"( \([0-9.]+ us\)$)")))
+        << "line " << k + 1 << ": " << lines[k] << "\nwanted: " << want[k];
+  // The JSON tracer saw the two REGION_READs only.
+  std::vector<nlohmann::json> js_lines;
+  for (int i = 0; i < 300 && js_lines.size() < 2; ++i) {
+    js_lines.clear();
+    std::istringstream in(slurp(dir + "/json.out"));
+    for (std::string l; std::getline(in, l);) js_lines.push_back(nlohmann::json::parse(l));
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  ASSERT_EQ(js_lines.size(), 2u) << slurp(dir + "/json.out");
+  EXPECT_EQ(js_lines[0]["cmd"], "REGION_READ");
+  EXPECT_EQ(js_lines[0]["errno"], 0);
+  EXPECT_EQ(js_lines[1]["offset"], "0x10000000000");
+  EXPECT_EQ(js_lines[1]["errno"], "EINVAL");
+  EXPECT_EQ(js_lines[1]["id"], 4);
+  kill(text, SIGTERM);
+  kill(js, SIGTERM);
+  // A command that does not exist is refused.
+  auto bad = sh(d.ctl("trace --command NO_SUCH_COMMAND"));
+  EXPECT_NE(bad.status, 0);
+  EXPECT_NE(bad.err.find("Invalid argument"), std::string::npos) << bad.err;
+}
+
+// A tracer that never reads is dropped; the device never waits for it.
+TEST_F(SeedDaemon, AStalledTracerIsDroppedNotWaitedFor) {
+  UniqueFd ctl(socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  sockaddr_un a{};
+  a.sun_family = AF_UNIX;
+  std::snprintf(a.sun_path, sizeof(a.sun_path), "%s", d.control().c_str());
+  ASSERT_EQ(connect(ctl.get(), reinterpret_cast<sockaddr*>(&a), sizeof(a)), 0);
+  int small = 4096;
+  setsockopt(ctl.get(), SOL_SOCKET, SO_RCVBUF, &small, sizeof(small));
+  std::string req = R"({"op":"trace","path":"","devices":["0000:08:00.0"]})" "\n";
+  ASSERT_EQ(::send(ctl.get(), req.data(), req.size(), MSG_NOSIGNAL), static_cast<ssize_t>(req.size()));
+  Raw c(d.rundir() + "/vfio-user/0000:08:00.0.sock");
+  ASSERT_TRUE(c.connected());
+  c.version();
+  // Far more than the tracer's 1 MiB queue and its socket's buffers.
+  auto t0 = std::chrono::steady_clock::now();
+  for (int i = 0; i < 20000; ++i) ASSERT_EQ(c.call(kRegionRead, region_access(0, 0, 4)), 0) << i;
+  double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  RecordProperty("seconds_for_20000_reads_with_a_stalled_tracer", std::to_string(secs));
+  EXPECT_LT(secs, 60.0);  // generous: what matters is that nothing waited for the tracer
+  bool dropped = false;
+  for (int i = 0; i < 100 && !(dropped = d.log().find("trace: dropping a tracer") != std::string::npos); ++i)
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  EXPECT_TRUE(dropped) << d.log();
+  // The daemon let the tracer's connection go, and tracing still works.
+  ctl.reset();
+  auto r = sh("timeout 2 " + d.ctl("trace 0000:09:00.0") + " 2>&1; true");
+  EXPECT_NE(r.out.find("tracing 0000:09:00.0"), std::string::npos) << r.out;
 }
 
 TEST_F(SeedDaemon, SeedLinesThroughUvfioctl) {
@@ -500,6 +602,9 @@ TEST_F(SeedDaemon, BashCompletionAsksTheDaemon) {
   EXPECT_EQ(complete(rd + "stats --format p", 5), "prometheus\n");
   EXPECT_EQ(complete(rd + "stats --format prometheus --out", 6), "--output\n");
   EXPECT_EQ(complete(rd + "stats --format prometheus 0000:09", 6), "0000:09:00.0\n");
+  EXPECT_EQ(complete(rd + "trace -c REGION_R", 5), "REGION_READ\n");
+  EXPECT_EQ(complete(rd + "trace -c REGION_READ 0000:08", 6), "0000:08:00.0\n");
+  EXPECT_EQ(complete(rd + "tr", 3), "trace\ntree\n");
   EXPECT_EQ(complete(rd + "cat bus/auxiliary/dev", 4), "bus/auxiliary/devices\n");
 }
 

@@ -17,6 +17,27 @@ inline bool required() { return std::getenv("UVFIO_REQUIRE_QEMU") != nullptr; }
 
 inline bool exists(const std::string& p) { return access(p.c_str(), R_OK) == 0; }
 
+// The start of every QEMU command line of these tests: the binary, its
+// firmware directory (share/ beside bin/), the machine, TCG.
+inline std::vector<std::string> qemu_command(const std::string& qemu, const std::string& machine) {
+  return {qemu, "-L", qemu.substr(0, qemu.rfind("/bin/")) + "/share", "-M", machine, "-accel", "tcg"};
+}
+
+// The rest: no display, the serial console on stdout, our kernel, its
+// initramfs and command line, and each socket's VF as a vfio-user-pci
+// device (vf0, vf1, ...).
+inline void add_guest(std::vector<std::string>& a, const std::string& kernel, const std::string& initrd,
+                      const std::string& append, const std::vector<std::string>& vf_sockets) {
+  for (std::string x : {"-nographic", "-no-reboot", "-nodefaults", "-serial", "stdio", "-monitor", "none", "-kernel",
+                        kernel.c_str(), "-initrd", initrd.c_str(), "-append", append.c_str()})
+    a.push_back(x);
+  for (size_t i = 0; i < vf_sockets.size(); ++i) {
+    a.push_back("-device");
+    a.push_back(std::string(R"({"driver":"vfio-user-pci","id":"vf)") + std::to_string(i) +
+                R"(","socket":{"type":"unix","path":")" + vf_sockets[i] + R"("}})");
+  }
+}
+
 // One QEMU process; its serial console (stdout) and stderr go to `log`.
 class Qemu {
  public:

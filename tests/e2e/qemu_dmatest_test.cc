@@ -160,13 +160,12 @@ class QemuDmatest : public ::testing::TestWithParam<Machine> {
 
   // Boots the guest and returns its console once it has powered off.
   std::string run(const Machine& s, const std::string& append) {
-    std::string share = std::string(QEMU_PATH);
-    share = share.substr(0, share.rfind("/bin/")) + "/share";
     std::string machine = "q35";
     if (s.memfd) machine += ",memory-backend=mem";
     if (s.iommu) machine += ",kernel-irqchip=split";
-    std::vector<std::string> a{QEMU_PATH, "-L", share, "-M", machine, "-accel", "tcg", "-m",
-                               std::to_string(s.ram_mib), "-smp", std::to_string(s.smp)};
+    std::vector<std::string> a = qemu_command(QEMU_PATH, machine);
+    for (std::string x : {std::string("-m"), std::to_string(s.ram_mib), std::string("-smp"), std::to_string(s.smp)})
+      a.push_back(x);
     if (s.memfd) {
       a.push_back("-object");
       a.push_back("memory-backend-memfd,id=mem,size=" + std::to_string(s.ram_mib) + "M,share=on");
@@ -175,16 +174,10 @@ class QemuDmatest : public ::testing::TestWithParam<Machine> {
       a.push_back("-device");
       a.push_back("intel-iommu,caching-mode=on");
     }
-    for (std::string x : {"-nographic", "-no-reboot", "-nodefaults", "-serial", "stdio", "-monitor", "none",
-                          "-kernel", GUEST_KERNEL, "-initrd", GUEST_INITRD, "-append"})
-      a.push_back(x);
-    a.push_back("console=ttyS0 panic=-1 quiet mem=" + std::to_string(s.guest_mib) + "M" +
-                std::string(s.iommu ? " intel_iommu=on" : "") + append);
-    for (size_t i = 0; i < 2; ++i) {
-      a.push_back("-device");
-      a.push_back(std::string(R"({"driver":"vfio-user-pci","id":"vf)") + std::to_string(i) +
-                  R"(","socket":{"type":"unix","path":")" + sock(kVfs[i]) + R"("}})");
-    }
+    add_guest(a, GUEST_KERNEL, GUEST_INITRD,
+              "console=ttyS0 panic=-1 quiet mem=" + std::to_string(s.guest_mib) + "M" +
+                  std::string(s.iommu ? " intel_iommu=on" : "") + append,
+              {sock(kVfs[0]), sock(kVfs[1])});
     log_ = dir_ + "/serial.log";
     Qemu q(a, log_);
     EXPECT_TRUE(q.started());

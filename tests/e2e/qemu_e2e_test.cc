@@ -86,24 +86,15 @@ class QemuGuest : public ::testing::TestWithParam<Ram> {
 
   // The command lines README.md shows (scripts/run-qemu.sh).
   std::vector<std::string> qemu_args(const std::string& extra_append = "") const {
-    std::string share = std::string(QEMU_PATH);
-    share = share.substr(0, share.rfind("/bin/")) + "/share";
     bool memfd = GetParam() == Ram::kMemfd;
-    std::vector<std::string> a{QEMU_PATH, "-L", share, "-M", memfd ? "q35,memory-backend=mem" : "q35",
-                               "-accel", "tcg", "-m", "512", "-smp", "1"};
+    std::vector<std::string> a = qemu_command(QEMU_PATH, memfd ? "q35,memory-backend=mem" : "q35");
+    for (std::string x : {"-m", "512", "-smp", "1"}) a.push_back(x);
     if (memfd) {
       a.push_back("-object");
       a.push_back("memory-backend-memfd,id=mem,size=512M,share=on");
     }
-    for (std::string x : {"-nographic", "-no-reboot", "-nodefaults", "-serial", "stdio", "-monitor", "none",
-                          "-kernel", GUEST_KERNEL, "-initrd", GUEST_INITRD, "-append"})
-      a.push_back(x);
-    a.push_back("console=ttyS0 panic=-1 quiet mem=256M" + extra_append);
-    for (size_t i = 0; i < 2; ++i) {
-      a.push_back("-device");
-      a.push_back(std::string(R"({"driver":"vfio-user-pci","id":"vf)") + std::to_string(i) +
-                  R"(","socket":{"type":"unix","path":")" + sock(kVfs[i]) + R"("}})");
-    }
+    add_guest(a, GUEST_KERNEL, GUEST_INITRD, "console=ttyS0 panic=-1 quiet mem=256M" + extra_append,
+              {sock(kVfs[0]), sock(kVfs[1])});
     return a;
   }
   std::unique_ptr<Qemu> boot(const std::string& extra_append = "") {

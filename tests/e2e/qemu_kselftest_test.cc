@@ -158,21 +158,13 @@ class QemuKselftest : public ::testing::Test {
   // pages, a CPU with 1 GiB pages) and returns its console once it has
   // powered off.
   std::string run(const std::string& which = "") {
-    std::string share = std::string(QEMU_PATH);
-    share = share.substr(0, share.rfind("/bin/")) + "/share";
-    std::vector<std::string> a{QEMU_PATH, "-L", share, "-M", "q35,memory-backend=mem,kernel-irqchip=split",
-                               "-accel", "tcg", "-cpu", "max", "-m", "4096", "-smp", "1",
-                               "-object", "memory-backend-memfd,id=mem,size=4096M,share=on",
-                               "-device", "intel-iommu,caching-mode=on"};
-    for (std::string x : {"-nographic", "-no-reboot", "-nodefaults", "-serial", "stdio", "-monitor", "none",
-                          "-kernel", GUEST_KERNEL, "-initrd", GUEST_INITRD, "-append"})
+    std::vector<std::string> a = qemu_command(QEMU_PATH, "q35,memory-backend=mem,kernel-irqchip=split");
+    for (std::string x : {"-cpu", "max", "-m", "4096", "-smp", "1", "-object",
+                          "memory-backend-memfd,id=mem,size=4096M,share=on", "-device", "intel-iommu,caching-mode=on"})
       a.push_back(x);
-    a.push_back("console=ttyS0 panic=-1 quiet intel_iommu=on hugepagesz=1G hugepages=1 uvfio.kselftest" + which);
-    for (size_t i = 0; i < 2; ++i) {
-      a.push_back("-device");
-      a.push_back(std::string(R"({"driver":"vfio-user-pci","id":"vf)") + std::to_string(i) +
-                  R"(","socket":{"type":"unix","path":")" + sock(kVfs[i]) + R"("}})");
-    }
+    add_guest(a, GUEST_KERNEL, GUEST_INITRD,
+              "console=ttyS0 panic=-1 quiet intel_iommu=on hugepagesz=1G hugepages=1 uvfio.kselftest" + which,
+              {sock(kVfs[0]), sock(kVfs[1])});
     log_ = dir_ + "/serial.log";
     Qemu q(a, log_);
     EXPECT_TRUE(q.started());

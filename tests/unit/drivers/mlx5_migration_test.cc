@@ -74,6 +74,25 @@ struct Side {
     EXPECT_TRUE(dev->set_irqs(std::move(s)));
     return efd;
   }
+  // DMA_LOGGING_REPORT over all guest RAM at 4 KiB (the buffer holds the
+  // request and room for the bitmap: the ioctl's argsz): the IOVAs of the
+  // pages the device dirtied.
+  Result<std::set<uint64_t>> dirty_pages() {
+    std::vector<uint64_t> rep(3 + kGuest / 4096 / 64 + 1, 0);
+    rep[0] = 0;
+    rep[1] = kGuest;
+    rep[2] = 4096;
+    auto report = TRY(dev->device_feature(VFIO_DEVICE_FEATURE_GET | VFIO_DEVICE_FEATURE_DMA_LOGGING_REPORT,
+                                          std::span<const uint8_t>(reinterpret_cast<uint8_t*>(rep.data()),
+                                                                   rep.size() * 8)));
+    std::set<uint64_t> dirty;
+    for (uint64_t p = 0; p < kGuest / 4096; ++p) {
+      uint64_t word;
+      std::memcpy(&word, report.data.data() + 24 + (p / 64) * 8, 8);
+      if (word >> (p % 64) & 1) dirty.insert(p * 4096);
+    }
+    return dirty;
+  }
   uint32_t tail = 0;
   void post(VfOp op, uint32_t len, uint64_t src, uint64_t dst, uint64_t cookie) {
     VfDescriptor d{static_cast<uint8_t>(op), 0, 0, len, src, dst, cookie};
@@ -134,19 +153,9 @@ TEST(Mlx5Migration, DmaLoggingWithZeroRangesTracksEverything) {
   a.w(vfreg::kSqTail, a.tail);
   ASSERT_TRUE(a.hwvf().wait_idle(std::chrono::seconds(10)));
   ASSERT_EQ(a.guest[kGuest - 1], 0xcd);
-  std::vector<uint64_t> rep(3 + kGuest / 4096 / 64, 0);
-  rep[0] = 0;
-  rep[1] = kGuest;
-  rep[2] = 4096;
-  auto report = a.dev->device_feature(VFIO_DEVICE_FEATURE_GET | VFIO_DEVICE_FEATURE_DMA_LOGGING_REPORT,
-                                      std::span<const uint8_t>(reinterpret_cast<uint8_t*>(rep.data()), rep.size() * 8));
+  auto report = a.dirty_pages();
   ASSERT_TRUE(report);
-  std::set<uint64_t> dirty;
-  for (uint64_t p = 0; p < kGuest / 4096; ++p) {
-    uint64_t word;
-    std::memcpy(&word, report->data.data() + 24 + (p / 64) * 8, 8);
-    if (word >> (p % 64) & 1) dirty.insert(p * 4096);
-  }
+  const std::set<uint64_t>& dirty = *report;
   EXPECT_TRUE(dirty.count(kData));
   EXPECT_TRUE(dirty.count(kGuest - 4096));
   EXPECT_TRUE(dirty.count(kCq));
@@ -209,24 +218,10 @@ TEST(Mlx5Migration, PreCopyStopCopyResumeAndCarryOn) {
   auto last = drain(*pre->file, true);
   stream.insert(stream.end(), last.begin(), last.end());
   // Guest pages the device dirtied since logging started.
-  // The buffer holds the request and room for the bitmap (the ioctl's argsz).
-  std::vector<uint64_t> rep(3 + kGuest / 4096 / 64 + 1, 0);
-  rep[0] = 0;
-  rep[1] = kGuest;
-  rep[2] = 4096;
-  auto report = a.dev->device_feature(VFIO_DEVICE_FEATURE_GET | VFIO_DEVICE_FEATURE_DMA_LOGGING_REPORT,
-                                      std::span<const uint8_t>(reinterpret_cast<uint8_t*>(rep.data()), rep.size() * 8));
+  auto report = a.dirty_pages();
   ASSERT_TRUE(report);
-  size_t copied = 0;
-  for (uint64_t p = 0; p < kGuest / 4096; ++p) {
-    uint64_t word;
-    std::memcpy(&word, report->data.data() + 24 + (p / 64) * 8, 8);
-    if (word >> (p % 64) & 1) {
-      std::memcpy(dst_guest.data() + p * 4096, a.guest.data() + p * 4096, 4096);
-      ++copied;
-    }
-  }
-  EXPECT_GT(copied, 0u);  // the completion ring at least
+  for (uint64_t page : *report) std::memcpy(dst_guest.data() + page, a.guest.data() + page, 4096);
+  EXPECT_GT(report->size(), 0u);  // the completion ring at least
   EXPECT_EQ(dst_guest, a.guest) << "DMA logging missed a page the device wrote";
 
   // Destination: STOP -> RESUMING, the stream in random pieces, -> RUNNING.

@@ -10,7 +10,13 @@
 # (the baseline) and one as shipped, interleaved by the same client, on the
 # client's CPU and across.
 #
-# Usage: bench/latency.sh [BUILD_DIR] [ITERS] [ROUNDS] [stats]   ("stats": only that A/B)
+# And the cost of uvfioctl trace: two daemons as shipped, interleaved; the
+# second with a tracer attached (reading, output to /dev/null) — what
+# tracing costs a device; and, given OLD_UVFIOD (a uvfiod built without the
+# trace hook), that binary against the shipped one with nobody tracing —
+# what the hook costs when idle.
+#
+# Usage: bench/latency.sh [BUILD_DIR] [ITERS] [ROUNDS] [stats|trace]   (only that A/B)
 set -euo pipefail
 build=${1:-build/release}
 iters=${2:-20000}
@@ -64,6 +70,38 @@ stats_ab() {  # $1 = server cpu (the client is on CPU 0)
   kill $a $b; wait $a $b 2>/dev/null || true
   rm -rf "$work/off" "$work/run"
 }
+trace_ab() {  # $1 = server cpu (client and tracer on CPU 0); $2 = the baseline daemon binary; $3 = "trace" to trace B
+  taskset -c "$1" "$2" --rundir "$work/off" --config "$work/topo.toml" --no-fuse --reactors 1 2>"$work/off.log" &
+  local a=$!
+  taskset -c "$1" "$build/uvfiod" --rundir "$work/run" --config "$work/topo.toml" --no-fuse --reactors 1 \
+    2>"$work/uvfiod.log" &
+  local b=$!
+  local off="$work/off/vfio-user/0000:00:10.0.sock"
+  for _ in $(seq 100); do [ -S "$sock" ] && [ -S "$off" ] && break; sleep 0.05; done
+  local t=""
+  if [ "$3" = trace ]; then
+    taskset -c 0 "$build/uvfioctl" --rundir "$work/run" trace 0000:00:10.0 >/dev/null 2>&1 &
+    t=$!
+    sleep 0.3
+    echo "== trace: floor = uvfiod, vu = uvfiod with uvfioctl trace attached; daemons on CPU $1, client on CPU 0"
+  else
+    echo "== trace hook idle: floor = $2, vu = uvfiod (nobody tracing); both on CPU $1, client on CPU 0"
+  fi
+  "$build/bench/vu_pingpong" client "$off" "$sock" -floor-vu -region 0 -offset 0 -sizes 4 -n "$iters" -r "$rounds" \
+    -cpu 0
+  [ -n "$t" ] && kill "$t"
+  kill $a $b; wait $a $b 2>/dev/null || true
+  rm -rf "$work/off" "$work/run"
+}
+if [ "${4:-}" = trace ]; then
+  trace_ab 1 "$build/uvfiod" trace
+  trace_ab 0 "$build/uvfiod" trace
+  if [ -n "${OLD_UVFIOD:-}" ]; then
+    trace_ab 1 "$OLD_UVFIOD" idle
+    trace_ab 0 "$OLD_UVFIOD" idle
+  fi
+  exit 0
+fi
 if [ "${4:-}" != stats ]; then
   label="same vCPU"; run "$label" 0 0 ""
   label="across vCPUs"; run "$label" 1 0 ""

@@ -67,8 +67,9 @@ std::map<std::string, double> parse_prometheus(const std::string& text, std::vec
       if (!seen_family.insert(m[1]).second) bad.push_back("family declared again: " + line);
     } else if (std::regex_match(line, m, sample)) {
       if (m[1] != current || !types.count(m[1])) bad.push_back("sample outside its family: " + line);
+      std::string value = m[5].str();  // strtod's end pointer points into it
       char* end = nullptr;
-      double v = std::strtod(m[5].str().c_str(), &end);
+      double v = std::strtod(value.c_str(), &end);
       if (!end || *end) bad.push_back("value not a number: " + line);
       std::string key = m[1].str() + m[2].str();
       if (samples.count(key)) bad.push_back("sample twice: " + line);

@@ -53,15 +53,19 @@ run() {  # $1 = label, $2 = server cpu, $3 = client cpu, $4 = spin flag ("" or -
   kill $d $f; wait $d $f 2>/dev/null || true
   rm -f "$work/floor.sock"
 }
-stats_ab() {  # $1 = server cpu (the client is on CPU 0)
-  taskset -c "$1" "$build/uvfiod" --rundir "$work/off" --config "$work/topo.toml" --no-fuse --reactors 1 --no-stats \
-    2>"$work/off.log" &
-  local a=$!
-  taskset -c "$1" "$build/uvfiod" --rundir "$work/run" --config "$work/topo.toml" --no-fuse --reactors 1 \
+pair() {  # $1 = server cpu, $2... = the baseline daemon and its extra options: starts it (A, at $off) and uvfiod (B)
+  local cpu=$1
+  shift
+  taskset -c "$cpu" "$@" --rundir "$work/off" --config "$work/topo.toml" --no-fuse --reactors 1 2>"$work/off.log" &
+  a=$!
+  taskset -c "$cpu" "$build/uvfiod" --rundir "$work/run" --config "$work/topo.toml" --no-fuse --reactors 1 \
     2>"$work/uvfiod.log" &
-  local b=$!
-  local off="$work/off/vfio-user/0000:00:10.0.sock"
+  b=$!
+  off="$work/off/vfio-user/0000:00:10.0.sock"
   for _ in $(seq 100); do [ -S "$sock" ] && [ -S "$off" ] && break; sleep 0.05; done
+}
+stats_ab() {  # $1 = server cpu (the client is on CPU 0)
+  pair "$1" "$build/uvfiod" --no-stats
   echo "== statistics: floor = uvfiod --no-stats, vu = uvfiod (counters on); both on CPU $1, client on CPU 0"
   "$build/bench/vu_pingpong" client "$off" "$sock" -floor-vu -region 0 -offset 0 -sizes 4 -n "$iters" -r "$rounds" \
     -cpu 0
@@ -71,13 +75,7 @@ stats_ab() {  # $1 = server cpu (the client is on CPU 0)
   rm -rf "$work/off" "$work/run"
 }
 trace_ab() {  # $1 = server cpu (client and tracer on CPU 0); $2 = the baseline daemon binary; $3 = "trace" to trace B
-  taskset -c "$1" "$2" --rundir "$work/off" --config "$work/topo.toml" --no-fuse --reactors 1 2>"$work/off.log" &
-  local a=$!
-  taskset -c "$1" "$build/uvfiod" --rundir "$work/run" --config "$work/topo.toml" --no-fuse --reactors 1 \
-    2>"$work/uvfiod.log" &
-  local b=$!
-  local off="$work/off/vfio-user/0000:00:10.0.sock"
-  for _ in $(seq 100); do [ -S "$sock" ] && [ -S "$off" ] && break; sleep 0.05; done
+  pair "$1" "$2"
   local t=""
   if [ "$3" = trace ]; then
     taskset -c 0 "$build/uvfioctl" --rundir "$work/run" trace 0000:00:10.0 >/dev/null 2>&1 &

@@ -5,6 +5,7 @@
 
 #include <sys/wait.h>
 
+#include <fstream>
 #include <string>
 #include <thread>
 #include <vector>
@@ -16,6 +17,25 @@ namespace uvfio::e2e {
 inline bool required() { return std::getenv("UVFIO_REQUIRE_QEMU") != nullptr; }
 
 inline bool exists(const std::string& p) { return access(p.c_str(), R_OK) == 0; }
+
+// Waits (5 s at most) until every socket accepts a connection.
+inline bool wait_sockets(const std::vector<std::string>& sockets) {
+  for (const auto& s : sockets) {
+    bool up = false;
+    for (int i = 0; i < 500 && !(up = can_connect(s)); ++i) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    if (!up) return false;
+  }
+  return true;
+}
+
+// A failed run's evidence under `dir`: NAME-qemu.log (the serial console
+// from `qemu_log`) and NAME-uvfiod.log (`daemon_log`).
+inline void keep_artifacts(const std::string& dir, const std::string& name, const std::string& qemu_log,
+                           const std::string& daemon_log) {
+  sh("mkdir -p " + dir);
+  sh("cp " + qemu_log + " " + dir + "/" + name + "-qemu.log");
+  std::ofstream(dir + "/" + name + "-uvfiod.log") << daemon_log;
+}
 
 // The start of every QEMU command line of these tests: the binary, its
 // firmware directory (share/ beside bin/), the machine, TCG.

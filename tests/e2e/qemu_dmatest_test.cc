@@ -134,12 +134,7 @@ class QemuDmatest : public ::testing::TestWithParam<Machine> {
     }
     d_ = std::make_unique<Daemon>(std::vector<std::string>{"--no-fuse"}, "dmatest");
     ASSERT_TRUE(d_->wait_ready()) << d_->log();
-    for (const char* vf : kVfs) {
-      bool up = false;
-      for (int i = 0; i < 500 && !(up = can_connect(sock(vf))); ++i)
-        std::this_thread::sleep_for(std::chrono::milliseconds(10));
-      ASSERT_TRUE(up) << d_->log();
-    }
+    ASSERT_TRUE(wait_sockets({sock(kVfs[0]), sock(kVfs[1])})) << d_->log();
     dir_ = make_tmpdir("dmatest-out");
   }
   void TearDown() override {
@@ -147,9 +142,7 @@ class QemuDmatest : public ::testing::TestWithParam<Machine> {
       std::string name = ::testing::UnitTest::GetInstance()->current_test_info()->name();
       for (char& c : name)
         if (c == '/') c = '-';
-      sh(std::string("mkdir -p ") + ARTIFACTS_DIR);
-      sh("cp " + log_ + " " + ARTIFACTS_DIR + "/" + name + "-qemu.log");
-      std::ofstream(std::string(ARTIFACTS_DIR) + "/" + name + "-uvfiod.log") << d_->log();
+      keep_artifacts(ARTIFACTS_DIR, name, log_, d_->log());
     }
     if (d_) {
       EXPECT_EQ(d_->stop(), 0) << d_->log();

@@ -133,19 +133,12 @@ class QemuKselftest : public ::testing::Test {
     extra.push_back("--no-fuse");
     d_ = std::make_unique<Daemon>(extra, "kselftest");
     ASSERT_TRUE(d_->wait_ready()) << d_->log();
-    for (const char* vf : kVfs) {
-      bool up = false;
-      for (int i = 0; i < 500 && !(up = can_connect(sock(vf))); ++i)
-        std::this_thread::sleep_for(std::chrono::milliseconds(10));
-      ASSERT_TRUE(up) << d_->log();
-    }
+    ASSERT_TRUE(wait_sockets({sock(kVfs[0]), sock(kVfs[1])})) << d_->log();
   }
   void TearDown() override {
     if (HasFailure() && d_ && !log_.empty()) {
       std::string name = ::testing::UnitTest::GetInstance()->current_test_info()->name();
-      sh(std::string("mkdir -p ") + ARTIFACTS_DIR);
-      sh("cp " + log_ + " " + ARTIFACTS_DIR + "/kselftest-" + name + "-qemu.log");
-      std::ofstream(std::string(ARTIFACTS_DIR) + "/kselftest-" + name + "-uvfiod.log") << d_->log();
+      keep_artifacts(ARTIFACTS_DIR, "kselftest-" + name, log_, d_->log());
     }
     if (d_) {
       EXPECT_EQ(d_->stop(), 0) << d_->log();

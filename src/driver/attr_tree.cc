@@ -160,12 +160,17 @@ Result<std::string> Tree::read(std::string_view path) const {
 }
 
 Result<void> Tree::write(std::string_view path, std::string_view data) const {
+  TRY(write_at(path, 0, data));
+  return ok();
+}
+
+Result<size_t> Tree::write_at(std::string_view path, uint64_t offset, std::string_view data) const {
   CoreLock lk(mu_);
   for (;;) {
     Node* n = TRY(resolve(path, Follow::kYes));
     if (n->kind() == NodeKind::kDir) return Error(EISDIR, "is a directory");
     const Attribute& a = static_cast<File*>(n)->attr();
-    if (!a.store || !(a.mode & 0222)) return Error(EACCES, "attribute is read-only");
+    if ((!a.store && !a.write_at) || !(a.mode & 0222)) return Error(EACCES, "attribute is read-only");
     std::shared_ptr<DevLock> dl = owner_lock(n);
     if (dl && dev_busy(*dl)) {
       // Another thread binds, unbinds or removes this device: wait, then
@@ -175,7 +180,12 @@ Result<void> Tree::write(std::string_view path, std::string_view data) const {
     }
     auto keep = hold(n);
     if (dl) lock_dev(*dl);
-    auto r = a.store(data);
+    Result<size_t> r = data.size();
+    if (a.write_at) {
+      r = a.write_at(offset, data);
+    } else if (auto s = a.store(data); !s) {
+      r = s.error();
+    }
     if (dl) unlock_dev(*dl);
     return r;
   }

@@ -51,6 +51,10 @@ struct Attribute {
   std::function<Result<std::string>()> show;             // null: not readable
   std::function<Result<void>(std::string_view)> store;   // null: not writable
   uint64_t size = 4096;  // what stat() says: sysfs reports a page for text attributes
+  // A binary attribute's write (bin_attribute.write): the bytes at an
+  // offset; returns how many it took (0 past the end). Where set, it takes
+  // every write and `store` is not used.
+  std::function<Result<size_t>(uint64_t, std::string_view)> write_at = nullptr;
 };
 
 enum class NodeKind { kDir, kFile, kLink };
@@ -144,6 +148,10 @@ class Tree {
   Result<std::vector<DirEntry>> list(std::string_view path) const;
   Result<std::string> read(std::string_view path) const;
   Result<void> write(std::string_view path, std::string_view data) const;
+  // A write at `offset` (pwrite): a binary attribute's write_at, or a text
+  // attribute's store (which ignores the offset, as sysfs does). Returns
+  // the bytes taken.
+  Result<size_t> write_at(std::string_view path, uint64_t offset, std::string_view data) const;
   Result<std::string> readlink(std::string_view path) const;
 
   // ---- Device locks (tree lock held). lock_dev waits, with the tree lock

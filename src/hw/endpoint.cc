@@ -41,7 +41,15 @@ Result<std::unique_ptr<GenericEndpoint>> GenericEndpoint::create(const EndpointP
       e->config().raw_write(pasid + PCI_PASID_CAP, 2, 0x1400);  // 20-bit PASIDs
     }
     TRY(add_dsn_cap(*e, 0x0000'00ff'fe00'0001ull));
-    if (p.aer) TRY(e->add_ext_capability(PCI_EXT_CAP_ID_ERR, 2, PCI_ERR_ROOT_COMMAND));
+    if (p.aer) {
+      // The masks and severities software sets (PCIe 6.0 §7.8.4): the
+      // defined errors are writable; severity starts at the spec's default.
+      uint16_t aer = TRY(e->add_ext_capability(PCI_EXT_CAP_ID_ERR, 2, PCI_ERR_ROOT_COMMAND));
+      e->config().set_rw(aer + PCI_ERR_UNCOR_MASK, 4, 0x03fff030);
+      e->config().set_rw(aer + PCI_ERR_UNCOR_SEVER, 4, 0x03fff030);
+      e->config().raw_write(aer + PCI_ERR_UNCOR_SEVER, 4, 0x00462030);
+      e->config().set_rw(aer + PCI_ERR_COR_MASK, 4, 0x0000f1c1);
+    }
   }
   (void)e->bar_memory(0)->store(kRegId, 4, kIdValue);
   e->finish_build();

@@ -35,8 +35,8 @@ struct EndpointParams {
   unsigned msi_vectors = 4;
   bool msi_64bit = true;
   bool msi_per_vector_mask = true;
-  // An AER capability (extended space; PCIe only). Its registers are
-  // read-only here: a test that needs them writable sets the masks.
+  // An AER capability (extended space; PCIe only): its masks and
+  // severities writable, its status and log registers read-only.
   bool aer = false;
   unsigned msix_vectors = 8;
   bool pcie = true;

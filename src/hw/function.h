@@ -122,6 +122,14 @@ class Function {
   // reset (on_reset()). Reachable through PCIe Device Control too.
   void function_level_reset();
   bool flr_capable() const;
+  // A PF's FLR clears VF Enable, and its VFs go away. Software that puts the
+  // state back within the same reset (pci_reset_function(): its
+  // pci_restore_state() sets VF Enable again, sriov_restore_state) says so
+  // first; the PF's FLR then resets each VF in place and leaves the SR-IOV
+  // registers as they were, so the VFs' devices stay (the hardware's window
+  // without VFs is not modelled: the restore follows at once).
+  void set_vfs_survive_flr(bool on) { vfs_survive_flr_.store(on); }
+  bool vfs_survive_flr() const { return vfs_survive_flr_.load(); }
   // How many FLRs the function went through (a debug counter, for tests).
   unsigned flr_count() const { return flr_count_; }
 
@@ -171,6 +179,7 @@ class Function {
 
  private:
   friend class Fabric;
+  std::atomic<bool> vfs_survive_flr_{false};
   std::string model_;
   Bdf bdf_;
   Fabric* fabric_ = nullptr;  // set while attached; the Fabric outlives attachment

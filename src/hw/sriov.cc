@@ -86,6 +86,22 @@ SriovCapability::Vfs SriovCapability::take_vfs() {
   return out;
 }
 
+std::vector<uint32_t> SriovCapability::save_regs() const {
+  std::vector<uint32_t> r;
+  for (uint16_t i = 4; i < PCI_EXT_CAP_SRIOV_SIZEOF; i += 4) r.push_back(pf_.config().raw_read(off_ + i, 4));
+  return r;
+}
+
+void SriovCapability::restore_regs(const std::vector<uint32_t>& regs) {
+  ConfigSpace& c = pf_.config();
+  for (size_t k = 0; k < regs.size(); ++k) c.raw_write(static_cast<uint16_t>(off_ + 4 + 4 * k), 4, regs[k]);
+  c.set_rw(off_ + PCI_SRIOV_NUM_VF, 2, enabled_ ? 0 : 0xffff);
+}
+
+void SriovCapability::reset_vfs_in_place() {
+  for (auto& vf : vfs_) vf->function_level_reset();
+}
+
 void SriovCapability::release_vfs(Vfs vfs) {
   // Last VF first, as Linux's sriov_disable() removes them.
   while (!vfs.empty()) {

@@ -57,6 +57,13 @@ class SriovCapability {
   [[nodiscard]] Vfs config_written(uint16_t off, unsigned width);
   [[nodiscard]] Vfs take_vfs();
   static void release_vfs(Vfs vfs);
+  // A PF FLR the OS restores at once (Function::set_vfs_survive_flr): the
+  // capability's registers as they are (save_regs) are put back after the
+  // PF's config space returns to power-on values (restore_regs), and each
+  // VF goes through its own FLR (reset_vfs_in_place).
+  std::vector<uint32_t> save_regs() const;
+  void restore_regs(const std::vector<uint32_t>& regs);
+  void reset_vfs_in_place();
   void teardown() { release_vfs(take_vfs()); }
 
  private:

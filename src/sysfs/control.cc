@@ -127,9 +127,14 @@ json handle_request(const driver::Tree& tree, std::string_view line) {
     } else {
       return fail(Error(EINVAL, "write without data"));
     }
-    auto r = tree.write(path, data);
+    uint64_t offset = 0;
+    if (req.contains("offset")) {
+      if (!req["offset"].is_number_unsigned()) return fail(Error(EINVAL, "offset is not an unsigned integer"));
+      offset = req["offset"].get<uint64_t>();
+    }
+    auto r = tree.write_at(path, offset, data);
     if (!r) return fail(r.error());
-    return json{{"ok", true}};
+    return json{{"ok", true}, {"written", *r}};
   }
   return fail(Error(EINVAL, "unknown op"));
 }
@@ -308,6 +313,12 @@ Result<std::string> ControlClient::read(const std::string& path) {
 Result<void> ControlClient::write(const std::string& path, const std::string& data) {
   TRY(call(json{{"op", "write"}, {"path", path}, {"data_hex", to_hex(data)}}));
   return ok();
+}
+
+Result<size_t> ControlClient::write_at(const std::string& path, uint64_t offset, const std::string& data) {
+  json r = TRY(call(json{{"op", "write"}, {"path", path}, {"offset", offset}, {"data_hex", to_hex(data)}}));
+  if (!r.contains("written") || !r["written"].is_number_unsigned()) return Error(EPROTO, "bad reply");
+  return r["written"].get<size_t>();
 }
 
 Result<driver::NodeInfo> ControlClient::stat(const std::string& path) {

@@ -4,7 +4,8 @@
 // not available).
 //
 // Requests:  {"op":"stat"|"ls"|"read"|"readlink", "path":P}
-//            {"op":"write", "path":P, "data":TEXT}  (or "data_hex":HEX)
+//            {"op":"write", "path":P, "data":TEXT}  (or "data_hex":HEX),
+//              optionally "offset":N (a pwrite; the reply has "written")
 // Replies:   {"ok":true, ...} with "kind"/"mode"/"size", "entries":[{name,kind}],
 //            "data_hex", or "target"; or {"ok":false, "errno":N, "error":TEXT}.
 // Paths are relative to the tree's root ("bus/pci/devices").
@@ -83,6 +84,7 @@ class ControlClient {
 
   Result<std::string> read(const std::string& path);
   Result<void> write(const std::string& path, const std::string& data);
+  Result<size_t> write_at(const std::string& path, uint64_t offset, const std::string& data);
   Result<std::string> readlink(const std::string& path);
   Result<std::vector<std::pair<std::string, std::string>>> ls(const std::string& path);  // name, kind
   Result<driver::NodeInfo> stat(const std::string& path);

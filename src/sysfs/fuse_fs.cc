@@ -27,7 +27,7 @@ class LocalTree : public TreeSource {
   Result<driver::NodeInfo> stat(std::string_view p) override { return t_.stat(p); }
   Result<std::vector<driver::DirEntry>> list(std::string_view p) override { return t_.list(p); }
   Result<std::string> read(std::string_view p) override { return t_.read(p); }
-  Result<void> write(std::string_view p, std::string_view d) override { return t_.write(p, d); }
+  Result<size_t> write(std::string_view p, uint64_t off, std::string_view d) override { return t_.write_at(p, off, d); }
   Result<std::string> readlink(std::string_view p) override { return t_.readlink(p); }
 
  private:
@@ -126,10 +126,14 @@ int fs_read(const char* path, char* buf, size_t size, off_t off, fuse_file_info*
   return static_cast<int>(n);
 }
 
-int fs_write(const char* path, const char* buf, size_t size, off_t, fuse_file_info*) {
-  auto r = ctx()->tree->write(rel(path), std::string_view(buf, size));
+int fs_write(const char* path, const char* buf, size_t size, off_t off, fuse_file_info* fi) {
+  if (off < 0) return -EINVAL;
+  auto r = ctx()->tree->write(rel(path), static_cast<uint64_t>(off), std::string_view(buf, size));
   if (!r) return -r.error().code;
-  return static_cast<int>(size);
+  // What this handle read before is stale now (config: a read-modify-write
+  // on one descriptor, as setpci does, must see its own write).
+  if (fi && fi->fh) reinterpret_cast<Handle*>(fi->fh)->loaded = false;
+  return static_cast<int>(std::min(*r, size));
 }
 
 int fs_truncate(const char* path, off_t, fuse_file_info*) {

@@ -56,7 +56,8 @@ class TreeSource {
   virtual Result<driver::NodeInfo> stat(std::string_view path) = 0;
   virtual Result<std::vector<driver::DirEntry>> list(std::string_view path) = 0;
   virtual Result<std::string> read(std::string_view path) = 0;
-  virtual Result<void> write(std::string_view path, std::string_view data) = 0;
+  // pwrite(): the bytes taken (Tree::write_at).
+  virtual Result<size_t> write(std::string_view path, uint64_t offset, std::string_view data) = 0;
   virtual Result<std::string> readlink(std::string_view path) = 0;
 };
 

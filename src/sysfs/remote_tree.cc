@@ -57,8 +57,8 @@ Result<std::string> RemoteTree::read(std::string_view p) {
   return with_client([&](ControlClient& c) { return c.read(std::string(p)); });
 }
 
-Result<void> RemoteTree::write(std::string_view p, std::string_view data) {
-  return with_client([&](ControlClient& c) { return c.write(std::string(p), std::string(data)); });
+Result<size_t> RemoteTree::write(std::string_view p, uint64_t offset, std::string_view data) {
+  return with_client([&](ControlClient& c) { return c.write_at(std::string(p), offset, std::string(data)); });
 }
 
 Result<std::string> RemoteTree::readlink(std::string_view p) {

@@ -26,7 +26,7 @@ class RemoteTree : public TreeSource {
   Result<driver::NodeInfo> stat(std::string_view p) override;
   Result<std::vector<driver::DirEntry>> list(std::string_view p) override;
   Result<std::string> read(std::string_view p) override;
-  Result<void> write(std::string_view p, std::string_view data) override;
+  Result<size_t> write(std::string_view p, uint64_t offset, std::string_view data) override;
   Result<std::string> readlink(std::string_view p) override;
 
  private:

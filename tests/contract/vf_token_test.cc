@@ -111,6 +111,27 @@ TEST_F(VfToken, PfNeedsTheTokenWhileVfsAreOpen) {
   ASSERT_TRUE(pf->open(OpenArgs{kU1}));
 }
 
+// vfio_pci_ioctl_reset() -> pci_try_reset_function() on a PF with VFs: no
+// EBUSY; the PF's FLR resets its VFs, which stay, with their VFIO devices
+// and users (who are not told, as on Linux).
+TEST_F(VfToken, VfioPciIoctlResetOfAPfResetsItsVfsInPlace) {
+  ASSERT_TRUE(pf->open(OpenArgs{kU1}));
+  ASSERT_TRUE(vf->open(OpenArgs{kU1}));
+  hw::Function* hvf = sys->fabric().find(kVf);
+  hw::Function* hpf = sys->fabric().find(kPf);
+  ASSERT_TRUE(hvf && hpf);
+  unsigned vf_flrs = hvf->flr_count(), pf_flrs = hpf->flr_count();
+  ASSERT_TRUE(pf->reset());
+  EXPECT_EQ(hpf->flr_count(), pf_flrs + 1);
+  EXPECT_EQ(hvf->flr_count(), vf_flrs + 1);
+  EXPECT_EQ(sys->fabric().find(kVf), hvf);
+  EXPECT_EQ(sys->vfio_device(kVf), vf);
+  EXPECT_EQ(*sys->core().tree().read("bus/pci/devices/0000:00:04.0/sriov_numvfs"), "1\n");
+  uint32_t id = 0;
+  ASSERT_TRUE(vf->region_read(VFIO_PCI_CONFIG_REGION_INDEX, 0, std::span(reinterpret_cast<uint8_t*>(&id), 4)));
+  EXPECT_EQ(id, 0x101e15b3u);
+}
+
 TEST_F(VfToken, FeatureIsSetOnlyAndPfOnly) {
   ASSERT_TRUE(pf->open());
   uint8_t buf[16] = {};

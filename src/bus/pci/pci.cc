@@ -29,7 +29,7 @@ int PciDeviceId::specificity() const {
   return n;
 }
 
-Result<uint16_t> parse_u16(std::string_view s) {
+Result<uint64_t> parse_ulong(std::string_view s, uint64_t max) {
   if (!s.empty() && s.back() == '\n') s.remove_suffix(1);
   if (s.empty()) return Error(EINVAL, "not a number");
   unsigned base = 10;
@@ -41,7 +41,7 @@ Result<uint16_t> parse_u16(std::string_view s) {
     s.remove_prefix(1);
   }
   if (s.empty()) return Error(EINVAL, "not a number");
-  uint32_t v = 0;
+  uint64_t v = 0;
   for (char c : s) {
     unsigned d;
     if (c >= '0' && c <= '9') d = c - '0';
@@ -49,11 +49,13 @@ Result<uint16_t> parse_u16(std::string_view s) {
     else if (c >= 'A' && c <= 'F') d = c - 'A' + 10;
     else return Error(EINVAL, "not a number");
     if (d >= base) return Error(EINVAL, "not a number");
+    if (v > (max - d) / base) return Error(ERANGE, "number too large");
     v = v * base + d;
-    if (v > 0xffff) return Error(ERANGE, "number too large");
   }
-  return static_cast<uint16_t>(v);
+  return v;
 }
+
+Result<uint16_t> parse_u16(std::string_view s) { return static_cast<uint16_t>(TRY(parse_ulong(s, 0xffff))); }
 
 // ---- PciDevice ----------------------------------------------------------------
 
@@ -69,13 +71,24 @@ void PciDevice::config_write(uint16_t off, unsigned width, uint32_t value) {
 }
 
 void PciDevice::enable_device() {
+  ++enable_cnt_;
   uint16_t cmd = static_cast<uint16_t>(config_read(PCI_COMMAND, 2));
   config_write(PCI_COMMAND, 2, cmd | PCI_COMMAND_MEMORY | PCI_COMMAND_MASTER);
 }
 
 void PciDevice::disable_device() {
+  // pci_disable_device(): the last user turns the function off.
+  int n = enable_cnt_.load();
+  while (n > 0 && !enable_cnt_.compare_exchange_weak(n, n - 1)) {
+  }
+  if (n <= 0) {
+    log::warn(name(), "disabling already-disabled device");
+    return;
+  }
+  if (n > 1) return;
+  // do_pci_disable_device(): bus mastering off; decode stays as it is.
   uint16_t cmd = static_cast<uint16_t>(config_read(PCI_COMMAND, 2));
-  config_write(PCI_COMMAND, 2, cmd & ~(PCI_COMMAND_MEMORY | PCI_COMMAND_MASTER));
+  if (cmd & PCI_COMMAND_MASTER) config_write(PCI_COMMAND, 2, cmd & ~PCI_COMMAND_MASTER);
 }
 
 uint16_t PciDevice::find_ext_capability(uint16_t id) const {
@@ -129,7 +142,12 @@ Result<void> PciDevice::flr() {
   for (int i = 0; i < 4 && (config_read(exp + PCI_EXP_DEVSTA, 2) & PCI_EXP_DEVSTA_TRPND); ++i)
     std::this_thread::sleep_for(std::chrono::milliseconds(1 << i));
   uint16_t ctl = static_cast<uint16_t>(config_read(exp + PCI_EXP_DEVCTL, 2));
+  // Every caller puts the saved state back at once, and pci_restore_state()
+  // sets VF Enable again: a PF's VFs are reset in place and keep their
+  // devices (hw::Function::set_vfs_survive_flr).
+  hw_->set_vfs_survive_flr(true);
   config_write(exp + PCI_EXP_DEVCTL, 2, ctl | PCI_EXP_DEVCTL_BCR_FLR);
+  hw_->set_vfs_survive_flr(false);
   // pci_dev_wait(): the function is back when config reads return data (an
   // emulated FLR completes within the write, so the kernel's fixed 100 ms
   // settle is not slept: docs/architecture.md).
@@ -152,8 +170,11 @@ uint16_t msi_cap_bytes(uint16_t flags) {
 
 SavedState PciDevice::save_state(bool msix_table) const {
   SavedState s;
-  s.config.resize(PCI_CFG_SPACE_SIZE / 4);
-  for (uint16_t i = 0; i < PCI_CFG_SPACE_SIZE; i += 4) s.config[i / 4] = config_read(i, 4);
+  // The whole of config space as it is now; restore_state() writes back the
+  // registers pci_save_state() keeps, nothing else.
+  uint16_t size = find_capability(PCI_CAP_ID_EXP) ? PCI_CFG_SPACE_EXP_SIZE : PCI_CFG_SPACE_SIZE;
+  s.config.resize(size / 4);
+  for (uint16_t i = 0; i < size; i += 4) s.config[i / 4] = config_read(i, 4);
   uint16_t msix = find_capability(PCI_CAP_ID_MSIX);
   if (msix_table && msix) {
     uint32_t t = config_read(msix + PCI_MSIX_TABLE, 4);
@@ -171,33 +192,50 @@ SavedState PciDevice::save_state(bool msix_table) const {
 }
 
 void PciDevice::restore_state(const SavedState& s, bool with_irqs) {
-  if (s.config.size() != PCI_CFG_SPACE_SIZE / 4) return;
-  uint16_t msi = find_capability(PCI_CAP_ID_MSI);
-  uint16_t msix = find_capability(PCI_CAP_ID_MSIX);
-  uint16_t pcie = find_capability(PCI_CAP_ID_EXP);
-  uint16_t msi_end = msi ? msi + msi_cap_bytes(static_cast<uint16_t>(s.config[msi / 4] >> 16)) : 0;
+  if (s.config.size() < PCI_CFG_SPACE_SIZE / 4) return;
+  auto saved = [&](uint16_t at, unsigned width) -> uint32_t {
+    if (at / 4 >= s.config.size()) return 0;
+    uint32_t d = s.config[at / 4] >> (8 * (at % 4));
+    return width == 4 ? d : d & ((1u << (8 * width)) - 1);
+  };
+  // A register is written only where the reset changed it
+  // (pci_restore_config_dword), so read-only and write-1-to-clear bits the
+  // device set meanwhile are left as they are.
   auto put = [&](uint16_t at, unsigned width, uint32_t v) {
     if (config_read(at, width) != v) config_write(at, width, v);
   };
-  for (uint16_t i = PCI_CACHE_LINE_SIZE; i < PCI_CFG_SPACE_SIZE; i += 4) {
-    if (msi && i >= msi && i < msi_end) continue;
-    if (msix && i >= msix && i < msix + PCI_CAP_MSIX_SIZEOF) continue;
-    uint32_t v = s.config[i / 4];
-    if (pcie && i == pcie + PCI_EXP_DEVCTL) {
-      put(i, 2, v & ~PCI_EXP_DEVCTL_BCR_FLR & 0xffff);  // never initiate another FLR
-      continue;
-    }
-    put(i, 4, v);
+  auto restore = [&](uint16_t at, unsigned width) { put(at, width, saved(at, width)); };
+  uint16_t pcie = find_capability(PCI_CAP_ID_EXP);
+  // pci_restore_pcie_state(): the control registers of the PCI Express
+  // capability (never Initiate FLR).
+  if (pcie) {
+    put(pcie + PCI_EXP_DEVCTL, 2, saved(pcie + PCI_EXP_DEVCTL, 2) & ~PCI_EXP_DEVCTL_BCR_FLR);
+    for (uint16_t r : {PCI_EXP_LNKCTL, PCI_EXP_SLTCTL, PCI_EXP_RTCTL, PCI_EXP_DEVCTL2, PCI_EXP_LNKCTL2,
+                       PCI_EXP_SLTCTL2})
+      restore(static_cast<uint16_t>(pcie + r), 2);
   }
+  // pci_restore_pasid_state(), pci_restore_aer_state(): their controls,
+  // the AER masks and severities.
+  if (uint16_t pasid = find_ext_capability(PCI_EXT_CAP_ID_PASID)) restore(pasid + PCI_PASID_CTRL, 2);
+  if (uint16_t aer = find_ext_capability(PCI_EXT_CAP_ID_ERR)) {
+    for (uint16_t r : {PCI_ERR_UNCOR_MASK, PCI_ERR_UNCOR_SEVER, PCI_ERR_COR_MASK, PCI_ERR_CAP})
+      restore(static_cast<uint16_t>(aer + r), 4);
+    if (is_bridge()) restore(aer + PCI_ERR_ROOT_COMMAND, 4);
+  }
+  // pci_restore_config_space(): the header after the identity registers
+  // (type 0 or 1 alike: BARs, bus numbers and windows, Interrupt Line),
+  // Command last of all.
+  for (uint16_t i = PCI_CACHE_LINE_SIZE; i < 0x40; i += 4) restore(i, 4);
   if (with_irqs) {
     // pci_restore_msi_state(): MSI's address, data and mask, then its
     // control; MSI-X's table with the function masked, then its control.
-    if (msi) {
-      for (uint16_t i = msi + 4; i < msi_end; i += 4) put(i, 4, s.config[i / 4]);
-      put(msi + PCI_MSI_FLAGS, 2, s.config[msi / 4] >> 16);
+    if (uint16_t msi = find_capability(PCI_CAP_ID_MSI)) {
+      uint16_t end = msi + msi_cap_bytes(static_cast<uint16_t>(saved(msi + PCI_MSI_FLAGS, 2)));
+      for (uint16_t i = msi + 4; i < end; i += 4) restore(i, 4);
+      restore(msi + PCI_MSI_FLAGS, 2);
     }
-    if (msix) {
-      uint16_t ctrl = static_cast<uint16_t>(s.config[msix / 4] >> 16);
+    if (uint16_t msix = find_capability(PCI_CAP_ID_MSIX)) {
+      uint16_t ctrl = static_cast<uint16_t>(saved(msix + PCI_MSIX_FLAGS, 2));
       if (!s.msix_table.empty()) {
         put(msix + PCI_MSIX_FLAGS, 2, ctrl | PCI_MSIX_FLAGS_MASKALL);
         uint32_t t = config_read(msix + PCI_MSIX_TABLE, 4);
@@ -209,12 +247,24 @@ void PciDevice::restore_state(const SavedState& s, bool with_irqs) {
       put(msix + PCI_MSIX_FLAGS, 2, ctrl);
     }
   }
-  put(PCI_COMMAND, 2, s.config[PCI_COMMAND / 4] & 0xffff);
+  // pci_restore_iov_state() -> sriov_restore_state(): nothing while VF
+  // Enable is still set (the VFs lived through the reset: flr()); else
+  // the VF BARs, page size, NumVFs. VF Enable itself is not set from here:
+  // VFs that went away come back through sriov_numvfs, with their devices.
+  if (sriov_pos_ && !(config_read(sriov_pos_ + PCI_SRIOV_CTRL, 2) & PCI_SRIOV_CTRL_VFE)) {
+    for (unsigned i = 0; i < kNumBars; ++i) restore(static_cast<uint16_t>(sriov_pos_ + PCI_SRIOV_BAR + 4 * i), 4);
+    restore(sriov_pos_ + PCI_SRIOV_SYS_PGSIZE, 4);
+    restore(sriov_pos_ + PCI_SRIOV_NUM_VF, 2);
+    uint16_t ctrl = static_cast<uint16_t>(saved(sriov_pos_ + PCI_SRIOV_CTRL, 2));
+    if (ctrl & PCI_SRIOV_CTRL_VFE)
+      log::warn(name(), "VFs did not survive the reset: enable them again through sriov_numvfs");
+    put(sriov_pos_ + PCI_SRIOV_CTRL, 2, ctrl & ~PCI_SRIOV_CTRL_VFE);
+  }
+  restore(PCI_COMMAND, 2);
 }
 
 Result<void> PciDevice::reset_function() {
   if (reset_methods_.empty()) return Error(ENOTTY, "no reset method enabled");
-  if (!vfs_.empty()) return Error(EBUSY, "a function reset would take the PF's VFs away");
   auto* drv = dynamic_cast<PciDriver*>(driver());
   driver::Binding* b = binding();
   // pci_dev_save_and_disable(): the driver told, the state saved, then
@@ -639,9 +689,22 @@ Result<void> PciBus::add_device_attributes(driver::Device& d) {
   TRY(t.add_file(dir, ro("revision", [p] { return fmt::format("0x{:02x}\n", p->revision_); })));
   TRY(t.add_file(dir, ro("irq", [p] { return fmt::format("{}\n", p->irq_); })));
   TRY(t.add_file(dir, ro("modalias", [this, p] { return modalias(*p) + "\n"; })));
-  TRY(t.add_file(dir, ro("enable", [p] {
-    return std::string((p->config_read(PCI_COMMAND, 2) & (PCI_COMMAND_MEMORY | PCI_COMMAND_IO)) ? "1\n" : "0\n");
-  })));
+  // enable: pci-sysfs.c's enable_show/enable_store. The count of
+  // pci_enable_device() users; root may enable an unbound function (1) or
+  // disable one it enabled (0: EIO when nobody had); a bound one is EBUSY.
+  TRY(t.add_file(dir, Attribute{"enable", 0644,
+                                [p]() -> Result<std::string> { return fmt::format("{}\n", p->enable_cnt_.load()); },
+                                [p](std::string_view v) -> Result<void> {
+                                  uint64_t n = TRY(parse_ulong(v));
+                                  if (p->driver()) return Error(EBUSY, "a driver has the device");
+                                  if (n) {
+                                    p->enable_device();
+                                  } else {
+                                    if (p->enable_cnt_.load() <= 0) return Error(EIO, "device not enabled");
+                                    p->disable_device();
+                                  }
+                                  return ok();
+                                }}));
   TRY(t.add_file(dir, ro("resource", [p] {
     std::string s;
     unsigned n = p->is_bridge() ? kNumResources : kBridgeResources;
@@ -653,10 +716,14 @@ Result<void> PciBus::add_device_attributes(driver::Device& d) {
     return s;
   })));
   uint16_t cfg_size = dev->cfg_size();
-  // config: the function's config space as config cycles see it. Read-only
-  // here (0444): Linux lets root write it (setpci), which needs writes at an
-  // offset that the attribute tree does not carry yet.
-  TRY(t.add_file(dir, Attribute{"config", 0444,
+  // config: the function's config space as config cycles see it, and
+  // pci_write_config(): root's writes at an offset, cut at the end of config
+  // space, in the widest naturally aligned cycles (a byte to reach 2-byte
+  // alignment, a word to reach 4, dwords, then a word and a byte). Nothing
+  // past the end is taken. What a write does is the hardware's: an SR-IOV
+  // VF Enable cleared or an FLR written here takes VFs away with their
+  // devices, as on Linux.
+  TRY(t.add_file(dir, Attribute{"config", 0644,
                                 [p, cfg_size]() -> Result<std::string> {
                                   std::string s(cfg_size, '\0');
                                   for (uint16_t i = 0; i < cfg_size; i += 4) {
@@ -665,7 +732,28 @@ Result<void> PciBus::add_device_attributes(driver::Device& d) {
                                   }
                                   return s;
                                 },
-                                nullptr, cfg_size}));
+                                nullptr, cfg_size,
+                                [p, cfg_size](uint64_t off, std::string_view data) -> Result<size_t> {
+                                  if (off >= cfg_size) return size_t{0};
+                                  size_t count = std::min<uint64_t>(data.size(), cfg_size - off);
+                                  auto at = static_cast<uint16_t>(off);
+                                  size_t i = 0, left = count;
+                                  auto le = [&](unsigned w) {
+                                    uint32_t v = 0;
+                                    for (unsigned b = 0; b < w; ++b)
+                                      v |= uint32_t{static_cast<uint8_t>(data[i + b])} << (8 * b);
+                                    p->config_write(at, w, v);
+                                    at = static_cast<uint16_t>(at + w);
+                                    i += w;
+                                    left -= w;
+                                  };
+                                  if ((at & 1) && left) le(1);
+                                  if ((at & 3) && left > 2) le(2);
+                                  while (left > 3) le(4);
+                                  if (left >= 2) le(2);
+                                  if (left) le(1);
+                                  return count;
+                                }}));
   TRY(t.add_file(dir, Attribute{"driver_override", 0644,
                                 [p]() -> Result<std::string> {
                                   return p->driver_override().empty() ? std::string("(null)\n")

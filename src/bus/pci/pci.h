@@ -16,6 +16,7 @@
 #include <linux/pci_regs.h>
 
 #include <array>
+#include <atomic>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -78,10 +79,11 @@ struct BarMapping {
 inline constexpr unsigned kNumBars = PCI_STD_NUM_BARS;
 
 // pci_save_state(): what a function reset clears and software puts back —
-// the header and capabilities (the first 256 bytes of config space) and,
+// config space (restore_state() writes back what the kernel keeps: the
+// header, the PCI Express, MSI, MSI-X, AER, PASID and SR-IOV controls) and,
 // when asked for, the MSI-X table as read through its BAR.
 struct SavedState {
-  std::vector<uint32_t> config;                     // PCI_CFG_SPACE_SIZE / 4 dwords; empty: none saved
+  std::vector<uint32_t> config;                     // 256 or 4096 bytes as dwords; empty: none saved
   std::vector<std::array<uint32_t, 4>> msix_table;  // PCI_MSIX_ENTRY_* dwords per vector
 };
 
@@ -134,7 +136,8 @@ class PciDevice : public driver::Device {
   // pcie_flr(): waits for Transactions Pending to clear, writes Initiate
   // FLR, then waits for the function to answer config cycles again
   // (pci_dev_wait). ENOTTY without FLR, ETIMEDOUT if it never comes back.
-  // One at a time per function.
+  // One at a time per function. The caller restores the saved state next:
+  // a PF's VFs are reset with it and stay (VF Enable kept).
   Result<void> flr();
   // pci_save_state() / pci_restore_state(): `with_irqs` false leaves the
   // MSI and MSI-X capabilities (and the table) to the caller, as
@@ -146,8 +149,8 @@ class PciDevice : public driver::Device {
   // pci_reset_function() as `echo 1 > reset` runs it (the device lock held):
   // the bound driver's reset_prepare(), the state saved, the first enabled
   // reset method, the state restored, the driver's reset_done(). ENOTTY
-  // without an enabled method; EBUSY for a PF with VFs enabled (a PF FLR
-  // would take the VFs away: docs/architecture.md).
+  // without an enabled method. A PF's VFs are reset with it and keep their
+  // devices and drivers, which are not told (as on Linux).
   Result<void> reset_function();
 
   // ---- BARs: memory and I/O cycles (pci_iomap'd accesses, inb/outb) --------
@@ -169,10 +172,14 @@ class PciDevice : public driver::Device {
   void attach_iommu(hw::IommuDomain* domain);
   void set_irq_sink(hw::IrqSink* sink);
 
-  // pci_enable_device_mem() + pci_set_master(), and the reverse: what a
+  // pci_enable_device_mem() + pci_set_master(), and pci_disable_device()
+  // (bus mastering off when the last user goes; decode stays): what a
   // driver does in probe()/remove() before it touches BARs or DMA.
+  // Counted, as pci_enable_device()'s enable_cnt: the last disable turns
+  // the function off.
   void enable_device();
   void disable_device();
+  int enable_count() const { return enable_cnt_.load(); }
 
   // SR-IOV: a VF's PF, its index; a PF's capability offset and VFs.
   bool is_virtfn() const { return physfn_ != nullptr; }
@@ -190,6 +197,7 @@ class PciDevice : public driver::Device {
 
   PciBus* pci_bus_;
   hw::Function* hw_;
+  std::atomic<int> enable_cnt_{0};
   Bdf bdf_;
   uint16_t vendor_ = 0, device_ = 0, subvendor_ = 0, subdevice_ = 0;
   uint32_t class_ = 0;
@@ -303,7 +311,9 @@ class PciBus : public driver::Bus {
   unsigned next_irq_ = 16;
 };
 
-// kstrtou16(buf, 0, ...): decimal, 0x-hex or 0-octal, one trailing newline.
+// kstrtoul(buf, 0, ...) with a bound (ERANGE above `max`): decimal, 0x-hex
+// or 0-octal, one trailing newline; kstrtou16 is the 0xffff bound.
+Result<uint64_t> parse_ulong(std::string_view s, uint64_t max = UINT64_MAX);
 Result<uint16_t> parse_u16(std::string_view s);
 
 }  // namespace uvfio::bus::pci

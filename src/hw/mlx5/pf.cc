@@ -59,12 +59,32 @@ void Pf::on_config_write(uint16_t off, unsigned width, uint32_t) {
 
 void Pf::before_reset() {
   stop_firmware();
+  // The firmware's state goes with it: dirty-page trackers first (they hold
+  // write observers on the VFs' domains).
+  {
+    std::lock_guard lk(trackers_mu_);
+    for (auto& [id, t] : trackers_)
+      if (Vf* vf = target(id); vf && vf->iommu()) vf->iommu()->set_write_observer(nullptr);
+    trackers_.clear();
+  }
+  if (vfs_survive_flr() && sriov_->num_enabled()) {
+    std::shared_lock vl(vfs_mu_);
+    survive_regs_ = sriov_->save_regs();
+    sriov_->reset_vfs_in_place();
+    return;
+  }
   SriovCapability::Vfs gone;
   {
     std::unique_lock vl(vfs_mu_);
     gone = sriov_->take_vfs();
   }
   SriovCapability::release_vfs(std::move(gone));
+}
+
+void Pf::on_reset() {
+  if (survive_regs_.empty()) return;
+  sriov_->restore_regs(survive_regs_);
+  survive_regs_.clear();
 }
 
 Pf::~Pf() {

@@ -56,6 +56,7 @@ class Pf : public Function, private RegisterHandler {
  protected:
   void on_config_write(uint16_t off, unsigned width, uint32_t old_value) override;
   void before_reset() override;
+  void on_reset() override;
   Result<uint64_t> bar_read(unsigned bar, uint64_t off, unsigned width) override;
   Result<void> bar_write(unsigned bar, uint64_t off, unsigned width, uint64_t value) override;
 
@@ -94,6 +95,7 @@ class Pf : public Function, private RegisterHandler {
   // Held shared by a running command, exclusive while the VFs are torn
   // down (SR-IOV off, FLR), so no command ever sees a VF that is going.
   std::shared_mutex vfs_mu_;
+  std::vector<uint32_t> survive_regs_;  // SR-IOV registers across an FLR the VFs survive
 
   std::mutex trackers_mu_;
   std::map<uint16_t, std::shared_ptr<Tracker>> trackers_;  // by function id; guarded by trackers_mu_

@@ -142,10 +142,7 @@ Result<void> CoreDevice::enable() {
   power_state_ = 0;
   uint16_t cmd = static_cast<uint16_t>(pdev_.config_read(PCI_COMMAND, 2));
   pdev_.config_write(PCI_COMMAND, 2, cmd & ~PCI_COMMAND_MASTER);
-  // A PF FLR clears VF Enable and takes the VFs away; Linux puts SR-IOV back
-  // after the reset, we keep the VFs instead: no open-time reset while a PF
-  // has VFs.
-  if (reset_works_ && !pdev_.sriov_num_vfs()) {
+  if (reset_works_) {
     saved_ = {};
     save_state();
     (void)pdev_.flr();
@@ -203,9 +200,10 @@ void CoreDevice::disable() {
   // bus master) across the reset, then the state saved at open back —
   // never one a user's reset saved later (which may have bus master on).
   pdev_.config_write(PCI_COMMAND, 2, PCI_COMMAND_INTX_DISABLE);
-  if (reset_works_ && !pdev_.sriov_num_vfs()) (void)pdev_.flr();
+  if (reset_works_) (void)pdev_.flr();
   saved_ = open_saved_;
   restore_state();
+  pdev_.disable_device();
   config_free();
   if (sriov_pf_) {
     std::lock_guard lk(sriov_pf_->vf_token_->mu);
@@ -215,8 +213,7 @@ void CoreDevice::disable() {
 
 // pci_save_state()/pci_restore_state() (the bus's) for what an FLR clears:
 // the standard header (BARs, command, cache line) and the capabilities'
-// control registers; not the SR-IOV capability (VFs do not come back by
-// themselves). MSI and MSI-X are reprogrammed from the user's interrupt
+// control registers (a PF's VFs live through its FLR). MSI and MSI-X are reprogrammed from the user's interrupt
 // state below.
 void CoreDevice::save_state() { saved_ = pdev_.save_state(false); }
 
@@ -276,7 +273,6 @@ void CoreDevice::pci_reset_done() {
 
 Result<void> CoreDevice::do_reset() {
   if (!reset_works_) return Error(EINVAL, "device has no function reset");
-  if (pdev_.sriov_num_vfs()) return Error(EBUSY, "a reset would take the PF's VFs away");
   power_state_ = 0;
   return function_reset();
 }

@@ -353,10 +353,13 @@ TEST_F(PciFixture, HardwareVanishingTakesItsDeviceAlong) {
   EXPECT_EQ(bus->find(Bdf(0, 2, 0, 1)), nullptr);
   EXPECT_EQ(pf.sriov_num_vfs(), 0);
   EXPECT_EQ(*core.tree().read("bus/pci/devices/0000:01:00.1/sriov_numvfs"), "0\n");
-  // And a PF FLR does the same.
+  // And an FLR written to the PF's config space (nobody restoring the
+  // state after it, unlike flr() and pci_reset_function()) does the same.
   ASSERT_TRUE(core.tree().write("bus/pci/devices/0000:01:00.1/sriov_numvfs", "1"));
-  ASSERT_TRUE(pf.flr());  // pcie_flr() over config cycles
+  uint16_t exp = pf.find_capability(PCI_CAP_ID_EXP);
+  pf.config_write(exp + PCI_EXP_DEVCTL, 2, pf.config_read(exp + PCI_EXP_DEVCTL, 2) | PCI_EXP_DEVCTL_BCR_FLR);
   EXPECT_EQ(bus->find(Bdf(0, 2, 0, 1)), nullptr);
+  EXPECT_EQ(pf.sriov_num_vfs(), 0);
   core.unregister_driver(vfdrv);
   core.unregister_driver(pfdrv);
 }
@@ -464,28 +467,171 @@ TEST_F(PciFixture, ResetAndResetMethodErrnoRules) {
   EXPECT_EQ(hwf->flr_count(), ++flrs);
 }
 
-// A PF FLR would take its VFs away (and here remove their devices): refused
-// while VFs are enabled; without VFs the PF resets like any function.
-TEST_F(PciFixture, ResetOfAPfWithVfsIsRefused) {
+// pci_reset_function() on a PF with VFs: the FLR resets the VFs with it and
+// pci_restore_state() (sriov_restore_state) sets VF Enable again, so the
+// VFs' devices stay, bound; their own state is the hardware's after reset
+// (their drivers are not told); the PF's state comes back.
+TEST_F(PciFixture, PciResetFunctionOfAPfResetsItsVfsAndKeepsThem) {
   TestDriver drv("pfdrv", {{0x15b3, 0x101d}}, true);
+  TestDriver vfdrv("vfdrv", {{0x15b3, 0x101e}});
   ASSERT_TRUE(core.register_driver(*bus, drv));
+  ASSERT_TRUE(core.register_driver(*bus, vfdrv));
   auto& t = core.tree();
   const std::string r = "bus/pci/devices/0000:01:00.1/reset";
   hw::Function* pf = fabric.find(Bdf(0, 1, 0, 1));
+  PciDevice& pfd = dev(Bdf(0, 1, 0, 1));
   unsigned flrs = pf->flr_count();
   ASSERT_TRUE(t.write("bus/pci/devices/0000:01:00.1/sriov_numvfs", "2"));
-  EXPECT_EQ(t.write(r, "1").error().code, EBUSY);
-  EXPECT_EQ(pf->flr_count(), flrs);
-  EXPECT_NE(bus->find(Bdf(0, 2, 0, 1)), nullptr);
-  // The VFs have FLR too.
-  EXPECT_EQ(*t.read("bus/pci/devices/0000:02:00.1/reset_method"), "flr\n");
-  hw::Function* vf = fabric.find(Bdf(0, 2, 0, 1));
-  unsigned vf_flrs = vf->flr_count();
-  ASSERT_TRUE(t.write("bus/pci/devices/0000:02:00.1/reset", "1"));
-  EXPECT_EQ(vf->flr_count(), vf_flrs + 1);
-  ASSERT_TRUE(t.write("bus/pci/devices/0000:01:00.1/sriov_numvfs", "0"));
+  PciDevice* vf0 = bus->find(Bdf(0, 2, 0, 1));
+  PciDevice* vf1 = bus->find(Bdf(0, 2, 0, 2));
+  ASSERT_TRUE(vf0 && vf1);
+  ASSERT_EQ(vf0->driver(), &vfdrv);
+  hw::Function* hvf0 = fabric.find(Bdf(0, 2, 0, 1));
+  hw::Function* hvf1 = fabric.find(Bdf(0, 2, 0, 2));
+  unsigned vf_flrs0 = hvf0->flr_count(), vf_flrs1 = hvf1->flr_count();
+  vf0->enable_device();  // a VF's Memory Space bit is the PF's VF MSE: Bus Master shows it
+  ASSERT_TRUE(vf0->config_read(PCI_COMMAND, 2) & PCI_COMMAND_MASTER);
+  ASSERT_TRUE(vf0->bar_write(2, 0x40, 4, 0x5a5a5a5a));  // device memory
+  pfd.config_write(PCI_CACHE_LINE_SIZE, 1, 0x10);
+  uint16_t iov = pfd.find_ext_capability(PCI_EXT_CAP_ID_SRIOV);
+  uint32_t iov_before = pfd.config_read(iov + PCI_SRIOV_CTRL, 4);
+
   ASSERT_TRUE(t.write(r, "1"));
   EXPECT_EQ(pf->flr_count(), flrs + 1);
+  EXPECT_EQ(hvf0->flr_count(), vf_flrs0 + 1);
+  EXPECT_EQ(hvf1->flr_count(), vf_flrs1 + 1);
+  EXPECT_EQ(bus->find(Bdf(0, 2, 0, 1)), vf0);
+  EXPECT_EQ(bus->find(Bdf(0, 2, 0, 2)), vf1);
+  EXPECT_EQ(vf0->driver(), &vfdrv);
+  EXPECT_EQ(fabric.find(Bdf(0, 2, 0, 1)), hvf0);
+  EXPECT_EQ(*t.read("bus/pci/devices/0000:01:00.1/sriov_numvfs"), "2\n");
+  EXPECT_EQ(pfd.config_read(iov + PCI_SRIOV_CTRL, 4), iov_before);  // VF Enable and NumVFs
+  EXPECT_EQ(pfd.config_read(PCI_CACHE_LINE_SIZE, 1), 0x10u);
+  EXPECT_FALSE(vf0->config_read(PCI_COMMAND, 2) & PCI_COMMAND_MASTER);  // the VF's own state: reset
+  EXPECT_EQ(*vf0->bar_read(2, 0x40, 4), 0u);
+  // NumVFs stays read-only while the VFs are enabled; they go as usual.
+  pfd.config_write(iov + PCI_SRIOV_NUM_VF, 2, 1);
+  EXPECT_EQ(pfd.config_read(iov + PCI_SRIOV_NUM_VF, 2), 2u);
+  ASSERT_TRUE(t.write("bus/pci/devices/0000:01:00.1/sriov_numvfs", "0"));
+  EXPECT_EQ(bus->find(Bdf(0, 2, 0, 1)), nullptr);
+  ASSERT_TRUE(t.write(r, "1"));
+  EXPECT_EQ(pf->flr_count(), flrs + 2);
+  // The VFs' reset method works on its own too.
+  ASSERT_TRUE(t.write("bus/pci/devices/0000:01:00.1/sriov_numvfs", "1"));
+  hw::Function* vf = fabric.find(Bdf(0, 2, 0, 1));
+  unsigned n = vf->flr_count();
+  ASSERT_TRUE(t.write("bus/pci/devices/0000:02:00.1/reset", "1"));
+  EXPECT_EQ(vf->flr_count(), n + 1);
+  EXPECT_EQ(pf->flr_count(), flrs + 2);
+  ASSERT_TRUE(t.write("bus/pci/devices/0000:01:00.1/sriov_numvfs", "0"));
+  core.unregister_driver(vfdrv);
+  core.unregister_driver(drv);
+}
+
+// pci_restore_state(): the AER masks and severity (pci_restore_aer_state)
+// and the PCI Express controls come back; the PM state does not (the reset
+// leaves D0), nor do read-only registers.
+TEST_F(PciFixture, PciRestoreStateRestoresAerAndPcieControls) {
+  hw::EndpointParams p;
+  p.aer = true;
+  ASSERT_TRUE(fabric.attach(std::move(*hw::GenericEndpoint::create(p)), Bdf(0, 0, 4, 0)));
+  ASSERT_TRUE(bus->scan());
+  PciDevice& ep = dev(Bdf(0, 0, 4, 0));
+  uint16_t aer = ep.find_ext_capability(PCI_EXT_CAP_ID_ERR);
+  uint16_t exp = ep.find_capability(PCI_CAP_ID_EXP);
+  ASSERT_NE(aer, 0);
+  uint32_t sever = ep.config_read(aer + PCI_ERR_UNCOR_SEVER, 4);
+  ep.config_write(aer + PCI_ERR_UNCOR_MASK, 4, PCI_ERR_UNC_UNSUP | PCI_ERR_UNC_ECRC);
+  ep.config_write(aer + PCI_ERR_UNCOR_SEVER, 4, sever ^ PCI_ERR_UNC_COMP_ABORT);
+  ep.config_write(aer + PCI_ERR_COR_MASK, 4, PCI_ERR_COR_ADV_NFAT);
+  uint16_t devctl = static_cast<uint16_t>(ep.config_read(exp + PCI_EXP_DEVCTL, 2));
+  ep.config_write(exp + PCI_EXP_DEVCTL, 2, devctl ^ PCI_EXP_DEVCTL_RELAX_EN);
+  ASSERT_NE(ep.config_read(exp + PCI_EXP_DEVCTL, 2), devctl);
+  hw::Function* hwf = fabric.find(Bdf(0, 0, 4, 0));
+  unsigned flrs = hwf->flr_count();
+  ASSERT_TRUE(ep.reset_function());
+  EXPECT_EQ(hwf->flr_count(), flrs + 1);
+  EXPECT_EQ(ep.config_read(aer + PCI_ERR_UNCOR_MASK, 4), PCI_ERR_UNC_UNSUP | PCI_ERR_UNC_ECRC);
+  EXPECT_EQ(ep.config_read(aer + PCI_ERR_UNCOR_SEVER, 4), sever ^ PCI_ERR_UNC_COMP_ABORT);
+  EXPECT_EQ(ep.config_read(aer + PCI_ERR_COR_MASK, 4), PCI_ERR_COR_ADV_NFAT);
+  EXPECT_EQ(ep.config_read(exp + PCI_EXP_DEVCTL, 2), devctl ^ PCI_EXP_DEVCTL_RELAX_EN);
+  // Without the restore, the FLR would have cleared them: the model's
+  // power-on values differ.
+  hwf->function_level_reset();
+  EXPECT_EQ(hwf->config().raw_read(aer + PCI_ERR_UNCOR_MASK, 4), 0u);
+  EXPECT_EQ(hwf->config().raw_read(aer + PCI_ERR_UNCOR_SEVER, 4), sever);
+}
+
+// pci_write_config(): root's writes to `config` at an offset, cut at the
+// end of config space (nothing taken past it), in naturally aligned cycles.
+TEST_F(PciFixture, PciWriteConfigTakesBytesAtAnOffset) {
+  auto& t = core.tree();
+  const std::string c = "bus/pci/devices/0000:00:03.0/config";
+  PciDevice& ep = dev(Bdf(0, 0, 3, 0));
+  EXPECT_EQ(t.stat(c)->mode & 0777, 0644u);
+  EXPECT_EQ(*t.write_at(c, PCI_CACHE_LINE_SIZE, std::string("\x10", 1)), 1u);
+  EXPECT_EQ(ep.config_read(PCI_CACHE_LINE_SIZE, 1), 0x10u);
+  EXPECT_EQ(t.read(c)->at(PCI_CACHE_LINE_SIZE), '\x10');
+  // An odd start, a word, then a dword: Interrupt Line (0x3c) is the one
+  // writable byte there; the others are read-only and keep their values.
+  uint32_t before = ep.config_read(0x3c, 4);
+  EXPECT_EQ(*t.write_at(c, 0x3b, std::string("\xaa\x0b\xcc\xdd\xee", 5)), 5u);
+  EXPECT_EQ(ep.config_read(PCI_INTERRUPT_LINE, 1), 0x0bu);
+  EXPECT_EQ(ep.config_read(0x3c, 4) & ~0xffu, before & ~0xffu);
+  // The end of config space: the tail is cut, past it nothing is taken.
+  uint16_t size = ep.cfg_size();
+  EXPECT_EQ(*t.write_at(c, size - 2, std::string(6, '\0')), 2u);
+  EXPECT_EQ(*t.write_at(c, size, std::string(4, '\0')), 0u);
+  EXPECT_EQ(*t.write_at(c, uint64_t{1} << 40, std::string(4, '\0')), 0u);
+  // A text attribute's store ignores the offset, as sysfs does.
+  EXPECT_EQ(*t.write_at("bus/pci/devices/0000:00:03.0/driver_override", 7, "x\n"), 2u);
+  EXPECT_EQ(*t.read("bus/pci/devices/0000:00:03.0/driver_override"), "x\n");
+  ASSERT_TRUE(t.write("bus/pci/devices/0000:00:03.0/driver_override", "\n"));
+  EXPECT_EQ(t.write_at("bus/pci/devices/0000:00:03.0/vendor", 0, "1").error().code, EACCES);
+}
+
+// What a config write does is the hardware's: VF Enable cleared through the
+// PF's `config` takes the VFs and their devices away.
+TEST_F(PciFixture, PciWriteConfigOfVfEnableTakesTheVfsAway) {
+  TestDriver drv("pfdrv", {{0x15b3, 0x101d}}, true);
+  ASSERT_TRUE(core.register_driver(*bus, drv));
+  auto& t = core.tree();
+  ASSERT_TRUE(t.write("bus/pci/devices/0000:01:00.1/sriov_numvfs", "2"));
+  PciDevice& pf = dev(Bdf(0, 1, 0, 1));
+  uint16_t iov = pf.find_ext_capability(PCI_EXT_CAP_ID_SRIOV);
+  ASSERT_NE(bus->find(Bdf(0, 2, 0, 1)), nullptr);
+  EXPECT_EQ(*t.write_at("bus/pci/devices/0000:01:00.1/config", iov + PCI_SRIOV_CTRL, std::string(2, '\0')), 2u);
+  EXPECT_EQ(bus->find(Bdf(0, 2, 0, 1)), nullptr);
+  EXPECT_EQ(*t.read("bus/pci/devices/0000:01:00.1/sriov_numvfs"), "0\n");
+  core.unregister_driver(drv);
+}
+
+// enable_show()/enable_store(): the pci_enable_device() count; root enables
+// or disables an unbound function; EBUSY while a driver has it, EIO to
+// disable what nobody enabled, EINVAL for what kstrtoul refuses.
+TEST_F(PciFixture, EnableStoreFollowsPciSysfs) {
+  auto& t = core.tree();
+  const std::string e = "bus/pci/devices/0000:00:03.0/enable";
+  PciDevice& ep = dev(Bdf(0, 0, 3, 0));
+  EXPECT_EQ(t.stat(e)->mode & 0777, 0644u);
+  EXPECT_EQ(*t.read(e), "0\n");
+  EXPECT_EQ(t.write(e, "0").error().code, EIO);
+  EXPECT_EQ(t.write(e, "yes").error().code, EINVAL);
+  ASSERT_TRUE(t.write(e, "1\n"));
+  EXPECT_EQ(*t.read(e), "1\n");
+  EXPECT_TRUE(ep.config_read(PCI_COMMAND, 2) & PCI_COMMAND_MEMORY);
+  ASSERT_TRUE(t.write(e, "0x2"));  // any non-zero value enables once more
+  EXPECT_EQ(*t.read(e), "2\n");
+  ASSERT_TRUE(t.write(e, "0"));
+  EXPECT_TRUE(ep.config_read(PCI_COMMAND, 2) & PCI_COMMAND_MASTER);  // one user left
+  ASSERT_TRUE(t.write(e, "0"));
+  EXPECT_EQ(*t.read(e), "0\n");
+  EXPECT_FALSE(ep.config_read(PCI_COMMAND, 2) & PCI_COMMAND_MASTER);
+  TestDriver drv("epdrv", {{0x1b36, 0x0005}});
+  ASSERT_TRUE(core.register_driver(*bus, drv));
+  ASSERT_EQ(ep.driver(), &drv);
+  EXPECT_EQ(t.write(e, "1").error().code, EBUSY);
+  EXPECT_EQ(t.write(e, "0").error().code, EBUSY);
   core.unregister_driver(drv);
 }
 

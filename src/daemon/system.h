@@ -8,10 +8,12 @@
 #include <map>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "base/result.h"
 #include "bus/auxiliary/auxiliary.h"
 #include "bus/pci/pci.h"
+#include "daemon/plugins.h"
 #include "daemon/topology.h"
 #include "driver/core.h"
 #include "drivers/mlx5_core/mlx5_core.h"
@@ -28,9 +30,11 @@ struct SystemOptions {
 
 class System {
  public:
-  // Builds the hardware, binds drivers and applies each PF's num_vfs through
-  // sriov_numvfs, as an admin would. On any failure everything built so far
-  // is torn down and the error says what failed.
+  // Loads the plugins (each one's init registers its models and drivers),
+  // builds the hardware, binds drivers and applies each PF's num_vfs
+  // through sriov_numvfs, as an admin would. On any failure everything
+  // built so far is torn down and the error says what failed (and which
+  // plugin).
   static Result<std::unique_ptr<System>, TopologyError> create(const TopologySpec& spec,
                                                                 const SystemOptions& opts = {});
   ~System();
@@ -46,14 +50,21 @@ class System {
   // The registered VFIO device of a function, or nullptr.
   vfio::Device* vfio_device(Bdf bdf);
   const TopologySpec& spec() const { return spec_; }
+  // The loaded plugins' labels ("name (path)"), in load order.
+  std::vector<std::string> plugins() const;
 
  private:
-  System() = default;
+  class PluginHost;
+  System();
+  Result<void, TopologyError> load_plugins();
   Result<void, TopologyError> build_hardware();
+  Result<std::unique_ptr<hw::Function>, TopologyError> build_plugin_model(const DeviceSpec& d);
   Result<void, TopologyError> start_software();
 
   TopologySpec spec_;
   SystemOptions opts_;
+  // First, so last to go: the plugins' code outlives everything it made.
+  std::vector<PluginHandle> plugins_;
   // Declaration order is teardown order reversed: hardware outlives the
   // buses, the buses outlive the drivers' registrations.
   std::unique_ptr<hw::Fabric> fabric_;
@@ -64,6 +75,7 @@ class System {
   std::unique_ptr<drivers::mlx5::Mlx5CoreDriver> mlx5_core_;
   std::unique_ptr<drivers::vfio_pci::VfioPciDriver> vfio_pci_;
   std::unique_ptr<drivers::mlx5_vfio_pci::Mlx5VfioPci> mlx5_vfio_;
+  std::unique_ptr<PluginHost> host_;  // the plugins' models and drivers
   std::map<Bdf, std::string> vf_override_;  // PF address -> driver_override for its VFs
 };
 

@@ -66,7 +66,7 @@ bool is_bridge(Model m) {
   return m == Model::kRootPort || m == Model::kSwitchUpstream || m == Model::kSwitchDownstream;
 }
 
-Result<DeviceSpec, Err> parse_device(const toml::table& t, const Ctx& c) {
+Result<DeviceSpec, Err> parse_device(const toml::table& t, const Ctx& c, bool plugins) {
   DeviceSpec d;
   std::string addr = TRYT(get_str(t, c, "address", true));
   auto bdf = Bdf::parse(addr);
@@ -75,9 +75,24 @@ Result<DeviceSpec, Err> parse_device(const toml::table& t, const Ctx& c) {
   d.address = *bdf;
   std::string model = TRYT(get_str(t, c, "model", true));
   auto m = model_names().find(model);
-  if (m == model_names().end())
+  if (m == model_names().end() && !plugins)
     return c.err("model", fmt::format("unknown model '{}' (root-port, switch-upstream, switch-downstream, "
-                                      "mlx5-pf, endpoint)", model));
+                                      "mlx5-pf, endpoint; or one a [[plugin]] brings)", model));
+  if (m == model_names().end()) {
+    // A plugin's: whether one provides it is known once plugins are loaded
+    // (System::create); its keys are the factory's to check.
+    d.model = Model::kPlugin;
+    d.plugin_model = model;
+    d.driver_override = TRYT(get_str(t, c, "driver_override", false));
+    for (auto& [k, v] : t) {
+      if (k == "address" || k == "model" || k == "driver_override") continue;
+      if (v.is_integer()) d.params[k] = static_cast<int64_t>(v.as_integer());
+      else if (v.is_string()) d.params[k] = v.as_string().str;
+      else if (v.is_boolean()) d.params[k] = v.as_boolean();
+      else return c.err(k, "expected an integer, a string or a boolean");
+    }
+    return d;
+  }
   d.model = m->second;
   std::set<std::string> allowed{"address", "model"};
   if (is_bridge(d.model)) {
@@ -133,8 +148,10 @@ Result<DeviceSpec, Err> parse_device(const toml::table& t, const Ctx& c) {
 const char* to_string(Model m) {
   for (auto& [name, model] : model_names())
     if (model == m) return name.c_str();
-  return "?";
+  return m == Model::kPlugin ? "plugin" : "?";
 }
+
+bool is_builtin_model(std::string_view name) { return model_names().count(std::string(name)) != 0; }
 
 Result<uint64_t> parse_size(const std::string& s) {
   if (s.empty()) return Error(EINVAL);
@@ -321,14 +338,29 @@ Result<TopologySpec, TopologyError> parse_topology(const std::string& text, cons
   }
   if (!root.is_table()) return Err{origin + ": not a TOML table"};
   TopologySpec spec;
+  if (auto it = root.as_table().find("plugin"); it != root.as_table().end()) {
+    if (!it->second.is_array()) return Err{origin + ": plugin: expected an array of tables ([[plugin]])"};
+    const auto& arr = it->second.as_array();
+    for (size_t i = 0; i < arr.size(); ++i) {
+      Ctx c{origin, fmt::format("plugin[{}]", i)};
+      if (!arr[i].is_table()) return c.err("", "expected a table");
+      for (auto& [k, v] : arr[i].as_table())
+        if (k != "path") return c.err(k, "unknown key (a [[plugin]] has a path)");
+      std::string path = TRYT(get_str(arr[i].as_table(), c, "path", true));
+      if (path.empty() || path.find('\0') != std::string::npos) return c.err("path", "not a file name");
+      spec.plugins.push_back(std::move(path));
+    }
+  }
   for (auto& [k, v] : root.as_table()) {
-    if (k != "device") return Err{fmt::format("{}: {}: unknown top-level key (expected [[device]] tables)", origin, k)};
+    if (k == "plugin") continue;
+    if (k != "device")
+      return Err{fmt::format("{}: {}: unknown top-level key (expected [[device]] and [[plugin]] tables)", origin, k)};
     if (!v.is_array()) return Err{origin + ": device: expected an array of tables ([[device]])"};
     const auto& arr = v.as_array();
     for (size_t i = 0; i < arr.size(); ++i) {
       Ctx c{origin, fmt::format("device[{}]", i)};
       if (!arr[i].is_table()) return c.err("", "expected a table");
-      spec.devices.push_back(TRYT(parse_device(arr[i].as_table(), c)));
+      spec.devices.push_back(TRYT(parse_device(arr[i].as_table(), c, !spec.plugins.empty())));
     }
   }
   if (spec.devices.empty()) return Err{origin + ": no [[device]] tables: nothing to emulate"};
@@ -344,7 +376,13 @@ Result<TopologySpec, TopologyError> load_topology_file(const std::string& path) 
   std::stringstream ss;
   ss << in.rdbuf();
   if (ss.str().size() > (1 << 20)) return Err{path + ": larger than 1 MiB"};
-  return parse_topology(ss.str(), path);
+  TopologySpec spec = TRYT(parse_topology(ss.str(), path));
+  // A plugin's relative path is relative to the file that names it.
+  std::string dir = path.find('/') == std::string::npos ? "." : path.substr(0, path.rfind('/'));
+  if (dir.empty()) dir = "/";
+  for (std::string& p : spec.plugins)
+    if (p[0] != '/') p = dir + "/" + p;
+  return spec;
 }
 
 std::string seed_topology_toml() {

@@ -8,18 +8,22 @@
 #pragma once
 
 #include <cstdint>
+#include <map>
 #include <optional>
 #include <string>
 #include <vector>
 
 #include "base/bdf.h"
 #include "base/result.h"
+#include "sdk/plugin.h"
 
 namespace uvfio::daemon {
 
-enum class Model { kRootPort, kSwitchUpstream, kSwitchDownstream, kMlx5Pf, kEndpoint };
+enum class Model { kRootPort, kSwitchUpstream, kSwitchDownstream, kMlx5Pf, kEndpoint, kPlugin };
 
 const char* to_string(Model m);
+// A model name uvfiod builds itself ("mlx5-pf", ...): plugins cannot take it.
+bool is_builtin_model(std::string_view name);
 
 struct DeviceSpec {
   Bdf address;
@@ -39,9 +43,15 @@ struct DeviceSpec {
   uint16_t device = 0x0005;
   uint32_t class_code = 0x00ff00;
   std::string driver_override;
+  // A plugin's model (Model::kPlugin): its name and the table's other keys.
+  std::string plugin_model;
+  std::map<std::string, sdk::ModelParams::Value> params;
 };
 
 struct TopologySpec {
+  // [[plugin]] path = "...": shared objects loaded before anything is built,
+  // in this order (a relative path is relative to the topology file).
+  std::vector<std::string> plugins;
   std::vector<DeviceSpec> devices;  // sorted by address
 };
 

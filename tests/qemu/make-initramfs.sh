@@ -13,6 +13,9 @@
 # tests/qemu/prepare-guest.sh) and uvfio.kselftest on the kernel command
 # line, the init runs the kernel's VFIO selftests on every VF
 # (tests/kselftest/kselftest-run.sh).
+# With EDU_GUEST (a static examples/edu/edu_guest) in the environment and
+# uvfio.edu on the kernel command line, the init drives the edu devices
+# with it instead.
 #   make-initramfs.sh OUT.cpio.gz VF_CHECK_BINARY [MODULES_DIR [KSELFTEST_DIR VFIO_MODULES_DIR]]
 # Needs: busybox-static, pciutils, cpio (scripts/setup.sh installs them).
 set -euo pipefail
@@ -40,6 +43,7 @@ for lib in $(ldd /usr/bin/lspci /usr/bin/setpci | awk '$2 == "=>" && $3 ~ /^\// 
   cp -L "$lib" "$root$lib"
 done
 cp "$check" "$root/bin/vf_check"
+[ -n "${EDU_GUEST:-}" ] && cp "$EDU_GUEST" "$root/bin/edu_guest"
 if [ -n "$modules" ]; then
   mkdir -p "$root/lib/uvfio"
   cp "$modules/uvfio_vf_dma.ko" "$modules/dmatest.ko" "$root/lib/uvfio/"
@@ -62,7 +66,10 @@ echo "GUEST-BOOT-OK $(cat /proc/sys/kernel/osrelease)"
 echo "=== lspci"
 lspci -vvv -nn -d 15b3:101e 2>&1
 echo "=== end lspci"
-if grep -q uvfio.kselftest /proc/cmdline && [ -x /bin/kselftest-run ]; then
+if grep -q uvfio.edu /proc/cmdline && [ -x /bin/edu_guest ]; then
+  lspci -vv -nn -d 1234:11e8 2>&1
+  /bin/edu_guest 0x10000000
+elif grep -q uvfio.kselftest /proc/cmdline && [ -x /bin/kselftest-run ]; then
   /bin/kselftest-run
 elif grep -q uvfio.dmatest= /proc/cmdline && [ -x /bin/dmatest-run ]; then
   /bin/dmatest-run

@@ -22,7 +22,7 @@ Result<T> take(const Message& m, size_t at = 0) {
 }
 
 template <class T>
-void put(std::vector<uint8_t>& out, const T& v) {
+void put(ReplyBytes& out, const T& v) {
   size_t at = out.size();
   out.resize(at + sizeof(T));
   std::memcpy(out.data() + at, &v, sizeof(T));
@@ -195,7 +195,8 @@ Result<void> Session::get_region_info(Message& m, Reply& r) {
   } else {
     ri.info.offset = 0;
   }
-  r.payload = vfio::encode_region_info(ri, in.argsz);
+  std::vector<uint8_t> info = vfio::encode_region_info(ri, in.argsz);
+  r.payload.assign(info.begin(), info.end());
   return ok();
 }
 
@@ -348,7 +349,7 @@ Result<void> Session::device_feature(Message& m, Reply& r) {
     put(r.payload, f);
     r.payload.insert(r.payload.end(), fr.data.begin(), fr.data.end());
   } else {
-    r.payload = m.payload;  // SET and PROBE echo the request
+    r.payload.assign(m.payload.begin(), m.payload.end());  // SET and PROBE echo the request
   }
   return ok();
 }

@@ -16,8 +16,31 @@
 
 namespace uvfio::vfio_user {
 
+// Bytes whose growth is not zero-filled: a reply's data is written by the
+// device right after the resize (a 1 MiB MIG_DATA_READ or REGION_READ
+// zeroed its buffer on every request before).
+template <class T>
+struct UninitAllocator : std::allocator<T> {
+  template <class U>
+  struct rebind {
+    using other = UninitAllocator<U>;
+  };
+  UninitAllocator() = default;
+  template <class U>
+  UninitAllocator(const UninitAllocator<U>&) noexcept {}
+  template <class U>
+  void construct(U* p) noexcept {
+    ::new (static_cast<void*>(p)) U;  // default-initialized: left as it is
+  }
+  template <class U, class... A>
+  void construct(U* p, A&&... a) {
+    ::new (static_cast<void*>(p)) U(std::forward<A>(a)...);
+  }
+};
+using ReplyBytes = std::vector<uint8_t, UninitAllocator<uint8_t>>;
+
 struct Reply {
-  std::vector<uint8_t> payload;
+  ReplyBytes payload;
   std::vector<int> fds;  // not owned: the device's or the session's
   bool close_after = false;  // the spec asks to close (bad VERSION)
 };

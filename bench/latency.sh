@@ -12,11 +12,12 @@
 #
 # And the cost of uvfioctl trace: two daemons as shipped, interleaved; the
 # second with a tracer attached (reading, output to /dev/null) — what
-# tracing costs a device; and, given OLD_UVFIOD (a uvfiod built without the
+# tracing costs a device; with "ab" and OLD_UVFIOD, an older build against
+# this one at 4 B, 4 KiB and 64 KiB; and, given OLD_UVFIOD (a uvfiod built without the
 # trace hook), that binary against the shipped one with nobody tracing —
 # what the hook costs when idle.
 #
-# Usage: bench/latency.sh [BUILD_DIR] [ITERS] [ROUNDS] [stats|trace]   (only that A/B)
+# Usage: bench/latency.sh [BUILD_DIR] [ITERS] [ROUNDS] [stats|trace|ab]   (only that A/B)
 set -euo pipefail
 build=${1:-build/release}
 iters=${2:-20000}
@@ -91,6 +92,20 @@ trace_ab() {  # $1 = server cpu (client and tracer on CPU 0); $2 = the baseline 
   kill $a $b; wait $a $b 2>/dev/null || true
   rm -rf "$work/off" "$work/run"
 }
+ab() {  # $1 = server cpu: OLD_UVFIOD (floor) against this uvfiod (vu), REGION_READ of 4 B to 64 KiB
+  pair "$1" "$OLD_UVFIOD"
+  echo "== A/B: floor = $OLD_UVFIOD, vu = $build/uvfiod; both on CPU $1, client on CPU 0"
+  "$build/bench/vu_pingpong" client "$off" "$sock" -floor-vu -region 2 -offset 0 -sizes 4,4096,65536 -n "$iters" \
+    -r "$rounds" -cpu 0
+  kill $a $b; wait $a $b 2>/dev/null || true
+  rm -rf "$work/off" "$work/run"
+}
+if [ "${4:-}" = ab ]; then
+  [ -n "${OLD_UVFIOD:-}" ] || { echo "ab: set OLD_UVFIOD to the uvfiod to compare with" >&2; exit 2; }
+  ab 0
+  ab 1
+  exit 0
+fi
 if [ "${4:-}" = trace ]; then
   trace_ab 1 "$build/uvfiod" trace
   trace_ab 0 "$build/uvfiod" trace

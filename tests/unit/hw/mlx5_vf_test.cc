@@ -3,6 +3,7 @@
 // thread through its IOMMU domain, completions and MSI-X, errors contained.
 #include <sys/stat.h>
 
+#include <fcntl.h>
 #include <gtest/gtest.h>
 
 #include <cstring>
@@ -284,6 +285,27 @@ TEST_F(VfFixture, FullImageCarriesRegistersAndDeviceMemory) {
   ASSERT_TRUE(d.vf->wait_idle(std::chrono::seconds(5)));
   EXPECT_EQ(*d.vf->mmio_read(0, vfreg::kCqTail, 4), 2u);
   EXPECT_EQ(completion(1).cookie, 2u);
+}
+
+// A full image's announced size comes from the memfd's extents, not a test
+// per page: it must still match the image, whatever the extents look like
+// (runs, single pages, the first and the last page, a page written and
+// punched out again).
+TEST_F(VfFixture, FullImageSizeFromExtentsMatchesTheImage) {
+  BarMemory* dm = vf->bar_memory(2);
+  uint64_t pages = dm->size() / 4096;
+  for (uint64_t p : {uint64_t{0}, uint64_t{5}, uint64_t{6}, uint64_t{7}, uint64_t{40}, uint64_t{41}, pages - 1})
+    std::memset(dm->data() + p * 4096, 0x5a, 4096);
+  for (uint64_t p = 100; p < 180; p += 3) std::memset(dm->data() + p * 4096, 0x11, 4096);
+  std::memset(dm->data() + 60 * 4096, 0x22, 4096);
+  ASSERT_EQ(fallocate(dm->fd(), FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, 60 * 4096, 4096), 0);
+  vf->quiesce();
+  uint64_t pending = vf->pending_state_bytes(Vf::SaveMode::kFull), announced = 0;
+  auto img = save_image(*vf, Vf::SaveMode::kFull, kFwMinChunk, &announced);
+  EXPECT_EQ(pending, announced);
+  EXPECT_EQ(total(img), pending);
+  uint64_t data = 7 + 27;  // the pages written above, the punched one not
+  EXPECT_EQ(pending, 32 + 336 + data * 4100 + (pages - data) * 4 + 4);
 }
 
 TEST_F(VfFixture, IncrementalImagesSeeDeviceAndMmapWrites) {

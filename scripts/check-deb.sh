@@ -14,6 +14,7 @@ cd "$(dirname "$0")/.."
 src=$PWD
 work=${1:-$(mktemp -d /tmp/uvfio-deb-XXXXXX)}
 mkdir -p "$work"
+work=$(cd "$work" && pwd)  # absolute: paths below go into files read from elsewhere
 rm -rf "$work/uvfio" "$work/root" "$work"/*.deb
 mkdir -p "$work/uvfio" "$work/root"
 if git -C "$src" rev-parse --verify -q HEAD >/dev/null 2>&1; then
@@ -80,7 +81,8 @@ else
   pid=$!
   for _ in $(seq 200); do [ -S "$work/run/vfio-user/0000:00:03.0.sock" ] && break; sleep 0.05; done
   [ -S "$work/run/vfio-user/0000:00:03.0.sock" ] || { cat "$work/edu.log"; echo "the packaged uvfiod did not serve the plugin's device"; fail=1; }
-  kill $pid; wait $pid || true
+  kill $pid 2>/dev/null || true
+  wait $pid || true
 fi
 [ $fail -eq 0 ] && echo "debian packages: $(cd "$work" && ls *.deb | tr '\n' ' ')— layout ok"
 exit $fail

@@ -30,7 +30,7 @@ using uvfio::Result;
 class Edu : public uvfio::hw::Function {
  public:
   explicit Edu(uint64_t dma_mask) : Function("edu"), dma_mask_(dma_mask) {}
-  ~Edu() override { stop_dma(); }
+  ~Edu() override { stop_dma(false); }
 
  public:
   // What BAR0 decodes (the rest of it is plain memory): the register page
@@ -59,7 +59,9 @@ class Edu : public uvfio::hw::Function {
   void compute_factorial(uint32_t n);        // mu_ held
   void start_dma();                          // mu_ held
   void dma_thread();
-  void stop_dma();
+  // Stops the engine (joined); with `reset`, the state back to power-on
+  // before any register write can start it again.
+  void stop_dma(bool reset);
   uint64_t state_read(uint64_t off, unsigned width);  // mu_ held
   void state_write(uint64_t off, unsigned width, uint64_t value);
 
@@ -69,6 +71,7 @@ class Edu : public uvfio::hw::Function {
   State s_{kStateMagic, 0, 0, 0, 0, 0, 0, 0, 0, 0};  // guarded by mu_
   uint8_t buffer_[kDmaBufferSize] = {};               // guarded by mu_
   bool dma_stop_ = false;                             // guarded by mu_
+  bool stopping_ = false;  // a reset is joining the engine: no new start; guarded by mu_
   std::thread dma_;
 };
 
@@ -123,7 +126,8 @@ Result<void> Edu::bar_write(unsigned bar, uint64_t off, unsigned width, uint64_t
     case kRegDmaCmd:
       if (s_.dma_cmd & kDmaStart) break;  // busy: the command stands
       s_.dma_cmd = value;
-      if (value & kDmaStart) start_dma();
+      if (stopping_) s_.dma_cmd &= ~kDmaStart;  // a reset is under way: the start is lost with it
+      else if (value & kDmaStart) start_dma();
       break;
     default: break;
   }
@@ -180,22 +184,22 @@ void Edu::dma_thread() {
   }
 }
 
-void Edu::stop_dma() {
+void Edu::stop_dma(bool reset) {
   {
     std::lock_guard lk(mu_);
-    dma_stop_ = true;
+    dma_stop_ = stopping_ = true;  // a register write meanwhile cannot restart the engine
     cv_.notify_all();
   }
   if (dma_.joinable()) dma_.join();
+  std::lock_guard lk(mu_);
+  if (reset) {
+    s_ = State{kStateMagic, 0, 0, 0, 0, 0, 0, 0, 0, 0};
+    std::memset(buffer_, 0, sizeof(buffer_));
+  }
+  stopping_ = dma_stop_ = false;
 }
 
-void Edu::on_reset() {
-  stop_dma();
-  std::lock_guard lk(mu_);
-  s_ = State{kStateMagic, 0, 0, 0, 0, 0, 0, 0, 0, 0};
-  std::memset(buffer_, 0, sizeof(buffer_));
-  dma_stop_ = false;
-}
+void Edu::on_reset() { stop_dma(true); }
 
 uint64_t Edu::state_read(uint64_t off, unsigned width) {
   uint8_t img[kStateSize] = {};

@@ -63,7 +63,8 @@ class System::PluginHost : public sdk::Host {
   }
   Result<void> check_driver_name(const std::string& name) {
     if (name.empty()) return refuse(EINVAL, "a driver needs a name", name);
-    for (const char* own : {drivers::vfio_pci::kDriverName, "mlx5_core", "mlx5_vfio_pci"})
+    for (const char* own : {drivers::vfio_pci::kDriverName, drivers::mlx5::kCoreModName,
+                            drivers::mlx5_vfio_pci::kDriverName})
       if (name == own) return refuse(EEXIST, "driver '{}' is one of uvfiod's own", name);
     for (auto& d : pci_drivers)
       if (d.driver->name() == name) return refuse(EEXIST, "driver '{}' is already provided by " + d.plugin, name);

@@ -311,7 +311,7 @@ Result<std::string> ControlClient::read(const std::string& path) {
 }
 
 Result<void> ControlClient::write(const std::string& path, const std::string& data) {
-  TRY(call(json{{"op", "write"}, {"path", path}, {"data_hex", to_hex(data)}}));
+  TRY(write_at(path, 0, data));
   return ok();
 }
 

@@ -693,14 +693,14 @@ Result<void> PciBus::add_device_attributes(driver::Device& d) {
   // pci_enable_device() users; root may enable an unbound function (1) or
   // disable one it enabled (0: EIO when nobody had); a bound one is EBUSY.
   TRY(t.add_file(dir, Attribute{"enable", 0644,
-                                [p]() -> Result<std::string> { return fmt::format("{}\n", p->enable_cnt_.load()); },
+                                [p]() -> Result<std::string> { return fmt::format("{}\n", p->enable_count()); },
                                 [p](std::string_view v) -> Result<void> {
                                   uint64_t n = TRY(parse_ulong(v));
                                   if (p->driver()) return Error(EBUSY, "a driver has the device");
                                   if (n) {
                                     p->enable_device();
                                   } else {
-                                    if (p->enable_cnt_.load() <= 0) return Error(EIO, "device not enabled");
+                                    if (p->enable_count() <= 0) return Error(EIO, "device not enabled");
                                     p->disable_device();
                                   }
                                   return ok();

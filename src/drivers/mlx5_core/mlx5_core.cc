@@ -317,7 +317,7 @@ Result<int> CoreDev::sriov_configure(int num_vfs) {
 }
 
 Mlx5CoreDriver::Mlx5CoreDriver(bus::auxiliary::AuxiliaryBus& aux)
-    : PciDriver("mlx5_core", {bus::pci::PciDeviceId{hw::mlx5::kVendorMellanox, hw::mlx5::kDevicePf}}), aux_(aux) {}
+    : PciDriver(kCoreModName, {bus::pci::PciDeviceId{hw::mlx5::kVendorMellanox, hw::mlx5::kDevicePf}}), aux_(aux) {}
 
 Result<std::unique_ptr<driver::Binding>> Mlx5CoreDriver::probe(PciDevice& dev, const bus::pci::PciDeviceId&) {
   if (dev.is_virtfn() || !dev.sriov_cap()) return Error(ENODEV, "mlx5_core drives PFs only");

@@ -59,14 +59,8 @@ void Pf::on_config_write(uint16_t off, unsigned width, uint32_t) {
 
 void Pf::before_reset() {
   stop_firmware();
-  // The firmware's state goes with it: dirty-page trackers first (they hold
-  // write observers on the VFs' domains).
-  {
-    std::lock_guard lk(trackers_mu_);
-    for (auto& [id, t] : trackers_)
-      if (Vf* vf = target(id); vf && vf->iommu()) vf->iommu()->set_write_observer(nullptr);
-    trackers_.clear();
-  }
+  // The firmware's state goes with it: its dirty-page trackers.
+  drop_trackers();
   if (vfs_survive_flr() && sriov_->num_enabled()) {
     std::shared_lock vl(vfs_mu_);
     survive_regs_ = sriov_->save_regs();
@@ -89,10 +83,15 @@ void Pf::on_reset() {
 
 Pf::~Pf() {
   stop_firmware();
-  // Trackers hold write observers on VF domains: drop them first.
+  drop_trackers();
+}
+
+void Pf::drop_trackers() {
+  // Trackers hold write observers on VF domains: those go with them.
   std::lock_guard lk(trackers_mu_);
   for (auto& [id, t] : trackers_)
     if (Vf* vf = target(id); vf && vf->iommu()) vf->iommu()->set_write_observer(nullptr);
+  trackers_.clear();
 }
 
 // ---- Registers ------------------------------------------------------------------

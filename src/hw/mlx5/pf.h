@@ -69,6 +69,8 @@ class Pf : public Function, private RegisterHandler {
   // ---- Firmware -------------------------------------------------------------
   void slot_thread(unsigned slot);
   void stop_firmware();
+  // Every dirty-page tracker gone, its write observer removed (FLR, teardown).
+  void drop_trackers();
   // One command on its VF; the entry's output fields are filled in.
   void execute(FwMailbox& mb);
   int run(FwMailbox& mb, Vf& vf);

@@ -37,6 +37,9 @@ Connection::Connection(UniqueFd sock, DmaLayoutMode layout, std::string name, st
     : sock_(std::move(sock)), name_(std::move(name)), mode_(layout), kick_(std::move(kick)), reader_(sock_.get()) {
   int fl = fcntl(sock_.get(), F_GETFL);
   if (fl >= 0) fcntl(sock_.get(), F_SETFL, fl | O_NONBLOCK);
+  int sb = static_cast<int>(kMaxDataXfer + (64 << 10));
+  if (setsockopt(sock_.get(), SOL_SOCKET, SO_SNDBUFFORCE, &sb, sizeof(sb)) != 0)
+    (void)setsockopt(sock_.get(), SOL_SOCKET, SO_SNDBUF, &sb, sizeof(sb));
   if (mode_ == DmaLayoutMode::kSpec) layout_ = DmaLayout::kSpec;
   if (mode_ == DmaLayoutMode::kQemu) layout_ = DmaLayout::kQemu;
   out_progress_ = std::chrono::steady_clock::now();

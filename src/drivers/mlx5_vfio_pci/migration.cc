@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: BSD-3-Clause
 #include "drivers/mlx5_vfio_pci/migration.h"
 
+#include <algorithm>
 #include <cstring>
 
 #include "base/crc32c.h"
@@ -10,6 +11,8 @@ namespace uvfio::drivers::mlx5_vfio_pci {
 
 namespace {
 constexpr size_t kChunk = mlx5::VfioAuxDevice::kStateChunk;
+constexpr size_t kMinChunk = hw::mlx5::kFwMinChunk;
+constexpr size_t kInPlace = 256 << 10;  // the smallest chunk written straight into a read
 constexpr uint64_t kSmallRecord = 4096;  // every record but FW_DATA is tiny
 }  // namespace
 
@@ -64,54 +67,75 @@ void SaveFile::end_session() {
   rec_.shrink_to_fit();
 }
 
-// One firmware chunk as one FW_DATA record, read straight into rec_.
-Result<void> SaveFile::frame_chunk_locked(bool start, bool incremental) {
-  rec_.resize(sizeof(RecordHeader) + kChunk);
-  std::span<uint8_t> body(rec_.data() + sizeof(RecordHeader), kChunk);
+// One firmware chunk as one FW_DATA record. Where the reader's buffer has
+// room for a large record, the firmware writes the chunk straight into it
+// (the record leaves this file without a copy: a MIG_DATA_READ's reply
+// buffer is that room). Otherwise the chunk goes to rec_ and is copied out:
+// a whole chunk, or, when it only fills the tail of a large read that has
+// data already, one just big enough for that tail (the next read copies the
+// rest). Small reads take a whole staged chunk piece by piece, never a
+// firmware command each.
+Result<size_t> SaveFile::frame_chunk_locked(bool start, bool incremental, std::span<uint8_t> room, bool tail) {
+  constexpr size_t kHeader = sizeof(RecordHeader);
+  constexpr size_t kPage = 4096;  // the buffer is mapped for the firmware's DMA: whole pages of it
+  bool in_place = room.size() >= kHeader + kInPlace;
+  std::span<uint8_t> rec;
+  if (in_place) {
+    rec = room.first(kHeader + (std::min(kChunk, room.size() - kHeader) & ~(kPage - 1)));
+  } else {
+    // A chunk stops short of its buffer by up to a record (a page and its
+    // index): two pages more than the tail, so that one chunk fills it.
+    size_t want = ((room.size() + kPage - 1) & ~(kPage - 1)) + 2 * kPage;
+    rec_.resize(kHeader + (tail ? std::clamp(want, kMinChunk, kChunk) : kChunk));
+    rec = rec_;
+  }
+  std::span<uint8_t> body = rec.subspan(kHeader);
   auto c = TRY(pf_->call([&](mlx5::VfioAuxDevice& a) { return a.save_chunk(start, incremental, tracked_, body); }));
   // The firmware checksums the chunk as it writes it (no pass over it here).
   RecordHeader h{c.bytes, start ? kRecordFirst : 0u, static_cast<uint32_t>(RecordTag::kFwData), c.crc, 0};
-  std::memcpy(rec_.data(), &h, sizeof(h));
-  rec_len_ = sizeof(h) + c.bytes;
-  rec_off_ = 0;
+  std::memcpy(rec.data(), &h, sizeof(h));
   image_left_ = c.remaining;
   image_open_ = c.remaining != 0;
-  return ok();
+  rec_off_ = 0;
+  if (in_place) {
+    rec_len_ = 0;
+    return kHeader + c.bytes;
+  }
+  rec_len_ = kHeader + c.bytes;
+  return 0;
 }
 
-Result<bool> SaveFile::next_record_locked() {
+Result<std::optional<size_t>> SaveFile::next_record_locked(std::span<uint8_t> room, bool tail) {
   if (image_open_) {  // the image in flight goes on
-    TRY(frame_chunk_locked(false, false));
+    size_t n = TRY(frame_chunk_locked(false, false, room, tail));
     if (!image_open_) image_initial_ = false;
-    return true;
+    return n;
   }
   if (!took_full_) {
     took_full_ = true;
     image_initial_ = true;
-    TRY(frame_chunk_locked(true, false));
+    size_t n = TRY(frame_chunk_locked(true, false, room, tail));
     if (!image_open_) image_initial_ = false;
-    return true;
+    return n;
   }
   if (final_wanted_ && !final_started_) {
     final_started_ = true;  // suspended now: this image is exact
-    TRY(frame_chunk_locked(true, true));
-    return true;
+    return TRY(frame_chunk_locked(true, true, room, tail));
   }
   if (final_started_) {
-    if (end_queued_) return false;  // the end of the stream
+    if (end_queued_) return std::nullopt;  // the end of the stream
     end_queued_ = true;
     rec_.clear();
     put_record(rec_, RecordTag::kEnd, {});
     rec_len_ = rec_.size();
     rec_off_ = 0;
-    return true;
+    return size_t{0};
   }
   // Pre-copy: a new incremental image if the VF has more than its registers
   // to say since the last one.
   uint64_t pending = TRY(pf_->call([](mlx5::VfioAuxDevice& a) { return a.query_state_size(true); }));
-  if (pending <= 4096) return false;
-  TRY(frame_chunk_locked(true, true));
-  return true;
+  if (pending <= 4096) return std::nullopt;
+  return TRY(frame_chunk_locked(true, true, room, tail));
 }
 
 Result<size_t> SaveFile::read(std::span<uint8_t> out) {
@@ -120,8 +144,11 @@ Result<size_t> SaveFile::read(std::span<uint8_t> out) {
   size_t n = 0;
   while (n < out.size()) {
     if (rec_off_ == rec_len_) {
-      bool more = TRY(next_record_locked());
-      if (!more) break;
+      bool tail = n > 0 && out.size() >= sizeof(RecordHeader) + kInPlace;
+      auto placed = TRY(next_record_locked(out.subspan(n), tail));
+      if (!placed) break;
+      n += *placed;  // written into `out` already; else the record is in rec_
+      continue;
     }
     size_t take = std::min(out.size() - n, rec_len_ - rec_off_);
     std::memcpy(out.data() + n, rec_.data() + rec_off_, take);

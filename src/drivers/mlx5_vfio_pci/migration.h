@@ -17,6 +17,7 @@
 
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <span>
 #include <vector>
 
@@ -73,10 +74,12 @@ class SaveFile : public vfio::MigrationFile {
   Result<vfio_precopy_info> precopy_info() override;
 
  private:
-  // Puts the stream's next record in rec_; false when there is none now
-  // (pre-copy: nothing new; otherwise the stream has ended).
-  Result<bool> next_record_locked();
-  Result<void> frame_chunk_locked(bool start, bool incremental);
+  // The stream's next record: written into `room` (its size returned) or
+  // put in rec_ (0 returned); nullopt when there is none now (pre-copy:
+  // nothing new; otherwise the stream has ended). `tail`: the read has data
+  // already, `room` is what is left of it.
+  Result<std::optional<size_t>> next_record_locked(std::span<uint8_t> room, bool tail);
+  Result<size_t> frame_chunk_locked(bool start, bool incremental, std::span<uint8_t> room, bool tail);
   std::shared_ptr<PfLink> pf_;
   uint16_t vf_device_;
   uint64_t device_memory_;

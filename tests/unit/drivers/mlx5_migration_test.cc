@@ -15,7 +15,9 @@
 #include <set>
 #include <thread>
 
+#include "base/crc32c.h"
 #include "daemon/system.h"
+#include "drivers/mlx5_vfio_pci/migration.h"
 #include "hw/mlx5/pf.h"
 #include "hw/mlx5/vf.h"
 
@@ -24,6 +26,9 @@ namespace {
 
 using S = vfio::MigState;
 using namespace hw::mlx5;
+using drivers::mlx5_vfio_pci::max_record_payload;
+using drivers::mlx5_vfio_pci::RecordHeader;
+using drivers::mlx5_vfio_pci::RecordTag;
 
 const Bdf kVf(0, 8, 0, 0);
 constexpr uint64_t kRing = 0x10000, kCq = 0x20000, kData = 0x100000, kGuest = 4 << 20;
@@ -255,6 +260,75 @@ TEST(Mlx5Migration, PreCopyStopCopyResumeAndCarryOn) {
   }
   EXPECT_EQ(cookies.size(), 101u);  // every descriptor completed exactly once
   EXPECT_EQ(b.guest[kData + 0x80000 + 63], 0xab);
+}
+
+// The saving side fills every read but the stream's last, whatever its size:
+// a read with room for a record of the firmware's smallest chunk has the
+// chunk written straight into it; a smaller tail takes a small chunk that
+// the next read finishes; a read too small for any chunk gets a whole one
+// staged and handed out piece by piece (not a firmware command per read).
+// Every cut gives a stream of valid records that loads to the same memory.
+TEST(Mlx5Migration, ReadsOfAnySizeAreFilledAndTheStreamLoads) {
+  Side a;
+  uint8_t* dm = a.hwvf().bar_memory(2)->data();
+  std::mt19937 rng(5);
+  for (uint64_t page = 0; page < (16u << 20) / 4096; page += 3)
+    for (int i = 0; i < 4096; i += 4) {
+      uint32_t v = static_cast<uint32_t>(rng());
+      std::memcpy(dm + page * 4096 + i, &v, 4);
+    }
+  auto& pf = static_cast<Pf&>(*a.sys->fabric().find(Bdf(0, 7, 0, 0)));
+  for (size_t read_size : {size_t{1} << 20, (size_t{1} << 20) + 3, size_t{8215}, size_t{8216}, size_t{65553}, (size_t{256} << 10) + 24, size_t{300000},
+                           size_t{4096}, size_t{100}}) {
+    SCOPED_TRACE(read_size);
+    ASSERT_TRUE(a.set_state(S::kStop));
+    auto sc = a.set_state(S::kStopCopy);
+    ASSERT_TRUE(sc);
+    ASSERT_TRUE(sc->file);
+    unsigned saves = 0;
+    pf.set_command_log([&](const FwMailbox& mb) { saves += mb.opcode == static_cast<uint16_t>(FwCmd::kSaveVhcaState); });
+    std::vector<uint8_t> stream, buf(read_size);
+    std::vector<size_t> reads;
+    for (;;) {
+      auto n = sc->file->read(buf);
+      ASSERT_TRUE(n) << errno_name(n.error().code);
+      if (*n == 0) break;
+      reads.push_back(*n);
+      stream.insert(stream.end(), buf.begin(), buf.begin() + static_cast<long>(*n));
+    }
+    pf.set_command_log(nullptr);
+    for (size_t i = 0; i + 1 < reads.size(); ++i) ASSERT_EQ(reads[i], read_size) << "read " << i;
+    // Records back to back, each checksummed, to END.
+    size_t at = 0, chunks = 0;
+    bool end = false;
+    while (at < stream.size()) {
+      RecordHeader h;
+      ASSERT_LE(at + sizeof(h), stream.size());
+      std::memcpy(&h, stream.data() + at, sizeof(h));
+      ASSERT_LE(h.size, stream.size() - at - sizeof(h));
+      EXPECT_EQ(crc32c(0, stream.data() + at + sizeof(h), h.size), h.crc);
+      if (h.tag == static_cast<uint32_t>(RecordTag::kFwData)) {
+        EXPECT_LE(h.size, max_record_payload());
+        ++chunks;
+      }
+      end = h.tag == static_cast<uint32_t>(RecordTag::kEnd);
+      at += sizeof(h) + h.size;
+    }
+    EXPECT_TRUE(end);
+    EXPECT_EQ(chunks, saves);
+    // At most two chunks per large read; whole chunks for small ones, never
+    // a firmware command per read.
+    if (read_size >= (256u << 10) + sizeof(RecordHeader)) EXPECT_LE(saves, 2 * reads.size());
+    else EXPECT_EQ(saves, (stream.size() + (1u << 20) - 1) / (1u << 20));
+    ASSERT_TRUE(a.set_state(S::kStop));
+    Side b;
+    ASSERT_TRUE(b.set_state(S::kStop));
+    auto res = b.set_state(S::kResuming);
+    ASSERT_TRUE(res);
+    ASSERT_TRUE(feed(*res->file, stream, 3));
+    ASSERT_TRUE(b.set_state(S::kStop));
+    EXPECT_EQ(std::memcmp(b.hwvf().bar_memory(2)->data(), dm, 16 << 20), 0);
+  }
 }
 
 TEST(Mlx5Migration, CorruptTruncatedAndForeignStreamsAreRefused) {

@@ -287,11 +287,11 @@ TEST_F(VfFixture, FullImageCarriesRegistersAndDeviceMemory) {
   EXPECT_EQ(completion(1).cookie, 2u);
 }
 
-// A full image's announced size comes from the memfd's extents, not a test
-// per page: it must still match the image, whatever the extents look like
-// (runs, single pages, the first and the last page, a page written and
-// punched out again).
-TEST_F(VfFixture, FullImageSizeFromExtentsMatchesTheImage) {
+// A full image's announced size comes from the memfd's block count, not a
+// walk of its pages: it must still match the image, whatever the extents
+// look like (runs, single pages, the first and the last page, a page
+// written and punched out again).
+TEST_F(VfFixture, FullImageSizeFromBlockCountMatchesTheImage) {
   BarMemory* dm = vf->bar_memory(2);
   uint64_t pages = dm->size() / 4096;
   for (uint64_t p : {uint64_t{0}, uint64_t{5}, uint64_t{6}, uint64_t{7}, uint64_t{40}, uint64_t{41}, pages - 1})

@@ -17,7 +17,10 @@
 # trace hook), that binary against the shipped one with nobody tracing —
 # what the hook costs when idle.
 #
-# Usage: bench/latency.sh [BUILD_DIR] [ITERS] [ROUNDS] [stats|trace|ab]   (only that A/B)
+# With "poll": uvfiod --poll-us 0 against the default poll window, across
+# vCPUs and on one.
+#
+# Usage: bench/latency.sh [BUILD_DIR] [ITERS] [ROUNDS] [stats|trace|ab|poll]   (only that A/B)
 set -euo pipefail
 build=${1:-build/release}
 iters=${2:-20000}
@@ -100,6 +103,19 @@ ab() {  # $1 = server cpu: OLD_UVFIOD (floor) against this uvfiod (vu), REGION_R
   kill $a $b; wait $a $b 2>/dev/null || true
   rm -rf "$work/off" "$work/run"
 }
+poll_ab() {  # $1 = server cpu: uvfiod --poll-us 0 (floor: sleeps at once) against uvfiod's default poll window
+  pair "$1" "$build/uvfiod" --poll-us 0
+  echo "== poll window: floor = uvfiod --poll-us 0, vu = uvfiod (default window); both on CPU $1, client on CPU 0"
+  "$build/bench/vu_pingpong" client "$off" "$sock" -floor-vu -region 2 -offset 0 -sizes 4,4096,65536 -n "$iters" \
+    -r "$rounds" -cpu 0
+  kill $a $b; wait $a $b 2>/dev/null || true
+  rm -rf "$work/off" "$work/run"
+}
+if [ "${4:-}" = poll ]; then
+  poll_ab 1
+  poll_ab 0
+  exit 0
+fi
 if [ "${4:-}" = ab ]; then
   [ -n "${OLD_UVFIOD:-}" ] || { echo "ab: set OLD_UVFIOD to the uvfiod to compare with" >&2; exit 2; }
   ab 0

@@ -74,6 +74,13 @@ int main(int argc, char** argv) {
   app.add_flag("--busy-poll", busy_poll,
                "vfio-user reactor threads spin on epoll instead of sleeping: lower latency, one CPU "
                "busy per reactor");
+  unsigned poll_us = 20;
+  app.add_option("--poll-us", poll_us,
+                 "After serving a request, a vfio-user reactor polls for the next one this many microseconds "
+                 "before it sleeps (0: sleeps at once); it stops polling while it shares its CPU with "
+                 "someone who needs it")
+      ->check(CLI::Range(0u, 10000u))
+      ->capture_default_str();
   unsigned reactors = 0;
   app.add_option("--reactors", reactors, "vfio-user reactor threads (0: one per core)")->capture_default_str();
   unsigned client_timeout_ms = 10000;
@@ -161,6 +168,7 @@ int main(int argc, char** argv) {
   vfio_user::ServerOptions vopts;
   vopts.busy_poll = busy_poll;
   vopts.reactors = reactors;
+  vopts.poll_window = std::chrono::microseconds(poll_us);
   vopts.keep_state = keep_state;
   vopts.client_timeout = std::chrono::milliseconds(client_timeout_ms);
   vopts.dma_layout = *vfio_user::parse_dma_layout(dma_layout);  // checked by CLI11 above

@@ -4,7 +4,9 @@
 
 #include <dirent.h>
 #include <fcntl.h>
+#include <sched.h>
 #include <sys/epoll.h>
+#include <sys/resource.h>
 #include <sys/eventfd.h>
 #include <sys/timerfd.h>
 #include <sys/socket.h>
@@ -229,6 +231,10 @@ class Server::Reactor {
   bool stopping_ = false;
   static thread_local Reactor* current_;
   std::shared_ptr<Client> hot_;  // busy-poll: the connection spun on first
+  Clock::time_point poll_until_{};  // the poll window's end (zero: none open)
+  unsigned poll_skip_ = 0;          // rounds to serve without a window (the CPU is shared)
+  long yield_switches_ = 0;  // the thread's involuntary switches when the window opened or last yielded
+  static constexpr unsigned kPollSkip = 256;
   static constexpr int kHotSpins = 64;
   Clock::time_point last_scan_{};
   Acceptor acceptor_;                  // EMFILE without spinning
@@ -245,7 +251,16 @@ void Server::Reactor::run() {
   epoll_event events[64];
   for (;;) {
     if (stopping_ && eps_.empty() && retired_.empty()) return;
-    if (s_.opts_.busy_poll && runq_.empty() && hot_ && !hot_->dead && !hot_->busy) {
+    // Busy-poll, or the poll window after the last request served.
+    bool polling = s_.opts_.busy_poll;
+    if (!polling && poll_until_ != Clock::time_point{}) {
+      polling = Clock::now() < poll_until_;
+      if (!polling) {
+        poll_until_ = {};
+        hot_.reset();
+      }
+    }
+    if (polling && runq_.empty() && hot_ && !hot_->dead && !hot_->busy) {
       // Busy-poll: spin on the connection that was last active, as a
       // dedicated server would on its socket, and look at epoll (every
       // other connection, timers, posted work) between rounds of spins.
@@ -253,7 +268,24 @@ void Server::Reactor::run() {
       for (int k = 0; k < kHotSpins && h->queue.empty() && !h->dead; ++k) read_client(*h);
       if (!h->dead && !h->queue.empty()) schedule(h);
     }
-    int timeout = (!runq_.empty() || s_.opts_.busy_poll) ? 0 : -1;
+    // The window yields between polls, so a client on this very CPU runs.
+    // A yield that gave the CPU away says the client (or someone) needs
+    // this CPU: the window closes, and stays shut for the next requests
+    // (then it is tried again).
+    if (polling && !s_.opts_.busy_poll && runq_.empty()) {
+      sched_yield();
+      rusage ru{};
+      long switches = getrusage(RUSAGE_THREAD, &ru) == 0 ? ru.ru_nivcsw : 0;
+      bool gave_away = switches != yield_switches_;
+      yield_switches_ = switches;
+      if (gave_away) {
+        polling = false;
+        poll_until_ = {};
+        hot_.reset();
+        poll_skip_ = kPollSkip;
+      }
+    }
+    int timeout = (!runq_.empty() || polling) ? 0 : -1;
     int n = epoll_wait(epfd_.get(), events, 64, timeout);
     if (n < 0 && errno != EINTR) {
       log::error("uvfiod", "vfio-user reactor {}: epoll_wait: {}", index_, std::strerror(errno));
@@ -303,7 +335,16 @@ void Server::Reactor::run() {
       runq_.pop_front();
       c->in_runq = false;
       service(c);
-      if (s_.opts_.busy_poll && !c->dead) hot_ = c;
+      if ((s_.opts_.busy_poll || s_.opts_.poll_window.count()) && !c->dead) hot_ = c;
+    }
+    if (round && s_.opts_.poll_window.count()) {
+      if (poll_skip_) {
+        --poll_skip_;
+      } else {
+        poll_until_ = Clock::now() + s_.opts_.poll_window;
+        rusage ru{};
+        if (getrusage(RUSAGE_THREAD, &ru) == 0) yield_switches_ = ru.ru_nivcsw;
+      }
     }
   }
 }

@@ -56,6 +56,11 @@ struct ServerOptions {
   // Reactors spin on epoll instead of sleeping: lower latency, each reactor
   // keeps a core busy.
   bool busy_poll = false;
+  // After serving a request, a reactor keeps polling its connections for
+  // this long before it sleeps in epoll_wait (0: sleeps at once). A client
+  // whose next request follows its reply finds the reactor awake: across
+  // vCPUs, waking a halted one costs more than the spin.
+  std::chrono::microseconds poll_window{0};
   // DMA_READ/DMA_WRITE wire layout for every connection (auto: probed per
   // connection; docs/vfio-user.md).
   DmaLayoutMode dma_layout{};

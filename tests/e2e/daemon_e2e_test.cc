@@ -665,6 +665,35 @@ TEST_F(SeedDaemon, BashCompletionAsksTheDaemon) {
   EXPECT_EQ(complete(rd + "cat bus/auxiliary/dev", 4), "bus/auxiliary/devices\n");
 }
 
+// uvfiod --poll-us: after a request the reactor polls for the next one,
+// then sleeps. A client that stops sending costs the daemon no CPU once
+// the window is over (a window that never closed would spin a core), and
+// requests are answered during the window and after it.
+TEST(DaemonLifecycle, ThePollWindowClosesAndTheReactorSleeps) {
+  Daemon d({"--no-fuse", "--poll-us", "10000"});
+  ASSERT_TRUE(d.wait_ready()) << d.log();
+  auto cpu_ms = [&] {  // utime + stime of the whole process, in ms
+    std::string st = slurp("/proc/" + std::to_string(d.pid()) + "/stat");
+    std::istringstream in(st.substr(st.rfind(')') + 2));
+    std::string f;
+    long v[15] = {};
+    for (int i = 0; i < 13 && in >> f; ++i) {
+      if (i >= 11) v[i] = std::stol(f);
+    }
+    return (v[11] + v[12]) * 1000 / sysconf(_SC_CLK_TCK);
+  };
+  Raw c(d.rundir() + "/vfio-user/0000:08:00.0.sock");
+  ASSERT_TRUE(c.connected());
+  c.version();
+  for (int i = 0; i < 200; ++i) ASSERT_EQ(c.call(kRegionRead, region_access(0, 0, 4)), 0);
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));  // the window (10 ms) is over
+  long before = cpu_ms();
+  std::this_thread::sleep_for(std::chrono::milliseconds(1000));
+  long idle = cpu_ms() - before;
+  EXPECT_LT(idle, 200) << "the reactor kept polling an idle connection";
+  ASSERT_EQ(c.call(kRegionRead, region_access(0, 0, 4)), 0);  // and it wakes for the next request
+}
+
 TEST(DaemonLifecycle, CleanShutdownOnSigtermAndSigint) {
   for (int sig : {SIGTERM, SIGINT}) {
     Daemon d;

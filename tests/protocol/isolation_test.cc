@@ -5,6 +5,7 @@
 // dropped after the timeout, while the other device answers at once the
 // whole time; the dropped device then takes a new client.
 #include <fcntl.h>
+#include <linux/pci_regs.h>
 #include <linux/vfio.h>
 #include <poll.h>
 #include <dirent.h>
@@ -113,10 +114,17 @@ TEST_F(Isolation, AClientThatDoesNotReadItsRepliesIsDropped) {
   Raw greedy(sock("0000:00:03.0"));
   ASSERT_TRUE(greedy.connected());
   greedy.version();
-  // Config-space reads of 256 bytes, sent as long as the socket takes them
-  // and never read: the server's output to this client stays stuck.
+  // Reads of 16 KiB of BAR2, sent as long as the socket takes them and never
+  // read: more than the kernel's socket buffers hold (the server asks for
+  // one that takes a 1 MiB reply at once, and a client can send only a few
+  // hundred requests before its own buffer is full), so the server's
+  // output to this client stays stuck in its own queue.
+  uint16_t mem = PCI_COMMAND_MEMORY;
+  ASSERT_EQ(greedy.call(kRegionWrite, region_access(VFIO_PCI_CONFIG_REGION_INDEX, PCI_COMMAND, 2,
+                                                    std::vector<uint8_t>{static_cast<uint8_t>(mem), 0})),
+            0);
   Header h{0, kRegionRead, sizeof(Header) + sizeof(RegionAccessMsg), 0, 0};
-  RegionAccessMsg a{0, VFIO_PCI_CONFIG_REGION_INDEX, 256};
+  RegionAccessMsg a{0, VFIO_PCI_BAR2_REGION_INDEX, 16 << 10};
   std::vector<uint8_t> msg(h.msg_size);
   size_t sent_msgs = 0;
   bool full = false;

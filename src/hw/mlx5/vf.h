@@ -93,6 +93,8 @@ class Vf : public Function, private RegisterHandler {
   void start_engine();
   void stop_engine();
   bool runnable_locked() const;
+  // Descriptors fetched with one read, their completions written together.
+  static constexpr uint32_t kBatch = 32;
   // One descriptor; returns its completion.
   VfCompletion execute(const VfDescriptor& d);
   // Marks the pages an incremental image carries (a hashing pass); returns

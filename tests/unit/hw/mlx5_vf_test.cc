@@ -109,6 +109,54 @@ TEST_F(VfFixture, ExecutesEveryOperation) {
   EXPECT_GE(sink.msgs.load(), 1);
 }
 
+// Guest memory reached through messages (a client's memory without an fd):
+// the queue fetches the descriptors posted with one read per batch (up to
+// the ring's end) and writes their completions together, not a read and a
+// write per descriptor; results, order and counters are as one by one.
+TEST_F(VfFixture, DescriptorsAreFetchedAndCompletedInBatches) {
+  struct Remote : IommuDomain::RemoteDma {
+    std::vector<uint8_t>& mem;
+    std::atomic<int> ring_reads{0}, cq_writes{0};
+    explicit Remote(std::vector<uint8_t>& m) : mem(m) {}
+    Result<void> read(uint64_t iova, std::span<uint8_t> out) override {
+      if (iova >= kRing && iova < kRing + 16 * sizeof(VfDescriptor)) ++ring_reads;
+      std::memcpy(out.data(), mem.data() + iova, out.size());
+      return ok();
+    }
+    Result<void> write(uint64_t iova, std::span<const uint8_t> in) override {
+      if (iova >= kCq && iova < kCq + 16 * sizeof(VfCompletion)) ++cq_writes;
+      std::memcpy(mem.data() + iova, in.data(), in.size());
+      return ok();
+    }
+    void cancel() override {}
+  };
+  IommuDomain remote_dom;
+  ASSERT_TRUE(remote_dom.map_remote(0, mem.size(), kDmaRead | kDmaWrite));
+  auto peer = std::make_shared<Remote>(mem);
+  remote_dom.set_remote(peer);
+  vf->set_iommu(&remote_dom);
+  for (uint32_t i = 0; i < 13; ++i) post(VfOp::kFill, 64, i, kData + i * 64, 100 + i);
+  ring();
+  EXPECT_EQ(peer->ring_reads.load(), 1);  // 13 descriptors, one read
+  EXPECT_EQ(peer->cq_writes.load(), 1);
+  // 10 more across the ring's end: 3 up to it, then 7 from its start.
+  for (uint32_t i = 13; i < 23; ++i) post(VfOp::kFill, 64, i, kData + i * 64, 100 + i);
+  w(vfreg::kCqHead, 13);  // the guest consumed the first completions
+  ring();
+  EXPECT_EQ(peer->ring_reads.load(), 3);
+  EXPECT_EQ(peer->cq_writes.load(), 3);
+  EXPECT_EQ(r(vfreg::kSqHead), 23u);
+  EXPECT_EQ(r(vfreg::kCqTail), 23u);
+  EXPECT_EQ(r(vfreg::kCountDone), 23u);
+  EXPECT_EQ(r(vfreg::kBytes), 23u * 64);
+  for (uint32_t i = 7; i < 23; ++i) {  // the ring holds the last 16
+    EXPECT_EQ(completion(i).cookie, 100 + i) << i;
+    EXPECT_EQ(completion(i).status, 0u) << i;
+    EXPECT_EQ(mem[kData + i * 64 + 63], i) << i;
+  }
+  vf->set_iommu(&dom);
+}
+
 TEST_F(VfFixture, BadDmaFailsTheDescriptorOnly) {
   dom.unmap_all();
   std::vector<uint8_t> small(0x40000);

@@ -147,7 +147,9 @@ Result<void> IommuDomain::map_remote(uint64_t iova, uint64_t size, uint32_t prot
   TRY(check_range(iova, size));
   if (prot & ~(kDmaRead | kDmaWrite)) return Error(EINVAL, "bad DMA protection");
   std::unique_lock lk(mu_);
-  return insert_locked(iova, Map{size, nullptr, prot, nullptr});
+  TRY(insert_locked(iova, Map{size, nullptr, prot, nullptr}));
+  ++remote_maps_;
+  return ok();
 }
 
 void IommuDomain::set_remote(std::shared_ptr<RemoteDma> r) {
@@ -185,7 +187,10 @@ Result<uint64_t> IommuDomain::unmap(uint64_t iova, uint64_t size) {
       return Error(EINVAL, "DMA unmap would split a map");
   }
   uint64_t removed = 0;
-  for (auto it = first; it != end; ++it) removed += it->second.size;
+  for (auto it = first; it != end; ++it) {
+    removed += it->second.size;
+    if (!it->second.host) --remote_maps_;
+  }
   map_bytes_ -= removed;
   maps_.erase(first, end);  // windows whose last map this was are unmapped here
   return removed;
@@ -196,6 +201,7 @@ void IommuDomain::unmap_all() {
   maps_.clear();
   files_.clear();
   map_bytes_ = 0;
+  remote_maps_ = 0;
 }
 
 size_t IommuDomain::num_maps() const {
@@ -313,6 +319,69 @@ Result<void> IommuDomain::write(uint64_t iova, std::span<const uint8_t> in) {
   if (observer_) observer_(iova, in.size());
   return ok();
 }
+
+bool IommuDomain::has_remote_maps() const {
+  std::shared_lock lk(mu_);
+  return remote_maps_ > 0;
+}
+
+// One pass over the ops under the shared lock: each checked whole first (a
+// failing op has no effect), local parts copied, remote parts collected with
+// the op they belong to; then the peer carries every remote part at once.
+template <bool kWrite>
+void IommuDomain::many(std::span<DmaOp> ops) const {
+  using Seg = RemoteDma::Seg;
+  std::vector<Seg> segs;
+  std::vector<size_t> seg_op;
+  std::shared_ptr<RemoteDma> peer;
+  constexpr uint32_t need = kWrite ? kDmaWrite : kDmaRead;
+  {
+    std::shared_lock lk(mu_);
+    for (size_t i = 0; i < ops.size(); ++i) {
+      DmaOp& op = ops[i];
+      op.err = 0;
+      auto checked = walk(op.iova, op.buf.size(), need, [&](uint8_t* p, uint64_t, uint64_t, uint64_t) {
+        if (!p && !remote_) op.err = EFAULT;
+      });
+      if (!checked) op.err = checked.error().code;
+      if (op.err) continue;
+      size_t first_seg = segs.size();
+      (void)walk(op.iova, op.buf.size(), need, [&](uint8_t* p, uint64_t a, uint64_t at, uint64_t n) {
+        if (!p) {
+          segs.push_back(Seg{a, op.buf.subspan(at, n), 0});
+          seg_op.push_back(i);
+          return;
+        }
+        bool copied = kWrite ? safe_memcpy(p, op.buf.data() + at, n) : safe_memcpy(op.buf.data() + at, p, n);
+        if (!copied && !op.err) op.err = EFAULT;  // the file under the map shrank
+      });
+      if (op.err) {  // its remote parts are not carried
+        segs.resize(first_seg);
+        seg_op.resize(first_seg);
+      }
+    }
+    if (!segs.empty() && remote_blocked_) {
+      for (size_t k = 0; k < segs.size(); ++k) ops[seg_op[k]].err = ECANCELED;
+      segs.clear();
+    }
+    if (!segs.empty()) peer = remote_;
+  }
+  if (peer) {
+    if constexpr (kWrite) peer->write_many(segs);
+    else peer->read_many(segs);
+    for (size_t k = 0; k < segs.size(); ++k)
+      if (segs[k].err && !ops[seg_op[k]].err) ops[seg_op[k]].err = segs[k].err;
+  }
+  std::shared_lock lk(mu_);
+  for (const DmaOp& op : ops) {
+    if (op.err) continue;
+    count(op.buf.size());
+    if (kWrite && observer_) observer_(op.iova, op.buf.size());
+  }
+}
+
+void IommuDomain::read_many(std::span<DmaOp> ops) const { many<false>(ops); }
+void IommuDomain::write_many(std::span<DmaOp> ops) { many<true>(ops); }
 
 Result<void> IommuDomain::copy(uint64_t src, uint64_t dst, uint64_t len, std::vector<uint8_t>& bounce) {
   {

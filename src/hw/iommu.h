@@ -83,6 +83,22 @@ class IommuDomain {
   // DMA on behalf of the device.
   Result<void> read(uint64_t iova, std::span<uint8_t> out) const;
   Result<void> write(uint64_t iova, std::span<const uint8_t> in);
+
+  // Several DMAs at once, each with its own outcome (0 or an errno in
+  // `err`): memory the domain maps is copied at once, and what lies in
+  // remote maps goes to the peer together (RemoteDma::read_many /
+  // write_many: a vfio-user client gets all the requests before the first
+  // answer is waited for). Writes land in order. A write to remote memory
+  // that fails may have written its locally mapped parts, as write() may.
+  struct DmaOp {
+    uint64_t iova = 0;
+    std::span<uint8_t> buf;  // read into, or the data to write
+    int err = 0;
+  };
+  void read_many(std::span<DmaOp> ops) const;
+  void write_many(std::span<DmaOp> ops);
+  // Some DMA may go to the peer (a remote map exists).
+  bool has_remote_maps() const;
   // Device DMA done through this domain (reads, writes, copies): for the
   // attribute tree.
   uint64_t dma_ops() const { return dma_ops_.get(); }
@@ -110,6 +126,20 @@ class IommuDomain {
     virtual ~RemoteDma() = default;
     virtual Result<void> read(uint64_t iova, std::span<uint8_t> out) = 0;
     virtual Result<void> write(uint64_t iova, std::span<const uint8_t> in) = 0;
+    // Several at once, each with its own outcome; by default one by one.
+    struct Seg {
+      uint64_t iova = 0;
+      std::span<uint8_t> buf;
+      int err = 0;
+    };
+    virtual void read_many(std::span<Seg> segs) {
+      for (Seg& s : segs)
+        if (auto r = read(s.iova, s.buf); !r) s.err = r.error().code;
+    }
+    virtual void write_many(std::span<Seg> segs) {
+      for (Seg& s : segs)
+        if (auto r = write(s.iova, s.buf); !r) s.err = r.error().code;
+    }
     // Fails every DMA waiting on the peer now with ECANCELED (their late
     // answers are dropped).
     virtual void cancel() = 0;
@@ -130,6 +160,8 @@ class IommuDomain {
  private:
   struct Backing;
   struct Window;
+  template <bool kWrite>
+  void many(std::span<DmaOp> ops) const;
   struct Map {
     uint64_t size;
     uint8_t* host;  // nullptr: a remote map
@@ -157,6 +189,7 @@ class IommuDomain {
   uint64_t max_mapped_bytes_ = uint64_t{1} << 40;
   WriteObserver observer_;  // guarded by mu_
   std::shared_ptr<RemoteDma> remote_;  // guarded by mu_
+  size_t remote_maps_ = 0;              // maps without host memory; guarded by mu_
   int remote_blocked_ = 0;              // guarded by mu_
 };
 

@@ -205,7 +205,7 @@ std::optional<DmaLayout> Connection::layout() const {
   return layout_;
 }
 
-Result<Message> Connection::transact(uint16_t cmd, std::span<const uint8_t> payload, bool probe) {
+Result<uint16_t> Connection::begin(uint16_t cmd, std::span<const uint8_t> payload) {
   // The reactor reads the answers: waiting on it from itself never ends.
   if (t_reactor) return Error(EDEADLK, "device DMA from the reactor thread");
   uint16_t id;
@@ -224,10 +224,14 @@ Result<Message> Connection::transact(uint16_t cmd, std::span<const uint8_t> payl
     waiting_.erase(id);
     return r.error();
   }
+  return id;
+}
+
+Result<Message> Connection::finish(uint16_t id, std::chrono::steady_clock::time_point deadline, bool probe) {
   Message reply;
   {
     MutexLock lk(mu_);
-    bool got = lk.wait_for(cv_, kReplyTimeout, [&] {
+    bool got = lk.wait_until(cv_, deadline, [&] {
       mu_.assert_held();
       return closed_ || replies_.count(id) || cancelled_.count(id);
     });
@@ -245,6 +249,11 @@ Result<Message> Connection::transact(uint16_t cmd, std::span<const uint8_t> payl
     return Error(reply.hdr.error_no ? static_cast<int>(reply.hdr.error_no) : EIO, "client refused the DMA");
   if (!reply.fds.empty()) return Error(EIO, "DMA reply with fds");
   return reply;
+}
+
+Result<Message> Connection::transact(uint16_t cmd, std::span<const uint8_t> payload, bool probe) {
+  uint16_t id = TRY(begin(cmd, payload));
+  return finish(id, std::chrono::steady_clock::now() + kReplyTimeout, probe);
 }
 
 // The probe (auto mode): a DMA_READ of n ≤ 8 bytes at `iova`, whose count
@@ -296,6 +305,63 @@ Result<DmaLayout> Connection::decide_layout(uint64_t iova, uint64_t len) {
   return *layout_;
 }
 
+namespace {
+
+// A DMA_READ's answer for [iova, iova + n) into `out`. Spec: {u64 address,
+// u64 count, data}; QEMU: {u64 offset, u32 count, data, 4 bytes}. Both are
+// 16 + n bytes; the data starts at 16 or 12.
+Result<void> take_read_reply(const Message& r, DmaLayout lay, uint64_t iova, std::span<uint8_t> out) {
+  uint64_t n = out.size();
+  if (r.payload.size() != 16 + n) return Error(EIO, "DMA_READ reply of the wrong size");
+  uint64_t addr, count;
+  std::memcpy(&addr, r.payload.data(), 8);
+  size_t data_at;
+  if (lay == DmaLayout::kSpec) {
+    std::memcpy(&count, r.payload.data() + 8, 8);
+    data_at = 16;
+  } else {
+    uint32_t c32;
+    std::memcpy(&c32, r.payload.data() + 8, 4);
+    count = c32;
+    data_at = 12;
+  }
+  if (addr != iova || count != n) return Error(EIO, "DMA_READ reply for another range");
+  std::memcpy(out.data(), r.payload.data() + data_at, n);
+  return ok();
+}
+
+// A DMA_WRITE's payload for `in` at `iova`, in `buf`.
+void put_write_request(std::vector<uint8_t>& buf, DmaLayout lay, uint64_t iova, std::span<const uint8_t> in) {
+  uint64_t n = in.size();
+  if (lay == DmaLayout::kSpec) {
+    buf.resize(sizeof(DmaRwMsg) + n);
+    DmaRwMsg q{iova, n};
+    std::memcpy(buf.data(), &q, sizeof(q));
+    std::memcpy(buf.data() + sizeof(q), in.data(), n);
+  } else {
+    // QEMU checks count <= size - sizeof(VFIOUserDMARW), a struct of 32
+    // bytes with the header: the data is followed by 4 bytes of padding.
+    buf.assign(sizeof(QemuDmaRwMsg) + n + 4, 0);
+    QemuDmaRwMsg q{iova, static_cast<uint32_t>(n)};
+    std::memcpy(buf.data(), &q, sizeof(q));
+    std::memcpy(buf.data() + sizeof(q), in.data(), n);
+  }
+}
+
+// Spec: {u64 address, u32 count}; QEMU answers with the header alone.
+Result<void> check_write_reply(const Message& r, uint64_t iova, uint64_t n) {
+  if (r.payload.size() == sizeof(DmaWriteReplyMsg)) {
+    DmaWriteReplyMsg got;
+    std::memcpy(&got, r.payload.data(), sizeof(got));
+    if (got.address != iova || got.count != n) return Error(EIO, "DMA_WRITE reply for another range");
+  } else if (!r.payload.empty()) {
+    return Error(EIO, "DMA_WRITE reply of the wrong size");
+  }
+  return ok();
+}
+
+}  // namespace
+
 Result<void> Connection::read(uint64_t iova, std::span<uint8_t> out) {
   DmaLayout lay = TRY(decide_layout(iova, out.size()));
   uint64_t max = max_xfer_.load();
@@ -303,23 +369,7 @@ Result<void> Connection::read(uint64_t iova, std::span<uint8_t> out) {
     uint64_t n = std::min<uint64_t>(out.size(), max);
     DmaRwMsg q{iova, n};  // the same request in both layouts (count < 2^32)
     Message r = TRY(transact(kDmaRead, std::span<const uint8_t>(reinterpret_cast<uint8_t*>(&q), sizeof(q))));
-    // Spec: {u64 address, u64 count, data}; QEMU: {u64 offset, u32 count,
-    // data, 4 bytes}. Both are 16 + n bytes; the data starts at 16 or 12.
-    if (r.payload.size() != 16 + n) return Error(EIO, "DMA_READ reply of the wrong size");
-    uint64_t addr, count;
-    std::memcpy(&addr, r.payload.data(), 8);
-    size_t data_at;
-    if (lay == DmaLayout::kSpec) {
-      std::memcpy(&count, r.payload.data() + 8, 8);
-      data_at = 16;
-    } else {
-      uint32_t c32;
-      std::memcpy(&c32, r.payload.data() + 8, 4);
-      count = c32;
-      data_at = 12;
-    }
-    if (addr != iova || count != n) return Error(EIO, "DMA_READ reply for another range");
-    std::memcpy(out.data(), r.payload.data() + data_at, n);
+    TRY(take_read_reply(r, lay, iova, out.first(n)));
     out = out.subspan(n);
     iova += n;
   }
@@ -332,32 +382,80 @@ Result<void> Connection::write(uint64_t iova, std::span<const uint8_t> in) {
   thread_local std::vector<uint8_t> wbuf;  // per thread: no lock held while the client answers
   while (!in.empty()) {
     uint64_t n = std::min<uint64_t>(in.size(), max);
-    if (lay == DmaLayout::kSpec) {
-      wbuf.resize(sizeof(DmaRwMsg) + n);
-      DmaRwMsg q{iova, n};
-      std::memcpy(wbuf.data(), &q, sizeof(q));
-      std::memcpy(wbuf.data() + sizeof(q), in.data(), n);
-    } else {
-      // QEMU checks count <= size - sizeof(VFIOUserDMARW), a struct of 32
-      // bytes with the header: the data is followed by 4 bytes of padding.
-      wbuf.assign(sizeof(QemuDmaRwMsg) + n + 4, 0);
-      QemuDmaRwMsg q{iova, static_cast<uint32_t>(n)};
-      std::memcpy(wbuf.data(), &q, sizeof(q));
-      std::memcpy(wbuf.data() + sizeof(q), in.data(), n);
-    }
+    put_write_request(wbuf, lay, iova, in.first(n));
     Message r = TRY(transact(kDmaWrite, wbuf));
-    // Spec: {u64 address, u32 count}; QEMU answers with the header alone.
-    if (r.payload.size() == sizeof(DmaWriteReplyMsg)) {
-      DmaWriteReplyMsg got;
-      std::memcpy(&got, r.payload.data(), sizeof(got));
-      if (got.address != iova || got.count != n) return Error(EIO, "DMA_WRITE reply for another range");
-    } else if (!r.payload.empty()) {
-      return Error(EIO, "DMA_WRITE reply of the wrong size");
-    }
+    TRY(check_write_reply(r, iova, n));
     in = in.subspan(n);
     iova += n;
   }
   return ok();
 }
+
+// Pipelined: the segments cut at the client's max_data_xfer_size, and up to
+// kPipeline requests (kPipelineBytes of data) sent before the first answer
+// is waited for; the client answers them in order. One deadline per window,
+// so a client that stops answering costs kReplyTimeout, not one per request.
+template <bool kWrite>
+void Connection::many(std::span<Seg> segs) {
+  if (segs.empty()) return;
+  auto lay = decide_layout(segs.front().iova, segs.front().buf.size());
+  if (!lay) {
+    for (Seg& s : segs) s.err = lay.error().code;
+    return;
+  }
+  uint64_t max = max_xfer_.load();
+  struct Piece {
+    size_t seg;
+    uint64_t off, n;
+    uint16_t id;
+  };
+  std::vector<Piece> window;
+  thread_local std::vector<uint8_t> wbuf;
+  size_t si = 0;
+  uint64_t off = 0;
+  while (si < segs.size()) {
+    window.clear();
+    uint64_t bytes = 0;
+    // Send a window.
+    while (si < segs.size() && window.size() < kPipeline && bytes < kPipelineBytes) {
+      Seg& s = segs[si];
+      if (s.err || off >= s.buf.size()) {
+        ++si;
+        off = 0;
+        continue;
+      }
+      uint64_t n = std::min<uint64_t>(s.buf.size() - off, max);
+      Result<uint16_t> id = Error(EIO);
+      if constexpr (kWrite) {
+        put_write_request(wbuf, *lay, s.iova + off, s.buf.subspan(off, n));
+        id = begin(kDmaWrite, wbuf);
+      } else {
+        DmaRwMsg q{s.iova + off, n};
+        id = begin(kDmaRead, std::span<const uint8_t>(reinterpret_cast<uint8_t*>(&q), sizeof(q)));
+      }
+      if (!id) {
+        s.err = id.error().code;
+      } else {
+        window.push_back(Piece{si, off, n, *id});
+        bytes += n;
+      }
+      off += n;
+    }
+    // Take its answers.
+    auto deadline = std::chrono::steady_clock::now() + kReplyTimeout;
+    for (const Piece& p : window) {
+      Seg& s = segs[p.seg];
+      auto r = finish(p.id, deadline);
+      Result<void> done = ok();
+      if (!r) done = r.error();
+      else if constexpr (kWrite) done = check_write_reply(*r, s.iova + p.off, p.n);
+      else done = take_read_reply(*r, *lay, s.iova + p.off, s.buf.subspan(p.off, p.n));
+      if (!done && !s.err) s.err = done.error().code;
+    }
+  }
+}
+
+void Connection::read_many(std::span<Seg> segs) { many<false>(segs); }
+void Connection::write_many(std::span<Seg> segs) { many<true>(segs); }
 
 }  // namespace uvfio::vfio_user

@@ -82,6 +82,12 @@ class Connection : public hw::IommuDomain::RemoteDma {
   // a wrong-sized or error reply fails this DMA only (EIO / the client's errno).
   Result<void> read(uint64_t iova, std::span<uint8_t> out) override;
   Result<void> write(uint64_t iova, std::span<const uint8_t> in) override;
+  // Pipelined: up to kPipeline requests (kPipelineBytes of data) in flight
+  // before the first answer is waited for.
+  void read_many(std::span<Seg> segs) override;
+  void write_many(std::span<Seg> segs) override;
+  static constexpr size_t kPipeline = 32;
+  static constexpr uint64_t kPipelineBytes = 4 << 20;
   // Every DMA waiting on the client fails with ECANCELED; their replies,
   // if they come, are dropped.
   void cancel() override;
@@ -101,6 +107,12 @@ class Connection : public hw::IommuDomain::RemoteDma {
   // `probe`: the request may be refused; its error reply is returned as a
   // Message instead.
   Result<Message> transact(uint16_t cmd, std::span<const uint8_t> payload, bool probe = false);
+  // transact() in two halves: the request sent (its id), and its reply
+  // waited for until `deadline`.
+  Result<uint16_t> begin(uint16_t cmd, std::span<const uint8_t> payload);
+  Result<Message> finish(uint16_t id, std::chrono::steady_clock::time_point deadline, bool probe = false);
+  template <bool kWrite>
+  void many(std::span<Seg> segs);
   // Hands a reply to the DMA waiting for it; false if nobody is.
   bool deliver_reply(Message& m);
   // The layout, probing the client first in auto mode (a read of `iova`).

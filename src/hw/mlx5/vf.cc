@@ -270,6 +270,113 @@ VfCompletion Vf::execute(const VfDescriptor& d) {
   return c;
 }
 
+// A batch where the client's memory is reached by messages: descriptors run
+// in waves whose guest reads all go to the client at once, then are
+// executed in order (device memory touched in order), then whose guest
+// writes all go at once. A wave ends before a descriptor that reads guest
+// memory an earlier one in it writes (it must see that write), at
+// kWaveBytes, or when `go()` says stop; results are as one by one.
+void Vf::run_pipelined(IommuDomain& dom, std::span<const VfDescriptor> descs, std::vector<VfCompletion>& comps,
+                       const std::function<bool()>& go) {
+  BarMemory* dm = bar_memory(2);
+  struct Item {
+    VfCompletion c;
+    uint32_t len = 0;
+    uint64_t rd = 0, wr = 0;  // guest ranges [rd, rd + len) read and [wr, wr + len) written, if any
+    bool reads = false, writes = false;
+    size_t rbuf = 0, wbuf = 0;  // offsets in the wave's buffers
+  };
+  std::vector<Item> wave;
+  std::vector<IommuDomain::DmaOp> ops;
+  size_t i = 0;
+  while (i < descs.size()) {
+    if (i > 0 && !go()) return;
+    wave.clear();
+    size_t rbytes = 0, wbytes = 0;
+    size_t first = i;
+    for (; i < descs.size(); ++i) {
+      const VfDescriptor& d = descs[i];
+      Item it;
+      it.c = VfCompletion{d.cookie, 0, 0};
+      it.len = d.length;
+      auto dev_ok = [&](uint64_t off) { return dm && off <= dm->size() && dm->size() - off >= d.length; };
+      auto op = static_cast<VfOp>(d.opcode);
+      if (!(config().get(kCommand) & PCI_COMMAND_MASTER)) it.c.status = EPERM;
+      else if (d.length > vfreg::kMaxLength) it.c.status = EINVAL;
+      else if (op == VfOp::kToDevice && !dev_ok(d.dst)) it.c.status = EINVAL;
+      else if (op == VfOp::kFromDevice && !dev_ok(d.src)) it.c.status = EINVAL;
+      else if (op != VfOp::kCopy && op != VfOp::kToDevice && op != VfOp::kFromDevice && op != VfOp::kFill &&
+               op != VfOp::kCrc32c)
+        it.c.status = EOPNOTSUPP;
+      if (!it.c.status) {
+        it.reads = op == VfOp::kCopy || op == VfOp::kToDevice || op == VfOp::kCrc32c;
+        it.writes = op == VfOp::kCopy || op == VfOp::kFromDevice || op == VfOp::kFill;
+        it.rd = d.src;
+        it.wr = d.dst;
+      }
+      if (!wave.empty()) {
+        if (rbytes + wbytes + (it.reads + it.writes) * uint64_t{d.length} > kWaveBytes) break;
+        bool hazard = false;
+        if (it.reads)
+          for (const Item& w : wave)
+            if (w.writes && it.rd < w.wr + w.len && w.wr < it.rd + it.len)
+              hazard = true;
+        if (hazard) break;
+      }
+      if (it.reads) it.rbuf = rbytes, rbytes += d.length;
+      if (it.writes) it.wbuf = wbytes, wbytes += d.length;
+      wave.push_back(it);
+    }
+    wave_rbuf_.resize(std::max(wave_rbuf_.size(), rbytes));
+    wave_wbuf_.resize(std::max(wave_wbuf_.size(), wbytes));
+    // Every guest read of the wave at once.
+    ops.clear();
+    for (const Item& it : wave)
+      if (it.reads) ops.push_back({it.rd, std::span<uint8_t>(wave_rbuf_.data() + it.rbuf, it.len), 0});
+    dom.read_many(ops);
+    // In order: each descriptor's work, device memory included.
+    size_t k = 0;
+    for (size_t j = 0; j < wave.size(); ++j) {
+      Item& it = wave[j];
+      const VfDescriptor& d = descs[first + j];
+      if (it.reads && ops[k++].err && !it.c.status) it.c.status = static_cast<uint32_t>(ops[k - 1].err);
+      if (it.c.status) {
+        it.writes = false;
+        continue;
+      }
+      uint8_t* rb = wave_rbuf_.data() + it.rbuf;
+      uint8_t* wb = wave_wbuf_.data() + it.wbuf;
+      switch (static_cast<VfOp>(d.opcode)) {
+        case VfOp::kCopy:
+          if (unsigned n = vf_copy_fault_every(); n && ++copies_ % n == 0) {
+            it.c.status = EIO;
+            it.writes = false;
+            break;
+          }
+          std::memcpy(wb, rb, d.length);
+          break;
+        case VfOp::kToDevice: std::memcpy(dm->data() + d.dst, rb, d.length); break;
+        case VfOp::kFromDevice: std::memcpy(wb, dm->data() + d.src, d.length); break;
+        case VfOp::kFill: std::memset(wb, static_cast<int>(d.src & 0xff), d.length); break;
+        case VfOp::kCrc32c: it.c.result = crc32c(0, rb, d.length); break;
+        default: break;
+      }
+    }
+    // Every guest write of the wave at once, in order.
+    ops.clear();
+    std::vector<size_t> owner;
+    for (size_t j = 0; j < wave.size(); ++j)
+      if (wave[j].writes) {
+        ops.push_back({wave[j].wr, std::span<uint8_t>(wave_wbuf_.data() + wave[j].wbuf, wave[j].len), 0});
+        owner.push_back(j);
+      }
+    dom.write_many(ops);
+    for (size_t q = 0; q < ops.size(); ++q)
+      if (ops[q].err) wave[owner[q]].c.status = static_cast<uint32_t>(ops[q].err);
+    for (const Item& it : wave) comps.push_back(it.c);
+  }
+}
+
 // The engine thread: fetch, execute, complete, interrupt. Descriptors are
 // fetched in batches (those posted, up to the ring's end and the room in
 // the completion ring, at most kBatch) with one read, run one at a time in
@@ -298,12 +405,15 @@ void Vf::engine() {
       IommuDomain* dom = iommu();
       bool fetched = dom && (config().get(kCommand) & PCI_COMMAND_MASTER) &&
                      dom->read(sq, std::span<uint8_t>(reinterpret_cast<uint8_t*>(descs.data()), n * sizeof(VfDescriptor)));
-      if (fetched) {
+      auto go = [&] {
+        std::lock_guard g(mu_);
+        return !stop_ && !quiesce_ && (ctrl_ & vfreg::kCtrlEnable);
+      };
+      if (fetched && dom->has_remote_maps()) {
+        run_pipelined(*dom, descs, comps, go);
+      } else if (fetched) {
         for (uint32_t i = 0; i < n; ++i) {
-          if (i > 0) {
-            std::lock_guard g(mu_);
-            if (stop_ || quiesce_ || !(ctrl_ & vfreg::kCtrlEnable)) break;
-          }
+          if (i > 0 && !go()) break;
           comps.push_back(execute(descs[i]));
         }
       }

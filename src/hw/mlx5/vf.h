@@ -7,6 +7,7 @@
 
 #include <atomic>
 #include <condition_variable>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <span>
@@ -97,6 +98,11 @@ class Vf : public Function, private RegisterHandler {
   static constexpr uint32_t kBatch = 32;
   // One descriptor; returns its completion.
   VfCompletion execute(const VfDescriptor& d);
+  // A batch through a domain with remote maps, pipelined (vf.cc); appends
+  // the completions of the descriptors run (all, unless `go` turns false).
+  void run_pipelined(IommuDomain& dom, std::span<const VfDescriptor> descs, std::vector<VfCompletion>& comps,
+                     const std::function<bool()>& go);
+  static constexpr uint64_t kWaveBytes = 2 << 20;  // guest bytes read and written per wave (one descriptor may take all)
   // Marks the pages an incremental image carries (a hashing pass); returns
   // how many.
   uint64_t scan_changed();
@@ -133,6 +139,7 @@ class Vf : public Function, private RegisterHandler {
   // Image state: one save and one load at a time (the firmware serializes
   // commands per function); guarded by img_mu_.
   std::vector<uint8_t> scratch_;  // the engine's buffer (engine thread only)
+  std::vector<uint8_t> wave_rbuf_, wave_wbuf_;  // a pipelined wave's data (engine thread only)
   uint64_t copies_ = 0;           // COPY descriptors run (engine thread only; fault injection)
   std::mutex img_mu_;
   PageHashes page_hash_;  // not valid: no image sent yet (the next one is full)

@@ -413,7 +413,13 @@ void Connection::many(std::span<Seg> segs) {
   thread_local std::vector<uint8_t> wbuf;
   size_t si = 0;
   uint64_t off = 0;
+  bool cancelled = false;  // a function reset cancelled a window: the rest is not sent
   while (si < segs.size()) {
+    if (cancelled) {
+      for (; si < segs.size(); ++si)
+        if (!segs[si].err) segs[si].err = ECANCELED;
+      return;
+    }
     window.clear();
     uint64_t bytes = 0;
     // Send a window.
@@ -451,6 +457,7 @@ void Connection::many(std::span<Seg> segs) {
       else if constexpr (kWrite) done = check_write_reply(*r, s.iova + p.off, p.n);
       else done = take_read_reply(*r, *lay, s.iova + p.off, s.buf.subspan(p.off, p.n));
       if (!done && !s.err) s.err = done.error().code;
+      if (!done && done.error().code == ECANCELED) cancelled = true;
     }
   }
 }

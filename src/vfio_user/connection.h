@@ -86,7 +86,7 @@ class Connection : public hw::IommuDomain::RemoteDma {
   // before the first answer is waited for.
   void read_many(std::span<Seg> segs) override;
   void write_many(std::span<Seg> segs) override;
-  static constexpr size_t kPipeline = 32;
+  static constexpr size_t kPipeline = 64;
   static constexpr uint64_t kPipelineBytes = 4 << 20;
   // Every DMA waiting on the client fails with ECANCELED; their replies,
   // if they come, are dropped.

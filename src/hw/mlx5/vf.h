@@ -95,7 +95,7 @@ class Vf : public Function, private RegisterHandler {
   void stop_engine();
   bool runnable_locked() const;
   // Descriptors fetched with one read, their completions written together.
-  static constexpr uint32_t kBatch = 32;
+  static constexpr uint32_t kBatch = 64;
   // One descriptor; returns its completion.
   VfCompletion execute(const VfDescriptor& d);
   // A batch through a domain with remote maps, pipelined (vf.cc); appends

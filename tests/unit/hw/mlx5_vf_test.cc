@@ -83,6 +83,29 @@ struct VfFixture : ::testing::Test {
   }
 };
 
+// Guest memory reached through "messages": a peer serving the device's
+// DMA from `mem`, counting ring fetches, completion writes and batches.
+struct Remote : IommuDomain::RemoteDma {
+  std::vector<uint8_t>& mem;
+  std::atomic<int> ring_reads{0}, cq_writes{0}, read_batches{0};
+  explicit Remote(std::vector<uint8_t>& m) : mem(m) {}
+  Result<void> read(uint64_t iova, std::span<uint8_t> out) override {
+    if (iova >= kRing && iova < kRing + 16 * sizeof(VfDescriptor)) ++ring_reads;
+    std::memcpy(out.data(), mem.data() + iova, out.size());
+    return ok();
+  }
+  Result<void> write(uint64_t iova, std::span<const uint8_t> in) override {
+    if (iova >= kCq && iova < kCq + 16 * sizeof(VfCompletion)) ++cq_writes;
+    std::memcpy(mem.data() + iova, in.data(), in.size());
+    return ok();
+  }
+  void read_many(std::span<Seg> segs) override {
+    ++read_batches;
+    RemoteDma::read_many(segs);
+  }
+  void cancel() override {}
+};
+
 TEST_F(VfFixture, ExecutesEveryOperation) {
   EXPECT_EQ(r(vfreg::kId), vfreg::kIdValue);
   for (int i = 0; i < 4096; ++i) mem[kData + i] = static_cast<uint8_t>(i * 31);
@@ -114,22 +137,6 @@ TEST_F(VfFixture, ExecutesEveryOperation) {
 // the ring's end) and writes their completions together, not a read and a
 // write per descriptor; results, order and counters are as one by one.
 TEST_F(VfFixture, DescriptorsAreFetchedAndCompletedInBatches) {
-  struct Remote : IommuDomain::RemoteDma {
-    std::vector<uint8_t>& mem;
-    std::atomic<int> ring_reads{0}, cq_writes{0};
-    explicit Remote(std::vector<uint8_t>& m) : mem(m) {}
-    Result<void> read(uint64_t iova, std::span<uint8_t> out) override {
-      if (iova >= kRing && iova < kRing + 16 * sizeof(VfDescriptor)) ++ring_reads;
-      std::memcpy(out.data(), mem.data() + iova, out.size());
-      return ok();
-    }
-    Result<void> write(uint64_t iova, std::span<const uint8_t> in) override {
-      if (iova >= kCq && iova < kCq + 16 * sizeof(VfCompletion)) ++cq_writes;
-      std::memcpy(mem.data() + iova, in.data(), in.size());
-      return ok();
-    }
-    void cancel() override {}
-  };
   IommuDomain remote_dom;
   ASSERT_TRUE(remote_dom.map_remote(0, mem.size(), kDmaRead | kDmaWrite));
   auto peer = std::make_shared<Remote>(mem);
@@ -163,24 +170,6 @@ TEST_F(VfFixture, DescriptorsAreFetchedAndCompletedInBatches) {
 // writes sees that write, device memory is touched in order, a failing
 // DMA fails its descriptor only.
 TEST_F(VfFixture, PipelinedBatchesKeepTheOrderOfOneByOne) {
-  struct Remote : IommuDomain::RemoteDma {
-    std::vector<uint8_t>& mem;
-    std::atomic<int> read_batches{0};
-    explicit Remote(std::vector<uint8_t>& m) : mem(m) {}
-    Result<void> read(uint64_t iova, std::span<uint8_t> out) override {
-      std::memcpy(out.data(), mem.data() + iova, out.size());
-      return ok();
-    }
-    Result<void> write(uint64_t iova, std::span<const uint8_t> in) override {
-      std::memcpy(mem.data() + iova, in.data(), in.size());
-      return ok();
-    }
-    void read_many(std::span<Seg> segs) override {
-      ++read_batches;
-      RemoteDma::read_many(segs);
-    }
-    void cancel() override {}
-  };
   IommuDomain remote_dom;
   ASSERT_TRUE(remote_dom.map_remote(0, mem.size(), kDmaRead | kDmaWrite));
   auto peer = std::make_shared<Remote>(mem);

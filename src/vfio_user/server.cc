@@ -6,8 +6,8 @@
 #include <fcntl.h>
 #include <sched.h>
 #include <sys/epoll.h>
-#include <sys/resource.h>
 #include <sys/eventfd.h>
+#include <sys/resource.h>
 #include <sys/timerfd.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -235,6 +235,15 @@ class Server::Reactor {
   unsigned poll_skip_ = 0;          // rounds to serve without a window (the CPU is shared)
   long yield_switches_ = 0;  // the thread's involuntary switches when the window opened or last yielded
   static constexpr unsigned kPollSkip = 256;
+  void close_poll_window() {
+    poll_until_ = {};
+    hot_.reset();
+  }
+  // The calling thread's involuntary context switches so far (0 if unknown).
+  static long involuntary_switches() {
+    rusage ru{};
+    return getrusage(RUSAGE_THREAD, &ru) == 0 ? ru.ru_nivcsw : 0;
+  }
   static constexpr int kHotSpins = 64;
   Clock::time_point last_scan_{};
   Acceptor acceptor_;                  // EMFILE without spinning
@@ -255,10 +264,7 @@ void Server::Reactor::run() {
     bool polling = s_.opts_.busy_poll;
     if (!polling && poll_until_ != Clock::time_point{}) {
       polling = Clock::now() < poll_until_;
-      if (!polling) {
-        poll_until_ = {};
-        hot_.reset();
-      }
+      if (!polling) close_poll_window();
     }
     if (polling && runq_.empty() && hot_ && !hot_->dead && !hot_->busy) {
       // Busy-poll: spin on the connection that was last active, as a
@@ -274,14 +280,12 @@ void Server::Reactor::run() {
     // (then it is tried again).
     if (polling && !s_.opts_.busy_poll && runq_.empty()) {
       sched_yield();
-      rusage ru{};
-      long switches = getrusage(RUSAGE_THREAD, &ru) == 0 ? ru.ru_nivcsw : 0;
+      long switches = involuntary_switches();
       bool gave_away = switches != yield_switches_;
       yield_switches_ = switches;
       if (gave_away) {
         polling = false;
-        poll_until_ = {};
-        hot_.reset();
+        close_poll_window();
         poll_skip_ = kPollSkip;
       }
     }
@@ -342,8 +346,7 @@ void Server::Reactor::run() {
         --poll_skip_;
       } else {
         poll_until_ = Clock::now() + s_.opts_.poll_window;
-        rusage ru{};
-        if (getrusage(RUSAGE_THREAD, &ru) == 0) yield_switches_ = ru.ru_nivcsw;
+        yield_switches_ = involuntary_switches();
       }
     }
   }

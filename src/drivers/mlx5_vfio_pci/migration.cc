@@ -6,6 +6,7 @@
 
 #include "base/crc32c.h"
 #include "drivers/mlx5_vfio_pci/mlx5_vfio_pci.h"
+#include "hw/iommu.h"
 
 namespace uvfio::drivers::mlx5_vfio_pci {
 
@@ -77,7 +78,7 @@ void SaveFile::end_session() {
 // firmware command each.
 Result<size_t> SaveFile::frame_chunk_locked(bool start, bool incremental, std::span<uint8_t> room, bool tail) {
   constexpr size_t kHeader = sizeof(RecordHeader);
-  constexpr size_t kPage = 4096;  // the buffer is mapped for the firmware's DMA: whole pages of it
+  constexpr size_t kPage = hw::kIommuPageSize;  // the buffer is mapped for the firmware's DMA: whole pages of it
   bool in_place = room.size() >= kHeader + kInPlace;
   std::span<uint8_t> rec;
   if (in_place) {

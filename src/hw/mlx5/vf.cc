@@ -227,6 +227,30 @@ unsigned vf_copy_fault_every() {
   return n;
 }
 
+// Why `d` cannot run, as its completion's errno (0: it can): bus
+// mastering off, too long, a device-memory range outside BAR2, an unknown
+// operation. Both ways of running a descriptor ask this first.
+uint32_t Vf::refusal(const VfDescriptor& d) {
+  if (!(config().get(kCommand) & PCI_COMMAND_MASTER)) return EPERM;
+  if (d.length > vfreg::kMaxLength) return EINVAL;
+  BarMemory* dm = bar_memory(2);
+  auto dev_range_ok = [&](uint64_t off) { return dm && off <= dm->size() && dm->size() - off >= d.length; };
+  switch (static_cast<VfOp>(d.opcode)) {
+    case VfOp::kCopy:
+    case VfOp::kFill:
+    case VfOp::kCrc32c: return 0;
+    case VfOp::kToDevice: return dev_range_ok(d.dst) ? 0 : EINVAL;
+    case VfOp::kFromDevice: return dev_range_ok(d.src) ? 0 : EINVAL;
+  }
+  return EOPNOTSUPP;
+}
+
+// The fault injection's verdict for the COPY about to run.
+bool Vf::copy_fault() {
+  unsigned n = vf_copy_fault_every();
+  return n && ++copies_ % n == 0;
+}
+
 VfCompletion Vf::execute(const VfDescriptor& d) {
   VfCompletion c{d.cookie, 0, 0};
   IommuDomain* dom = iommu();
@@ -236,23 +260,19 @@ VfCompletion Vf::execute(const VfDescriptor& d) {
     return c;
   };
   if (!dom) return fail(EFAULT);
-  if (!(config().get(kCommand) & PCI_COMMAND_MASTER)) return fail(EPERM);
-  if (d.length > vfreg::kMaxLength) return fail(EINVAL);
+  if (uint32_t e = refusal(d)) return fail(static_cast<int>(e));
   // The engine's own buffer, kept across descriptors (engine thread only).
   if (scratch_.size() < d.length) scratch_.resize(d.length);
   std::span<uint8_t> buf(scratch_.data(), d.length);
-  auto dev_range_ok = [&](uint64_t off) { return dm && off <= dm->size() && dm->size() - off >= d.length; };
   switch (static_cast<VfOp>(d.opcode)) {
     case VfOp::kCopy:  // guest to guest: one copy where both sides are mapped memory
-      if (unsigned n = vf_copy_fault_every(); n && ++copies_ % n == 0) return fail(EIO);
+      if (copy_fault()) return fail(EIO);
       if (auto r = dom->copy(d.src, d.dst, d.length, scratch_); !r) return fail(r.error().code);
       break;
     case VfOp::kToDevice:  // straight into device memory
-      if (!dev_range_ok(d.dst)) return fail(EINVAL);
       if (auto r = dom->read(d.src, std::span<uint8_t>(dm->data() + d.dst, d.length)); !r) return fail(r.error().code);
       break;
     case VfOp::kFromDevice:
-      if (!dev_range_ok(d.src)) return fail(EINVAL);
       if (auto r = dom->write(d.dst, std::span<const uint8_t>(dm->data() + d.src, d.length)); !r)
         return fail(r.error().code);
       break;
@@ -264,8 +284,6 @@ VfCompletion Vf::execute(const VfDescriptor& d) {
       if (auto r = dom->read(d.src, buf); !r) return fail(r.error().code);
       c.result = crc32c(0, buf.data(), buf.size());
       break;
-    default:
-      return fail(EOPNOTSUPP);
   }
   return c;
 }
@@ -288,6 +306,7 @@ void Vf::run_pipelined(IommuDomain& dom, std::span<const VfDescriptor> descs, st
   };
   std::vector<Item> wave;
   std::vector<IommuDomain::DmaOp> ops;
+  std::vector<size_t> owner;  // the wave item of each write op
   size_t i = 0;
   while (i < descs.size()) {
     if (i > 0 && !go()) return;
@@ -299,15 +318,8 @@ void Vf::run_pipelined(IommuDomain& dom, std::span<const VfDescriptor> descs, st
       Item it;
       it.c = VfCompletion{d.cookie, 0, 0};
       it.len = d.length;
-      auto dev_ok = [&](uint64_t off) { return dm && off <= dm->size() && dm->size() - off >= d.length; };
       auto op = static_cast<VfOp>(d.opcode);
-      if (!(config().get(kCommand) & PCI_COMMAND_MASTER)) it.c.status = EPERM;
-      else if (d.length > vfreg::kMaxLength) it.c.status = EINVAL;
-      else if (op == VfOp::kToDevice && !dev_ok(d.dst)) it.c.status = EINVAL;
-      else if (op == VfOp::kFromDevice && !dev_ok(d.src)) it.c.status = EINVAL;
-      else if (op != VfOp::kCopy && op != VfOp::kToDevice && op != VfOp::kFromDevice && op != VfOp::kFill &&
-               op != VfOp::kCrc32c)
-        it.c.status = EOPNOTSUPP;
+      it.c.status = refusal(d);
       if (!it.c.status) {
         it.reads = op == VfOp::kCopy || op == VfOp::kToDevice || op == VfOp::kCrc32c;
         it.writes = op == VfOp::kCopy || op == VfOp::kFromDevice || op == VfOp::kFill;
@@ -348,7 +360,7 @@ void Vf::run_pipelined(IommuDomain& dom, std::span<const VfDescriptor> descs, st
       uint8_t* wb = wave_wbuf_.data() + it.wbuf;
       switch (static_cast<VfOp>(d.opcode)) {
         case VfOp::kCopy:
-          if (unsigned n = vf_copy_fault_every(); n && ++copies_ % n == 0) {
+          if (copy_fault()) {
             it.c.status = EIO;
             it.writes = false;
             break;
@@ -364,7 +376,7 @@ void Vf::run_pipelined(IommuDomain& dom, std::span<const VfDescriptor> descs, st
     }
     // Every guest write of the wave at once, in order.
     ops.clear();
-    std::vector<size_t> owner;
+    owner.clear();
     for (size_t j = 0; j < wave.size(); ++j)
       if (wave[j].writes) {
         ops.push_back({wave[j].wr, std::span<uint8_t>(wave_wbuf_.data() + wave[j].wbuf, wave[j].len), 0});

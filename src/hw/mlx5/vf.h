@@ -96,6 +96,10 @@ class Vf : public Function, private RegisterHandler {
   bool runnable_locked() const;
   // Descriptors fetched with one read, their completions written together.
   static constexpr uint32_t kBatch = 64;
+  // Why a descriptor cannot run (its completion's errno), 0 if it can.
+  uint32_t refusal(const VfDescriptor& d);
+  // UVFIO_TEST_FAULT_VF_COPY: this COPY fails (engine thread only).
+  bool copy_fault();
   // One descriptor; returns its completion.
   VfCompletion execute(const VfDescriptor& d);
   // A batch through a domain with remote maps, pipelined (vf.cc); appends

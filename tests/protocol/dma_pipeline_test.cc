@@ -20,16 +20,6 @@
 namespace uvfio::e2e {
 namespace {
 
-const char* kTopology = R"(
-[[device]]
-address = "0000:00:04.0"
-model = "mlx5-pf"
-total_vfs = 1
-first_vf_offset = 0x60
-num_vfs = 1
-vf_driver_override = "mlx5_vfio_pci"
-)";
-
 // docs/devices/mlx5-vf.md: BAR0 registers, the descriptor and completion.
 enum : uint32_t { kSqBase = 0x10, kSqSize = 0x18, kSqTail = 0x1c, kCqBase = 0x28, kCqSize = 0x30, kCtrl = 0x3c };
 enum : uint8_t { kOpCopy = 1 };
@@ -48,7 +38,7 @@ constexpr uint32_t kDescs = 8, kLen = 4096;
 
 TEST(DmaPipeline, TheVfQueueSendsABatchsRequestsBeforeItsFirstAnswer) {
   std::string dir = make_tmpdir("dmapipe");
-  std::ofstream(dir + "/topo.toml") << kTopology;
+  std::ofstream(dir + "/topo.toml") << kEndpointAndVfTopology;  // the VF: 0000:00:10.0
   Daemon d({"--config", dir + "/topo.toml", "--no-fuse", "--dma-layout", "qemu"}, "dmapipe");
   ASSERT_TRUE(d.wait_ready()) << d.log();
   Raw r(d.rundir() + "/vfio-user/0000:00:10.0.sock");
@@ -78,12 +68,21 @@ TEST(DmaPipeline, TheVfQueueSendsABatchsRequestsBeforeItsFirstAnswer) {
   uint32_t t = kDescs;
   std::memcpy(tail.data(), &t, 4);
   r.send(kRegionWrite, region_access(0, kSqTail, 4, tail));
+  // The device's next request. The doorbell's reply may come before,
+  // between or after them (the reactor answers it while the device's
+  // thread already works): it is counted, not taken for a request.
+  int doorbell_replies = 0;
   auto next = [&]() -> Message {
-    pollfd p{r.fd(), POLLIN, 0};
-    EXPECT_EQ(poll(&p, 1, 3000), 1) << "no message from the device";
-    auto m = recv_message(r.fd());
-    EXPECT_TRUE(m);
-    return m ? std::move(*m) : Message{};
+    for (;;) {
+      pollfd p{r.fd(), POLLIN, 0};
+      EXPECT_EQ(poll(&p, 1, 3000), 1) << "no message from the device";
+      auto m = recv_message(r.fd());
+      EXPECT_TRUE(m);
+      if (!m) return Message{};
+      if ((m->hdr.flags & kFlagsTypeMask) != kTypeReply) return std::move(*m);
+      EXPECT_EQ(m->hdr.command, kRegionWrite);
+      ++doorbell_replies;
+    }
   };
   auto addr_count = [](const Message& m, uint64_t& a, uint32_t& n) {
     std::memcpy(&a, m.payload.data(), 8);
@@ -109,7 +108,6 @@ TEST(DmaPipeline, TheVfQueueSendsABatchsRequestsBeforeItsFirstAnswer) {
     ASSERT_TRUE(send_message(r.fd(), h, {}));
   };
   Message m = next();
-  while ((m.hdr.flags & kFlagsTypeMask) == kTypeReply) m = next();  // the doorbell's
   // One fetch of every posted descriptor.
   ASSERT_EQ(m.hdr.command, kDmaRead);
   uint64_t a;
@@ -151,6 +149,16 @@ TEST(DmaPipeline, TheVfQueueSendsABatchsRequestsBeforeItsFirstAnswer) {
     EXPECT_EQ(c.status, 0u);
     EXPECT_EQ(std::memcmp(mem.data() + kData + (kDescs + i) * kLen, mem.data() + kData + i * kLen, kLen), 0) << i;
   }
+  if (doorbell_replies == 0) {  // not come yet: it is the next message
+    Message rep = [&] {
+      auto got = recv_message(r.fd());
+      return got ? std::move(*got) : Message{};
+    }();
+    EXPECT_EQ(rep.hdr.command, kRegionWrite);
+    EXPECT_EQ(rep.hdr.flags & kFlagsTypeMask, kTypeReply);
+    ++doorbell_replies;
+  }
+  EXPECT_EQ(doorbell_replies, 1);
   EXPECT_TRUE(r.alive());
   sh("rm -rf " + dir);
 }

@@ -235,6 +235,11 @@ class Server::Reactor {
   unsigned poll_skip_ = 0;          // rounds to serve without a window (the CPU is shared)
   long yield_switches_ = 0;  // the thread's involuntary switches when the window opened or last yielded
   static constexpr unsigned kPollSkip = 256;
+  // Requests in a row that the spin on the hot connection found, served
+  // without a look at epoll in between (at most kHotStreak: then epoll is
+  // asked, so other connections, timers and posted work wait that long).
+  unsigned hot_streak_ = 0;
+  static constexpr unsigned kHotStreak = 16;
   void close_poll_window() {
     poll_until_ = {};
     hot_.reset();
@@ -266,13 +271,17 @@ void Server::Reactor::run() {
       polling = Clock::now() < poll_until_;
       if (!polling) close_poll_window();
     }
+    bool hot_ready = false;
     if (polling && runq_.empty() && hot_ && !hot_->dead && !hot_->busy) {
       // Busy-poll: spin on the connection that was last active, as a
       // dedicated server would on its socket, and look at epoll (every
       // other connection, timers, posted work) between rounds of spins.
       std::shared_ptr<Client> h = hot_;  // a drop while reading resets hot_
       for (int k = 0; k < kHotSpins && h->queue.empty() && !h->dead; ++k) read_client(*h);
-      if (!h->dead && !h->queue.empty()) schedule(h);
+      if (!h->dead && !h->queue.empty()) {
+        schedule(h);
+        hot_ready = true;
+      }
     }
     // The window yields between polls, so a client on this very CPU runs.
     // A yield that gave the CPU away says the client (or someone) needs
@@ -289,8 +298,16 @@ void Server::Reactor::run() {
         poll_skip_ = kPollSkip;
       }
     }
-    int timeout = (!runq_.empty() || polling) ? 0 : -1;
-    int n = epoll_wait(epfd_.get(), events, 64, timeout);
+    // A request the spin found is served at once, a few in a row, before
+    // epoll is asked again (a system call per request otherwise).
+    int n = 0;
+    if (hot_ready && hot_streak_ < kHotStreak) {
+      ++hot_streak_;
+    } else {
+      hot_streak_ = 0;
+      int timeout = (!runq_.empty() || polling) ? 0 : -1;
+      n = epoll_wait(epfd_.get(), events, 64, timeout);
+    }
     if (n < 0 && errno != EINTR) {
       log::error("uvfiod", "vfio-user reactor {}: epoll_wait: {}", index_, std::strerror(errno));
       return;

@@ -104,7 +104,8 @@ Result<void> Connection::send(const Header& hdr, std::span<const uint8_t> payloa
       // there is no clock to read here.
       if (sent == total) return ok();
     }
-    if (out_bytes_ + (total - sent) > kMaxOutput) return Error(ENOBUFS, "the client does not read its replies");
+    if (out_bytes_.load(std::memory_order_relaxed) + (total - sent) > kMaxOutput)
+      return Error(ENOBUFS, "the client does not read its replies");
     Out o;
     o.bytes.resize(total);
     std::memcpy(o.bytes.data(), &h, sizeof(h));
@@ -112,7 +113,7 @@ Result<void> Connection::send(const Header& hdr, std::span<const uint8_t> payloa
     o.off = sent;
     if (sent == 0)
       for (int fd : fds) o.fds.emplace_back(fcntl(fd, F_DUPFD_CLOEXEC, 0));
-    out_bytes_ += total - sent;
+    out_bytes_.fetch_add(total - sent, std::memory_order_release);
     out_.push_back(std::move(o));
     pending = true;
   }
@@ -141,7 +142,7 @@ Result<void> Connection::flush_locked() {
     }
     out_progress_ = std::chrono::steady_clock::now();
     o.off += static_cast<size_t>(n);
-    out_bytes_ -= static_cast<size_t>(n);
+    out_bytes_.fetch_sub(static_cast<size_t>(n), std::memory_order_release);
     if (o.off > 0) o.fds.clear();  // they went with the first byte
     if (o.off == o.bytes.size()) out_.pop_front();
   }
@@ -153,14 +154,11 @@ Result<void> Connection::flush() {
   return flush_locked();
 }
 
-size_t Connection::output_bytes() const {
-  MutexLock lk(send_mu_);
-  return out_bytes_;
-}
+size_t Connection::output_bytes() const { return out_bytes_.load(std::memory_order_acquire); }
 
 std::chrono::steady_clock::time_point Connection::output_progress() const {
   MutexLock lk(send_mu_);
-  return out_bytes_ ? out_progress_ : std::chrono::steady_clock::now();
+  return out_bytes_.load(std::memory_order_relaxed) ? out_progress_ : std::chrono::steady_clock::now();
 }
 
 void Connection::close() {

@@ -133,7 +133,9 @@ class Connection : public hw::IommuDomain::RemoteDma {
   };
   mutable Mutex send_mu_;  // the output queue; never held while waiting
   std::deque<Out> out_ GUARDED_BY(send_mu_);
-  size_t out_bytes_ GUARDED_BY(send_mu_) = 0;
+  // Changed under send_mu_; read without it (the reactor asks after every
+  // request whether output is waiting).
+  std::atomic<size_t> out_bytes_{0};
   std::chrono::steady_clock::time_point out_progress_ GUARDED_BY(send_mu_){};
   uint16_t next_id_ GUARDED_BY(send_mu_) = 0;
   Mutex mu_;

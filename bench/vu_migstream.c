@@ -133,10 +133,19 @@ int main(int argc, char** argv) {
   memcpy(v + 4, js, sizeof(js));
   call(VERSION, v, sizeof(v), NULL);
 
+  /* As QEMU does: when the info's capabilities do not fit (its argsz grew),
+   * ask again with room for them; a server may hand the fd only then. */
   struct vfio_region_info ri = {.argsz = sizeof(ri), .index = VFIO_PCI_BAR2_REGION_INDEX};
   int mfd;
   call(GET_REGION_INFO, &ri, sizeof(ri), &mfd);
   memcpy(&ri, rbuf, sizeof(ri));
+  if (mfd < 0 && ri.argsz > sizeof(ri) && ri.argsz <= 4096) {
+    uint8_t big[4096] = {0};
+    struct vfio_region_info again = {.argsz = ri.argsz, .index = VFIO_PCI_BAR2_REGION_INDEX};
+    memcpy(big, &again, sizeof(again));
+    call(GET_REGION_INFO, big, again.argsz, &mfd);
+    memcpy(&ri, rbuf, sizeof(ri));
+  }
   if (mfd < 0) {
     fprintf(stderr, "vu_migstream: BAR2 came without an fd to map\n");
     return 1;

@@ -13,6 +13,9 @@
  *       size: medians, p99s, ops/s and the ratio to the floor.
  *       With -floor-vu, FLOOR_SOCK is a vfio-user server too (an A/B of
  *       two daemons, e.g. uvfiod --no-stats against uvfiod).
+ *       With -pause FLOOR_PID,VU_PID the server not being measured is
+ *       stopped (SIGSTOP) for the other's rounds: two busy-polling servers
+ *       on one vCPU would otherwise take turns by time slice.
  *
  * One recv and one send per side per round trip; with -spin both use
  * MSG_DONTWAIT and spin instead of sleeping in the kernel.
@@ -24,6 +27,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <signal.h>
 #include <sys/epoll.h>
 #include <sys/socket.h>
 #include <sys/un.h>
@@ -188,6 +192,14 @@ static uint64_t round_trip(int fd, uint16_t id, uint32_t region, uint64_t off, u
   return t1 - t0;
 }
 
+/* -pause: let only `run` execute (0 for neither given). */
+static pid_t pause_pid[2];
+static void only(int which) {
+  if (!pause_pid[0]) return;
+  kill(pause_pid[which], SIGCONT);
+  kill(pause_pid[!which], SIGSTOP);
+}
+
 static int cmp_u64(const void* a, const void* b) {
   uint64_t x = *(const uint64_t*)a, y = *(const uint64_t*)b;
   return x < y ? -1 : x > y;
@@ -213,7 +225,7 @@ int main(int argc, char** argv) {
   }
   if (argc < 4 || strcmp(argv[1], "client")) {
     fprintf(stderr, "usage: %s floor-server SOCK [-spin] | client FLOOR_SOCK VU_SOCK -region R -offset O "
-                    "-sizes A,B [-n N] [-r R] [-cpu C] [-spin]\n", argv[0]);
+                    "-sizes A,B [-n N] [-r R] [-cpu C] [-spin] [-floor-vu] [-pause FPID,VPID]\n", argv[0]);
     return 2;
   }
   const char *floor_path = argv[2], *vu_path = argv[3], *sizes = "4";
@@ -232,6 +244,14 @@ int main(int argc, char** argv) {
     else if (i + 1 < argc && !strcmp(argv[i], "-cpu")) cpu = strtol(argv[++i], NULL, 0);
     else if (!strcmp(argv[i], "-floor2")) no_version = 1;
     else if (!strcmp(argv[i], "-floor-vu")) floor_vu = 1;
+    else if (i + 1 < argc && !strcmp(argv[i], "-pause")) {
+      long a = 0, b = 0;
+      if (sscanf(argv[++i], "%ld,%ld", &a, &b) != 2 || a <= 0 || b <= 0) {
+        fprintf(stderr, "-pause FLOOR_PID,VU_PID\n");
+        return 2;
+      }
+      pause_pid[0] = (pid_t)a, pause_pid[1] = (pid_t)b;
+    }
   }
   if (cpu >= 0) {
     cpu_set_t s;
@@ -254,12 +274,14 @@ int main(int argc, char** argv) {
     uint64_t* v = malloc(n * sizeof(uint64_t));
     size_t k = 0;
     uint16_t id = 2;
-    for (int w = 0; w < 1000; ++w) { /* warm both paths */
-      (void)round_trip(ffd, id++, region, offset, size, reply);
-      (void)round_trip(vfd, id++, region, offset, size, reply);
-    }
+    only(0);
+    for (int w = 0; w < 1000; ++w) (void)round_trip(ffd, id++, region, offset, size, reply); /* warm both paths */
+    only(1);
+    for (int w = 0; w < 1000; ++w) (void)round_trip(vfd, id++, region, offset, size, reply);
     for (long r = 0; r < rounds; ++r) {
+      only(0);
       for (long i = 0; i < iters; ++i) f[k + (size_t)i] = round_trip(ffd, id++, region, offset, size, reply);
+      only(1);
       for (long i = 0; i < iters; ++i) v[k + (size_t)i] = round_trip(vfd, id++, region, offset, size, reply);
       k += (size_t)iters;
     }
@@ -271,5 +293,6 @@ int main(int argc, char** argv) {
     free(f);
     free(v);
   }
+  if (pause_pid[0]) kill(pause_pid[0], SIGCONT);
   return 0;
 }

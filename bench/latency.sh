@@ -26,7 +26,7 @@ build=${1:-build/release}
 iters=${2:-20000}
 rounds=${3:-5}
 work=$(mktemp -d /tmp/uvfio-lat-XXXXXX)
-trap 'kill $(jobs -p) 2>/dev/null; wait 2>/dev/null; rm -rf "$work"' EXIT
+trap 'kill $(jobs -p) 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$work"' EXIT
 cat > "$work/topo.toml" <<'TOML'
 [[device]]
 address = "0000:00:04.0"

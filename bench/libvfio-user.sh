@@ -28,7 +28,7 @@ rounds=${4:-5}
 what=${5:-all}
 here=$(cd "$(dirname "$0")" && pwd)
 work=$(mktemp -d /tmp/uvfio-lvu-XXXXXX)
-trap 'kill -CONT $(jobs -p) 2>/dev/null; kill $(jobs -p) 2>/dev/null; wait 2>/dev/null; rm -rf "$work"' EXIT
+trap 'kill -CONT $(jobs -p) 2>/dev/null || true; kill $(jobs -p) 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$work"' EXIT
 cc -O2 -Wall -Wextra -I"$lvu/include" -o "$work/lvu_server" "$here/lvu_server.c" -L"$lvu/build/lib" \
   -Wl,-rpath,"$lvu/build/lib" -lvfio-user
 echo "libvfio-user $(git -C "$lvu" rev-parse --short HEAD 2>/dev/null || echo '(not a git checkout)'), uvfio $(git -C "$here/.." rev-parse --short HEAD 2>/dev/null || echo '?')"

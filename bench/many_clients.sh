@@ -9,7 +9,7 @@ set -euo pipefail
 build=${1:-build/release}
 secs=${2:-10}
 work=$(mktemp -d /tmp/uvfio-many-XXXXXX)
-trap 'kill $D 2>/dev/null; wait 2>/dev/null; rm -rf "$work"' EXIT
+trap 'kill $D 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$work"' EXIT
 "$build/uvfiod" --print-seed | sed -e '0,/total_vfs = 8/s//total_vfs = 255/' \
   -e '0,/num_vfs = 1/s//num_vfs = 255/' > "$work/topo.toml"
 ulimit -n 4096

@@ -11,7 +11,7 @@ build=${1:-build/release}
 rounds=${2:-5}
 mem=${3:-256M}
 work=$(mktemp -d /tmp/uvfio-migtls-XXXXXX)
-trap 'kill $(jobs -p) 2>/dev/null; wait 2>/dev/null; rm -rf "$work"' EXIT
+trap 'kill $(jobs -p) 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$work"' EXIT
 "$(dirname "$0")/../tests/tls/make-creds.sh" "$work/creds"
 "$build/uvfiod" --print-seed | sed "s/\"16M\"/\"$mem\"/" > "$work/topo.toml"
 "$build/uvfiod" --rundir "$work/a" --config "$work/topo.toml" --no-fuse 2>"$work/a.log" &

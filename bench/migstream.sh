@@ -11,7 +11,7 @@ build=${1:-build/release}
 runs=${2:-3}
 rounds=${3:-3}
 work=$(mktemp -d /tmp/uvfio-migstream-XXXXXX)
-trap 'kill $(jobs -p) 2>/dev/null; wait 2>/dev/null; rm -rf "$work"' EXIT
+trap 'kill $(jobs -p) 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$work"' EXIT
 "$build/uvfiod" --print-seed | sed 's/device_memory = "[^"]*"/device_memory = "1G"/' >"$work/topo.toml"
 daemons=("$build/uvfiod")
 [ -n "${OLD_UVFIOD:-}" ] && daemons=("$OLD_UVFIOD" "$build/uvfiod")

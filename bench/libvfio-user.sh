@@ -6,7 +6,7 @@
 #   git clone https://github.com/nutanix/libvfio-user LVU && cd LVU &&
 #   meson setup build --buildtype=release && ninja -C build
 # (Debian: meson ninja-build libjson-c-dev libcmocka-dev), then
-#   bench/libvfio-user.sh LVU [BUILD_DIR] [ITERS] [ROUNDS] [latency|migstream]
+#   bench/libvfio-user.sh LVU [BUILD_DIR] [ITERS] [ROUNDS] [latency|same|across|busy|migstream]
 #
 # The libvfio-user server is bench/lvu_server.c, compiled here against LVU.
 # Latency: REGION_READ of a BAR0 register (4 B) and of BAR2 memory (4 B,
@@ -21,7 +21,7 @@
 # and libvfio-user streaming its memory as it is (an upper bound), runs
 # alternated.
 set -euo pipefail
-lvu=$(cd "${1:?usage: bench/libvfio-user.sh LVU_DIR [BUILD_DIR] [ITERS] [ROUNDS] [latency|migstream]}" && pwd)
+lvu=$(cd "${1:?usage: bench/libvfio-user.sh LVU_DIR [BUILD_DIR] [ITERS] [ROUNDS] [latency|same|across|busy|migstream]}" && pwd)
 build=${2:-build/release}
 iters=${3:-20000}
 rounds=${4:-5}
@@ -99,11 +99,9 @@ migstream() {  # runs alternated: uvfio's VF, then libvfio-user's plain-memory s
     kill $l; wait $l 2>/dev/null || true
   done
 }
-if [ "$what" = all ] || [ "$what" = latency ]; then
-  latency "same vCPU" 0 0 ""
-  latency "across vCPUs" 1 0 ""
-  latency "across vCPUs" 1 0 -spin
-fi
+case $what in all | latency | same) latency "same vCPU" 0 0 "" ;; esac
+case $what in all | latency | across) latency "across vCPUs" 1 0 "" ;; esac
+case $what in all | latency | busy) latency "across vCPUs" 1 0 -spin ;; esac
 if [ "$what" = all ] || [ "$what" = migstream ]; then
   migstream
 fi

@@ -356,7 +356,7 @@ void Server::Reactor::run() {
       runq_.pop_front();
       c->in_runq = false;
       service(c);
-      if ((s_.opts_.busy_poll || s_.opts_.poll_window.count()) && !c->dead) hot_ = c;
+      if ((s_.opts_.busy_poll || s_.opts_.poll_window.count()) && !c->dead && hot_ != c) hot_ = c;
     }
     if (round && s_.opts_.poll_window.count()) {
       if (poll_skip_) {

@@ -358,7 +358,7 @@ void Server::Reactor::run() {
       service(c);
       if ((s_.opts_.busy_poll || s_.opts_.poll_window.count()) && !c->dead && hot_ != c) hot_ = c;
     }
-    if (round && s_.opts_.poll_window.count()) {
+    if (round && !s_.opts_.busy_poll && s_.opts_.poll_window.count()) {  // busy-poll always polls
       if (poll_skip_) {
         --poll_skip_;
       } else {

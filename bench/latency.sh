@@ -27,16 +27,7 @@ iters=${2:-20000}
 rounds=${3:-5}
 work=$(mktemp -d /tmp/uvfio-lat-XXXXXX)
 trap 'kill $(jobs -p) 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$work"' EXIT
-cat > "$work/topo.toml" <<'TOML'
-[[device]]
-address = "0000:00:04.0"
-model = "mlx5-pf"
-total_vfs = 1
-first_vf_offset = 0x60
-num_vfs = 1
-device_memory = "16M"
-vf_driver_override = "mlx5_vfio_pci"
-TOML
+cp "$(dirname "$0")/one-vf.toml" "$work/topo.toml"
 sock="$work/run/vfio-user/0000:00:10.0.sock"
 run() {  # $1 = label, $2 = server cpu, $3 = client cpu, $4 = spin flag ("" or -spin)
   local busy=""

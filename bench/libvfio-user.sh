@@ -32,16 +32,7 @@ trap 'kill -CONT $(jobs -p) 2>/dev/null || true; kill $(jobs -p) 2>/dev/null || 
 cc -O2 -Wall -Wextra -I"$lvu/include" -o "$work/lvu_server" "$here/lvu_server.c" -L"$lvu/build/lib" \
   -Wl,-rpath,"$lvu/build/lib" -lvfio-user
 echo "libvfio-user $(git -C "$lvu" rev-parse --short HEAD 2>/dev/null || echo '(not a git checkout)'), uvfio $(git -C "$here/.." rev-parse --short HEAD 2>/dev/null || echo '?')"
-cat > "$work/topo.toml" <<'TOML'
-[[device]]
-address = "0000:00:04.0"
-model = "mlx5-pf"
-total_vfs = 1
-first_vf_offset = 0x60
-num_vfs = 1
-device_memory = "16M"
-vf_driver_override = "mlx5_vfio_pci"
-TOML
+cp "$(dirname "$0")/one-vf.toml" "$work/topo.toml"
 usock="$work/run/vfio-user/0000:00:10.0.sock"
 lsock="$work/lvu.sock"
 fsock="$work/floor.sock"

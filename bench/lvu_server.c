@@ -35,30 +35,27 @@ static uint8_t* mem;
 static size_t mem_size;
 static size_t mig_cursor;
 
-static ssize_t access_regs(vfu_ctx_t* ctx, char* buf, size_t count, loff_t off, bool is_write) {
-  (void)ctx;
-  if (off < 0 || (size_t)off > sizeof(regs) || count > sizeof(regs) - (size_t)off) {
+/* A region access within [0, size) of `base`. */
+static ssize_t access_range(uint8_t* base, size_t size, char* buf, size_t count, loff_t off, bool is_write) {
+  if (off < 0 || (size_t)off > size || count > size - (size_t)off) {
     errno = EINVAL;
     return -1;
   }
   if (is_write)
-    memcpy(regs + off, buf, count);
+    memcpy(base + off, buf, count);
   else
-    memcpy(buf, regs + off, count);
+    memcpy(buf, base + off, count);
   return (ssize_t)count;
+}
+
+static ssize_t access_regs(vfu_ctx_t* ctx, char* buf, size_t count, loff_t off, bool is_write) {
+  (void)ctx;
+  return access_range(regs, sizeof(regs), buf, count, off, is_write);
 }
 
 static ssize_t access_mem(vfu_ctx_t* ctx, char* buf, size_t count, loff_t off, bool is_write) {
   (void)ctx;
-  if (off < 0 || (size_t)off > mem_size || count > mem_size - (size_t)off) {
-    errno = EINVAL;
-    return -1;
-  }
-  if (is_write)
-    memcpy(mem + off, buf, count);
-  else
-    memcpy(buf, mem + off, count);
-  return (ssize_t)count;
+  return access_range(mem, mem_size, buf, count, off, is_write);
 }
 
 static int transition(vfu_ctx_t* ctx, vfu_migr_state_t state) {

@@ -302,6 +302,7 @@ void Vf::run_pipelined(IommuDomain& dom, std::span<const VfDescriptor> descs, st
     uint32_t len = 0;
     uint64_t rd = 0, wr = 0;  // guest ranges [rd, rd + len) read and [wr, wr + len) written, if any
     bool reads = false, writes = false;
+    bool copy = false;          // a COPY writes what it read: from the read buffer, no second one
     size_t rbuf = 0, wbuf = 0;  // offsets in the wave's buffers
   };
   std::vector<Item> wave;
@@ -323,11 +324,13 @@ void Vf::run_pipelined(IommuDomain& dom, std::span<const VfDescriptor> descs, st
       if (!it.c.status) {
         it.reads = op == VfOp::kCopy || op == VfOp::kToDevice || op == VfOp::kCrc32c;
         it.writes = op == VfOp::kCopy || op == VfOp::kFromDevice || op == VfOp::kFill;
+        it.copy = op == VfOp::kCopy;
         it.rd = d.src;
         it.wr = d.dst;
       }
+      bool own_wbuf = it.writes && !it.copy;
       if (!wave.empty()) {
-        if (rbytes + wbytes + (it.reads + it.writes) * uint64_t{d.length} > kWaveBytes) break;
+        if (rbytes + wbytes + (it.reads + own_wbuf) * uint64_t{d.length} > kWaveBytes) break;
         bool hazard = false;
         if (it.reads)
           for (const Item& w : wave)
@@ -336,7 +339,7 @@ void Vf::run_pipelined(IommuDomain& dom, std::span<const VfDescriptor> descs, st
         if (hazard) break;
       }
       if (it.reads) it.rbuf = rbytes, rbytes += d.length;
-      if (it.writes) it.wbuf = wbytes, wbytes += d.length;
+      if (own_wbuf) it.wbuf = wbytes, wbytes += d.length;
       wave.push_back(it);
     }
     wave_rbuf_.resize(std::max(wave_rbuf_.size(), rbytes));
@@ -359,13 +362,11 @@ void Vf::run_pipelined(IommuDomain& dom, std::span<const VfDescriptor> descs, st
       uint8_t* rb = wave_rbuf_.data() + it.rbuf;
       uint8_t* wb = wave_wbuf_.data() + it.wbuf;
       switch (static_cast<VfOp>(d.opcode)) {
-        case VfOp::kCopy:
+        case VfOp::kCopy:  // the data read is written back out as it is
           if (copy_fault()) {
             it.c.status = EIO;
             it.writes = false;
-            break;
           }
-          std::memcpy(wb, rb, d.length);
           break;
         case VfOp::kToDevice: std::memcpy(dm->data() + d.dst, rb, d.length); break;
         case VfOp::kFromDevice: std::memcpy(wb, dm->data() + d.src, d.length); break;
@@ -379,7 +380,11 @@ void Vf::run_pipelined(IommuDomain& dom, std::span<const VfDescriptor> descs, st
     owner.clear();
     for (size_t j = 0; j < wave.size(); ++j)
       if (wave[j].writes) {
-        ops.push_back({wave[j].wr, std::span<uint8_t>(wave_wbuf_.data() + wave[j].wbuf, wave[j].len), 0});
+        ops.push_back({wave[j].wr,
+                       std::span<uint8_t>(wave[j].copy ? wave_rbuf_.data() + wave[j].rbuf
+                                                       : wave_wbuf_.data() + wave[j].wbuf,
+                                          wave[j].len),
+                       0});
         owner.push_back(j);
       }
     dom.write_many(ops);

@@ -106,7 +106,8 @@ class Vf : public Function, private RegisterHandler {
   // the completions of the descriptors run (all, unless `go` turns false).
   void run_pipelined(IommuDomain& dom, std::span<const VfDescriptor> descs, std::vector<VfCompletion>& comps,
                      const std::function<bool()>& go);
-  static constexpr uint64_t kWaveBytes = 2 << 20;  // guest bytes read and written per wave (one descriptor may take all)
+  // Guest bytes read and written per wave (a COPY counts once; one descriptor may take all).
+  static constexpr uint64_t kWaveBytes = 2 << 20;
   // Marks the pages an incremental image carries (a hashing pass); returns
   // how many.
   uint64_t scan_changed();

@@ -192,7 +192,7 @@ static uint64_t round_trip(int fd, uint16_t id, uint32_t region, uint64_t off, u
   return t1 - t0;
 }
 
-/* -pause: let only `run` execute (0 for neither given). */
+/* -pause: let only server `which` (0 floor, 1 vu) run; nothing without -pause. */
 static pid_t pause_pid[2];
 static void only(int which) {
   if (!pause_pid[0]) return;

@@ -70,7 +70,10 @@ class RegisterBlock {
   Result<void> write(uint64_t off, unsigned width, uint64_t value, RegisterHandler& h, BarMemory* plain) const;
 
  private:
-  std::vector<RegDef> regs_;  // sorted by offset
+  std::vector<RegDef>::const_iterator first_ending_after(uint64_t off) const;
+
+  std::vector<RegDef> regs_;     // sorted by offset
+  std::vector<uint32_t> next_;   // per dword: the index of the first register ending after it
 };
 
 }  // namespace uvfio::hw

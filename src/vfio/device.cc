@@ -62,8 +62,7 @@ Device::Device(std::string name) : name_(std::move(name)) {}
 Device::~Device() = default;
 
 Result<void> Device::check_open() const {
-  std::lock_guard lk(dev_mu_);
-  if (!open_) return Error(EBADF, "device not open");
+  if (!open_.load(std::memory_order_acquire)) return Error(EBADF, "device not open");
   return ok();
 }
 
@@ -111,10 +110,7 @@ void Device::release_user_resources() {
   iommu_.unmap_all();
 }
 
-bool Device::is_open() const {
-  std::lock_guard lk(dev_mu_);
-  return open_;
-}
+bool Device::is_open() const { return open_.load(std::memory_order_acquire); }
 
 void Device::wait_released(std::chrono::milliseconds interval) {
   std::unique_lock lk(dev_mu_);

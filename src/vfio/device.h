@@ -12,6 +12,7 @@
 // others of its kind (dev_mu_: lifecycle, igate_: IRQs, mig_mu_: migration).
 #pragma once
 
+#include <atomic>
 #include <chrono>
 #include <condition_variable>
 #include <cstdint>
@@ -198,7 +199,9 @@ class Device {
   hw::IommuDomain iommu_;
   mutable std::mutex dev_mu_;
   std::condition_variable released_;
-  bool open_ = false;        // guarded by dev_mu_
+  // Changed under dev_mu_; read without it by the per-request open check
+  // (the lock would order nothing more: a close may follow the check either way).
+  std::atomic<bool> open_{false};
   std::mutex igate_;         // serializes set_irqs (the kernel's igate)
   mutable std::mutex mig_mu_;  // the driver's state mutex
   MigState mig_state_ = MigState::kRunning;  // guarded by mig_mu_

@@ -70,6 +70,25 @@ TEST(RegisterBlock, DecodesEveryWidthAndFallsBackToMemory) {
   EXPECT_EQ(b.read(0x8, 3, h, mem->get()).error().code, EINVAL);
   EXPECT_EQ(b.find(0x13)->name, std::string("A"));
   EXPECT_EQ(b.find(0x1c), nullptr);
+  // The edges of the lookups: the byte before a register, its first and
+  // last, a gap, and past the last register.
+  EXPECT_EQ(b.find(0x7), nullptr);
+  EXPECT_EQ(b.find(0x8)->name, std::string("Q"));
+  EXPECT_EQ(b.find(0xf)->name, std::string("Q"));
+  EXPECT_EQ(b.find(0x1b)->name, std::string("W"));
+  EXPECT_FALSE(b.covers(0x4, 4));
+  EXPECT_TRUE(b.covers(0x4, 5));
+  EXPECT_TRUE(b.covers(0xf, 1));
+  EXPECT_EQ(b.plain_run(0x0, 100), 8u);
+  EXPECT_EQ(b.plain_run(0x2, 3), 3u);
+  EXPECT_EQ(b.plain_run(0x8, 100), 0u);
+  EXPECT_EQ(b.plain_run(0x17, 100), 0u);
+  EXPECT_EQ(b.plain_run(0x1c, 100), 100u);
+  // Unaligned accesses over two registers, and over a register and memory.
+  EXPECT_EQ(*b.read(0xe, 4, h, mem->get()), 0x0708aabbu);
+  EXPECT_EQ(*b.read(0x16, 4, h, mem->get()), 0x0000cafeu);  // B's high half, then W (reads 0)
+  ASSERT_TRUE(b.write(0x1c, 4, 0x44332211, h, mem->get()));
+  EXPECT_EQ(*b.read(0x1a, 4, h, mem->get()), 0x22110000u);  // W, then memory
 }
 
 // ---- Every register of every model -------------------------------------------------

@@ -11,7 +11,11 @@
 // bytes until `total` bytes moved; throughput from the doorbell to the last
 // completion landing in the client's completion ring.
 //
-// Usage: dma_message_bench [size=65536] [total=64M] [rounds=5]
+// Buffers are laid out one after another (the device merges the DMA of
+// adjacent buffers into one message), or with `scattered` a gap of one
+// buffer between any two (one message per buffer each way).
+//
+// Usage: dma_message_bench [size=65536] [total=64M] [rounds=5] [contiguous|scattered]
 #include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/un.h>
@@ -179,9 +183,10 @@ class Vmm {
   std::vector<uint8_t> out_;
 };
 
-double round_gbps(const std::string& sock, bool memfd, uint32_t size, uint64_t total) {
+double round_gbps(const std::string& sock, bool memfd, uint32_t size, uint64_t total, bool scattered) {
   uint32_t n = static_cast<uint32_t>(std::min<uint64_t>(total / size, kRing - 1));
-  uint64_t mem = 0x10000 + 2 * uint64_t{size} * n;
+  uint64_t stride = scattered ? 2 * uint64_t{size} : size;
+  uint64_t mem = 0x10000 + 2 * stride * n;
   mem = (mem + 0xfffff) & ~uint64_t{0xfffff};
   Vmm vmm(sock, mem, memfd);
   uint64_t moved = 0;
@@ -195,7 +200,7 @@ double round_gbps(const std::string& sock, bool memfd, uint32_t size, uint64_t t
   vmm.reg(kCtrl, 1, 4);
   while (moved < total) {
     for (uint32_t i = 0; i < n; ++i) {
-      Desc d{1, 0, 0, size, kIova + 0x10000 + uint64_t{i} * size, kIova + 0x10000 + uint64_t{n + i} * size, tail + i + 1};
+      Desc d{1, 0, 0, size, kIova + 0x10000 + i * stride, kIova + 0x10000 + (n + i) * stride, tail + i + 1};
       std::memcpy(vmm.mem() + ((tail + i) % kRing) * sizeof(Desc), &d, sizeof(d));
     }
     tail += n;
@@ -221,6 +226,7 @@ int main(int argc, char** argv) {
   uint32_t size = argc > 1 ? static_cast<uint32_t>(parse_size(argv[1])) : 65536;
   uint64_t total = argc > 2 ? parse_size(argv[2]) : (64 << 20);
   int rounds = argc > 3 ? std::atoi(argv[3]) : 5;
+  bool scattered = argc > 4 && std::string(argv[4]) == "scattered";
   log::set_level(log::Level::kWarn);
   auto spec = daemon::parse_topology(kTopology, "bench");
   auto sys = daemon::System::create(*spec);
@@ -229,15 +235,16 @@ int main(int argc, char** argv) {
   if (!mkdtemp(dir)) return 1;
   ServerOptions so;
   so.dma_layout = DmaLayoutMode::kQemu;
+  so.poll_window = std::chrono::microseconds(20);  // uvfiod's default --poll-us
   auto server = Server::start((*sys)->vfio_registry(), std::string(dir) + "/vfio-user", so);
   if (!server) return 1;
   std::string sock = std::string(dir) + "/vfio-user/0000:00:10.0.sock";
-  std::printf("# mlx5 VF COPY of %u-byte descriptors, %llu MiB per round, %d rounds interleaved\n", size,
-              static_cast<unsigned long long>(total >> 20), rounds);
+  std::printf("# mlx5 VF COPY of %u-byte descriptors (%s buffers), %llu MiB per round, %d rounds interleaved\n",
+              size, scattered ? "scattered" : "contiguous", static_cast<unsigned long long>(total >> 20), rounds);
   std::vector<double> fd_gbps, msg_gbps;
   for (int r = 0; r < rounds; ++r) {
-    fd_gbps.push_back(round_gbps(sock, true, size, total));
-    msg_gbps.push_back(round_gbps(sock, false, size, total));
+    fd_gbps.push_back(round_gbps(sock, true, size, total, scattered));
+    msg_gbps.push_back(round_gbps(sock, false, size, total, scattered));
   }
   std::sort(fd_gbps.begin(), fd_gbps.end());
   std::sort(msg_gbps.begin(), msg_gbps.end());

@@ -6,6 +6,7 @@
 #include <fcntl.h>
 
 #include <array>
+#include <cerrno>
 #include <cstring>
 #include <mutex>
 
@@ -325,14 +326,30 @@ bool IommuDomain::has_remote_maps() const {
   return remote_maps_ > 0;
 }
 
+namespace {
+// A merged request refused for one of its parts is carried again part by
+// part, so only the op that owns the refused range fails; not when the
+// peer itself failed (gone, cancelled, silent), which one by one would too.
+bool retry_piecewise(int err) {
+  return err != ECANCELED && err != ECONNRESET && err != EPIPE && err != ETIMEDOUT && err != EDEADLK &&
+         err != ENOBUFS;
+}
+}  // namespace
+
 // One pass over the ops under the shared lock: each checked whole first (a
 // failing op has no effect), local parts copied, remote parts collected with
 // the op they belong to; then the peer carries every remote part at once.
+// Remote parts that continue each other (the next IOVA, in the same map,
+// the next bytes of the buffer: descriptors whose buffers are laid out one
+// after another) go as one request, as a scatter-gather list of adjacent
+// pages is merged.
 template <bool kWrite>
 void IommuDomain::many(std::span<DmaOp> ops) const {
   using Seg = RemoteDma::Seg;
-  std::vector<Seg> segs;
-  std::vector<size_t> seg_op;
+  std::vector<Seg> parts;          // each op's remote parts
+  std::vector<size_t> part_op;
+  std::vector<Seg> runs;           // the requests: adjacent parts merged
+  std::vector<size_t> run_first;   // the first part of each run (and the end)
   std::shared_ptr<RemoteDma> peer;
   constexpr uint32_t need = kWrite ? kDmaWrite : kDmaRead;
   {
@@ -345,32 +362,56 @@ void IommuDomain::many(std::span<DmaOp> ops) const {
       });
       if (!checked) op.err = checked.error().code;
       if (op.err) continue;
-      size_t first_seg = segs.size();
+      size_t first_part = parts.size();
       (void)walk(op.iova, op.buf.size(), need, [&](uint8_t* p, uint64_t a, uint64_t at, uint64_t n) {
         if (!p) {
-          segs.push_back(Seg{a, op.buf.subspan(at, n), 0});
-          seg_op.push_back(i);
+          parts.push_back(Seg{a, op.buf.subspan(at, n), 0});
+          part_op.push_back(i);
           return;
         }
         bool copied = kWrite ? safe_memcpy(p, op.buf.data() + at, n) : safe_memcpy(op.buf.data() + at, p, n);
         if (!copied && !op.err) op.err = EFAULT;  // the file under the map shrank
       });
       if (op.err) {  // its remote parts are not carried
-        segs.resize(first_seg);
-        seg_op.resize(first_seg);
+        parts.resize(first_part);
+        part_op.resize(first_part);
       }
     }
-    if (!segs.empty() && remote_blocked_) {
-      for (size_t k = 0; k < segs.size(); ++k) ops[seg_op[k]].err = ECANCELED;
-      segs.clear();
+    if (!parts.empty() && remote_blocked_) {
+      for (size_t k = 0; k < parts.size(); ++k) ops[part_op[k]].err = ECANCELED;
+      parts.clear();
     }
-    if (!segs.empty()) peer = remote_;
+    for (size_t k = 0; k < parts.size(); ++k) {
+      const Seg& p = parts[k];
+      if (!runs.empty()) {
+        Seg& r = runs.back();
+        // Not at a map's start: the byte before is in the same map.
+        if (r.iova + r.buf.size() == p.iova && r.buf.data() + r.buf.size() == p.buf.data() && !maps_.count(p.iova)) {
+          r.buf = std::span<uint8_t>(r.buf.data(), r.buf.size() + p.buf.size());
+          continue;
+        }
+      }
+      runs.push_back(p);
+      run_first.push_back(k);
+    }
+    run_first.push_back(parts.size());
+    if (!runs.empty()) peer = remote_;
   }
   if (peer) {
-    if constexpr (kWrite) peer->write_many(segs);
-    else peer->read_many(segs);
-    for (size_t k = 0; k < segs.size(); ++k)
-      if (segs[k].err && !ops[seg_op[k]].err) ops[seg_op[k]].err = segs[k].err;
+    if constexpr (kWrite) peer->write_many(runs);
+    else peer->read_many(runs);
+    for (size_t k = 0; k < runs.size(); ++k) {
+      if (!runs[k].err) continue;
+      std::span<Seg> own(parts.data() + run_first[k], run_first[k + 1] - run_first[k]);
+      if (own.size() > 1 && retry_piecewise(runs[k].err)) {
+        if constexpr (kWrite) peer->write_many(own);
+        else peer->read_many(own);
+      } else {
+        for (Seg& p : own) p.err = runs[k].err;
+      }
+    }
+    for (size_t k = 0; k < parts.size(); ++k)
+      if (parts[k].err && !ops[part_op[k]].err) ops[part_op[k]].err = parts[k].err;
   }
   std::shared_lock lk(mu_);
   for (const DmaOp& op : ops) {

@@ -88,7 +88,9 @@ class IommuDomain {
   // `err`): memory the domain maps is copied at once, and what lies in
   // remote maps goes to the peer together (RemoteDma::read_many /
   // write_many: a vfio-user client gets all the requests before the first
-  // answer is waited for). Writes land in order. A write to remote memory
+  // answer is waited for), remote parts that continue each other in one
+  // request (a part refused is then carried again op by op, so each op's
+  // outcome is its own). Writes land in order. A write to remote memory
   // that fails may have written its locally mapped parts, as write() may.
   struct DmaOp {
     uint64_t iova = 0;

@@ -176,8 +176,9 @@ bool Connection::deliver_reply(Message& m) {
     return true;  // the answer to a cancelled DMA: dropped
   }
   if (!waiting_.count(m.hdr.msg_id)) return false;
-  replies_[m.hdr.msg_id] = std::move(m);
-  cv_.notify_all();
+  uint16_t id = m.hdr.msg_id;
+  replies_[id] = std::move(m);
+  if (wake_on_.count(id)) cv_.notify_all();
   return true;
 }
 
@@ -225,14 +226,39 @@ Result<uint16_t> Connection::begin(uint16_t cmd, std::span<const uint8_t> payloa
   return id;
 }
 
+bool Connection::await_locked(uint16_t id, std::chrono::steady_clock::time_point deadline, MutexLock& lk) {
+  auto ready = [&] {
+    mu_.assert_held();
+    return closed_ || replies_.count(id) || cancelled_.count(id);
+  };
+  if (ready()) return true;
+  auto at = wake_on_.insert(id);
+  bool got = lk.wait_until(cv_, deadline, ready);
+  wake_on_.erase(at);
+  return got;
+}
+
+void Connection::await_all(std::span<const uint16_t> ids, std::chrono::steady_clock::time_point deadline) {
+  MutexLock lk(mu_);
+  size_t next = 0;  // ids before it are answered
+  while (next < ids.size()) {
+    if (replies_.count(ids[next]) || cancelled_.count(ids[next])) {
+      ++next;
+      continue;
+    }
+    if (closed_) return;
+    // Answers come in order: the last one says the window is done. If it
+    // is here already, the first still missing is waited for instead.
+    uint16_t want = replies_.count(ids.back()) || cancelled_.count(ids.back()) ? ids[next] : ids.back();
+    if (!await_locked(want, deadline, lk)) return;  // late: finish() says so, id by id
+  }
+}
+
 Result<Message> Connection::finish(uint16_t id, std::chrono::steady_clock::time_point deadline, bool probe) {
   Message reply;
   {
     MutexLock lk(mu_);
-    bool got = lk.wait_until(cv_, deadline, [&] {
-      mu_.assert_held();
-      return closed_ || replies_.count(id) || cancelled_.count(id);
-    });
+    bool got = await_locked(id, deadline, lk);
     if (!replies_.count(id) && cancelled_.count(id)) return Error(ECANCELED, "DMA cancelled (function reset)");
     waiting_.erase(id);
     if (!replies_.count(id)) {
@@ -408,6 +434,7 @@ void Connection::many(std::span<Seg> segs) {
     uint16_t id;
   };
   std::vector<Piece> window;
+  std::vector<uint16_t> ids;
   thread_local std::vector<uint8_t> wbuf;
   size_t si = 0;
   uint64_t off = 0;
@@ -445,8 +472,11 @@ void Connection::many(std::span<Seg> segs) {
       }
       off += n;
     }
-    // Take its answers.
+    // Take its answers, woken once they are all in.
     auto deadline = std::chrono::steady_clock::now() + kReplyTimeout;
+    ids.clear();
+    for (const Piece& p : window) ids.push_back(p.id);
+    await_all(ids, deadline);
     for (const Piece& p : window) {
       Seg& s = segs[p.seg];
       auto r = finish(p.id, deadline);

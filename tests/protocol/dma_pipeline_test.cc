@@ -5,7 +5,8 @@
 // fd, so every ring and buffer access is a DMA_READ or DMA_WRITE it answers
 // in QEMU 10.x's layout. The device fetches the posted descriptors with one
 // read, sends all of a batch's source reads before it waits for the first
-// answer, then all the destination writes, then the completions together.
+// answer, then all the destination writes, then the completions together;
+// buffers laid out one after another go as one read and one write.
 #include <linux/pci_regs.h>
 #include <poll.h>
 
@@ -36,7 +37,12 @@ struct __attribute__((packed)) Compl {
 constexpr uint64_t kIova = 0x100000, kMem = 1 << 20, kRing = 0x0, kCq = 0x1000, kData = 0x10000;
 constexpr uint32_t kDescs = 8, kLen = 4096;
 
-TEST(DmaPipeline, TheVfQueueSendsABatchsRequestsBeforeItsFirstAnswer) {
+// `adjacent`: each descriptor's buffers right after the previous one's (one
+// request each way); else a buffer's length apart (one request per buffer).
+void run_queue(bool adjacent) {
+  const uint64_t stride = adjacent ? kLen : 2 * kLen;
+  auto src = [&](uint32_t i) { return kData + i * stride; };
+  auto dst = [&](uint32_t i) { return kData + kDescs * stride + i * stride; };
   std::string dir = make_tmpdir("dmapipe");
   std::ofstream(dir + "/topo.toml") << kEndpointAndVfTopology;  // the VF: 0000:00:10.0
   Daemon d({"--config", dir + "/topo.toml", "--no-fuse", "--dma-layout", "qemu"}, "dmapipe");
@@ -49,9 +55,9 @@ TEST(DmaPipeline, TheVfQueueSendsABatchsRequestsBeforeItsFirstAnswer) {
   ASSERT_EQ(r.call(kRegionWrite, region_access(VFIO_PCI_CONFIG_REGION_INDEX, PCI_COMMAND, 2, {0x06, 0x00})), 0);
   std::vector<uint8_t> mem(kMem, 0);
   for (uint32_t i = 0; i < kDescs; ++i) {
-    Desc ds{kOpCopy, 0, 0, kLen, kIova + kData + i * kLen, kIova + kData + (kDescs + i) * kLen, 100 + i};
+    Desc ds{kOpCopy, 0, 0, kLen, kIova + src(i), kIova + dst(i), 100 + i};
     std::memcpy(mem.data() + kRing + i * sizeof(Desc), &ds, sizeof(ds));
-    for (uint32_t k = 0; k < kLen; ++k) mem[kData + i * kLen + k] = static_cast<uint8_t>(i * 31 + k);
+    for (uint32_t k = 0; k < kLen; ++k) mem[src(i) + k] = static_cast<uint8_t>(i * 31 + k);
   }
   auto reg = [&](uint32_t off, uint64_t v, unsigned w) {
     std::vector<uint8_t> data(w);
@@ -116,23 +122,26 @@ TEST(DmaPipeline, TheVfQueueSendsABatchsRequestsBeforeItsFirstAnswer) {
   EXPECT_EQ(a, kIova + kRing);
   EXPECT_EQ(n, kDescs * sizeof(Desc));
   answer_read(m);
-  // Every source read, before any is answered.
+  // Every source read, before any is answered (adjacent: one read of all).
+  uint32_t requests = adjacent ? 1 : kDescs;
+  uint32_t each = adjacent ? kDescs * kLen : kLen;
   std::vector<Message> reads;
-  for (uint32_t i = 0; i < kDescs; ++i) reads.push_back(next());
-  for (uint32_t i = 0; i < kDescs; ++i) {
+  for (uint32_t i = 0; i < requests; ++i) reads.push_back(next());
+  for (uint32_t i = 0; i < requests; ++i) {
     ASSERT_EQ(reads[i].hdr.command, kDmaRead) << i;
     addr_count(reads[i], a, n);
-    EXPECT_EQ(a, kIova + kData + i * kLen) << i;
-    EXPECT_EQ(n, kLen);
+    EXPECT_EQ(a, kIova + src(i)) << i;
+    EXPECT_EQ(n, each);
   }
   for (auto& q : reads) answer_read(q);
   // Every destination write, in order, before any is answered.
   std::vector<Message> writes;
-  for (uint32_t i = 0; i < kDescs; ++i) writes.push_back(next());
-  for (uint32_t i = 0; i < kDescs; ++i) {
+  for (uint32_t i = 0; i < requests; ++i) writes.push_back(next());
+  for (uint32_t i = 0; i < requests; ++i) {
     ASSERT_EQ(writes[i].hdr.command, kDmaWrite) << i;
     addr_count(writes[i], a, n);
-    EXPECT_EQ(a, kIova + kData + (kDescs + i) * kLen) << i;
+    EXPECT_EQ(a, kIova + dst(i)) << i;
+    EXPECT_EQ(n, each);
   }
   for (auto& q : writes) answer_write(q);
   // The completions, together.
@@ -147,7 +156,7 @@ TEST(DmaPipeline, TheVfQueueSendsABatchsRequestsBeforeItsFirstAnswer) {
     std::memcpy(&c, mem.data() + kCq + i * sizeof(c), sizeof(c));
     EXPECT_EQ(c.cookie, 100u + i);
     EXPECT_EQ(c.status, 0u);
-    EXPECT_EQ(std::memcmp(mem.data() + kData + (kDescs + i) * kLen, mem.data() + kData + i * kLen, kLen), 0) << i;
+    EXPECT_EQ(std::memcmp(mem.data() + dst(i), mem.data() + src(i), kLen), 0) << i;
   }
   if (doorbell_replies == 0) {  // not come yet: it is the next message
     Message rep = [&] {
@@ -162,6 +171,10 @@ TEST(DmaPipeline, TheVfQueueSendsABatchsRequestsBeforeItsFirstAnswer) {
   EXPECT_TRUE(r.alive());
   sh("rm -rf " + dir);
 }
+
+TEST(DmaPipeline, TheVfQueueSendsABatchsRequestsBeforeItsFirstAnswer) { run_queue(false); }
+
+TEST(DmaPipeline, AdjacentBuffersGoAsOneRequestEachWay) { run_queue(true); }
 
 }  // namespace
 }  // namespace uvfio::e2e

@@ -228,3 +228,140 @@ TEST(IommuTest, UnmapRacingDeviceDma) {
 
 }  // namespace
 }  // namespace uvfio::hw
+
+namespace uvfio::hw {
+namespace {
+
+// A peer (a vfio-user client) holding the memory behind remote maps, which
+// records every request it is given and refuses those touching `bad`.
+struct RecordingPeer : IommuDomain::RemoteDma {
+  std::vector<uint8_t> mem = std::vector<uint8_t>(0x30000);
+  std::vector<std::vector<std::pair<uint64_t, size_t>>> calls;  // each read_many/write_many: its requests
+  uint64_t bad = ~0ull;  // a byte whose request is refused (EFAULT)
+  int fail_all = 0;      // every request fails with this
+  int refuse(uint64_t iova, size_t n) const {
+    if (fail_all) return fail_all;
+    return bad >= iova && bad < iova + n ? EFAULT : 0;
+  }
+  Result<void> read(uint64_t iova, std::span<uint8_t> out) override {
+    if (int e = refuse(iova, out.size())) return Error(e);
+    std::memcpy(out.data(), mem.data() + iova, out.size());
+    return ok();
+  }
+  Result<void> write(uint64_t iova, std::span<const uint8_t> in) override {
+    if (int e = refuse(iova, in.size())) return Error(e);
+    std::memcpy(mem.data() + iova, in.data(), in.size());
+    return ok();
+  }
+  void record(std::span<Seg> segs) {
+    calls.emplace_back();
+    for (const Seg& s : segs) calls.back().emplace_back(s.iova, s.buf.size());
+  }
+  void read_many(std::span<Seg> segs) override {
+    record(segs);
+    RemoteDma::read_many(segs);
+  }
+  void write_many(std::span<Seg> segs) override {
+    record(segs);
+    RemoteDma::write_many(segs);
+  }
+  void cancel() override {}
+};
+
+using Ops = std::vector<IommuDomain::DmaOp>;
+
+// Ops of `n` bytes each at `iovas`, into consecutive pieces of `buf`.
+Ops ops_at(std::vector<uint8_t>& buf, std::initializer_list<uint64_t> iovas, size_t n) {
+  Ops ops;
+  size_t at = 0;
+  for (uint64_t iova : iovas) {
+    ops.push_back({iova, std::span<uint8_t>(buf.data() + at, n), 0});
+    at += n;
+  }
+  return ops;
+}
+
+class RemoteMerge : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    // Two remote maps, one right after the other.
+    ASSERT_TRUE(d.map_remote(0x10000, 0x10000, kDmaRead | kDmaWrite));
+    ASSERT_TRUE(d.map_remote(0x20000, 0x10000, kDmaRead | kDmaWrite));
+    for (size_t i = 0; i < peer->mem.size(); ++i) peer->mem[i] = static_cast<uint8_t>(i * 7 + (i >> 12));
+    d.set_remote(peer);
+  }
+  IommuDomain d;
+  std::shared_ptr<RecordingPeer> peer = std::make_shared<RecordingPeer>();
+  std::vector<uint8_t> buf = std::vector<uint8_t>(0x4000);
+};
+
+// Buffers one after another at IOVAs one after another: one request, and
+// every op gets its own bytes.
+TEST_F(RemoteMerge, AdjacentOpsGoAsOneRequest) {
+  Ops ops = ops_at(buf, {0x11000, 0x12000, 0x13000, 0x14000}, 0x1000);
+  d.read_many(ops);
+  ASSERT_EQ(peer->calls.size(), 1u);
+  ASSERT_EQ(peer->calls[0].size(), 1u);
+  EXPECT_EQ(peer->calls[0][0], (std::pair<uint64_t, size_t>{0x11000, 0x4000}));
+  for (const auto& op : ops) EXPECT_EQ(op.err, 0);
+  EXPECT_EQ(std::memcmp(buf.data(), peer->mem.data() + 0x11000, 0x4000), 0);
+  // Writes too, landing where each op says.
+  for (size_t i = 0; i < buf.size(); ++i) buf[i] = static_cast<uint8_t>(0xa0 + i % 13);
+  Ops w = ops_at(buf, {0x1a000, 0x1c000}, 0x2000);
+  d.write_many(w);
+  ASSERT_EQ(peer->calls.size(), 2u);
+  EXPECT_EQ(peer->calls[1], (std::vector<std::pair<uint64_t, size_t>>{{0x1a000, 0x4000}}));
+  EXPECT_EQ(std::memcmp(buf.data(), peer->mem.data() + 0x1a000, 0x4000), 0);
+}
+
+// Not merged: a gap between the IOVAs, buffers not one after another, or
+// two maps (the client sees each map as its own region).
+TEST_F(RemoteMerge, OnlyWhatContinuesInOneMapIsMerged) {
+  auto check = [&](Ops& ops) {
+    d.read_many(ops);
+    EXPECT_EQ(peer->calls.back().size(), 2u);
+    for (const auto& op : ops) {
+      EXPECT_EQ(op.err, 0);
+      EXPECT_EQ(std::memcmp(op.buf.data(), peer->mem.data() + op.iova, op.buf.size()), 0);
+    }
+  };
+  Ops gap = ops_at(buf, {0x11000, 0x13000}, 0x1000);
+  check(gap);
+  Ops swapped{{0x11000, std::span<uint8_t>(buf.data() + 0x1000, 0x1000), 0},
+              {0x12000, std::span<uint8_t>(buf.data(), 0x1000), 0}};
+  check(swapped);
+  Ops across = ops_at(buf, {0x1f000, 0x20000}, 0x1000);
+  check(across);
+  EXPECT_EQ(peer->calls.size(), 3u);
+  // One op across the two maps is two requests as well.
+  Ops one{{0x1f800, std::span<uint8_t>(buf.data(), 0x1000), 0}};
+  d.read_many(one);
+  EXPECT_EQ(peer->calls.back(), (std::vector<std::pair<uint64_t, size_t>>{{0x1f800, 0x800}, {0x20000, 0x800}}));
+}
+
+// A merged request the client refuses is carried again op by op: only the
+// op owning the refused byte fails, the others get their data.
+TEST_F(RemoteMerge, ARefusedMergedRequestFailsOnlyItsOwnOp) {
+  peer->bad = 0x12010;
+  Ops ops = ops_at(buf, {0x11000, 0x12000, 0x13000, 0x14000}, 0x1000);
+  d.read_many(ops);
+  ASSERT_EQ(peer->calls.size(), 2u);
+  EXPECT_EQ(peer->calls[0].size(), 1u);
+  EXPECT_EQ(peer->calls[1].size(), 4u);
+  EXPECT_EQ(ops[0].err, 0);
+  EXPECT_EQ(ops[1].err, EFAULT);
+  EXPECT_EQ(ops[2].err, 0);
+  EXPECT_EQ(ops[3].err, 0);
+  EXPECT_EQ(std::memcmp(buf.data() + 0x2000, peer->mem.data() + 0x13000, 0x2000), 0);
+  // A peer that is gone or cancelled fails every op at once, no retry.
+  for (int e : {ECANCELED, ECONNRESET, ETIMEDOUT}) {
+    peer->calls.clear();
+    peer->fail_all = e;
+    d.write_many(ops);
+    EXPECT_EQ(peer->calls.size(), 1u) << e;
+    for (const auto& op : ops) EXPECT_EQ(op.err, e);
+  }
+}
+
+}  // namespace
+}  // namespace uvfio::hw

@@ -330,6 +330,10 @@ namespace {
 // A merged request refused for one of its parts is carried again part by
 // part, so only the op that owns the refused range fails; not when the
 // peer itself failed (gone, cancelled, silent), which one by one would too.
+// Merged requests stay this small: the peer's answer to one is copied while
+// the next is on its way (measured: 1 MiB requests lose that overlap).
+constexpr uint64_t kMergeMax = 128 << 10;
+
 bool retry_piecewise(int err) {
   return err != ECANCELED && err != ECONNRESET && err != EPIPE && err != ETIMEDOUT && err != EDEADLK &&
          err != ENOBUFS;
@@ -386,7 +390,8 @@ void IommuDomain::many(std::span<DmaOp> ops) const {
       if (!runs.empty()) {
         Seg& r = runs.back();
         // Not at a map's start: the byte before is in the same map.
-        if (r.iova + r.buf.size() == p.iova && r.buf.data() + r.buf.size() == p.buf.data() && !maps_.count(p.iova)) {
+        if (r.iova + r.buf.size() == p.iova && r.buf.data() + r.buf.size() == p.buf.data() &&
+            r.buf.size() + p.buf.size() <= kMergeMax && !maps_.count(p.iova)) {
           r.buf = std::span<uint8_t>(r.buf.data(), r.buf.size() + p.buf.size());
           continue;
         }

@@ -238,22 +238,6 @@ bool Connection::await_locked(uint16_t id, std::chrono::steady_clock::time_point
   return got;
 }
 
-void Connection::await_all(std::span<const uint16_t> ids, std::chrono::steady_clock::time_point deadline) {
-  MutexLock lk(mu_);
-  size_t next = 0;  // ids before it are answered
-  while (next < ids.size()) {
-    if (replies_.count(ids[next]) || cancelled_.count(ids[next])) {
-      ++next;
-      continue;
-    }
-    if (closed_) return;
-    // Answers come in order: the last one says the window is done. If it
-    // is here already, the first still missing is waited for instead.
-    uint16_t want = replies_.count(ids.back()) || cancelled_.count(ids.back()) ? ids[next] : ids.back();
-    if (!await_locked(want, deadline, lk)) return;  // late: finish() says so, id by id
-  }
-}
-
 Result<Message> Connection::finish(uint16_t id, std::chrono::steady_clock::time_point deadline, bool probe) {
   Message reply;
   {
@@ -434,7 +418,6 @@ void Connection::many(std::span<Seg> segs) {
     uint16_t id;
   };
   std::vector<Piece> window;
-  std::vector<uint16_t> ids;
   thread_local std::vector<uint8_t> wbuf;
   size_t si = 0;
   uint64_t off = 0;
@@ -472,11 +455,8 @@ void Connection::many(std::span<Seg> segs) {
       }
       off += n;
     }
-    // Take its answers, woken once they are all in.
+    // Take its answers.
     auto deadline = std::chrono::steady_clock::now() + kReplyTimeout;
-    ids.clear();
-    for (const Piece& p : window) ids.push_back(p.id);
-    await_all(ids, deadline);
     for (const Piece& p : window) {
       Seg& s = segs[p.seg];
       auto r = finish(p.id, deadline);

@@ -111,9 +111,6 @@ class Connection : public hw::IommuDomain::RemoteDma {
   // waited for until `deadline`.
   Result<uint16_t> begin(uint16_t cmd, std::span<const uint8_t> payload);
   Result<Message> finish(uint16_t id, std::chrono::steady_clock::time_point deadline, bool probe = false);
-  // Until every one of `ids` is answered (or cancelled, the client gone,
-  // `deadline` passed): one wake-up for a window answered in order.
-  void await_all(std::span<const uint16_t> ids, std::chrono::steady_clock::time_point deadline);
   // Sleeps until `id` is answered or cancelled, the client is gone or
   // `deadline` passes; false if it passed.
   bool await_locked(uint16_t id, std::chrono::steady_clock::time_point deadline, MutexLock& lk) REQUIRES(mu_);
@@ -149,8 +146,7 @@ class Connection : public hw::IommuDomain::RemoteDma {
   std::set<uint16_t> waiting_ GUARDED_BY(mu_);
   std::map<uint16_t, Message> replies_ GUARDED_BY(mu_);
   std::set<uint16_t> cancelled_ GUARDED_BY(mu_);  // ids whose late replies are dropped
-  // The replies a waiter sleeps until: only these wake it (a window of
-  // pipelined requests is waited for at its last reply, not at each).
+  // The replies a waiter sleeps until: only these wake it.
   std::multiset<uint16_t> wake_on_ GUARDED_BY(mu_);
   bool closed_ GUARDED_BY(mu_) = false;
   mutable Mutex layout_mu_;

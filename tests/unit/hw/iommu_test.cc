@@ -235,7 +235,7 @@ namespace {
 // A peer (a vfio-user client) holding the memory behind remote maps, which
 // records every request it is given and refuses those touching `bad`.
 struct RecordingPeer : IommuDomain::RemoteDma {
-  std::vector<uint8_t> mem = std::vector<uint8_t>(0x30000);
+  std::vector<uint8_t> mem = std::vector<uint8_t>(0x300000);
   std::vector<std::vector<std::pair<uint64_t, size_t>>> calls;  // each read_many/write_many: its requests
   uint64_t bad = ~0ull;  // a byte whose request is refused (EFAULT)
   int fail_all = 0;      // every request fails with this
@@ -337,6 +337,17 @@ TEST_F(RemoteMerge, OnlyWhatContinuesInOneMapIsMerged) {
   Ops one{{0x1f800, std::span<uint8_t>(buf.data(), 0x1000), 0}};
   d.read_many(one);
   EXPECT_EQ(peer->calls.back(), (std::vector<std::pair<uint64_t, size_t>>{{0x1f800, 0x800}, {0x20000, 0x800}}));
+}
+
+// A merged request stays at 128 KiB: 64 adjacent 4 KiB buffers are two.
+TEST_F(RemoteMerge, MergedRequestsStaySmall) {
+  ASSERT_TRUE(d.map_remote(0x100000, 0x100000, kDmaRead | kDmaWrite));
+  std::vector<uint8_t> big(64 * 4096);
+  Ops ops;
+  for (size_t i = 0; i < 64; ++i) ops.push_back({0x100000 + i * 4096, std::span<uint8_t>(big.data() + i * 4096, 4096), 0});
+  d.read_many(ops);
+  EXPECT_EQ(peer->calls.back(), (std::vector<std::pair<uint64_t, size_t>>{{0x100000, 0x20000}, {0x120000, 0x20000}}));
+  EXPECT_EQ(std::memcmp(big.data(), peer->mem.data() + 0x100000, big.size()), 0);
 }
 
 // A merged request the client refuses is carried again op by op: only the

@@ -33,7 +33,10 @@ bench/migstream.sh $b 3 3
 echo "### unix_rr"
 $b/bench/unix_rr
 echo "### dma_message_bench"
-for size in 4096 65536 1M; do $b/bench/dma_message_bench "$size" 16M 5; done
+for size in 4096 65536 1M; do
+  $b/bench/dma_message_bench "$size" 16M 5
+  $b/bench/dma_message_bench "$size" 16M 5 scattered
+done
 echo "### crc32c_bench"
 taskset -c 1 $b/bench/crc32c_bench 9 256
 echo "### many_clients.sh"

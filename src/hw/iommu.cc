@@ -327,13 +327,13 @@ bool IommuDomain::has_remote_maps() const {
 }
 
 namespace {
-// A merged request refused for one of its parts is carried again part by
-// part, so only the op that owns the refused range fails; not when the
-// peer itself failed (gone, cancelled, silent), which one by one would too.
 // Merged requests stay this small: the peer's answer to one is copied while
 // the next is on its way (measured: 1 MiB requests lose that overlap).
 constexpr uint64_t kMergeMax = 128 << 10;
 
+// A merged request refused for one of its parts is carried again part by
+// part, so only the op that owns the refused range fails; not when the
+// peer itself failed (gone, cancelled, silent), which one by one would too.
 bool retry_piecewise(int err) {
   return err != ECANCELED && err != ECONNRESET && err != EPIPE && err != ETIMEDOUT && err != EDEADLK &&
          err != ENOBUFS;

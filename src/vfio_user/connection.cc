@@ -226,23 +226,16 @@ Result<uint16_t> Connection::begin(uint16_t cmd, std::span<const uint8_t> payloa
   return id;
 }
 
-bool Connection::await_locked(uint16_t id, std::chrono::steady_clock::time_point deadline, MutexLock& lk) {
-  auto ready = [&] {
-    mu_.assert_held();
-    return closed_ || replies_.count(id) || cancelled_.count(id);
-  };
-  if (ready()) return true;
-  auto at = wake_on_.insert(id);
-  bool got = lk.wait_until(cv_, deadline, ready);
-  wake_on_.erase(at);
-  return got;
-}
-
 Result<Message> Connection::finish(uint16_t id, std::chrono::steady_clock::time_point deadline, bool probe) {
   Message reply;
   {
     MutexLock lk(mu_);
-    bool got = await_locked(id, deadline, lk);
+    auto at = wake_on_.insert(id);  // replies to others do not wake us
+    bool got = lk.wait_until(cv_, deadline, [&] {
+      mu_.assert_held();
+      return closed_ || replies_.count(id) || cancelled_.count(id);
+    });
+    wake_on_.erase(at);
     if (!replies_.count(id) && cancelled_.count(id)) return Error(ECANCELED, "DMA cancelled (function reset)");
     waiting_.erase(id);
     if (!replies_.count(id)) {

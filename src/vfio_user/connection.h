@@ -111,9 +111,6 @@ class Connection : public hw::IommuDomain::RemoteDma {
   // waited for until `deadline`.
   Result<uint16_t> begin(uint16_t cmd, std::span<const uint8_t> payload);
   Result<Message> finish(uint16_t id, std::chrono::steady_clock::time_point deadline, bool probe = false);
-  // Sleeps until `id` is answered or cancelled, the client is gone or
-  // `deadline` passes; false if it passed.
-  bool await_locked(uint16_t id, std::chrono::steady_clock::time_point deadline, MutexLock& lk) REQUIRES(mu_);
   template <bool kWrite>
   void many(std::span<Seg> segs);
   // Hands a reply to the DMA waiting for it; false if nobody is.
